@@ -1,0 +1,147 @@
+//! The API thread: hyper over a Unix socket on a current-thread tokio runtime.
+//!
+//! It never touches the VM: each request becomes a typed `Request`, goes to
+//! the main thread over a channel (waking its epoll through an eventfd), and
+//! the typed reply comes back on a oneshot channel.
+
+pub mod routes;
+
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::controller::{self, Request, Response};
+use routes::{route, MAX_BODY_BYTES};
+
+/// A request on its way to the main thread, with where its answer goes.
+pub struct ApiCall {
+    pub request: Request,
+    pub reply: oneshot::Sender<Result<Response, controller::Error>>,
+}
+
+/// The API thread's way to the main thread.
+#[derive(Clone)]
+pub struct ToVmm {
+    calls: Sender<ApiCall>,
+    wake: Arc<EventFd>,
+}
+
+impl ToVmm {
+    pub fn new(calls: Sender<ApiCall>, wake: Arc<EventFd>) -> Self {
+        ToVmm { calls, wake }
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, String> {
+        let (reply, answer) = oneshot::channel();
+        self.calls
+            .send(ApiCall { request, reply })
+            .map_err(|_| "the VMM is shutting down".to_string())?;
+        // The counter only overflows if the main thread is gone; the send above caught that.
+        let _ = self.wake.write(1);
+        match answer.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("the VMM is shutting down".to_string()),
+        }
+    }
+}
+
+fn fault(status: StatusCode, message: &str) -> hyper::Response<Full<Bytes>> {
+    let body = serde_json::json!({ "fault_message": message }).to_string();
+    reply(status, Some(body))
+}
+
+fn reply(status: StatusCode, body: Option<String>) -> hyper::Response<Full<Bytes>> {
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body.unwrap_or_default())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn serve(
+    to_vmm: ToVmm,
+    request: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    let method: Method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return Ok(fault(
+                StatusCode::BAD_REQUEST,
+                &format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+            ))
+        }
+    };
+    let request = match route(method.as_str(), &path, &body) {
+        Ok(request) => request,
+        Err(e) => return Ok(fault(StatusCode::BAD_REQUEST, &e.0)),
+    };
+    log::debug!("API request: {method} {path}");
+    Ok(match to_vmm.call(request).await {
+        Ok(Response::NoContent) => reply(StatusCode::NO_CONTENT, None),
+        Ok(Response::Json(value)) => reply(StatusCode::OK, Some(value.to_string())),
+        Err(message) => {
+            log::warn!("API request {method} {path} failed: {message}");
+            fault(StatusCode::BAD_REQUEST, &message)
+        }
+    })
+}
+
+/// Serves the API on `listener` until the process exits.
+pub fn spawn(
+    listener: StdUnixListener,
+    to_vmm: ToVmm,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    std::thread::Builder::new()
+        .name("ember_api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::UnixListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        log::error!("API socket unusable: {e}");
+                        return;
+                    }
+                };
+                loop {
+                    let stream = match listener.accept().await {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            log::warn!("API accept failed: {e}");
+                            continue;
+                        }
+                    };
+                    let to_vmm = to_vmm.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| serve(to_vmm.clone(), req));
+                        if let Err(e) = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                        {
+                            log::debug!("API connection ended: {e}");
+                        }
+                    });
+                }
+            })
+        })
+}

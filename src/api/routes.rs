@@ -1,0 +1,219 @@
+//! HTTP method + path + body -> a typed controller request, with Firecracker's
+//! routes and error wording. Pure, so every bad input has a unit test.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::config::{
+    BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfigBody,
+    MachineConfigUpdate,
+};
+use crate::controller::Request;
+
+/// Firecracker's default limit for a request body.
+pub const MAX_BODY_BYTES: usize = 51_200;
+
+/// A request the API rejects before it reaches the controller (always a 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RouteError(pub String);
+
+/// Endpoints of Firecracker's API that ember does not serve yet.
+const NOT_YET: [&str; 14] = [
+    "balloon",
+    "cpu-config",
+    "entropy",
+    "hotplug",
+    "metrics",
+    "mmds",
+    "network-interfaces",
+    "pmem",
+    "serial",
+    "snapshot",
+    "vsock",
+    "invocations",
+    "function",
+    "memory",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Action {
+    action_type: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmState {
+    state: String,
+}
+
+fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, RouteError> {
+    if body.is_empty() {
+        return Err(RouteError(
+            "the request body is empty; this endpoint needs a JSON body".into(),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| RouteError(format!("invalid request body: {e}")))
+}
+
+/// Maps one HTTP request to a controller request.
+pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteError> {
+    let trimmed = path.trim_end_matches('/');
+    let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
+    let invalid = || {
+        RouteError(format!(
+            "invalid request method and/or path: {method} {path}"
+        ))
+    };
+    match (method, segments.as_slice()) {
+        ("GET", []) | ("GET", [""]) => Ok(Request::GetInstanceInfo),
+        ("GET", ["version"]) => Ok(Request::GetVersion),
+        ("GET", ["machine-config"]) => Ok(Request::GetMachineConfig),
+        ("PUT", ["machine-config"]) => {
+            let body: MachineConfigBody = json(body)?;
+            body.into_config()
+                .map(Request::PutMachineConfig)
+                .map_err(|e| RouteError(e.to_string()))
+        }
+        ("PATCH", ["machine-config"]) => Ok(Request::PatchMachineConfig(json::<
+            MachineConfigUpdate,
+        >(body)?)),
+        ("GET", ["vm", "config"]) => Ok(Request::GetVmConfig),
+        ("PUT", ["boot-source"]) => Ok(Request::PutBootSource(json::<BootSourceConfig>(body)?)),
+        ("PUT", ["logger"]) => Ok(Request::PutLogger(json::<LoggerConfig>(body)?)),
+        ("PUT", ["drives", id]) => {
+            let drive: DriveConfig = json(body)?;
+            check_id(id, &drive.drive_id)?;
+            Ok(Request::PutDrive(drive))
+        }
+        ("PATCH", ["drives", id]) => {
+            let update: DriveUpdate = json(body)?;
+            check_id(id, &update.drive_id)?;
+            Ok(Request::PatchDrive(update))
+        }
+        ("PUT", ["actions"]) => match json::<Action>(body)?.action_type.as_str() {
+            "InstanceStart" => Ok(Request::StartInstance),
+            "SendCtrlAltDel" => Ok(Request::SendCtrlAltDel),
+            "FlushMetrics" => Err(RouteError(
+                "FlushMetrics: metrics are not supported by ember yet".into(),
+            )),
+            other => Err(RouteError(format!(
+                "unknown action_type '{other}': use InstanceStart or SendCtrlAltDel"
+            ))),
+        },
+        ("PATCH", ["vm"]) => match json::<VmState>(body)?.state.as_str() {
+            "Paused" => Ok(Request::Pause),
+            "Resumed" => Ok(Request::Resume),
+            other => Err(RouteError(format!(
+                "unknown VM state '{other}': use Paused or Resumed"
+            ))),
+        },
+        (_, [first, ..]) if NOT_YET.contains(first) => Err(RouteError(format!(
+            "{method} {path}: this endpoint is not supported by ember yet"
+        ))),
+        _ => Err(invalid()),
+    }
+}
+
+fn check_id(path_id: &str, body_id: &str) -> Result<(), RouteError> {
+    if path_id == body_id {
+        Ok(())
+    } else {
+        Err(RouteError(format!(
+            "the id from the path ('{path_id}') does not match the id from the body ('{body_id}')"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(method: &str, path: &str, body: &str) -> String {
+        route(method, path, body.as_bytes()).unwrap_err().0
+    }
+
+    #[test]
+    fn firecracker_requests_map_to_typed_requests() {
+        assert_eq!(route("GET", "/", b"").unwrap(), Request::GetInstanceInfo);
+        assert_eq!(route("GET", "/version", b"").unwrap(), Request::GetVersion);
+        assert_eq!(
+            route("GET", "/vm/config", b"").unwrap(),
+            Request::GetVmConfig
+        );
+        assert_eq!(
+            route("PUT", "/actions", br#"{"action_type": "InstanceStart"}"#).unwrap(),
+            Request::StartInstance
+        );
+        assert_eq!(
+            route("PATCH", "/vm", br#"{"state": "Paused"}"#).unwrap(),
+            Request::Pause
+        );
+        assert_eq!(
+            route("PATCH", "/vm", br#"{"state": "Resumed"}"#).unwrap(),
+            Request::Resume
+        );
+        let Request::PutMachineConfig(m) = route(
+            "PUT",
+            "/machine-config",
+            br#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+        )
+        .unwrap() else {
+            panic!("not a machine config");
+        };
+        assert_eq!((m.vcpu_count, m.mem_size_mib), (2, 256));
+        let drive = br#"{"drive_id": "rootfs", "path_on_host": "disk.img", "is_root_device": true, "is_read_only": false}"#;
+        assert!(
+            matches!(route("PUT", "/drives/rootfs", drive).unwrap(), Request::PutDrive(d) if d.drive_id == "rootfs")
+        );
+        let boot = br#"{"kernel_image_path": "guest.elf", "boot_args": "console=ttyS0"}"#;
+        assert!(
+            matches!(route("PUT", "/boot-source", boot).unwrap(), Request::PutBootSource(b) if b.kernel_image_path == "guest.elf")
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        assert!(err(
+            "PUT",
+            "/boot-source",
+            r#"{"kernel_image_path": "k", "kernel": 1}"#
+        )
+        .contains("unknown field `kernel`"));
+        assert!(err("PUT", "/boot-source", "{not json").contains("invalid request body"));
+        assert!(err("PUT", "/boot-source", "").contains("empty"));
+        assert!(err(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 64, "mem_size_mib": 128}"#
+        )
+        .contains("vcpu_count"));
+        assert!(err(
+            "PUT",
+            "/drives/a",
+            r#"{"drive_id": "b", "path_on_host": "x", "is_root_device": false}"#
+        )
+        .contains("does not match"));
+        assert!(err("PUT", "/actions", r#"{"action_type": "Explode"}"#).contains("Explode"));
+        assert!(err("PATCH", "/vm", r#"{"state": "Sleeping"}"#).contains("Sleeping"));
+        assert!(err("DELETE", "/machine-config", "").contains("invalid request method and/or path"));
+        assert!(err("GET", "/nowhere", "").contains("GET /nowhere"));
+    }
+
+    #[test]
+    fn firecracker_endpoints_ember_lacks_say_so() {
+        for path in [
+            "/vsock",
+            "/network-interfaces/eth0",
+            "/snapshot/create",
+            "/balloon",
+            "/mmds",
+        ] {
+            assert!(
+                err("PUT", path, "{}").contains("not supported by ember yet"),
+                "{path}"
+            );
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Architecture-specific machine setup. ember runs on x86_64 only.
+
+pub mod x86_64;

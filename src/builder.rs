@@ -1,0 +1,256 @@
+//! From a validated configuration to a running microVM.
+//!
+//! Everything here is on the InstanceStart path, so it does only what the
+//! guest needs before its first instruction: guest memory is mapped lazily,
+//! files are opened once, and the vCPUs start as soon as they are configured.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::IoEventAddress;
+use linux_loader::loader::Cmdline;
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::x86_64::boot;
+use crate::arch::x86_64::layout::{
+    virtio_slot, BOOT_TIMER_START, CMDLINE_MAX_SIZE, VIRTIO_MMIO_SIZE,
+};
+use crate::config::{BootSourceConfig, CacheType, DriveConfig, MachineConfig, DEFAULT_BOOT_ARGS};
+use crate::devices::boot_timer::BootTimer;
+use crate::devices::bus::{self, Bus};
+use crate::devices::legacy::i8042::{self, I8042};
+use crate::devices::legacy::serial::{self, InputDrained, SerialDevice};
+use crate::devices::virtio::block::{self as block, Block, Disk};
+use crate::devices::virtio::mmio::{self, MmioTransport, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::Interrupt;
+use crate::devices::IrqLine;
+use crate::exit::ExitSignal;
+use crate::vmm::{Drive, Vmm};
+use crate::vstate::vcpu::{self, Buses, Vcpu};
+use crate::vstate::{memory, vm};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no boot source: PUT /boot-source with a kernel_image_path first")]
+    NoBootSource,
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    #[error(transparent)]
+    Drive(#[from] block::Error),
+    #[error(transparent)]
+    Transport(#[from] mmio::Error),
+    #[error("cannot lay out devices: {0}")]
+    Bus(#[from] bus::Error),
+    #[error("too many virtio devices: ember has IRQs for {0}")]
+    TooManyDevices(usize),
+    #[error("invalid kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+    #[error("cannot set up {what}: {source}")]
+    Setup {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("KVM refused to wire {what}: {source}")]
+    Wire {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn setup_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Setup { what, source }
+}
+
+/// What the builder needs beyond the configuration.
+pub struct BuildOptions {
+    /// Adds Firecracker's boot-timer device, timing from `start`.
+    pub boot_timer: bool,
+    pub start: Instant,
+}
+
+/// Builds and starts the microVM described by the configuration.
+pub fn build(
+    boot_source: Option<&BootSourceConfig>,
+    machine: &MachineConfig,
+    drives: &[DriveConfig],
+    options: &BuildOptions,
+    exit: Arc<ExitSignal>,
+) -> Result<Vmm, Error> {
+    let boot_source = boot_source.ok_or(Error::NoBootSource)?;
+    let vm = vm::Vm::new()?;
+    let mem = memory::create(machine.mem_size_mib)?;
+    vm.register_memory(&mem)?;
+    let mem_size = machine.mem_size_mib << 20;
+
+    let kernel = boot::load_kernel(&mem, Path::new(&boot_source.kernel_image_path))?;
+    let initrd = boot_source
+        .initrd_path
+        .as_deref()
+        .map(|p| boot::load_initrd(&mem, Path::new(p), mem_size))
+        .transpose()?;
+
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
+    cmdline
+        .insert_str(
+            boot_source
+                .boot_args
+                .as_deref()
+                .unwrap_or(DEFAULT_BOOT_ARGS),
+        )
+        .map_err(Error::Cmdline)?;
+
+    let mut pio = Bus::default();
+    let mut mmio = Bus::default();
+    let irq_line = |irq: u32, what: &'static str| -> Result<EventFd, Error> {
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(setup_err(what))?;
+        vm.fd()
+            .register_irqfd(&evt, irq)
+            .map_err(|source| Error::Wire { what, source })?;
+        Ok(evt)
+    };
+
+    let stdout = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(setup_err("the serial console"))?;
+    let serial_drained = EventFd::new(EFD_NONBLOCK).map_err(setup_err("the serial console"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        IrqLine(irq_line(serial::COM1_IRQ, "the serial IRQ")?),
+        InputDrained(
+            serial_drained
+                .try_clone()
+                .map_err(setup_err("the serial console"))?,
+        ),
+        Box::new(File::from(stdout)),
+    )));
+    pio.insert(serial::COM1_PORT, serial::PORT_COUNT, serial.clone())?;
+
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        exit.clone(),
+        IrqLine(irq_line(i8042::KBD_IRQ, "the keyboard IRQ")?),
+    )));
+    pio.insert(i8042::I8042_PORT, i8042::PORT_COUNT, i8042.clone())?;
+
+    if options.boot_timer {
+        let timer = Arc::new(Mutex::new(BootTimer::new(options.start)));
+        mmio.insert(BOOT_TIMER_START, VIRTIO_MMIO_SIZE, timer)?;
+    }
+
+    // The root device is the guest's first drive (/dev/vda), as in Firecracker.
+    let ordered = drives
+        .iter()
+        .filter(|d| d.is_root_device)
+        .chain(drives.iter().filter(|d| !d.is_root_device));
+    let mut attached = Vec::with_capacity(drives.len());
+    let mut queue_events = Vec::new();
+    for (index, drive) in ordered.enumerate() {
+        let (address, irq) = virtio_slot(index).ok_or(Error::TooManyDevices(index))?;
+        if drive.is_root_device {
+            let mode = if drive.is_read_only { "ro" } else { "rw" };
+            let root = match &drive.partuuid {
+                Some(uuid) => format!("root=PARTUUID={uuid} {mode}"),
+                None => format!("root=/dev/vda {mode}"),
+            };
+            cmdline.insert_str(root).map_err(Error::Cmdline)?;
+        }
+        let disk = Arc::new(Mutex::new(Disk::open(
+            Path::new(drive.path()),
+            drive.is_read_only,
+        )?));
+        let cache = match drive.cache_type {
+            CacheType::Unsafe => block::CacheType::Unsafe,
+            CacheType::Writeback => block::CacheType::Writeback,
+        };
+        let device = Block::new(disk.clone(), drive.is_read_only, cache);
+        let interrupt = Arc::new(Interrupt::new(irq_line(irq, "a virtio IRQ")?));
+        let transport = MmioTransport::new(Box::new(device), mem.clone(), interrupt.clone())?;
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            vm.fd()
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(address + NOTIFY_REG_OFFSET),
+                    queue as u32,
+                )
+                .map_err(|source| Error::Wire {
+                    what: "a virtio queue notification",
+                    source,
+                })?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        for (queue, evt) in transport
+            .lock()
+            .map_err(|_| Error::TooManyDevices(index))?
+            .queue_events()
+            .iter()
+            .enumerate()
+        {
+            queue_events.push((
+                evt.try_clone().map_err(setup_err("a virtio queue"))?,
+                transport.clone(),
+                queue,
+            ));
+        }
+        mmio.insert(address, VIRTIO_MMIO_SIZE, transport)?;
+        cmdline
+            .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(address), irq, None)
+            .map_err(Error::Cmdline)?;
+        attached.push(Drive {
+            id: drive.drive_id.clone(),
+            disk,
+            interrupt,
+        });
+    }
+
+    boot::configure_system(
+        &mem,
+        &kernel,
+        &cmdline,
+        initrd,
+        mem_size,
+        machine.vcpu_count,
+    )?;
+
+    let supported_cpuid = vm
+        .kvm()
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| Error::Wire {
+            what: "CPUID",
+            source,
+        })?;
+    let vcpus = (0..machine.vcpu_count)
+        .map(|index| {
+            let vcpu = Vcpu::new(&vm, index)?;
+            let boot = (index == 0).then_some((&mem, kernel.entry));
+            vcpu.configure(&supported_cpuid, machine.vcpu_count, boot)?;
+            Ok(vcpu)
+        })
+        .collect::<Result<Vec<_>, vcpu::Error>>()?;
+
+    let buses = Arc::new(Buses { pio, mmio });
+    let handles = vcpus
+        .into_iter()
+        .map(|vcpu| vcpu.start(buses.clone(), exit.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Vmm::new(
+        vm,
+        mem,
+        handles,
+        serial,
+        serial_drained,
+        i8042,
+        attached,
+        queue_events,
+    ))
+}

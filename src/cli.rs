@@ -1,0 +1,230 @@
+//! Command-line flags, with Firecracker's names for what ember has.
+
+use std::ffi::OsString;
+
+use log::LevelFilter;
+
+use crate::config::is_valid_id;
+use crate::logger::parse_level;
+
+pub const DEFAULT_API_SOCK: &str = "/run/ember.socket";
+pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
+
+pub const USAGE: &str = "\
+ember: a microVM monitor for serverless functions, driven like Firecracker
+
+usage: ember [options]
+
+  --api-sock PATH      Unix socket for the API (default /run/ember.socket)
+  --config-file PATH   boot the microVM described by this JSON file
+  --no-api             serve no API (requires --config-file)
+  --id ID              instance id, 1 to 64 of [a-zA-Z0-9_-] (default anonymous-instance)
+  --level LEVEL        log level: Error, Warning, Info, Debug, Trace or Off (default Warning)
+  --log-path PATH      write the log to this file or named pipe (default stderr)
+  --show-level         put the level in each log line
+  --show-log-origin    put the source file and line in each log line
+  --boot-timer         log the time from InstanceStart to the guest's boot-complete signal
+  --version            print the version and exit
+  --help               print this help and exit";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub api_sock: Option<String>,
+    pub config_file: Option<String>,
+    pub id: String,
+    pub level: LevelFilter,
+    pub log_path: Option<String>,
+    pub show_level: bool,
+    pub show_log_origin: bool,
+    pub boot_timer: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Run(Args),
+    Help,
+    Version,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("unknown argument '{0}' (see --help)")]
+    Unknown(String),
+    #[error("argument '{0}' needs a value")]
+    MissingValue(&'static str),
+    #[error("argument '{0}' was given twice")]
+    Repeated(&'static str),
+    #[error("argument '{0}' is not valid UTF-8")]
+    NotUtf8(String),
+    #[error("invalid --id '{0}': use 1 to 64 characters from [a-zA-Z0-9_-]")]
+    Id(String),
+    #[error("{0}")]
+    Level(String),
+    #[error("--no-api requires --config-file")]
+    NoApiWithoutConfig,
+}
+
+const VALUE_FLAGS: [&str; 5] = [
+    "--api-sock",
+    "--config-file",
+    "--id",
+    "--level",
+    "--log-path",
+];
+const SWITCHES: [&str; 5] = [
+    "--no-api",
+    "--boot-timer",
+    "--show-level",
+    "--show-log-origin",
+    "--help",
+];
+
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Error> {
+    let mut values: Vec<(&'static str, String)> = Vec::new();
+    let mut switches: Vec<&'static str> = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = arg
+            .into_string()
+            .map_err(|a| Error::NotUtf8(a.to_string_lossy().into_owned()))?;
+        if arg == "--version" {
+            return Ok(Command::Version);
+        }
+        // Both `--flag value` and `--flag=value`.
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        if let Some(&flag) = VALUE_FLAGS.iter().find(|f| **f == name) {
+            let value = match inline {
+                Some(v) => v,
+                None => args
+                    .next()
+                    .ok_or(Error::MissingValue(flag))?
+                    .into_string()
+                    .map_err(|a| Error::NotUtf8(a.to_string_lossy().into_owned()))?,
+            };
+            if value.is_empty() {
+                return Err(Error::MissingValue(flag));
+            }
+            if values.iter().any(|(f, _)| *f == flag) {
+                return Err(Error::Repeated(flag));
+            }
+            values.push((flag, value));
+        } else if let Some(&switch) = SWITCHES.iter().find(|s| **s == arg) {
+            if switch == "--help" {
+                return Ok(Command::Help);
+            }
+            switches.push(switch);
+        } else {
+            return Err(Error::Unknown(arg));
+        }
+    }
+    let value = |flag: &str| {
+        values
+            .iter()
+            .find(|(f, _)| *f == flag)
+            .map(|(_, v)| v.clone())
+    };
+    let has = |switch: &str| switches.contains(&switch);
+
+    let id = value("--id").unwrap_or_else(|| DEFAULT_INSTANCE_ID.to_string());
+    if !is_valid_id(&id) {
+        return Err(Error::Id(id));
+    }
+    let level = match value("--level") {
+        Some(l) => parse_level(&l).map_err(|e| Error::Level(e.to_string()))?,
+        None => LevelFilter::Warn,
+    };
+    let config_file = value("--config-file");
+    let api_sock = if has("--no-api") {
+        if config_file.is_none() {
+            return Err(Error::NoApiWithoutConfig);
+        }
+        None
+    } else {
+        Some(value("--api-sock").unwrap_or_else(|| DEFAULT_API_SOCK.to_string()))
+    };
+    Ok(Command::Run(Args {
+        api_sock,
+        config_file,
+        id,
+        level,
+        log_path: value("--log-path"),
+        show_level: has("--show-level"),
+        show_log_origin: has("--show-log-origin"),
+        boot_timer: has("--boot-timer"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Args, Error> {
+        match parse(args.iter().map(OsString::from))? {
+            Command::Run(a) => Ok(a),
+            other => panic!("expected a run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_firecrackers_behaviour() {
+        let a = run(&[]).unwrap();
+        assert_eq!(a.api_sock.as_deref(), Some(DEFAULT_API_SOCK));
+        assert_eq!(a.id, DEFAULT_INSTANCE_ID);
+        assert_eq!(a.level, LevelFilter::Warn);
+        assert!(!a.boot_timer);
+    }
+
+    #[test]
+    fn flags_take_values_in_both_spellings() {
+        let a = run(&[
+            "--api-sock",
+            "/tmp/a.sock",
+            "--id=fn-1",
+            "--level",
+            "debug",
+            "--boot-timer",
+        ])
+        .unwrap();
+        assert_eq!(a.api_sock.as_deref(), Some("/tmp/a.sock"));
+        assert_eq!(a.id, "fn-1");
+        assert_eq!(a.level, LevelFilter::Debug);
+        assert!(a.boot_timer);
+        let a = run(&["--no-api", "--config-file", "vm.json"]).unwrap();
+        assert_eq!(
+            (a.api_sock, a.config_file.as_deref()),
+            (None, Some("vm.json"))
+        );
+    }
+
+    #[test]
+    fn bad_command_lines_are_errors() {
+        assert_eq!(
+            run(&["--frobnicate"]),
+            Err(Error::Unknown("--frobnicate".into()))
+        );
+        assert_eq!(run(&["--api-sock"]), Err(Error::MissingValue("--api-sock")));
+        assert_eq!(run(&["--id", "a b"]), Err(Error::Id("a b".into())));
+        assert!(matches!(run(&["--level", "loud"]), Err(Error::Level(_))));
+        assert_eq!(run(&["--no-api"]), Err(Error::NoApiWithoutConfig));
+        assert_eq!(
+            run(&["--id", "a", "--id", "b"]),
+            Err(Error::Repeated("--id"))
+        );
+    }
+
+    #[test]
+    fn help_and_version_win() {
+        assert_eq!(parse(["--help"].map(OsString::from)), Ok(Command::Help));
+        assert_eq!(
+            parse(["--bogus", "--version"].map(OsString::from)).ok(),
+            None
+        );
+        assert_eq!(
+            parse(["--version"].map(OsString::from)),
+            Ok(Command::Version)
+        );
+    }
+}

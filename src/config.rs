@@ -1,0 +1,470 @@
+//! The microVM's configuration as Firecracker's API and `--config-file`
+//! spell it: request bodies, their validation, and the full VM configuration.
+
+use serde::{Deserialize, Serialize};
+
+pub const MAX_VCPUS: u8 = 32;
+pub const DEFAULT_VCPUS: u8 = 1;
+pub const DEFAULT_MEM_MIB: u64 = 128;
+/// Firecracker's default command line, for guests configured without `boot_args`.
+pub const DEFAULT_BOOT_ARGS: &str =
+    "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
+    VcpuCount(u64),
+    #[error("mem_size_mib must be at least 1, got 0")]
+    MemSize,
+    #[error("mem_size_mib {0} is larger than ember supports ({max} MiB)", max = MAX_MEM_MIB)]
+    MemTooLarge(u64),
+    #[error("smt is not supported by ember: each vCPU is a core of its own")]
+    Smt,
+    #[error("cpu_template '{0}' is not supported by ember; omit it or use \"None\"")]
+    CpuTemplate(String),
+    #[error("huge_pages '{0}' is not supported by ember yet; omit it or use \"None\"")]
+    HugePages(String),
+    #[error(
+        "drive '{0}': path_on_host is required (vhost-user drives are not supported by ember)"
+    )]
+    DrivePath(String),
+    #[error("drive '{0}': rate_limiter is not supported by ember yet")]
+    RateLimiter(String),
+    #[error("drive '{0}': io_engine '{1}' is not supported by ember; use \"Sync\"")]
+    IoEngine(String, String),
+    #[error("drive id '{0}' is invalid: use 1 to 64 characters from [a-zA-Z0-9_-]")]
+    DriveId(String),
+    #[error("the id from the path ('{path}') does not match the id from the body ('{body}')")]
+    IdMismatch { path: String, body: String },
+}
+
+/// Largest guest ember maps: 1 TiB.
+pub const MAX_MEM_MIB: u64 = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSourceConfig {
+    pub kernel_image_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheType {
+    #[default]
+    Unsafe,
+    Writeback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    pub drive_id: String,
+    pub is_root_device: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    #[serde(default)]
+    pub cache_type: CacheType,
+    #[serde(default)]
+    pub is_read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+}
+
+impl DriveConfig {
+    /// The host path, once the drive has been validated.
+    pub fn path(&self) -> &str {
+        self.path_on_host.as_deref().unwrap_or_default()
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if !is_valid_id(&self.drive_id) {
+            return Err(Error::DriveId(self.drive_id.clone()));
+        }
+        if self.path_on_host.is_none() || self.socket.is_some() {
+            return Err(Error::DrivePath(self.drive_id.clone()));
+        }
+        if self.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
+            return Err(Error::RateLimiter(self.drive_id.clone()));
+        }
+        match self.io_engine.as_deref() {
+            None | Some("Sync") => Ok(()),
+            Some(other) => Err(Error::IoEngine(self.drive_id.clone(), other.to_string())),
+        }
+    }
+}
+
+/// `PATCH /drives/{id}`: what may change on a running VM.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    pub drive_id: String,
+    #[serde(default)]
+    pub path_on_host: Option<String>,
+    #[serde(default)]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
+impl DriveUpdate {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
+            return Err(Error::RateLimiter(self.drive_id.clone()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    pub vcpu_count: u8,
+    pub mem_size_mib: u64,
+    #[serde(default)]
+    pub smt: bool,
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<String>,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            vcpu_count: DEFAULT_VCPUS,
+            mem_size_mib: DEFAULT_MEM_MIB,
+            smt: false,
+            track_dirty_pages: false,
+            cpu_template: None,
+            huge_pages: None,
+        }
+    }
+}
+
+/// `PATCH /machine-config`: any subset of the fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    pub vcpu_count: Option<u64>,
+    pub mem_size_mib: Option<u64>,
+    pub smt: Option<bool>,
+    pub track_dirty_pages: Option<bool>,
+    pub cpu_template: Option<String>,
+    pub huge_pages: Option<String>,
+}
+
+impl MachineConfig {
+    /// The configuration with `update` applied, if the result is valid.
+    pub fn updated(&self, update: &MachineConfigUpdate) -> Result<MachineConfig, Error> {
+        let vcpu_count = match update.vcpu_count {
+            Some(n) => u8::try_from(n).map_err(|_| Error::VcpuCount(n))?,
+            None => self.vcpu_count,
+        };
+        let config = MachineConfig {
+            vcpu_count,
+            mem_size_mib: update.mem_size_mib.unwrap_or(self.mem_size_mib),
+            smt: update.smt.unwrap_or(self.smt),
+            track_dirty_pages: update.track_dirty_pages.unwrap_or(self.track_dirty_pages),
+            cpu_template: update
+                .cpu_template
+                .clone()
+                .or_else(|| self.cpu_template.clone()),
+            huge_pages: update
+                .huge_pages
+                .clone()
+                .or_else(|| self.huge_pages.clone()),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS {
+            return Err(Error::VcpuCount(u64::from(self.vcpu_count)));
+        }
+        if self.mem_size_mib == 0 {
+            return Err(Error::MemSize);
+        }
+        if self.mem_size_mib > MAX_MEM_MIB {
+            return Err(Error::MemTooLarge(self.mem_size_mib));
+        }
+        if self.smt {
+            return Err(Error::Smt);
+        }
+        if let Some(t) = self.cpu_template.as_deref().filter(|t| *t != "None") {
+            return Err(Error::CpuTemplate(t.to_string()));
+        }
+        if let Some(h) = self.huge_pages.as_deref().filter(|h| *h != "None") {
+            return Err(Error::HugePages(h.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /machine-config` takes the full shape with vcpu_count as any integer,
+/// so an out-of-range count is a validation error, not a parse error.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigBody {
+    pub vcpu_count: u64,
+    pub mem_size_mib: u64,
+    #[serde(default)]
+    pub smt: bool,
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    #[serde(default)]
+    pub cpu_template: Option<String>,
+    #[serde(default)]
+    pub huge_pages: Option<String>,
+}
+
+impl MachineConfigBody {
+    pub fn into_config(self) -> Result<MachineConfig, Error> {
+        MachineConfig::default().updated(&MachineConfigUpdate {
+            vcpu_count: Some(self.vcpu_count),
+            mem_size_mib: Some(self.mem_size_mib),
+            smt: Some(self.smt),
+            track_dirty_pages: Some(self.track_dirty_pages),
+            cpu_template: self.cpu_template,
+            huge_pages: self.huge_pages,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub show_level: bool,
+    #[serde(default)]
+    pub show_log_origin: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// The whole VM in one document: `--config-file` input and `GET /vm/config` output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSourceConfig>,
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    #[serde(
+        rename = "machine-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub machine_config: Option<MachineConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<LoggerConfig>,
+    /// Sections of Firecracker's configuration ember does not implement yet:
+    /// accepted only when empty, so a config that needs them fails loudly.
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<serde_json::Value>,
+    #[serde(
+        rename = "cpu-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_config: Option<serde_json::Value>,
+}
+
+impl VmConfig {
+    /// The first section present that ember cannot act on.
+    pub fn unsupported_section(&self) -> Option<&'static str> {
+        let present = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
+        [
+            ("network-interfaces", !self.network_interfaces.is_empty()),
+            ("balloon", present(&self.balloon)),
+            ("vsock", present(&self.vsock)),
+            ("metrics", present(&self.metrics)),
+            ("mmds-config", present(&self.mmds_config)),
+            ("entropy", present(&self.entropy)),
+            ("cpu-config", present(&self.cpu_config)),
+        ]
+        .into_iter()
+        .find_map(|(name, used)| used.then_some(name))
+    }
+}
+
+/// Instance and drive ids: what Firecracker accepts, 1 to 64 of `[a-zA-Z0-9_-]`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> Result<MachineConfig, String> {
+        serde_json::from_str::<MachineConfigBody>(json)
+            .map_err(|e| e.to_string())?
+            .into_config()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn machine_config_accepts_firecrackers_shape() {
+        let c = body(
+            r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false, "track_dirty_pages": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.vcpu_count, c.mem_size_mib, c.track_dirty_pages),
+            (2, 256, true)
+        );
+        let c = body(
+            r#"{"vcpu_count": 32, "mem_size_mib": 1, "cpu_template": "None", "huge_pages": "None"}"#,
+        );
+        assert!(c.is_ok());
+    }
+
+    #[test]
+    fn machine_config_rejects_bad_values_with_a_reason() {
+        assert!(body(r#"{"vcpu_count": 0, "mem_size_mib": 128}"#)
+            .unwrap_err()
+            .contains("vcpu_count"));
+        assert!(body(r#"{"vcpu_count": 33, "mem_size_mib": 128}"#)
+            .unwrap_err()
+            .contains("between 1 and 32"));
+        assert!(body(r#"{"vcpu_count": 300, "mem_size_mib": 128}"#)
+            .unwrap_err()
+            .contains("300"));
+        assert!(body(r#"{"vcpu_count": 1, "mem_size_mib": 0}"#)
+            .unwrap_err()
+            .contains("mem_size_mib"));
+        assert!(
+            body(r#"{"vcpu_count": 2, "mem_size_mib": 128, "smt": true}"#)
+                .unwrap_err()
+                .contains("smt")
+        );
+        assert!(
+            body(r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"}"#)
+                .unwrap_err()
+                .contains("T2")
+        );
+        assert!(
+            body(r#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#)
+                .unwrap_err()
+                .contains("2M")
+        );
+        assert!(
+            body(r#"{"vcpu_count": 1, "mem_size_mib": 128, "color": "red"}"#)
+                .unwrap_err()
+                .contains("color")
+        );
+        assert!(body(r#"{"vcpu_count": 1}"#)
+            .unwrap_err()
+            .contains("mem_size_mib"));
+    }
+
+    #[test]
+    fn patch_changes_only_what_it_names() {
+        let base = MachineConfig {
+            vcpu_count: 2,
+            mem_size_mib: 256,
+            ..Default::default()
+        };
+        let patched = base
+            .updated(&MachineConfigUpdate {
+                mem_size_mib: Some(512),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!((patched.vcpu_count, patched.mem_size_mib), (2, 512));
+        assert!(base
+            .updated(&MachineConfigUpdate {
+                vcpu_count: Some(0),
+                ..Default::default()
+            })
+            .is_err());
+    }
+
+    #[test]
+    fn drives_need_a_path_and_refuse_what_ember_lacks() {
+        let drive: DriveConfig = serde_json::from_str(
+            r#"{"drive_id": "rootfs", "path_on_host": "a.img", "is_root_device": true, "is_read_only": false}"#,
+        )
+        .unwrap();
+        assert_eq!(drive.validate(), Ok(()));
+        assert_eq!(drive.cache_type, CacheType::Unsafe);
+        let no_path = DriveConfig {
+            path_on_host: None,
+            ..drive.clone()
+        };
+        assert_eq!(no_path.validate(), Err(Error::DrivePath("rootfs".into())));
+        let limited = DriveConfig {
+            rate_limiter: Some(serde_json::json!({"bandwidth": {}})),
+            ..drive.clone()
+        };
+        assert!(limited.validate().is_err());
+        let null_limiter = DriveConfig {
+            rate_limiter: Some(serde_json::Value::Null),
+            ..drive.clone()
+        };
+        assert_eq!(null_limiter.validate(), Ok(()));
+        let bad_id = DriveConfig {
+            drive_id: "a/b".into(),
+            ..drive
+        };
+        assert!(bad_id.validate().is_err());
+    }
+
+    #[test]
+    fn config_file_sections_ember_lacks_are_named() {
+        let config: VmConfig = serde_json::from_str(
+            r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [], "network-interfaces": [{"iface_id": "eth0"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(config.unsupported_section(), Some("network-interfaces"));
+        let config: VmConfig =
+            serde_json::from_str(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": null}"#)
+                .unwrap();
+        assert_eq!(config.unsupported_section(), None);
+        assert!(serde_json::from_str::<VmConfig>(r#"{"boot_source": {}}"#).is_err());
+    }
+
+    #[test]
+    fn ids_follow_firecrackers_rules() {
+        assert!(is_valid_id("fn-42_a"));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id(&"a".repeat(65)));
+        assert!(!is_valid_id("a b"));
+    }
+}

@@ -1,0 +1,119 @@
+//! COM1: vm-superio's 16550A UART on port 0x3f8 / IRQ 4, wired to ember's
+//! stdout (unbuffered, so a prompt without a newline shows at once) and stdin.
+
+use std::io::Write;
+
+use vm_superio::serial::SerialEvents;
+use vm_superio::Serial;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::super::bus::BusDevice;
+use super::super::IrqLine;
+
+pub const COM1_PORT: u64 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+pub const PORT_COUNT: u64 = 8;
+
+/// Tells the event loop the guest drained the input FIFO, so it may read
+/// more of stdin (it stops reading while the FIFO is full).
+pub struct InputDrained(pub EventFd);
+
+impl SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        // A failed write means the counter is already non-zero: the loop wakes anyway.
+        let _ = self.0.write(1);
+    }
+}
+
+pub struct SerialDevice {
+    uart: Serial<IrqLine, InputDrained, Box<dyn Write + Send>>,
+}
+
+impl SerialDevice {
+    pub fn new(irq: IrqLine, drained: InputDrained, out: Box<dyn Write + Send>) -> Self {
+        SerialDevice {
+            uart: Serial::with_events(irq, drained, out),
+        }
+    }
+
+    /// Queues host input for the guest; returns how many bytes fit.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+
+    /// Room left in the guest's input FIFO.
+    pub fn input_room(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (data, u8::try_from(offset)) {
+            ([byte], Ok(offset)) => *byte = self.uart.read(offset),
+            (data, _) => data.fill(0),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let ([byte], Ok(offset)) = (data, u8::try_from(offset)) {
+            // A closed stdout must not stop the guest: its output is dropped.
+            let _ = self.uart.write(offset, *byte);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn guest_output_reaches_the_writer_and_input_the_guest() {
+        let sink = Sink::default();
+        let drained = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut serial = SerialDevice::new(
+            IrqLine(EventFd::new(EFD_NONBLOCK).unwrap()),
+            InputDrained(drained.try_clone().unwrap()),
+            Box::new(sink.clone()),
+        );
+        for b in b"hi\n" {
+            serial.write(0, &[*b]);
+        }
+        assert_eq!(sink.0.lock().unwrap().as_slice(), b"hi\n");
+
+        assert_eq!(serial.enqueue_input(b"ok"), 2);
+        let mut lsr = [0];
+        serial.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 1, "data ready");
+        let mut byte = [0];
+        serial.read(0, &mut byte);
+        assert_eq!(byte, [b'o']);
+        serial.read(0, &mut byte);
+        assert_eq!(byte, [b'k']);
+        assert_eq!(
+            drained.read().unwrap(),
+            1,
+            "event loop told the FIFO is empty"
+        );
+    }
+}

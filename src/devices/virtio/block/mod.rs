@@ -1,0 +1,402 @@
+//! virtio-blk backed by a host file: read, write, flush and `GET_ID`.
+
+pub mod request;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use self::request::{Request, RequestType, ID_BYTES, SECTOR_SIZE};
+use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+
+pub const VIRTIO_ID_BLOCK: u32 = 2;
+const QUEUE_SIZE: u16 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open drive file '{path}': {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// How the guest's flushes reach the disk, as Firecracker's `cache_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheType {
+    /// Flush requests are acknowledged without syncing (and FLUSH is not offered).
+    Unsafe,
+    /// FLUSH is offered and each flush syncs the file.
+    Writeback,
+}
+
+/// The host file behind a drive. Shared with the VMM so a running drive can
+/// be pointed at another file.
+pub struct Disk {
+    file: File,
+    sectors: u64,
+    id: [u8; ID_BYTES],
+    read_only: bool,
+}
+
+impl Disk {
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, Error> {
+        let open_err = |source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        // Firecracker's id: device, rdev and inode of the file, so it is stable
+        // for one file and different for two.
+        let text = format!("{}{}{}", meta.dev(), meta.rdev(), meta.ino());
+        let mut id = [0u8; ID_BYTES];
+        let len = text.len().min(ID_BYTES);
+        id[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Ok(Disk {
+            file,
+            sectors: meta.len() / SECTOR_SIZE,
+            id,
+            read_only,
+        })
+    }
+
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+}
+
+pub struct Block {
+    disk: Arc<Mutex<Disk>>,
+    features: u64,
+    cache: CacheType,
+    queue_sizes: [u16; 1],
+}
+
+impl Block {
+    pub fn new(disk: Arc<Mutex<Disk>>, read_only: bool, cache: CacheType) -> Self {
+        let mut features = 1u64 << VIRTIO_F_VERSION_1;
+        if read_only {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        if cache == CacheType::Writeback {
+            features |= 1 << VIRTIO_BLK_F_FLUSH;
+        }
+        Block {
+            disk,
+            features,
+            cache,
+            queue_sizes: [QUEUE_SIZE],
+        }
+    }
+
+    /// Carries out one request; returns its status and the bytes written to the guest.
+    fn execute(&self, disk: &mut Disk, req: &Request, mem: &GuestMemoryMmap) -> (u8, u32) {
+        let ok = VIRTIO_BLK_S_OK as u8;
+        let ioerr = (VIRTIO_BLK_S_IOERR as u8, 0);
+        match req.kind {
+            RequestType::In | RequestType::Out => {
+                let sectors = req.data_len() / SECTOR_SIZE;
+                let in_range = req
+                    .sector
+                    .checked_add(sectors)
+                    .is_some_and(|end| end <= disk.sectors);
+                if !in_range || (req.kind == RequestType::Out && disk.read_only) {
+                    return ioerr;
+                }
+                if disk
+                    .file
+                    .seek(SeekFrom::Start(req.sector * SECTOR_SIZE))
+                    .is_err()
+                {
+                    return ioerr;
+                }
+                let moved = req.data.iter().try_for_each(|&(addr, len)| match req.kind {
+                    RequestType::In => {
+                        mem.read_exact_volatile_from(addr, &mut disk.file, len as usize)
+                    }
+                    _ => mem.write_all_volatile_to(addr, &mut disk.file, len as usize),
+                });
+                match (moved, req.kind) {
+                    (Err(e), _) => {
+                        log::warn!("virtio-blk: I/O error: {e}");
+                        ioerr
+                    }
+                    (Ok(()), RequestType::In) => (ok, req.data_len() as u32),
+                    (Ok(()), _) => (ok, 0),
+                }
+            }
+            RequestType::Flush => {
+                if self.cache == CacheType::Writeback && disk.file.sync_all().is_err() {
+                    return ioerr;
+                }
+                (ok, 0)
+            }
+            RequestType::GetId => {
+                let Some(&(addr, len)) = req.data.first() else {
+                    return ioerr;
+                };
+                let n = (len as usize).min(ID_BYTES);
+                match mem.write_slice(&disk.id[..n], addr) {
+                    Ok(()) => (ok, n as u32),
+                    Err(_) => ioerr,
+                }
+            }
+            RequestType::Unsupported(_) => (VIRTIO_BLK_S_UNSUPP as u8, 0),
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // The configuration space is the capacity in sectors; the rest reads as zero.
+        let capacity = self
+            .disk
+            .lock()
+            .map(|d| d.sectors)
+            .unwrap_or(0)
+            .to_le_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = offset as usize + i;
+            *byte = capacity.get(at).copied().unwrap_or(0);
+        }
+    }
+
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let Ok(mut disk) = self.disk.lock() else {
+            return false;
+        };
+        let mut used_any = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let (status_addr, status, len) = match request::parse(mem, chain) {
+                Ok(req) => {
+                    let (status, len) = self.execute(&mut disk, &req, mem);
+                    (Some(req.status), status, len)
+                }
+                Err(e) => {
+                    log::debug!("virtio-blk: malformed request: {}", e.error);
+                    (e.status, VIRTIO_BLK_S_IOERR as u8, 0)
+                }
+            };
+            // The used length counts the status byte when there was one to write.
+            let written = match status_addr {
+                Some(addr) if mem.write_obj(status, addr).is_ok() => len + 1,
+                _ => len,
+            };
+            if queue.add_used(mem, head, written).is_err() {
+                log::warn!("virtio-blk: cannot add to the used ring");
+                break;
+            }
+            used_any = true;
+        }
+        used_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{ByteValued, GuestAddress};
+
+    use super::*;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Header {
+        kind: u32,
+        reserved: u32,
+        sector: u64,
+    }
+    // SAFETY: plain old data without padding.
+    unsafe impl ByteValued for Header {}
+
+    struct Fixture {
+        _dir: tempdir::Dir,
+        path: std::path::PathBuf,
+        block: Block,
+        mem: GuestMemoryMmap,
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn fixture(read_only: bool) -> Fixture {
+        let dir = std::env::temp_dir().join(format!(
+            "ember-blk-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("disk.img");
+        let mut f = File::create(&path).unwrap();
+        let mut content = vec![0u8; 4096];
+        content[..6].copy_from_slice(b"sector");
+        f.write_all(&content).unwrap();
+        let disk = Arc::new(Mutex::new(Disk::open(&path, read_only).unwrap()));
+        Fixture {
+            _dir: tempdir::Dir(dir),
+            path,
+            block: Block::new(disk, read_only, CacheType::Writeback),
+            mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+        }
+    }
+
+    /// Submits one request and returns (status byte, used length).
+    fn submit(
+        fx: &mut Fixture,
+        kind: u32,
+        sector: u64,
+        data_len: u32,
+        data_writable: bool,
+    ) -> (u8, u32) {
+        fx.mem
+            .write_obj(
+                Header {
+                    kind,
+                    reserved: 0,
+                    sector,
+                },
+                GuestAddress(0x1000),
+            )
+            .unwrap();
+        fx.mem.write_obj(0xffu8, GuestAddress(0x3000)).unwrap();
+        let queue = MockSplitQueue::new(&fx.mem, 16);
+        let mut descs = vec![RawDescriptor::from(SplitDescriptor::new(0x1000, 16, 0, 0))];
+        if data_len > 0 {
+            let flags = if data_writable {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            descs.push(RawDescriptor::from(SplitDescriptor::new(
+                0x2000, data_len, flags, 0,
+            )));
+        }
+        descs.push(RawDescriptor::from(SplitDescriptor::new(
+            0x3000,
+            1,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        )));
+        queue.build_desc_chain(&descs).unwrap();
+        let mut q: Queue = queue.create_queue().unwrap();
+        assert!(fx.block.process_queue(0, &mut q, &fx.mem));
+        let used = queue.used().ring().ref_at(0).unwrap().load();
+        (fx.mem.read_obj(GuestAddress(0x3000)).unwrap(), used.len())
+    }
+
+    #[test]
+    fn reads_and_writes_reach_the_file() {
+        let mut fx = fixture(false);
+        assert_eq!(submit(&mut fx, VIRTIO_BLK_T_IN, 0, 512, true), (0, 513));
+        let mut got = [0u8; 6];
+        fx.mem.read_slice(&mut got, GuestAddress(0x2000)).unwrap();
+        assert_eq!(&got, b"sector");
+
+        fx.mem
+            .write_slice(b"written", GuestAddress(0x2000))
+            .unwrap();
+        assert_eq!(submit(&mut fx, VIRTIO_BLK_T_OUT, 2, 512, false).0, 0);
+        let mut file = Vec::new();
+        File::open(&fx.path)
+            .unwrap()
+            .read_to_end(&mut file)
+            .unwrap();
+        assert_eq!(&file[1024..1031], b"written");
+    }
+
+    #[test]
+    fn read_only_drive_refuses_writes_and_keeps_the_file() {
+        let mut fx = fixture(true);
+        assert_ne!(fx.block.features() & (1 << VIRTIO_BLK_F_RO), 0);
+        fx.mem.write_slice(b"evil", GuestAddress(0x2000)).unwrap();
+        assert_eq!(
+            submit(&mut fx, VIRTIO_BLK_T_OUT, 0, 512, false).0,
+            VIRTIO_BLK_S_IOERR as u8
+        );
+        let mut file = Vec::new();
+        File::open(&fx.path)
+            .unwrap()
+            .read_to_end(&mut file)
+            .unwrap();
+        assert_eq!(&file[..6], b"sector");
+    }
+
+    #[test]
+    fn out_of_range_and_unknown_requests_get_error_statuses() {
+        let mut fx = fixture(false);
+        assert_eq!(
+            submit(&mut fx, VIRTIO_BLK_T_IN, 8, 512, true).0,
+            VIRTIO_BLK_S_IOERR as u8
+        );
+        assert_eq!(
+            submit(&mut fx, VIRTIO_BLK_T_IN, u64::MAX, 512, true).0,
+            VIRTIO_BLK_S_IOERR as u8
+        );
+        assert_eq!(
+            submit(&mut fx, 77, 0, 0, false).0,
+            VIRTIO_BLK_S_UNSUPP as u8
+        );
+        // A malformed chain (wrong direction) still gets a status.
+        assert_eq!(
+            submit(&mut fx, VIRTIO_BLK_T_IN, 0, 512, false).0,
+            VIRTIO_BLK_S_IOERR as u8
+        );
+    }
+
+    #[test]
+    fn get_id_returns_the_files_identity() {
+        let mut fx = fixture(false);
+        assert_eq!(submit(&mut fx, VIRTIO_BLK_T_GET_ID, 0, 20, true).0, 0);
+        let meta = std::fs::metadata(&fx.path).unwrap();
+        let expected = format!("{}{}{}", meta.dev(), meta.rdev(), meta.ino());
+        let mut id = [0u8; 20];
+        fx.mem.read_slice(&mut id, GuestAddress(0x2000)).unwrap();
+        let n = expected.len().min(20);
+        assert_eq!(&id[..n], &expected.as_bytes()[..n]);
+    }
+
+    #[test]
+    fn capacity_is_in_the_config_space() {
+        let fx = fixture(false);
+        let mut cap = [0u8; 8];
+        fx.block.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 8);
+    }
+}

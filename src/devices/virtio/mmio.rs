@@ -1,0 +1,383 @@
+//! The virtio-mmio transport (virtio 1.2 §4.2, version 2 register layout).
+
+use std::sync::Arc;
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
+    VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{Interrupt, VirtioDevice, INT_VRING, VIRTIO_F_VERSION_1};
+use crate::devices::bus::BusDevice;
+
+const MAGIC: u32 = 0x7472_6976;
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0;
+
+/// Offset of the queue-notify register, which KVM turns into an eventfd.
+pub const NOTIFY_REG_OFFSET: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_events: Vec<EventFd>,
+    status: u32,
+    features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    queue_select: u32,
+    activated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create a virtio queue: {0}")]
+    Queue(virtio_queue::Error),
+    #[error("cannot create a queue eventfd: {0}")]
+    Event(std::io::Error),
+}
+
+impl MmioTransport {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<Self, Error> {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&size| Queue::new(size).map_err(Error::Queue))
+            .collect::<Result<Vec<_>, _>>()?;
+        let queue_events = queues
+            .iter()
+            .map(|_| EventFd::new(EFD_NONBLOCK).map_err(Error::Event))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MmioTransport {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_events,
+            status: 0,
+            features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            queue_select: 0,
+            activated: false,
+        })
+    }
+
+    /// One eventfd per queue, signalled when the guest notifies that queue.
+    pub fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    /// Runs the device over queue `index` after a notification.
+    pub fn process_queue(&mut self, index: usize) {
+        if !self.activated {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        if self.device.process_queue(index, queue, &self.mem)
+            && queue.needs_notification(&self.mem).unwrap_or(true)
+        {
+            self.interrupt.raise(INT_VRING);
+        }
+    }
+
+    fn has_status(&self, set: u32, clear: u32) -> bool {
+        self.status & set == set && self.status & clear == 0
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    fn reset(&mut self) {
+        self.status = 0;
+        self.driver_features = 0;
+        self.features_select = 0;
+        self.driver_features_select = 0;
+        self.queue_select = 0;
+        self.activated = false;
+        self.interrupt.clear();
+        self.queues.iter_mut().for_each(Queue::reset);
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let new = value & !self.status;
+        let mut status = value;
+        if new & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+            let offered = self.device.features();
+            let valid = self.driver_features & !offered == 0
+                && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0;
+            if !valid {
+                status &= !VIRTIO_CONFIG_S_FEATURES_OK;
+            }
+        }
+        if new & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.activated {
+            let queues_valid = self
+                .queues
+                .iter()
+                .all(|q| !q.ready() || q.is_valid(&self.mem));
+            if status & VIRTIO_CONFIG_S_FEATURES_OK == 0 || !queues_valid {
+                log::warn!("virtio: driver set DRIVER_OK with invalid features or queues");
+                status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+            } else {
+                self.activated = true;
+            }
+        }
+        self.status = status;
+    }
+
+    fn read_register(&self, offset: u32) -> u32 {
+        let queue = self.queues.get(self.queue_select as usize);
+        match offset {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => match self.features_select {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_CONFIG_GENERATION => 0,
+            _ => 0,
+        }
+    }
+
+    fn write_register(&mut self, offset: u32, value: u32) {
+        let configuring_queues = self.has_status(
+            VIRTIO_CONFIG_S_FEATURES_OK,
+            VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_FAILED,
+        );
+        match offset {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES if !self.has_status(0, VIRTIO_CONFIG_S_FEATURES_OK) => {}
+            VIRTIO_MMIO_DRIVER_FEATURES => match self.driver_features_select {
+                0 => {
+                    self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value)
+                }
+                1 => {
+                    self.driver_features =
+                        (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                }
+                _ => {}
+            },
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
+            VIRTIO_MMIO_QUEUE_NOTIFY => {
+                if let Some(evt) = self.queue_events.get(value as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
+            VIRTIO_MMIO_STATUS => self.set_status(value),
+            VIRTIO_MMIO_QUEUE_NUM
+            | VIRTIO_MMIO_QUEUE_READY
+            | VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH
+                if configuring_queues =>
+            {
+                if let Some(queue) = self.selected_queue() {
+                    match offset {
+                        VIRTIO_MMIO_QUEUE_NUM => queue.set_size(value as u16),
+                        VIRTIO_MMIO_QUEUE_READY => queue.set_ready(value == 1),
+                        VIRTIO_MMIO_QUEUE_DESC_LOW => {
+                            queue.set_desc_table_address(Some(value), None)
+                        }
+                        VIRTIO_MMIO_QUEUE_DESC_HIGH => {
+                            queue.set_desc_table_address(None, Some(value))
+                        }
+                        VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
+                            queue.set_avail_ring_address(Some(value), None)
+                        }
+                        VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
+                            queue.set_avail_ring_address(None, Some(value))
+                        }
+                        VIRTIO_MMIO_QUEUE_USED_LOW => {
+                            queue.set_used_ring_address(Some(value), None)
+                        }
+                        _ => queue.set_used_ring_address(None, Some(value)),
+                    }
+                }
+            }
+            _ => log::debug!("virtio-mmio: ignored write of {value:#x} at {offset:#x}"),
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let config = u64::from(VIRTIO_MMIO_CONFIG);
+        if offset >= config {
+            self.device.read_config(offset - config, data);
+        } else if let (Ok(bytes), Ok(offset)) =
+            (<&mut [u8; 4]>::try_from(&mut *data), u32::try_from(offset))
+        {
+            *bytes = self.read_register(offset).to_le_bytes();
+        } else {
+            data.fill(0);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            log::debug!("virtio-mmio: config space is read-only");
+        } else if let (Ok(bytes), Ok(offset)) = (<[u8; 4]>::try_from(data), u32::try_from(offset)) {
+            self.write_register(offset, u32::from_le_bytes(bytes));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER};
+    use vm_memory::GuestAddress;
+
+    use super::*;
+
+    struct Dummy {
+        processed: usize,
+    }
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn features(&self) -> u64 {
+            1 << VIRTIO_F_VERSION_1 | 1
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8 + 1);
+        }
+        fn process_queue(&mut self, _: usize, _: &mut Queue, _: &GuestMemoryMmap) -> bool {
+            self.processed += 1;
+            true
+        }
+    }
+
+    fn transport() -> (MmioTransport, EventFd) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+        let t = MmioTransport::new(Box::new(Dummy { processed: 0 }), mem, interrupt).unwrap();
+        (t, irq)
+    }
+
+    fn read(t: &mut MmioTransport, offset: u32) -> u32 {
+        let mut b = [0; 4];
+        t.read(u64::from(offset), &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn write(t: &mut MmioTransport, offset: u32, value: u32) {
+        t.write(u64::from(offset), &value.to_le_bytes());
+    }
+
+    fn negotiate(t: &mut MmioTransport, high_features: u32) {
+        write(t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write(
+            t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES, high_features);
+        write(t, VIRTIO_MMIO_STATUS, 0xb);
+    }
+
+    #[test]
+    fn identifies_as_a_modern_virtio_mmio_device() {
+        let (mut t, _) = transport();
+        assert_eq!(read(&mut t, VIRTIO_MMIO_MAGIC_VALUE), MAGIC);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_DEVICE_ID), 42);
+        write(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 1);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX), 16);
+        write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        assert_eq!(
+            read(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX),
+            0,
+            "no second queue"
+        );
+        assert_eq!(read(&mut t, VIRTIO_MMIO_CONFIG + 2), 0x03030303);
+    }
+
+    #[test]
+    fn features_the_device_lacks_fail_negotiation() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, 1 | 2);
+        assert_eq!(
+            read(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK,
+            0
+        );
+        write(&mut t, VIRTIO_MMIO_STATUS, 0);
+        negotiate(&mut t, 1);
+        assert_ne!(
+            read(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK,
+            0
+        );
+    }
+
+    #[test]
+    fn driver_ok_with_a_broken_queue_needs_reset_and_processes_nothing() {
+        let (mut t, irq) = transport();
+        negotiate(&mut t, 1);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 16);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0xffff_0000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        assert_ne!(
+            read(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            0
+        );
+        t.process_queue(0);
+        assert!(irq.read().is_err(), "no interrupt from an inactive device");
+    }
+
+    #[test]
+    fn notified_queue_is_processed_and_interrupts() {
+        let (mut t, irq) = transport();
+        negotiate(&mut t, 1);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 16);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x2000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x3000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0xf);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        assert_eq!(t.queue_events()[0].read().unwrap(), 1);
+        t.process_queue(0);
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), INT_VRING);
+        write(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, INT_VRING);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+    }
+}

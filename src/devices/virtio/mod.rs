@@ -1,0 +1,70 @@
+//! virtio devices and their MMIO transport.
+//!
+//! A device is a small state machine over its queues; the transport owns the
+//! registers, feature negotiation, queues and interrupt, and calls the device
+//! when a queue is notified.
+
+pub mod block;
+pub mod mmio;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Feature bit every modern (virtio 1.x) device offers.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+
+/// What the transport needs from a device.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (2 for block, ...).
+    fn device_type(&self) -> u32;
+    /// Feature bits the device offers.
+    fn features(&self) -> u64;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Consumes the available buffers of queue `index`; true if any was used.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+}
+
+/// The interrupt status register and the irqfd behind it.
+pub struct Interrupt {
+    status: AtomicU32,
+    irq: EventFd,
+}
+
+/// Bits of the interrupt status register.
+pub const INT_VRING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+impl Interrupt {
+    pub fn new(irq: EventFd) -> Self {
+        Interrupt {
+            status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    /// Sets `bits` in the status register and raises the guest IRQ.
+    pub fn raise(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        if let Err(e) = self.irq.write(1) {
+            log::warn!("virtio: cannot raise interrupt: {e}");
+        }
+    }
+
+    fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}

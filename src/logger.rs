@@ -1,0 +1,221 @@
+//! ember's log: Firecracker-style lines on stderr or in `--log-path`
+//! (a file or a named pipe), behind the `log` crate's macros.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+use crate::config::LoggerConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid log level '{0}': use Error, Warning, Info, Debug, Trace or Off")]
+    Level(String),
+    #[error("cannot open log file '{path}': {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+struct Settings {
+    sink: Box<dyn Write + Send>,
+    show_level: bool,
+    show_origin: bool,
+    module: Option<String>,
+}
+
+struct Logger {
+    instance_id: String,
+    settings: Mutex<Settings>,
+}
+
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+/// Parses Firecracker's level names, case-insensitively.
+pub fn parse_level(name: &str) -> Result<LevelFilter, Error> {
+    match name.to_ascii_lowercase().as_str() {
+        "error" => Ok(LevelFilter::Error),
+        "warning" | "warn" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        "trace" => Ok(LevelFilter::Trace),
+        "off" => Ok(LevelFilter::Off),
+        _ => Err(Error::Level(name.to_string())),
+    }
+}
+
+fn open_sink(path: Option<&str>) -> Result<Box<dyn Write + Send>, Error> {
+    match path {
+        None => Ok(Box::new(std::io::stderr())),
+        Some(path) => OpenOptions::new()
+            .append(true)
+            .create(true)
+            // A named pipe without a reader must not block the VMM.
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map(|f| Box::new(f) as Box<dyn Write + Send>)
+            .map_err(|source| Error::Open {
+                path: path.to_string(),
+                source,
+            }),
+    }
+}
+
+/// Installs the logger; called once at start-up from the command line flags.
+pub fn init(
+    instance_id: &str,
+    level: LevelFilter,
+    path: Option<&str>,
+    show_level: bool,
+    show_origin: bool,
+) -> Result<(), Error> {
+    let settings = Settings {
+        sink: open_sink(path)?,
+        show_level,
+        show_origin,
+        module: None,
+    };
+    let logger = LOGGER.get_or_init(|| Logger {
+        instance_id: instance_id.to_string(),
+        settings: Mutex::new(Settings {
+            sink: Box::new(std::io::sink()),
+            show_level: false,
+            show_origin: false,
+            module: None,
+        }),
+    });
+    if let Ok(mut s) = logger.settings.lock() {
+        *s = settings;
+    }
+    // Only the first call installs it; later ones just reconfigure it above.
+    let _ = log::set_logger(logger);
+    log::set_max_level(level);
+    Ok(())
+}
+
+/// Applies `PUT /logger`.
+pub fn configure(config: &LoggerConfig) -> Result<(), Error> {
+    let level = config.level.as_deref().map(parse_level).transpose()?;
+    let sink = config
+        .log_path
+        .as_deref()
+        .map(|p| open_sink(Some(p)))
+        .transpose()?;
+    if let Some(logger) = LOGGER.get() {
+        if let Ok(mut s) = logger.settings.lock() {
+            if let Some(sink) = sink {
+                s.sink = sink;
+            }
+            s.show_level = config.show_level;
+            s.show_origin = config.show_log_origin;
+            s.module = config.module.clone();
+        }
+    }
+    if let Some(level) = level {
+        log::set_max_level(level);
+    }
+    Ok(())
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let Ok(mut s) = self.settings.lock() else {
+            return;
+        };
+        if let Some(module) = &s.module {
+            if !record
+                .module_path()
+                .unwrap_or_default()
+                .starts_with(module.as_str())
+            {
+                return;
+            }
+        }
+        let mut line = format!(
+            "{} [{}:{}]",
+            timestamp(SystemTime::now()),
+            self.instance_id,
+            std::thread::current().name().unwrap_or("main")
+        );
+        if s.show_level {
+            line.push_str(&format!(" :{}", record.level()));
+        }
+        if s.show_origin {
+            line.push_str(&format!(
+                " :{}:{}",
+                record.file().unwrap_or("?"),
+                record.line().unwrap_or(0)
+            ));
+        }
+        line.push_str(&format!(" {}\n", record.args()));
+        // Logging must never take the VMM down: a full pipe drops the line.
+        let _ = s.sink.write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        if let Ok(mut s) = self.settings.lock() {
+            let _ = s.sink.flush();
+        }
+    }
+}
+
+/// RFC 3339 UTC time with nanoseconds, without pulling in a date crate.
+fn timestamp(now: SystemTime) -> String {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn levels_parse_like_firecracker() {
+        assert_eq!(parse_level("Warning").unwrap(), LevelFilter::Warn);
+        assert_eq!(parse_level("DEBUG").unwrap(), LevelFilter::Debug);
+        assert_eq!(parse_level("off").unwrap(), LevelFilter::Off);
+        assert!(parse_level("loud").is_err());
+    }
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        let t = UNIX_EPOCH + Duration::new(1_764_104_689, 5);
+        assert_eq!(timestamp(t), "2025-11-25T21:04:49.000000005");
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000000000"
+        );
+    }
+}
