@@ -88,9 +88,12 @@ pub fn build(
     exit: Arc<ExitSignal>,
 ) -> Result<Vmm, Error> {
     let boot_source = boot_source.ok_or(Error::NoBootSource)?;
+    let mut stages = Stages::new();
     let vm = vm::Vm::new()?;
+    stages.mark("vm");
     let mem = memory::create(machine.mem_size_mib)?;
     vm.register_memory(&mem)?;
+    stages.mark("memory");
     let mem_size = machine.mem_size_mib << 20;
 
     let kernel = boot::load_kernel(&mem, Path::new(&boot_source.kernel_image_path))?;
@@ -99,6 +102,8 @@ pub fn build(
         .as_deref()
         .map(|p| boot::load_initrd(&mem, Path::new(p), mem_size))
         .transpose()?;
+
+    stages.mark("kernel");
 
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
     cmdline
@@ -212,6 +217,7 @@ pub fn build(
         });
     }
 
+    stages.mark("devices");
     boot::configure_system(
         &mem,
         &kernel,
@@ -237,12 +243,15 @@ pub fn build(
         })
         .collect::<Result<Vec<_>, vcpu::Error>>()?;
 
+    stages.mark("boot params");
     let buses = Arc::new(Buses { pio, mmio });
     let handles = vcpus
         .into_iter()
         .map(|vcpu| vcpu.start(buses.clone(), exit.clone()))
         .collect::<Result<Vec<_>, _>>()?;
 
+    stages.mark("vcpus");
+    stages.log();
     Ok(Vmm::new(
         vm,
         mem,
@@ -253,4 +262,44 @@ pub fn build(
         attached,
         queue_events,
     ))
+}
+
+/// Times the steps of a start for the log, so "where the time goes" is one
+/// `--level Info` away.
+struct Stages {
+    last: Instant,
+    start: Instant,
+    marks: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Stages {
+    fn new() -> Self {
+        let now = Instant::now();
+        Stages {
+            last: now,
+            start: now,
+            marks: Vec::with_capacity(8),
+        }
+    }
+
+    fn mark(&mut self, stage: &'static str) {
+        let now = Instant::now();
+        self.marks.push((stage, now - self.last));
+        self.last = now;
+    }
+
+    fn log(&self) {
+        if log::log_enabled!(log::Level::Info) {
+            let parts: Vec<String> = self
+                .marks
+                .iter()
+                .map(|(stage, d)| format!("{stage} {}us", d.as_micros()))
+                .collect();
+            log::info!(
+                "InstanceStart took {}us: {}",
+                self.start.elapsed().as_micros(),
+                parts.join(", ")
+            );
+        }
+    }
 }

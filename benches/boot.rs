@@ -1,0 +1,176 @@
+//! Boot benchmark: spawn -> API ready, InstanceStart -> guest marker,
+//! spawn -> marker with `--config-file`, spawn -> exit after a guest reset,
+//! and ember's own memory besides guest memory.
+//!
+//! `cargo bench --bench boot [-- --short] [-- --json PATH]` prints a table of
+//! min/median/max over the runs and writes the same figures as JSON.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{artifact, require_kvm, Ember, TempDir};
+use serde_json::json;
+
+const MARKER: &str = "EMBER-TEST-GUEST: hello from";
+const TIMEOUT: Duration = Duration::from_secs(20);
+const GUEST_MEM_MIB: u64 = 128;
+
+struct Series {
+    name: &'static str,
+    unit: &'static str,
+    samples: Vec<f64>,
+}
+
+impl Series {
+    fn new(name: &'static str, unit: &'static str) -> Self {
+        Series {
+            name,
+            unit,
+            samples: Vec::new(),
+        }
+    }
+
+    fn sorted(&self) -> Vec<f64> {
+        let mut s = self.samples.clone();
+        s.sort_by(f64::total_cmp);
+        s
+    }
+
+    fn stats(&self) -> (f64, f64, f64) {
+        let s = self.sorted();
+        (s[0], s[s.len() / 2], s[s.len() - 1])
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Resident memory of `pid` outside the guest-memory mapping, in KiB.
+fn rss_besides_guest_kib(pid: u32, guest_kib: u64) -> f64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("read smaps");
+    let (mut total, mut guest) = (0u64, 0u64);
+    let mut size = 0u64;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        match (fields.next(), fields.next()) {
+            (Some("Size:"), Some(v)) => size = v.parse().unwrap_or(0),
+            (Some("Rss:"), Some(v)) => {
+                let rss: u64 = v.parse().unwrap_or(0);
+                total += rss;
+                if size == guest_kib {
+                    guest += rss;
+                }
+            }
+            _ => {}
+        }
+    }
+    (total - guest) as f64
+}
+
+fn config(kernel: &std::path::Path, args: &str) -> serde_json::Value {
+    json!({
+        "boot-source": {"kernel_image_path": kernel, "boot_args": args},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": GUEST_MEM_MIB}
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let short = args.iter().any(|a| a == "--short");
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench/boot.json").to_string()
+        });
+    let runs = if short { 5 } else { 30 };
+    require_kvm();
+    let kernel = artifact("test-elf");
+
+    let mut api_ready = Series::new("spawn -> API socket ready", "us");
+    let mut start_reply = Series::new("InstanceStart request -> 204", "us");
+    let mut start_marker = Series::new("InstanceStart -> guest marker", "us");
+    let mut config_marker = Series::new("spawn -> marker (--config-file)", "us");
+    let mut spawn_exit = Series::new("spawn -> exit after guest reset", "us");
+    let mut rss = Series::new("ember RSS besides guest memory", "KiB");
+
+    for _ in 0..runs {
+        let dir = TempDir::new("bench");
+        let ember = Ember::with_api(&dir, &[]);
+        api_ready.samples.push(micros(ember.spawned_at.elapsed()));
+        ember.ok(
+            "PUT",
+            "/boot-source",
+            &json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0 ember.echo"})
+                .to_string(),
+        );
+        ember.ok(
+            "PUT",
+            "/machine-config",
+            &json!({"vcpu_count": 1, "mem_size_mib": GUEST_MEM_MIB}).to_string(),
+        );
+        let before = Instant::now();
+        ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+        start_reply.samples.push(micros(before.elapsed()));
+        let (seen, _) = ember
+            .wait_line(TIMEOUT, |l| l.starts_with(MARKER))
+            .expect("guest marker");
+        start_marker.samples.push(micros(seen - before));
+        ember.expect_line("echo: ready", TIMEOUT);
+        rss.samples
+            .push(rss_besides_guest_kib(ember.pid(), GUEST_MEM_MIB << 10));
+    }
+
+    for _ in 0..runs {
+        let dir = TempDir::new("bench");
+        let ember = Ember::with_config(&dir, &config(&kernel, "console=ttyS0 ember.echo"));
+        let (seen, _) = ember
+            .wait_line(TIMEOUT, |l| l.starts_with(MARKER))
+            .expect("guest marker");
+        config_marker.samples.push(micros(seen - ember.spawned_at));
+    }
+
+    for _ in 0..runs {
+        let dir = TempDir::new("bench");
+        let mut ember = Ember::with_config(&dir, &config(&kernel, "console=ttyS0"));
+        let status = ember.child.wait().expect("wait for ember");
+        assert_eq!(status.code(), Some(0), "guest reset ends ember with 0");
+        spawn_exit.samples.push(micros(ember.spawned_at.elapsed()));
+    }
+
+    let all = [
+        &api_ready,
+        &start_reply,
+        &start_marker,
+        &config_marker,
+        &spawn_exit,
+        &rss,
+    ];
+    println!("\nember boot benchmark: {runs} runs each, test unikernel (test-elf), {GUEST_MEM_MIB} MiB, 1 vCPU\n");
+    println!(
+        "{:<36} {:>10} {:>10} {:>10}  unit",
+        "measure", "min", "median", "max"
+    );
+    let mut results = Vec::new();
+    for series in all {
+        let (min, median, max) = series.stats();
+        println!(
+            "{:<36} {min:>10.0} {median:>10.0} {max:>10.0}  {}",
+            series.name, series.unit
+        );
+        results.push(json!({
+            "name": series.name, "unit": series.unit, "runs": series.samples.len(),
+            "min": min, "median": median, "max": max, "samples": series.sorted(),
+        }));
+    }
+    let report = json!({"benchmark": "boot", "short": short, "results": results});
+    if let Some(parent) = std::path::Path::new(&json_path).parent() {
+        std::fs::create_dir_all(parent).expect("create the JSON directory");
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report).unwrap()).expect("write JSON");
+    println!("\nJSON: {json_path}");
+}

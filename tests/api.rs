@@ -1,0 +1,375 @@
+//! The API and command line as a Firecracker client sees them: shapes,
+//! status codes, and clear 400s for bad input while ember keeps serving.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{artifact, require_kvm, Ember, TempDir, EMBER};
+use serde_json::{json, Value};
+
+fn fault(reply: &str) -> String {
+    let value: Value =
+        serde_json::from_str(reply).unwrap_or_else(|e| panic!("not JSON ({e}): {reply}"));
+    value["fault_message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fault_message in {reply}"))
+        .to_string()
+}
+
+/// Asserts a 400 whose fault message contains `needle`, and that ember still answers.
+fn rejects(ember: &Ember, method: &str, path: &str, body: &str, needle: &str) {
+    let (status, reply) = ember.api(method, path, body);
+    assert_eq!(status, 400, "{method} {path} {body} -> {status} {reply}");
+    let message = fault(&reply);
+    assert!(
+        message.contains(needle),
+        "{method} {path}: {message:?} lacks {needle:?}"
+    );
+    let (status, _) = ember.api("GET", "/", "");
+    assert_eq!(status, 200, "ember stopped serving after {method} {path}");
+}
+
+#[test]
+fn instance_info_version_and_defaults_have_firecrackers_shape() {
+    let dir = TempDir::new("info");
+    let ember = Ember::with_api(&dir, &["--id", "fn-42"]);
+    let (status, body) = ember.api("GET", "/", "");
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["id"], "fn-42");
+    assert_eq!(info["state"], "Not started");
+    assert_eq!(info["app_name"], "ember");
+    assert!(info["vmm_version"].is_string());
+
+    let (status, body) = ember.api("GET", "/version", "");
+    assert_eq!(status, 200);
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["firecracker_version"].is_string());
+
+    let (_, body) = ember.api("GET", "/machine-config", "");
+    let machine: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (
+            machine["vcpu_count"].as_u64(),
+            machine["mem_size_mib"].as_u64()
+        ),
+        (Some(1), Some(128))
+    );
+
+    ember.ok("PATCH", "/machine-config", r#"{"mem_size_mib": 512}"#);
+    let (_, body) = ember.api("GET", "/vm/config", "");
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["machine-config"]["mem_size_mib"], 512);
+    assert_eq!(config["machine-config"]["vcpu_count"], 1);
+}
+
+#[test]
+fn bad_requests_get_a_400_that_says_why() {
+    let dir = TempDir::new("bad");
+    let ember = Ember::with_api(&dir, &[]);
+    rejects(
+        &ember,
+        "PUT",
+        "/boot-source",
+        r#"{"kernel_image_path": "k", "extra": 1}"#,
+        "unknown field `extra`",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/boot-source",
+        r#"{"kernel_image_path": "#,
+        "invalid request body",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 33, "mem_size_mib": 128}"#,
+        "vcpu_count",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 0, "mem_size_mib": 128}"#,
+        "vcpu_count",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 0}"#,
+        "mem_size_mib",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/drives/a",
+        r#"{"drive_id": "b", "path_on_host": "x", "is_root_device": false}"#,
+        "does not match",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/drives/a",
+        &json!({"drive_id": "a", "path_on_host": dir.path("missing.img"), "is_root_device": false})
+            .to_string(),
+        "missing.img",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "Launch"}"#,
+        "Launch",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+        "boot-source",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "SendCtrlAltDel"}"#,
+        "before starting",
+    );
+    rejects(
+        &ember,
+        "PATCH",
+        "/vm",
+        r#"{"state": "Paused"}"#,
+        "before starting",
+    );
+    rejects(
+        &ember,
+        "GET",
+        "/no/such/thing",
+        "",
+        "invalid request method and/or path",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/network-interfaces/eth0",
+        "{}",
+        "not supported by ember yet",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/snapshot/create",
+        "{}",
+        "not supported by ember yet",
+    );
+
+    let huge = format!(r#"{{"kernel_image_path": "{}"}}"#, "k".repeat(60_000));
+    rejects(
+        &ember,
+        "PUT",
+        "/boot-source",
+        &huge,
+        "larger than the limit",
+    );
+
+    // A root device may exist only once.
+    let a = dir.disk("a.img", 8, b"");
+    let b = dir.disk("b.img", 8, b"");
+    ember.ok(
+        "PUT",
+        "/drives/a",
+        &json!({"drive_id": "a", "path_on_host": a, "is_root_device": true}).to_string(),
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/drives/b",
+        &json!({"drive_id": "b", "path_on_host": b, "is_root_device": true}).to_string(),
+        "root block device already exists",
+    );
+}
+
+#[test]
+fn missing_or_malformed_kernels_are_named_in_the_error() {
+    let dir = TempDir::new("kernel");
+    let ember = Ember::with_api(&dir, &[]);
+    let missing = dir.path("nope.elf");
+    rejects(
+        &ember,
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": missing}).to_string(),
+        "nope.elf",
+    );
+
+    require_kvm();
+    let garbage = dir.path("garbage.bin");
+    std::fs::write(&garbage, vec![0x5au8; 8192]).unwrap();
+    ember.ok(
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": garbage}).to_string(),
+    );
+    let (status, reply) = ember.api("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(status, 400);
+    let message = fault(&reply);
+    assert!(
+        message.contains("garbage.bin") && message.contains("neither a valid ELF nor a bzImage"),
+        "{message}"
+    );
+    let (_, info) = ember.api("GET", "/", "");
+    assert!(
+        info.contains("Not started"),
+        "a failed start leaves nothing half-started: {info}"
+    );
+}
+
+#[test]
+fn configuration_is_refused_after_start_and_start_only_happens_once() {
+    require_kvm();
+    let dir = TempDir::new("after-start");
+    let mut ember = Ember::with_api(&dir, &[]);
+    let boot =
+        json!({"kernel_image_path": artifact("test-elf"), "boot_args": "console=ttyS0 ember.echo"})
+            .to_string();
+    ember.ok("PUT", "/boot-source", &boot);
+    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    ember.expect_line("echo: ready", Duration::from_secs(20));
+    rejects(
+        &ember,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+        "already running",
+    );
+    rejects(&ember, "PUT", "/boot-source", &boot, "after starting");
+    rejects(
+        &ember,
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 128}"#,
+        "after starting",
+    );
+    rejects(
+        &ember,
+        "PATCH",
+        "/machine-config",
+        r#"{"vcpu_count": 2}"#,
+        "after starting",
+    );
+    let (_, info) = ember.api("GET", "/", "");
+    assert!(info.contains(r#""state":"Running""#), "{info}");
+    ember.write_stdin(b"reset\n");
+    assert_eq!(ember.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
+
+fn run_ember(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(EMBER).args(args).output().expect("run ember");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn command_line_errors_are_one_clear_line_and_nonzero() {
+    for args in [
+        &["--frobnicate"][..],
+        &["--api-sock"],
+        &["--level", "loud"],
+        &["--id", "not valid!"],
+        &["--no-api"],
+    ] {
+        let (code, _, stderr) = run_ember(args);
+        assert_ne!(code, Some(0), "{args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("ember: "), "{args:?}: {stderr}");
+    }
+    let (code, stdout, _) = run_ember(&["--version"]);
+    assert_eq!((code, stdout.starts_with("ember v")), (Some(0), true));
+    let (code, stdout, _) = run_ember(&["--help"]);
+    assert_eq!(code, Some(0));
+    for flag in [
+        "--api-sock",
+        "--config-file",
+        "--no-api",
+        "--id",
+        "--level",
+        "--log-path",
+        "--boot-timer",
+    ] {
+        assert!(stdout.contains(flag), "--help does not mention {flag}");
+    }
+}
+
+#[test]
+fn bad_config_files_are_refused_with_the_reason() {
+    let dir = TempDir::new("bad-config");
+    let path = dir.path("vm.json");
+    let path_str = path.to_str().unwrap();
+    for (content, needle) in [
+        ("{not json", "invalid config file"),
+        (
+            r#"{"boot-source": {"kernel_image_path": "/no/such/kernel"}}"#,
+            "/no/such/kernel",
+        ),
+        (
+            r#"{"machine-config": {"vcpu_count": 99, "mem_size_mib": 128}}"#,
+            "vcpu_count",
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 3, "uds_path": "v"}}"#,
+            "vsock",
+        ),
+        (
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#,
+            "boot-source",
+        ),
+    ] {
+        std::fs::write(&path, content).unwrap();
+        let (code, _, stderr) = run_ember(&["--no-api", "--config-file", path_str]);
+        assert_eq!(code, Some(152), "{content}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{content}: {stderr:?} lacks {needle:?}"
+        );
+    }
+}
+
+#[test]
+fn log_path_and_boot_timer_record_the_boot() {
+    require_kvm();
+    let dir = TempDir::new("log");
+    let log = dir.path("ember.log");
+    let config = json!({
+        "boot-source": {"kernel_image_path": artifact("test-pvh"), "boot_args": "console=ttyS0"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}
+    });
+    let config_path = dir.path("vm.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let mut ember = Ember::spawn(
+        &[
+            "--no-api",
+            "--config-file",
+            config_path.to_str().unwrap(),
+            "--boot-timer",
+            "--level",
+            "Info",
+            "--log-path",
+            log.to_str().unwrap(),
+            "--id",
+            "timed",
+        ],
+        None,
+    );
+    assert_eq!(ember.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("[timed:"), "{text}");
+    assert!(text.contains("Guest-boot-time ="), "{text}");
+}

@@ -1,0 +1,204 @@
+//! Booting the test unikernels through the API and through `--config-file`,
+//! in both boot protocols: console, vCPUs, memory map, block devices, reset.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use common::{artifact, expected_memory_lines, require_kvm, Ember, TempDir};
+use serde_json::json;
+
+const BOOT: Duration = Duration::from_secs(20);
+
+fn boot_via_api(guest: &str, protocol: &str) {
+    require_kvm();
+    let dir = TempDir::new("api-boot");
+    let root = dir.disk("root.img", 64, b"root sector zero");
+    let mut ember = Ember::with_api(&dir, &[]);
+    let kernel = artifact(guest);
+    let args = "console=ttyS0 reboot=k panic=1 pci=off";
+    ember.ok(
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": kernel, "boot_args": args}).to_string(),
+    );
+    ember.ok(
+        "PUT",
+        "/drives/rootfs",
+        &json!({"drive_id": "rootfs", "path_on_host": root, "is_root_device": true, "is_read_only": false}).to_string(),
+    );
+    ember.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+    );
+    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+
+    ember.expect_line(&format!("EMBER-TEST-GUEST: hello from {protocol}"), BOOT);
+    let cmdline = ember.expect_line("cmdline: ", BOOT);
+    assert_eq!(
+        cmdline,
+        format!("cmdline: {args} root=/dev/vda rw virtio_mmio.device=4K@0xd0001000:5")
+    );
+    assert_eq!(ember.expect_line("cpus: ", BOOT), "cpus: 2");
+    ember.expect_line("guest: reset", BOOT);
+    let mem: Vec<String> = ember
+        .console()
+        .into_iter()
+        .filter(|l| l.starts_with("mem: 0x"))
+        .collect();
+    assert_eq!(mem, expected_memory_lines(256));
+    assert_eq!(
+        ember.wait_exit(BOOT).code(),
+        Some(0),
+        "a guest reset ends ember cleanly"
+    );
+}
+
+#[test]
+fn linux64_guest_boots_through_the_api() {
+    boot_via_api("test-elf", "linux64");
+}
+
+#[test]
+fn pvh_guest_boots_through_the_api() {
+    boot_via_api("test-pvh", "pvh");
+}
+
+fn boot_via_config(guest: &str, protocol: &str) {
+    require_kvm();
+    let dir = TempDir::new("config-boot");
+    let config = json!({
+        "boot-source": {"kernel_image_path": artifact(guest), "boot_args": "console=ttyS0 ember.echo"},
+        "drives": [],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+        "network-interfaces": []
+    });
+    let mut ember = Ember::with_config(&dir, &config);
+    ember.expect_line(&format!("EMBER-TEST-GUEST: hello from {protocol}"), BOOT);
+    assert_eq!(ember.expect_line("cpus: ", BOOT), "cpus: 1");
+    assert_eq!(ember.expect_line("blk", BOOT), "blk: none");
+    ember.expect_line("echo: ready", BOOT);
+    ember.write_stdin(b"hello ember\n");
+    ember.expect_line("hello ember", BOOT);
+    ember.write_stdin(b"reset\n");
+    ember.expect_line("guest: reset", BOOT);
+    assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
+}
+
+#[test]
+fn linux64_guest_boots_from_a_config_file_and_echoes_input() {
+    boot_via_config("test-elf", "linux64");
+}
+
+#[test]
+fn pvh_guest_boots_from_a_config_file_and_echoes_input() {
+    boot_via_config("test-pvh", "pvh");
+}
+
+#[test]
+fn guest_reads_and_writes_drives_and_read_only_ones_refuse_writes() {
+    require_kvm();
+    let dir = TempDir::new("drives");
+    let root = dir.disk("root.img", 64, b"the root drive");
+    let data = dir.disk("data.img", 128, b"second drive says hi");
+    let ro = dir.disk("ro.img", 32, b"do not touch me");
+    let config = json!({
+        "boot-source": {"kernel_image_path": artifact("test-pvh"), "boot_args": "console=ttyS0"},
+        "drives": [
+            {"drive_id": "data", "path_on_host": data, "is_root_device": false, "is_read_only": false, "cache_type": "Writeback"},
+            {"drive_id": "ro", "path_on_host": ro, "is_root_device": false, "is_read_only": true},
+            {"drive_id": "rootfs", "path_on_host": root, "is_root_device": true, "is_read_only": false}
+        ],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}
+    });
+    let mut ember = Ember::with_config(&dir, &config);
+    ember.expect_line("guest: reset", BOOT);
+    assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
+    let console = ember.console();
+    let line = |prefix: &str| {
+        console
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{}", console.join("\n")))
+            .clone()
+    };
+
+    // The root drive is the first device; the others follow in configuration order.
+    for (index, path, sectors, ro) in [(0, &root, 64, 0), (1, &data, 128, 0), (2, &ro, 32, 1)] {
+        let meta = std::fs::metadata(path).unwrap();
+        let id: String = format!("{}{}{}", meta.dev(), meta.rdev(), meta.ino())
+            .chars()
+            .take(20)
+            .collect();
+        assert_eq!(
+            line(&format!("blk{index}: id=")),
+            format!("blk{index}: id={id} sectors={sectors} ro={ro}")
+        );
+    }
+    assert!(line("blk1: sector0=").starts_with("blk1: sector0=second drive says hi"));
+    assert_eq!(line("blk1: write status="), "blk1: write status=0");
+    assert_eq!(line("blk1: flush status="), "blk1: flush status=0");
+    assert_eq!(
+        line("blk1: beyond-end status="),
+        "blk1: beyond-end status=1"
+    );
+
+    let written = std::fs::read(&data).unwrap();
+    let expected = b"ember-test-guest wrote blk1 sector 1\n";
+    assert_eq!(
+        &written[512..512 + expected.len()],
+        expected,
+        "the guest's write is in the host file"
+    );
+    assert!(written[512 + expected.len()..1024].iter().all(|&b| b == 0));
+    assert_eq!(
+        &written[..20],
+        b"second drive says hi",
+        "sector 0 untouched"
+    );
+
+    assert_eq!(
+        line("blk2: write status="),
+        "blk2: write status=1",
+        "read-only drive refuses writes"
+    );
+    let untouched = std::fs::read(&ro).unwrap();
+    assert_eq!(&untouched[..15], b"do not touch me");
+    assert!(
+        untouched[15..].iter().all(|&b| b == 0),
+        "nothing written to the read-only file"
+    );
+}
+
+#[test]
+fn paused_guest_stops_and_resumed_guest_goes_on() {
+    require_kvm();
+    let dir = TempDir::new("pause");
+    let mut ember = Ember::with_api(&dir, &[]);
+    ember.ok(
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": artifact("test-elf"), "boot_args": "console=ttyS0 ember.echo"}).to_string(),
+    );
+    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    ember.expect_line("echo: ready", BOOT);
+    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let (_, info) = ember.api("GET", "/", "");
+    assert!(info.contains(r#""state":"Paused""#), "{info}");
+
+    // Input typed while paused is only echoed after resume.
+    ember.write_stdin(b"while paused\n");
+    assert!(ember
+        .wait_line(Duration::from_millis(300), |l| l == "while paused")
+        .is_none());
+    ember.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    ember.expect_line("while paused", BOOT);
+    let (_, info) = ember.api("GET", "/", "");
+    assert!(info.contains(r#""state":"Running""#), "{info}");
+
+    ember.ok("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
+    ember.write_stdin(b"reset\n");
+    assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
+}

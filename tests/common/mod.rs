@@ -1,0 +1,332 @@
+//! Drives the real `ember` binary as a user does: spawn it, talk to its API
+//! socket, read its console, feed its stdin, wait for it to exit.
+//! Shared by the integration tests and the benchmark.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+
+/// Fails loudly when KVM is missing: these tests never skip.
+pub fn require_kvm() {
+    if !Path::new("/dev/kvm").exists() {
+        panic!("/dev/kvm is missing: ember's integration tests need KVM (a host with hardware or nested virtualization)");
+    }
+}
+
+/// Guest artifacts by name (`test-elf`, `test-pvh`, `kernel`, ...), built or
+/// found in the cache by `resources/guests.sh` once per test binary, or read
+/// from the `name=path` file `EMBER_GUESTS` names (guests built elsewhere).
+pub fn artifact(name: &str) -> PathBuf {
+    static ARTIFACTS: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    let all = ARTIFACTS.get_or_init(|| {
+        let listing = match std::env::var("EMBER_GUESTS") {
+            Ok(file) => std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("cannot read EMBER_GUESTS file {file}: {e}")),
+            Err(_) => {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/guests.sh");
+                let out = Command::new("bash")
+                    .arg(&script)
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .expect("run resources/guests.sh");
+                assert!(
+                    out.status.success(),
+                    "resources/guests.sh failed: {}",
+                    out.status
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+        };
+        listing
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+            .collect()
+    });
+    all.get(name)
+        .unwrap_or_else(|| panic!("resources/guests.sh printed no '{name}=' artifact"))
+        .clone()
+}
+
+/// A scratch directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("ember-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// A disk image of `sectors` 512-byte sectors starting with `text`.
+    pub fn disk(&self, name: &str, sectors: usize, text: &[u8]) -> PathBuf {
+        let mut bytes = vec![0u8; sectors * 512];
+        bytes[..text.len()].copy_from_slice(text);
+        let path = self.path(name);
+        std::fs::write(&path, bytes).expect("write disk image");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Everything the guest printed so far, with the time each line arrived.
+#[derive(Default)]
+struct Console {
+    lines: Vec<(Instant, String)>,
+    closed: bool,
+}
+
+/// A running `ember` process.
+pub struct Ember {
+    pub child: Child,
+    pub socket: Option<PathBuf>,
+    pub spawned_at: Instant,
+    stdin: Option<ChildStdin>,
+    console: Arc<(Mutex<Console>, Condvar)>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Ember {
+    /// Spawns ember with `args`; with `socket` set, waits until the API answers a connect.
+    pub fn spawn(args: &[&str], socket: Option<&Path>) -> Ember {
+        let spawned_at = Instant::now();
+        let mut child = Command::new(EMBER)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ember");
+        let console = Arc::new((Mutex::new(Console::default()), Condvar::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let sink = console.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let (lock, cv) = &*sink;
+                lock.lock().unwrap().lines.push((Instant::now(), line));
+                cv.notify_all();
+            }
+            let (lock, cv) = &*sink;
+            lock.lock().unwrap().closed = true;
+            cv.notify_all();
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let err_sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                err_sink
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdin = child.stdin.take();
+        let ember = Ember {
+            child,
+            socket: socket.map(Path::to_path_buf),
+            spawned_at,
+            stdin,
+            console,
+            stderr,
+        };
+        if let Some(socket) = socket {
+            ember.wait_for_socket(socket);
+        }
+        ember
+    }
+
+    /// Spawns ember with its API on a fresh socket in `dir`.
+    pub fn with_api(dir: &TempDir, extra: &[&str]) -> Ember {
+        let socket = dir.path("api.sock");
+        let mut args = vec!["--api-sock", socket.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Ember::spawn(&args, Some(&socket))
+    }
+
+    /// Spawns `ember --no-api --config-file` for `config`, written to `dir`.
+    pub fn with_config(dir: &TempDir, config: &serde_json::Value) -> Ember {
+        let path = dir.path("vm.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        Ember::spawn(&["--no-api", "--config-file", path.to_str().unwrap()], None)
+    }
+
+    fn wait_for_socket(&self, socket: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ember's API socket never came up; stderr: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// One HTTP request on the API socket: (status, body).
+    pub fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        http(
+            self.socket.as_deref().expect("ember has no API socket"),
+            method,
+            path,
+            body.as_bytes(),
+        )
+    }
+
+    /// Asserts a request answers 204.
+    pub fn ok(&self, method: &str, path: &str, body: &str) {
+        let (status, reply) = self.api(method, path, body);
+        assert_eq!(status, 204, "{method} {path} {body} -> {status} {reply}");
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn console(&self) -> Vec<String> {
+        self.console
+            .0
+            .lock()
+            .unwrap()
+            .lines
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// Waits for a console line satisfying `pred`; returns it with its arrival time.
+    pub fn wait_line(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.console;
+        let mut console = lock.lock().unwrap();
+        loop {
+            if let Some(found) = console.lines.iter().find(|(_, l)| pred(l)) {
+                return Some(found.clone());
+            }
+            let now = Instant::now();
+            if console.closed || now >= deadline {
+                return None;
+            }
+            console = cv.wait_timeout(console, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits for a line starting with `prefix` or fails with what the guest printed.
+    pub fn expect_line(&self, prefix: &str, timeout: Duration) -> String {
+        match self.wait_line(timeout, |l| l.starts_with(prefix)) {
+            Some((_, line)) => line,
+            None => panic!(
+                "no console line starting with {prefix:?} within {timeout:?}\nconsole:\n{}\nstderr:\n{}",
+                self.console().join("\n"),
+                self.stderr()
+            ),
+        }
+    }
+
+    pub fn write_stdin(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for ember to exit, killing it after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "ember did not exit within {timeout:?}\nconsole:\n{}\nstderr:\n{}",
+                    self.console().join("\n"),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Ember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 client for one request over a Unix socket.
+pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // A server may answer (and close) before reading an oversized body.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The `mem:` lines a test guest prints for `mem_mib` of RAM, from ember's documented layout.
+pub fn expected_memory_lines(mem_mib: u64) -> Vec<String> {
+    let size = mem_mib << 20;
+    let gap = 0xd000_0000u64;
+    let mut ranges = vec![(0u64, 0x9fc00u64)];
+    if size <= gap {
+        ranges.push((0x10_0000, size - 0x10_0000));
+    } else {
+        ranges.push((0x10_0000, gap - 0x10_0000));
+        ranges.push((1 << 32, size - gap));
+    }
+    ranges
+        .iter()
+        .map(|&(start, len)| format!("mem: {start:#x}-{:#x} type=1", start + len - 1))
+        .collect()
+}
