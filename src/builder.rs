@@ -8,12 +8,13 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::IoEventAddress;
 use linux_loader::loader::Cmdline;
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::boot;
@@ -61,6 +62,8 @@ pub enum Error {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("the VM preparation thread panicked")]
+    PrepPanicked,
     #[error("KVM refused to wire {what}: {source}")]
     Wire {
         what: &'static str,
@@ -79,8 +82,71 @@ pub struct BuildOptions {
     pub start: Instant,
 }
 
-/// Builds and starts the microVM described by the configuration.
+/// A VM being made ready off the start path.
+///
+/// Creating the VM, registering guest memory (KVM waits for an RCU grace
+/// period there, milliseconds in a nested guest) and querying CPUID do not
+/// depend on the kernel or the devices, so they run on their own thread as
+/// soon as the memory size is known, while the API is still being configured
+/// or the kernel is being loaded. Guest memory itself is mapped right away.
+pub struct VmPrep {
+    mem_size_mib: u64,
+    mem: GuestMemoryMmap,
+    kvm: JoinHandle<Result<(vm::Vm, CpuId), Error>>,
+}
+
+impl VmPrep {
+    pub fn start(mem_size_mib: u64) -> Result<Self, Error> {
+        let mem = memory::create(mem_size_mib)?;
+        let slots = mem.clone();
+        let kvm = std::thread::Builder::new()
+            .name("ember_vmprep".into())
+            .spawn(move || {
+                let vm = vm::Vm::new()?;
+                vm.register_memory(&slots)?;
+                let cpuid = vm
+                    .kvm()
+                    .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                    .map_err(|source| Error::Wire {
+                        what: "CPUID",
+                        source,
+                    })?;
+                Ok((vm, cpuid))
+            })
+            .map_err(setup_err("the VM preparation thread"))?;
+        Ok(VmPrep {
+            mem_size_mib,
+            mem,
+            kvm,
+        })
+    }
+
+    pub fn mem_size_mib(&self) -> u64 {
+        self.mem_size_mib
+    }
+
+    fn finish(self) -> Result<(vm::Vm, CpuId), Error> {
+        self.kvm.join().map_err(|_| Error::PrepPanicked)?
+    }
+}
+
+/// Where each drive sits: the root drive is the guest's first (/dev/vda), as in Firecracker.
+fn drive_slots(drives: &[DriveConfig]) -> Result<Vec<(&DriveConfig, u64, u32)>, Error> {
+    drives
+        .iter()
+        .filter(|d| d.is_root_device)
+        .chain(drives.iter().filter(|d| !d.is_root_device))
+        .enumerate()
+        .map(|(index, drive)| {
+            let (address, irq) = virtio_slot(index).ok_or(Error::TooManyDevices(index))?;
+            Ok((drive, address, irq))
+        })
+        .collect()
+}
+
+/// Builds and starts the microVM described by the configuration, on the VM `prep` made ready.
 pub fn build(
+    prep: VmPrep,
     boot_source: Option<&BootSourceConfig>,
     machine: &MachineConfig,
     drives: &[DriveConfig],
@@ -89,31 +155,56 @@ pub fn build(
 ) -> Result<Vmm, Error> {
     let boot_source = boot_source.ok_or(Error::NoBootSource)?;
     let mut stages = Stages::new();
-    let vm = vm::Vm::new()?;
-    stages.mark("vm");
-    let mem = memory::create(machine.mem_size_mib)?;
-    vm.register_memory(&mem)?;
-    stages.mark("memory");
+    let mem = prep.mem.clone();
     let mem_size = machine.mem_size_mib << 20;
 
+    // First everything that only writes guest memory or opens files...
     let kernel = boot::load_kernel(&mem, Path::new(&boot_source.kernel_image_path))?;
     let initrd = boot_source
         .initrd_path
         .as_deref()
         .map(|p| boot::load_initrd(&mem, Path::new(p), mem_size))
         .transpose()?;
-
     stages.mark("kernel");
 
+    let slots = drive_slots(drives)?;
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
-    cmdline
-        .insert_str(
-            boot_source
-                .boot_args
-                .as_deref()
-                .unwrap_or(DEFAULT_BOOT_ARGS),
-        )
-        .map_err(Error::Cmdline)?;
+    let boot_args = boot_source
+        .boot_args
+        .as_deref()
+        .unwrap_or(DEFAULT_BOOT_ARGS);
+    cmdline.insert_str(boot_args).map_err(Error::Cmdline)?;
+    let mut disks = Vec::with_capacity(slots.len());
+    for &(drive, address, irq) in &slots {
+        if drive.is_root_device {
+            let mode = if drive.is_read_only { "ro" } else { "rw" };
+            let root = match &drive.partuuid {
+                Some(uuid) => format!("root=PARTUUID={uuid} {mode}"),
+                None => format!("root=/dev/vda {mode}"),
+            };
+            cmdline.insert_str(root).map_err(Error::Cmdline)?;
+        }
+        cmdline
+            .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(address), irq, None)
+            .map_err(Error::Cmdline)?;
+        disks.push(Arc::new(Mutex::new(Disk::open(
+            Path::new(drive.path()),
+            drive.is_read_only,
+        )?)));
+    }
+    boot::configure_system(
+        &mem,
+        &kernel,
+        &cmdline,
+        initrd,
+        mem_size,
+        machine.vcpu_count,
+    )?;
+    stages.mark("boot params");
+
+    // ...then what needs the VM.
+    let (vm, supported_cpuid) = prep.finish()?;
+    stages.mark("vm ready");
 
     let mut pio = Bus::default();
     let mut mmio = Bus::default();
@@ -152,27 +243,9 @@ pub fn build(
         mmio.insert(BOOT_TIMER_START, VIRTIO_MMIO_SIZE, timer)?;
     }
 
-    // The root device is the guest's first drive (/dev/vda), as in Firecracker.
-    let ordered = drives
-        .iter()
-        .filter(|d| d.is_root_device)
-        .chain(drives.iter().filter(|d| !d.is_root_device));
-    let mut attached = Vec::with_capacity(drives.len());
+    let mut attached = Vec::with_capacity(slots.len());
     let mut queue_events = Vec::new();
-    for (index, drive) in ordered.enumerate() {
-        let (address, irq) = virtio_slot(index).ok_or(Error::TooManyDevices(index))?;
-        if drive.is_root_device {
-            let mode = if drive.is_read_only { "ro" } else { "rw" };
-            let root = match &drive.partuuid {
-                Some(uuid) => format!("root=PARTUUID={uuid} {mode}"),
-                None => format!("root=/dev/vda {mode}"),
-            };
-            cmdline.insert_str(root).map_err(Error::Cmdline)?;
-        }
-        let disk = Arc::new(Mutex::new(Disk::open(
-            Path::new(drive.path()),
-            drive.is_read_only,
-        )?));
+    for ((drive, address, irq), disk) in slots.into_iter().zip(disks) {
         let cache = match drive.cache_type {
             CacheType::Unsafe => block::CacheType::Unsafe,
             CacheType::Writeback => block::CacheType::Writeback,
@@ -180,6 +253,7 @@ pub fn build(
         let device = Block::new(disk.clone(), drive.is_read_only, cache);
         let interrupt = Arc::new(Interrupt::new(irq_line(irq, "a virtio IRQ")?));
         let transport = MmioTransport::new(Box::new(device), mem.clone(), interrupt.clone())?;
+        let mut events = Vec::new();
         for (queue, evt) in transport.queue_events().iter().enumerate() {
             vm.fd()
                 .register_ioevent(
@@ -191,49 +265,23 @@ pub fn build(
                     what: "a virtio queue notification",
                     source,
                 })?;
+            events.push((evt.try_clone().map_err(setup_err("a virtio queue"))?, queue));
         }
         let transport = Arc::new(Mutex::new(transport));
-        for (queue, evt) in transport
-            .lock()
-            .map_err(|_| Error::TooManyDevices(index))?
-            .queue_events()
-            .iter()
-            .enumerate()
-        {
-            queue_events.push((
-                evt.try_clone().map_err(setup_err("a virtio queue"))?,
-                transport.clone(),
-                queue,
-            ));
-        }
+        queue_events.extend(
+            events
+                .into_iter()
+                .map(|(evt, queue)| (evt, transport.clone(), queue)),
+        );
         mmio.insert(address, VIRTIO_MMIO_SIZE, transport)?;
-        cmdline
-            .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(address), irq, None)
-            .map_err(Error::Cmdline)?;
         attached.push(Drive {
             id: drive.drive_id.clone(),
             disk,
             interrupt,
         });
     }
-
     stages.mark("devices");
-    boot::configure_system(
-        &mem,
-        &kernel,
-        &cmdline,
-        initrd,
-        mem_size,
-        machine.vcpu_count,
-    )?;
 
-    let supported_cpuid = vm
-        .kvm()
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| Error::Wire {
-            what: "CPUID",
-            source,
-        })?;
     let vcpus = (0..machine.vcpu_count)
         .map(|index| {
             let vcpu = Vcpu::new(&vm, index)?;
@@ -243,13 +291,11 @@ pub fn build(
         })
         .collect::<Result<Vec<_>, vcpu::Error>>()?;
 
-    stages.mark("boot params");
     let buses = Arc::new(Buses { pio, mmio });
     let handles = vcpus
         .into_iter()
         .map(|vcpu| vcpu.start(buses.clone(), exit.clone()))
         .collect::<Result<Vec<_>, _>>()?;
-
     stages.mark("vcpus");
     stages.log();
     Ok(Vmm::new(

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::builder::{self, BuildOptions};
+use crate::builder::{self, BuildOptions, VmPrep};
 use crate::config::{
     self, BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
     MachineConfigUpdate, VmConfig,
@@ -77,6 +77,7 @@ pub struct Controller {
     machine: MachineConfig,
     drives: Vec<DriveConfig>,
     logger: Option<LoggerConfig>,
+    prep: Option<VmPrep>,
     vmm: Option<Vmm>,
 }
 
@@ -101,8 +102,22 @@ impl Controller {
             machine: MachineConfig::default(),
             drives: Vec::new(),
             logger: None,
+            prep: None,
             vmm: None,
         }
+    }
+
+    /// Starts making a VM of the configured memory size ready in the
+    /// background, unless one is already on its way.
+    pub fn prepare(&mut self) {
+        let size = self.machine.mem_size_mib;
+        if self.vmm.is_some() || self.prep.as_ref().is_some_and(|p| p.mem_size_mib() == size) {
+            return;
+        }
+        // A failure here is reported by InstanceStart, which tries again.
+        self.prep = VmPrep::start(size)
+            .map_err(|e| log::warn!("cannot prepare the VM ahead of InstanceStart: {e}"))
+            .ok();
     }
 
     pub fn vmm(&self) -> Option<&Vmm> {
@@ -188,11 +203,13 @@ impl Controller {
                 self.pre_boot()?;
                 machine.validate()?;
                 self.machine = machine;
+                self.prepare();
                 Ok(Response::NoContent)
             }
             Request::PatchMachineConfig(update) => {
                 self.pre_boot()?;
                 self.machine = self.machine.updated(&update)?;
+                self.prepare();
                 Ok(Response::NoContent)
             }
             Request::PutDrive(drive) => {
@@ -242,15 +259,30 @@ impl Controller {
                     boot_timer: self.boot_timer,
                     start: Instant::now(),
                 };
-                let vmm = builder::build(
+                self.prepare();
+                let prep = match self.prep.take() {
+                    Some(prep) => prep,
+                    None => VmPrep::start(self.machine.mem_size_mib)?,
+                };
+                let built = builder::build(
+                    prep,
                     self.boot_source.as_ref(),
                     &self.machine,
                     &self.drives,
                     &options,
                     self.exit.clone(),
-                )?;
-                self.vmm = Some(vmm);
-                Ok(Response::NoContent)
+                );
+                match built {
+                    Ok(vmm) => {
+                        self.vmm = Some(vmm);
+                        Ok(Response::NoContent)
+                    }
+                    Err(e) => {
+                        // Ready the next attempt.
+                        self.prepare();
+                        Err(e.into())
+                    }
+                }
             }
             Request::SendCtrlAltDel => {
                 self.running()?.send_ctrl_alt_del()?;

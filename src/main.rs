@@ -90,6 +90,9 @@ fn run() -> i32 {
         }
     }
 
+    // With the API up (or without one), make the VM ready while configuration goes on.
+    controller.prepare();
+
     if let Some(path) = &args.config_file {
         let config = std::fs::read(path)
             .map_err(|e| format!("cannot read config file '{path}': {e}"))
