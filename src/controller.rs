@@ -236,6 +236,7 @@ impl Controller {
                 Ok(Response::NoContent)
             }
             Request::PatchDrive(update) => {
+                self.running()?;
                 update.validate()?;
                 let drive = self
                     .drives

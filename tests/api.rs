@@ -238,6 +238,13 @@ fn configuration_is_refused_after_start_and_start_only_happens_once() {
         json!({"kernel_image_path": artifact("test-elf"), "boot_args": "console=ttyS0 ember.echo"})
             .to_string();
     ember.ok("PUT", "/boot-source", &boot);
+    let first = dir.disk("first.img", 8, b"");
+    let second = dir.disk("second.img", 16, b"");
+    ember.ok(
+        "PUT",
+        "/drives/data",
+        &json!({"drive_id": "data", "path_on_host": first, "is_root_device": false}).to_string(),
+    );
     ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     ember.expect_line("echo: ready", Duration::from_secs(20));
     rejects(
@@ -264,6 +271,30 @@ fn configuration_is_refused_after_start_and_start_only_happens_once() {
     );
     let (_, info) = ember.api("GET", "/", "");
     assert!(info.contains(r#""state":"Running""#), "{info}");
+
+    // A running drive can be pointed at another file, and the configuration says so.
+    rejects(
+        &ember,
+        "PATCH",
+        "/drives/nope",
+        r#"{"drive_id": "nope", "path_on_host": "x"}"#,
+        "no drive with id 'nope'",
+    );
+    rejects(
+        &ember,
+        "PATCH",
+        "/drives/data",
+        &json!({"drive_id": "data", "path_on_host": dir.path("missing.img")}).to_string(),
+        "missing.img",
+    );
+    ember.ok(
+        "PATCH",
+        "/drives/data",
+        &json!({"drive_id": "data", "path_on_host": second}).to_string(),
+    );
+    let (_, config) = ember.api("GET", "/vm/config", "");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["drives"][0]["path_on_host"], json!(second));
     ember.write_stdin(b"reset\n");
     assert_eq!(ember.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }

@@ -19,7 +19,7 @@ pub const MAX_BODY_BYTES: usize = 51_200;
 pub struct RouteError(pub String);
 
 /// Endpoints of Firecracker's API that ember does not serve yet.
-const NOT_YET: [&str; 14] = [
+const NOT_YET: [&str; 11] = [
     "balloon",
     "cpu-config",
     "entropy",
@@ -31,9 +31,6 @@ const NOT_YET: [&str; 14] = [
     "serial",
     "snapshot",
     "vsock",
-    "invocations",
-    "function",
-    "memory",
 ];
 
 #[derive(Deserialize)]
