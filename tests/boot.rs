@@ -202,3 +202,23 @@ fn paused_guest_stops_and_resumed_guest_goes_on() {
     ember.write_stdin(b"reset\n");
     assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
 }
+
+#[test]
+fn largest_machine_sees_32_vcpus_and_memory_above_4g() {
+    require_kvm();
+    let dir = TempDir::new("large");
+    let config = json!({
+        "boot-source": {"kernel_image_path": artifact("test-pvh"), "boot_args": "console=ttyS0"},
+        "machine-config": {"vcpu_count": 32, "mem_size_mib": 4096}
+    });
+    let mut ember = Ember::with_config(&dir, &config);
+    assert_eq!(ember.expect_line("cpus: ", BOOT), "cpus: 32");
+    ember.expect_line("guest: reset", BOOT);
+    let mem: Vec<String> = ember
+        .console()
+        .into_iter()
+        .filter(|l| l.starts_with("mem: 0x"))
+        .collect();
+    assert_eq!(mem, expected_memory_lines(4096));
+    assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
+}
