@@ -3,7 +3,8 @@
 //! and ember's own memory besides guest memory.
 //!
 //! `cargo bench --bench boot [-- --short] [-- --json PATH]` prints a table of
-//! min/median/max over the runs and writes the same figures as JSON.
+//! min/median/max over the runs and writes the same figures as JSON;
+//! `-- --demo` boots one guest verbosely, printing its console and each stage.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -77,6 +78,68 @@ fn config(kernel: &std::path::Path, args: &str) -> serde_json::Value {
     })
 }
 
+/// One boot, told step by step: what a user sees, with the time of each stage.
+fn demo(kernel: &std::path::Path) {
+    let dir = TempDir::new("demo");
+    let rootfs = dir.disk("rootfs.img", 64, b"hello from the host's disk image");
+    let mut ember = Ember::with_api(&dir, &["--level", "Info", "--boot-timer", "--id", "demo"]);
+    let spawned = ember.spawned_at;
+    let mut stages = vec![("spawn -> API socket ready", spawned.elapsed())];
+    let t = Instant::now();
+    ember.ok(
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0 ember.echo"}).to_string(),
+    );
+    ember.ok(
+        "PUT",
+        "/drives/rootfs",
+        &json!({"drive_id": "rootfs", "path_on_host": rootfs, "is_root_device": true, "is_read_only": false})
+            .to_string(),
+    );
+    ember.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 128}"#,
+    );
+    stages.push(("3 configuration requests", t.elapsed()));
+    let start = Instant::now();
+    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    stages.push(("InstanceStart -> 204", start.elapsed()));
+    let (marker, _) = ember
+        .wait_line(TIMEOUT, |l| l.starts_with(MARKER))
+        .expect("marker");
+    stages.push(("InstanceStart -> guest marker", marker - start));
+    let (ready, _) = ember
+        .wait_line(TIMEOUT, |l| l == "echo: ready")
+        .expect("echo ready");
+    stages.push(("InstanceStart -> guest done with its disk", ready - start));
+    let typed = Instant::now();
+    ember.write_stdin(b"hello, guest\n");
+    let (echoed, _) = ember
+        .wait_line(TIMEOUT, |l| l == "hello, guest")
+        .expect("echo");
+    stages.push(("console line typed -> echoed", echoed - typed));
+    let reset = Instant::now();
+    ember.write_stdin(b"reset\n");
+    let status = ember.child.wait().expect("wait for ember");
+    stages.push(("'reset' typed -> ember exited", reset.elapsed()));
+
+    println!("\n--- guest console ---");
+    for line in ember.console() {
+        println!("  {line}");
+    }
+    println!("--- ember log (--level Info) ---");
+    for line in ember.stderr().lines() {
+        println!("  {line}");
+    }
+    println!("--- stages ---");
+    for (stage, d) in stages {
+        println!("  {stage:<44} {:>9.3} ms", d.as_secs_f64() * 1e3);
+    }
+    println!("  ember exit status: {status}\n");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let short = args.iter().any(|a| a == "--short");
@@ -90,6 +153,10 @@ fn main() {
     let runs = if short { 5 } else { 30 };
     require_kvm();
     let kernel = artifact("test-elf");
+    if args.iter().any(|a| a == "--demo") {
+        demo(&kernel);
+        return;
+    }
 
     let mut api_ready = Series::new("spawn -> API socket ready", "us");
     let mut start_reply = Series::new("InstanceStart request -> 204", "us");
