@@ -21,14 +21,17 @@ use crate::arch::x86_64::boot;
 use crate::arch::x86_64::layout::{
     virtio_slot, BOOT_TIMER_START, CMDLINE_MAX_SIZE, VIRTIO_MMIO_SIZE,
 };
-use crate::config::{BootSourceConfig, CacheType, DriveConfig, MachineConfig, DEFAULT_BOOT_ARGS};
+use crate::config::{
+    BootSourceConfig, CacheType, DriveConfig, MachineConfig, VsockConfig, DEFAULT_BOOT_ARGS,
+};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{self, Bus};
 use crate::devices::legacy::i8042::{self, I8042};
 use crate::devices::legacy::serial::{self, InputDrained, SerialDevice};
 use crate::devices::virtio::block::{self as block, Block, Disk};
 use crate::devices::virtio::mmio::{self, MmioTransport, NOTIFY_REG_OFFSET};
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::vsock::{self, Vsock};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::IrqLine;
 use crate::exit::ExitSignal;
 use crate::vmm::{Drive, Vmm};
@@ -62,6 +65,8 @@ pub enum Error {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Vsock(#[from] vsock::Error),
     #[error("the VM preparation thread panicked")]
     PrepPanicked,
     #[error("KVM refused to wire {what}: {source}")]
@@ -150,6 +155,7 @@ pub fn build(
     boot_source: Option<&BootSourceConfig>,
     machine: &MachineConfig,
     drives: &[DriveConfig],
+    vsock: Option<&VsockConfig>,
     options: &BuildOptions,
     exit: Arc<ExitSignal>,
 ) -> Result<Vmm, Error> {
@@ -192,6 +198,18 @@ pub fn build(
             drive.is_read_only,
         )?)));
     }
+    let vsock_slot = match vsock {
+        Some(config) => {
+            let (address, irq) =
+                virtio_slot(slots.len()).ok_or(Error::TooManyDevices(slots.len()))?;
+            cmdline
+                .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(address), irq, None)
+                .map_err(Error::Cmdline)?;
+            let device = Vsock::new(u64::from(config.guest_cid), Path::new(&config.uds_path))?;
+            Some((device, address, irq))
+        }
+        None => None,
+    };
     boot::configure_system(
         &mem,
         &kernel,
@@ -245,14 +263,10 @@ pub fn build(
 
     let mut attached = Vec::with_capacity(slots.len());
     let mut queue_events = Vec::new();
-    for ((drive, address, irq), disk) in slots.into_iter().zip(disks) {
-        let cache = match drive.cache_type {
-            CacheType::Unsafe => block::CacheType::Unsafe,
-            CacheType::Writeback => block::CacheType::Writeback,
-        };
-        let device = Block::new(disk.clone(), drive.is_read_only, cache);
+    let mut backend_events = Vec::new();
+    let mut attach = |device: Box<dyn VirtioDevice>, address: u64, irq: u32| {
         let interrupt = Arc::new(Interrupt::new(irq_line(irq, "a virtio IRQ")?));
-        let transport = MmioTransport::new(Box::new(device), mem.clone(), interrupt.clone())?;
+        let transport = MmioTransport::new(device, mem.clone(), interrupt.clone())?;
         let mut events = Vec::new();
         for (queue, evt) in transport.queue_events().iter().enumerate() {
             vm.fd()
@@ -267,18 +281,34 @@ pub fn build(
                 })?;
             events.push((evt.try_clone().map_err(setup_err("a virtio queue"))?, queue));
         }
+        let backend_fd = transport.backend_fd();
         let transport = Arc::new(Mutex::new(transport));
         queue_events.extend(
             events
                 .into_iter()
                 .map(|(evt, queue)| (evt, transport.clone(), queue)),
         );
+        if let Some(fd) = backend_fd {
+            backend_events.push((fd, transport.clone()));
+        }
         mmio.insert(address, VIRTIO_MMIO_SIZE, transport)?;
+        Ok::<_, Error>(interrupt)
+    };
+    for ((drive, address, irq), disk) in slots.into_iter().zip(disks) {
+        let cache = match drive.cache_type {
+            CacheType::Unsafe => block::CacheType::Unsafe,
+            CacheType::Writeback => block::CacheType::Writeback,
+        };
+        let device = Block::new(disk.clone(), drive.is_read_only, cache);
+        let interrupt = attach(Box::new(device), address, irq)?;
         attached.push(Drive {
             id: drive.drive_id.clone(),
             disk,
             interrupt,
         });
+    }
+    if let Some((device, address, irq)) = vsock_slot {
+        attach(Box::new(device), address, irq)?;
     }
     stages.mark("devices");
 
@@ -307,6 +337,7 @@ pub fn build(
         i8042,
         attached,
         queue_events,
+        backend_events,
     ))
 }
 

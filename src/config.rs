@@ -34,8 +34,12 @@ pub enum Error {
     IoEngine(String, String),
     #[error("drive id '{0}' is invalid: use 1 to 64 characters from [a-zA-Z0-9_-]")]
     DriveId(String),
-    #[error("the id from the path ('{path}') does not match the id from the body ('{body}')")]
-    IdMismatch { path: String, body: String },
+    #[error("guest_cid must be at least 3 (0-2 are reserved), got {0}")]
+    GuestCid(u32),
+    #[error("uds_path must not be empty")]
+    UdsPath,
+    #[error("timeout_ms must be at least 1")]
+    Timeout,
 }
 
 /// Largest guest ember maps: 1 TiB.
@@ -255,6 +259,68 @@ pub struct LoggerConfig {
     pub module: Option<String>,
 }
 
+/// `PUT /vsock`: Firecracker's hybrid vsock device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    pub guest_cid: u32,
+    pub uds_path: String,
+    /// Accepted and ignored, as Firecracker does since it deprecated it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+}
+
+/// The first CID a guest may have: 0-2 are the hypervisor, local and host.
+pub const MIN_GUEST_CID: u32 = 3;
+
+impl VsockConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.guest_cid < MIN_GUEST_CID {
+            return Err(Error::GuestCid(self.guest_cid));
+        }
+        if self.uds_path.is_empty() {
+            return Err(Error::UdsPath);
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /function` (ember's extension): where and how long `POST /invocations` waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    #[serde(default = "FunctionConfig::default_port")]
+    pub vsock_port: u32,
+    #[serde(default = "FunctionConfig::default_timeout")]
+    pub timeout_ms: u64,
+}
+
+impl FunctionConfig {
+    fn default_port() -> u32 {
+        1024
+    }
+
+    fn default_timeout() -> u64 {
+        30_000
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.timeout_ms == 0 {
+            return Err(Error::Timeout);
+        }
+        Ok(())
+    }
+}
+
+impl Default for FunctionConfig {
+    fn default() -> Self {
+        FunctionConfig {
+            vsock_port: Self::default_port(),
+            timeout_ms: Self::default_timeout(),
+        }
+    }
+}
+
 /// The whole VM in one document: `--config-file` input and `GET /vm/config` output.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -282,7 +348,9 @@ pub struct VmConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vsock: Option<serde_json::Value>,
+    pub vsock: Option<VsockConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<serde_json::Value>,
     #[serde(
@@ -308,7 +376,6 @@ impl VmConfig {
         [
             ("network-interfaces", !self.network_interfaces.is_empty()),
             ("balloon", present(&self.balloon)),
-            ("vsock", present(&self.vsock)),
             ("metrics", present(&self.metrics)),
             ("mmds-config", present(&self.mmds_config)),
             ("entropy", present(&self.entropy)),
@@ -458,6 +525,35 @@ mod tests {
                 .unwrap();
         assert_eq!(config.unsupported_section(), None);
         assert!(serde_json::from_str::<VmConfig>(r#"{"boot_source": {}}"#).is_err());
+    }
+
+    #[test]
+    fn vsock_and_function_sections_validate() {
+        let vsock: VsockConfig =
+            serde_json::from_str(r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#).unwrap();
+        assert_eq!(vsock.validate(), Ok(()));
+        let low = VsockConfig {
+            guest_cid: 2,
+            ..vsock.clone()
+        };
+        assert_eq!(low.validate(), Err(Error::GuestCid(2)));
+        assert!(serde_json::from_str::<VsockConfig>(r#"{"guest_cid": 3}"#).is_err());
+        let function: FunctionConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(
+            function,
+            FunctionConfig {
+                vsock_port: 1024,
+                timeout_ms: 30_000
+            }
+        );
+        assert_eq!(
+            FunctionConfig {
+                timeout_ms: 0,
+                ..function
+            }
+            .validate(),
+            Err(Error::Timeout)
+        );
     }
 
     #[test]

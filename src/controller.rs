@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use crate::builder::{self, BuildOptions, VmPrep};
 use crate::config::{
-    self, BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, VmConfig,
+    self, BootSourceConfig, DriveConfig, DriveUpdate, FunctionConfig, LoggerConfig, MachineConfig,
+    MachineConfigUpdate, VmConfig, VsockConfig,
 };
 use crate::exit::ExitSignal;
 use crate::logger;
@@ -33,6 +33,10 @@ pub enum Request {
     PutDrive(DriveConfig),
     PatchDrive(DriveUpdate),
     PutLogger(LoggerConfig),
+    PutVsock(VsockConfig),
+    PutFunction(FunctionConfig),
+    /// Where `POST /invocations` should send its request.
+    GetInvocationTarget,
     StartInstance,
     SendCtrlAltDel,
     Pause,
@@ -43,6 +47,15 @@ pub enum Request {
 pub enum Response {
     NoContent,
     Json(Value),
+    Invocation(InvocationTarget),
+}
+
+/// How to reach the guest's function: the vsock socket, port and time limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvocationTarget {
+    pub uds_path: String,
+    pub port: u32,
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +80,10 @@ pub enum Error {
     Logger(#[from] logger::Error),
     #[error("the '{0}' section is not supported by ember yet")]
     Unsupported(&'static str),
+    #[error(
+        "the microVM has no vsock device: PUT /vsock before InstanceStart to invoke functions"
+    )]
+    NoVsock,
 }
 
 pub struct Controller {
@@ -77,6 +94,8 @@ pub struct Controller {
     machine: MachineConfig,
     drives: Vec<DriveConfig>,
     logger: Option<LoggerConfig>,
+    vsock: Option<VsockConfig>,
+    function: FunctionConfig,
     prep: Option<VmPrep>,
     vmm: Option<Vmm>,
 }
@@ -102,6 +121,8 @@ impl Controller {
             machine: MachineConfig::default(),
             drives: Vec::new(),
             logger: None,
+            vsock: None,
+            function: FunctionConfig::default(),
             prep: None,
             vmm: None,
         }
@@ -142,6 +163,12 @@ impl Controller {
         for drive in config.drives {
             self.handle(Request::PutDrive(drive))?;
         }
+        if let Some(vsock) = config.vsock {
+            self.handle(Request::PutVsock(vsock))?;
+        }
+        if let Some(function) = config.function {
+            self.handle(Request::PutFunction(function))?;
+        }
         Ok(())
     }
 
@@ -159,6 +186,8 @@ impl Controller {
             drives: self.drives.clone(),
             machine_config: Some(self.machine.clone()),
             logger: self.logger.clone(),
+            vsock: self.vsock.clone(),
+            function: Some(self.function.clone()),
             ..Default::default()
         }
     }
@@ -235,6 +264,26 @@ impl Controller {
                 }
                 Ok(Response::NoContent)
             }
+            Request::PutVsock(vsock) => {
+                self.pre_boot()?;
+                vsock.validate()?;
+                self.vsock = Some(vsock);
+                Ok(Response::NoContent)
+            }
+            Request::PutFunction(function) => {
+                function.validate()?;
+                self.function = function;
+                Ok(Response::NoContent)
+            }
+            Request::GetInvocationTarget => {
+                self.running()?;
+                let vsock = self.vsock.as_ref().ok_or(Error::NoVsock)?;
+                Ok(Response::Invocation(InvocationTarget {
+                    uds_path: vsock.uds_path.clone(),
+                    port: self.function.vsock_port,
+                    timeout: std::time::Duration::from_millis(self.function.timeout_ms),
+                }))
+            }
             Request::PatchDrive(update) => {
                 self.running()?;
                 update.validate()?;
@@ -270,6 +319,7 @@ impl Controller {
                     self.boot_source.as_ref(),
                     &self.machine,
                     &self.drives,
+                    self.vsock.as_ref(),
                     &options,
                     self.exit.clone(),
                 );

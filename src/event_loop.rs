@@ -22,6 +22,7 @@ enum Source {
     Stdin(File),
     SerialDrained(EventFd),
     Queue(EventFd, Arc<Mutex<MmioTransport>>, usize),
+    Backend(Arc<Mutex<MmioTransport>>),
 }
 
 pub struct EventLoop {
@@ -101,6 +102,9 @@ impl EventLoop {
                 Source::Queue(evt, transport.clone(), *queue),
             )?;
         }
+        for (fd, transport) in vmm.backend_events() {
+            self.add(*fd, Source::Backend(transport.clone()))?;
+        }
         let drained = vmm.serial_drained().try_clone()?;
         self.add(drained.as_raw_fd(), Source::SerialDrained(drained))?;
         // Unbuffered: bytes epoll reported must reach the guest, not sit in a reader's buffer.
@@ -137,6 +141,11 @@ impl EventLoop {
                         let _ = evt.read();
                         if let Ok(mut t) = transport.lock() {
                             t.process_queue(*queue);
+                        }
+                    }
+                    Some(Source::Backend(transport)) => {
+                        if let Ok(mut t) = transport.lock() {
+                            t.process_backend();
                         }
                     }
                     Some(Source::Api) => {

@@ -1,6 +1,7 @@
 //! A running microVM: its vCPU threads and the device handles the event
 //! loop and the controller act on.
 
+use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +39,8 @@ pub struct Drive {
 
 /// A queue's notification eventfd and the transport to run when it fires.
 pub type QueueEvent = (EventFd, Arc<Mutex<MmioTransport>>, usize);
+/// A device's host-side fd and the transport to run when it is readable.
+pub type BackendEvent = (RawFd, Arc<Mutex<MmioTransport>>);
 
 pub struct Vmm {
     // Field order is drop order: threads go before the memory they run on.
@@ -47,6 +50,7 @@ pub struct Vmm {
     i8042: Arc<Mutex<I8042>>,
     drives: Vec<Drive>,
     queue_events: Vec<QueueEvent>,
+    backend_events: Vec<BackendEvent>,
     paused: bool,
     _mem: GuestMemoryMmap,
     _vm: Vm,
@@ -63,6 +67,7 @@ impl Vmm {
         i8042: Arc<Mutex<I8042>>,
         drives: Vec<Drive>,
         queue_events: Vec<QueueEvent>,
+        backend_events: Vec<BackendEvent>,
     ) -> Self {
         Vmm {
             vcpus,
@@ -71,6 +76,7 @@ impl Vmm {
             i8042,
             drives,
             queue_events,
+            backend_events,
             paused: false,
             _mem: mem,
             _vm: vm,
@@ -124,5 +130,9 @@ impl Vmm {
 
     pub fn queue_events(&self) -> &[QueueEvent] {
         &self.queue_events
+    }
+
+    pub fn backend_events(&self) -> &[BackendEvent] {
+        &self.backend_events
     }
 }

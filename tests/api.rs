@@ -355,8 +355,8 @@ fn bad_config_files_are_refused_with_the_reason() {
             "vcpu_count",
         ),
         (
-            r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 3, "uds_path": "v"}}"#,
-            "vsock",
+            r#"{"boot-source": {"kernel_image_path": "k"}, "network-interfaces": [{"iface_id": "eth0"}]}"#,
+            "network-interfaces",
         ),
         (
             r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#,

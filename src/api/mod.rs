@@ -4,6 +4,7 @@
 //! the main thread over a channel (waking its epoll through an eventfd), and
 //! the typed reply comes back on a oneshot channel.
 
+pub mod invoke;
 pub mod routes;
 
 use std::os::unix::net::UnixListener as StdUnixListener;
@@ -21,7 +22,7 @@ use tokio::sync::oneshot;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::controller::{self, Request, Response};
-use routes::{route, MAX_BODY_BYTES};
+use routes::{body_limit, route};
 
 /// A request on its way to the main thread, with where its answer goes.
 pub struct ApiCall {
@@ -76,15 +77,13 @@ async fn serve(
 ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
     let method: Method = request.method().clone();
     let path = request.uri().path().to_string();
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+    let limit = body_limit(method.as_str(), &path);
+    let body = match Limited::new(request.into_body(), limit).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => {
             return Ok(fault(
                 StatusCode::BAD_REQUEST,
-                &format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+                &format!("the request body is larger than the limit of {limit} bytes"),
             ))
         }
     };
@@ -96,6 +95,24 @@ async fn serve(
     Ok(match to_vmm.call(request).await {
         Ok(Response::NoContent) => reply(StatusCode::NO_CONTENT, None),
         Ok(Response::Json(value)) => reply(StatusCode::OK, Some(value.to_string())),
+        Ok(Response::Invocation(target)) => match invoke::invoke(&target, &body).await {
+            Ok(output) => {
+                let mut response = hyper::Response::new(Full::new(Bytes::from(output)));
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/octet-stream"),
+                );
+                response
+            }
+            Err(e) => {
+                let status = match e {
+                    invoke::Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                log::warn!("invocation failed: {e}");
+                fault(status, &e.to_string())
+            }
+        },
         Err(message) => {
             log::warn!("API request {method} {path} failed: {message}");
             fault(StatusCode::BAD_REQUEST, &message)

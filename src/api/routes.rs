@@ -5,13 +5,24 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::config::{
-    BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfigBody,
-    MachineConfigUpdate,
+    BootSourceConfig, DriveConfig, DriveUpdate, FunctionConfig, LoggerConfig, MachineConfigBody,
+    MachineConfigUpdate, VsockConfig,
 };
 use crate::controller::Request;
 
 /// Firecracker's default limit for a request body.
 pub const MAX_BODY_BYTES: usize = 51_200;
+/// Limit for an invocation's payload (ember's extension).
+pub const MAX_INVOCATION_BYTES: usize = 32 << 20;
+
+/// The body limit of the request `method` `path`.
+pub fn body_limit(method: &str, path: &str) -> usize {
+    if method == "POST" && path.trim_end_matches('/') == "/invocations" {
+        MAX_INVOCATION_BYTES
+    } else {
+        MAX_BODY_BYTES
+    }
+}
 
 /// A request the API rejects before it reaches the controller (always a 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,7 +30,7 @@ pub const MAX_BODY_BYTES: usize = 51_200;
 pub struct RouteError(pub String);
 
 /// Endpoints of Firecracker's API that ember does not serve yet.
-const NOT_YET: [&str; 11] = [
+const NOT_YET: [&str; 10] = [
     "balloon",
     "cpu-config",
     "entropy",
@@ -30,7 +41,6 @@ const NOT_YET: [&str; 11] = [
     "pmem",
     "serial",
     "snapshot",
-    "vsock",
 ];
 
 #[derive(Deserialize)]
@@ -79,6 +89,10 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
         ("GET", ["vm", "config"]) => Ok(Request::GetVmConfig),
         ("PUT", ["boot-source"]) => Ok(Request::PutBootSource(json::<BootSourceConfig>(body)?)),
         ("PUT", ["logger"]) => Ok(Request::PutLogger(json::<LoggerConfig>(body)?)),
+        ("PUT", ["vsock"]) => Ok(Request::PutVsock(json::<VsockConfig>(body)?)),
+        ("PUT", ["function"]) => Ok(Request::PutFunction(json::<FunctionConfig>(body)?)),
+        // The payload is the function's input, carried as is, not JSON.
+        ("POST", ["invocations"]) => Ok(Request::GetInvocationTarget),
         ("PUT", ["drives", id]) => {
             let drive: DriveConfig = json(body)?;
             check_id(id, &drive.drive_id)?;
@@ -171,6 +185,24 @@ mod tests {
     }
 
     #[test]
+    fn ember_extensions_route() {
+        assert!(matches!(
+            route("PUT", "/vsock", br#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#).unwrap(),
+            Request::PutVsock(v) if v.guest_cid == 3
+        ));
+        assert!(matches!(
+            route("PUT", "/function", br#"{"vsock_port": 52, "timeout_ms": 100}"#).unwrap(),
+            Request::PutFunction(f) if f.vsock_port == 52
+        ));
+        assert_eq!(
+            route("POST", "/invocations", b"\x00not json").unwrap(),
+            Request::GetInvocationTarget
+        );
+        assert_eq!(body_limit("POST", "/invocations"), MAX_INVOCATION_BYTES);
+        assert_eq!(body_limit("PUT", "/invocations"), MAX_BODY_BYTES);
+    }
+
+    #[test]
     fn bad_requests_say_what_is_wrong() {
         assert!(err(
             "PUT",
@@ -201,7 +233,6 @@ mod tests {
     #[test]
     fn firecracker_endpoints_ember_lacks_say_so() {
         for path in [
-            "/vsock",
             "/network-interfaces/eth0",
             "/snapshot/create",
             "/balloon",

@@ -80,14 +80,35 @@ impl MmioTransport {
 
     /// Runs the device over queue `index` after a notification.
     pub fn process_queue(&mut self, index: usize) {
-        if !self.activated {
+        if !self.activated || index >= self.queues.len() {
             return;
         }
-        let Some(queue) = self.queues.get_mut(index) else {
-            return;
-        };
-        if self.device.process_queue(index, queue, &self.mem)
-            && queue.needs_notification(&self.mem).unwrap_or(true)
+        let used = self
+            .device
+            .process_queue(index, &mut self.queues, &self.mem);
+        self.notify(used);
+    }
+
+    /// The device's host-side fd, if it has one.
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.backend_fd()
+    }
+
+    /// Runs the device's host side after activity on its fd.
+    pub fn process_backend(&mut self) {
+        let queues = self.activated.then_some(self.queues.as_mut_slice());
+        let used = self.device.process_backend(queues, &self.mem);
+        self.notify(used);
+    }
+
+    /// Interrupts the guest for used buffers, unless it asked not to be.
+    fn notify(&mut self, used: bool) {
+        let mem = &self.mem;
+        if used
+            && self
+                .queues
+                .iter_mut()
+                .any(|q| q.needs_notification(mem).unwrap_or(true))
         {
             self.interrupt.raise(INT_VRING);
         }
@@ -275,7 +296,7 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8 + 1);
         }
-        fn process_queue(&mut self, _: usize, _: &mut Queue, _: &GuestMemoryMmap) -> bool {
+        fn process_queue(&mut self, _: usize, _: &mut [Queue], _: &GuestMemoryMmap) -> bool {
             self.processed += 1;
             true
         }

@@ -6,8 +6,11 @@
 
 pub mod block;
 pub mod mmio;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use std::os::fd::RawFd;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -26,8 +29,17 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Reads the device-specific configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Consumes the available buffers of queue `index`; true if any was used.
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// Handles a notification of queue `index`; true if any buffer was used.
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool;
+    /// An fd the device's host side wants watched (vsock's sockets, say).
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Handles activity on `backend_fd`; `queues` is `None` until the driver
+    /// is ready. True if any buffer was used.
+    fn process_backend(&mut self, _queues: Option<&mut [Queue]>, _mem: &GuestMemoryMmap) -> bool {
+        false
+    }
 }
 
 /// The interrupt status register and the irqfd behind it.

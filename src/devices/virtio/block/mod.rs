@@ -186,8 +186,13 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let Ok(mut disk) = self.disk.lock() else {
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> bool {
+        let (Some(queue), Ok(mut disk)) = (queues.first_mut(), self.disk.lock()) else {
             return false;
         };
         let mut used_any = false;
@@ -316,7 +321,9 @@ mod tests {
         )));
         queue.build_desc_chain(&descs).unwrap();
         let mut q: Queue = queue.create_queue().unwrap();
-        assert!(fx.block.process_queue(0, &mut q, &fx.mem));
+        assert!(fx
+            .block
+            .process_queue(0, std::slice::from_mut(&mut q), &fx.mem));
         let used = queue.used().ring().ref_at(0).unwrap().load();
         (fx.mem.read_obj(GuestAddress(0x3000)).unwrap(), used.len())
     }

@@ -1,0 +1,101 @@
+//! virtio-vsock (device id 19) with Firecracker's hybrid Unix-socket backend.
+
+pub mod hybrid;
+pub mod packet;
+
+use std::os::fd::RawFd;
+use std::path::Path;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use self::hybrid::HybridBackend;
+use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+
+pub const VIRTIO_ID_VSOCK: u32 = 19;
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUE_SIZE: u16 = 256;
+
+pub use hybrid::Error;
+
+pub struct Vsock {
+    guest_cid: u64,
+    backend: HybridBackend,
+    queue_sizes: [u16; 3],
+}
+
+impl Vsock {
+    /// A vsock device for `guest_cid`, listening for host connections at `uds_path`.
+    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, Error> {
+        Ok(Vsock {
+            guest_cid,
+            backend: HybridBackend::new(guest_cid, uds_path)?,
+            queue_sizes: [QUEUE_SIZE; 3],
+        })
+    }
+
+    fn process_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        let Some(tx) = queues.get_mut(TX) else {
+            return false;
+        };
+        let mut used = false;
+        while let Some(chain) = tx.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            match packet::parse_tx(mem, chain) {
+                Ok(packet) => self.backend.handle_tx(mem, &packet),
+                Err(e) => log::debug!("vsock: malformed tx packet: {e}"),
+            }
+            used |= tx.add_used(mem, head, 0).is_ok();
+        }
+        used
+    }
+
+    fn fill_rx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        match queues.get_mut(RX) {
+            Some(rx) if rx.ready() => self.backend.fill_rx(rx, mem),
+            _ => false,
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // The configuration space is the guest's CID (a 64-bit field).
+        let cid = self.guest_cid.to_le_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = usize::try_from(offset)
+                .ok()
+                .and_then(|o| cid.get(o + i))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        // Whatever the guest sent may need answers; new rx buffers may unblock data.
+        let sent = index == TX && self.process_tx(queues, mem);
+        self.fill_rx(queues, mem) || sent
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.backend.epoll_fd())
+    }
+
+    fn process_backend(&mut self, queues: Option<&mut [Queue]>, mem: &GuestMemoryMmap) -> bool {
+        self.backend.process_host_events();
+        queues.is_some_and(|q| self.fill_rx(q, mem))
+    }
+}
