@@ -89,11 +89,11 @@ pub struct BuildOptions {
 
 /// A VM being made ready off the start path.
 ///
-/// Creating the VM, registering guest memory (KVM waits for an RCU grace
-/// period there, milliseconds in a nested guest) and querying CPUID do not
-/// depend on the kernel or the devices, so they run on their own thread as
-/// soon as the memory size is known, while the API is still being configured
-/// or the kernel is being loaded. Guest memory itself is mapped right away.
+/// Creating the VM with its memory slots and interrupt controllers and
+/// querying CPUID do not depend on the kernel or the devices, so they run on
+/// their own thread as soon as the memory size is known, while the API is
+/// still being configured or the kernel is being loaded. Guest memory itself
+/// is mapped right away.
 pub struct VmPrep {
     mem_size_mib: u64,
     mem: GuestMemoryMmap,
@@ -107,8 +107,7 @@ impl VmPrep {
         let kvm = std::thread::Builder::new()
             .name("ember_vmprep".into())
             .spawn(move || {
-                let vm = vm::Vm::new()?;
-                vm.register_memory(&slots)?;
+                let vm = vm::Vm::new(&slots)?;
                 let cpuid = vm
                     .kvm()
                     .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
