@@ -8,6 +8,7 @@ demo: guests
 # Everything CI runs: lints, the whole test suite, and the benchmark in its short mode.
 test: guests check
 	cargo test --workspace --release
+	cd resources/unikernel && cargo test -p rt
 	cargo bench --bench boot -- --short
 
 check:

@@ -128,6 +128,7 @@ pub fn spawn(
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()?;
     std::thread::Builder::new()
         .name("ember_api".into())

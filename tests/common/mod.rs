@@ -291,6 +291,12 @@ impl Drop for Ember {
 
 /// A minimal HTTP/1.1 client for one request over a Unix socket.
 pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let (status, body) = http_bytes(socket, method, path, body);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One request whose response body may be binary.
+pub fn http_bytes(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -301,17 +307,22 @@ pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Strin
     let _ = stream.write_all(body);
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "no HTTP header end in {:?}",
+                String::from_utf8_lossy(&response)
+            )
+        });
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+        .unwrap_or_else(|| panic!("no HTTP status in {head:?}"));
+    (status, response[split + 4..].to_vec())
 }
 
 /// The `mem:` lines a test guest prints for `mem_mib` of RAM, from ember's documented layout.

@@ -6,6 +6,9 @@
 //! `iretq`s to ring 3 with IOPL 3: 27 instructions from the Linux entry, 40 from PVH.
 //! Exceptions land in short ring-0 stubs that print the vector and the faulting `rip`
 //! on the serial port and reset, so a bug shows instead of a silent triple fault.
+//! Two exceptions to that: the `ud2` of the wait gate (see [`crate::irq`]) sleeps in
+//! `hlt` and returns (7 instructions), and device interrupts (vectors 32-63) only
+//! signal end-of-interrupt (5 instructions).
 
 use core::arch::{asm, global_asm};
 use core::panic::PanicInfo;
@@ -136,6 +139,28 @@ ember_exc_common:                   # prints the vector and rip, then resets
     hlt
     jmp 3b
 
+    # #UD: the wait gate's ud2 (see irq.rs) waits for an interrupt and returns
+    # past it; any other #UD is a fault.
+    .globl ember_ud_entry
+ember_ud_entry:
+    cmpq $ember_wait_gate, (%rsp)
+    jne ember_exc_stubs + 6 * 16
+    addq $2, (%rsp)
+    sti                             # hlt runs in sti's interrupt shadow, so an
+    hlt                             # interrupt pending since ring 3 ends it at once
+    cli
+    iretq
+
+    # Device interrupts only need an end-of-interrupt: the interrupted code (the wait
+    # gate, or ring 3) looks at its queues itself.
+    .globl ember_irq_entry
+ember_irq_entry:
+    push %rax
+    mov $0xfee000b0, %eax           # local APIC EOI register
+    movl $0, (%rax)
+    pop %rax
+    iretq
+
 ember_puts:
     lodsb
     test %al, %al
@@ -195,17 +220,33 @@ ember_gdt_ptr:
     .balign 16                      # interrupt gates, DPL 0, kernel CS
 ember_idt:
     .set ember_i, 0
-    .rept 32
+    .rept 32                        # exceptions; #UD may be the wait gate
+    .if ember_i == 6
+    .word ember_ud_lo
+    .else
     .word ember_exc_lo + ember_i * 16
+    .endif
     .word 0x08
     .byte 0
     .byte 0x8e
+    .if ember_i == 6
+    .word ember_ud_hi
+    .else
     .word ember_exc_hi
+    .endif
     .quad 0
     .set ember_i, ember_i + 1
     .endr
+    .rept 32                        # 32-63: IOAPIC pins and the APIC's spurious vector
+    .word ember_irq_lo
+    .word 0x08
+    .byte 0
+    .byte 0x8e
+    .word ember_irq_hi
+    .quad 0
+    .endr
 ember_idt_ptr:
-    .word 32 * 16 - 1
+    .word 64 * 16 - 1
     .quad ember_idt
 
     .balign 16
@@ -237,7 +278,13 @@ ember_user_stack_top:
     .balign 4
     .quad ember_pvh_entry
 
+    # The wait gate, called from ring 3: ember_ud_entry recognises this ud2.
     .text
+    .globl ember_wait_for_interrupt
+ember_wait_for_interrupt:
+ember_wait_gate:
+    ud2
+    ret
 "#,
     start = sym ember_rt_start,
     options(att_syntax)
@@ -266,6 +313,9 @@ extern "C" fn ember_rt_start(info: u64, protocol: u64) -> ! {
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
+    if crate::function::in_function() {
+        crate::function::recover(info);
+    }
     match info.location() {
         Some(at) => println!(
             "guest: panic {} at {}:{}",

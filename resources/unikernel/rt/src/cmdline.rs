@@ -23,6 +23,11 @@ pub fn has_token(cmdline: &[u8], token: &[u8]) -> bool {
     tokens(cmdline).any(|t| t == token)
 }
 
+/// The value of the first `<key><value>` token (`key` includes the `=`).
+pub fn value<'a>(cmdline: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    tokens(cmdline).find_map(|t| t.strip_prefix(key))
+}
+
 /// Every `virtio_mmio.device=` token in command-line order: the device, or the
 /// malformed value.
 pub fn virtio_mmio_devices(cmdline: &[u8]) -> impl Iterator<Item = Result<MmioDevice, &[u8]>> {
@@ -60,7 +65,7 @@ fn parse_size(s: &[u8]) -> Option<u64> {
 }
 
 /// Decimal, or hexadecimal with a `0x` prefix.
-fn parse_number(s: &[u8]) -> Option<u64> {
+pub fn parse_number(s: &[u8]) -> Option<u64> {
     let (digits, radix) = match s {
         [b'0', b'x' | b'X', hex @ ..] => (hex, 16),
         _ => (s, 10),
@@ -85,6 +90,8 @@ mod tests {
         assert!(has_token(cmdline, b"ember.echo"));
         assert!(!has_token(cmdline, b"ember"));
         assert!(!has_token(b"", b"ember.echo"));
+        assert_eq!(value(cmdline, b"reboot="), Some(&b"k"[..]));
+        assert_eq!(value(cmdline, b"ember.port="), None);
     }
 
     #[test]

@@ -1,20 +1,27 @@
 //! Minimal runtime for ember's unikernel guests.
 //!
 //! The guest spends a few dozen instructions in ring 0 (see `boot`) and runs
-//! everything else in ring 3 with interrupts off, polling its devices: under
-//! kvm_pvm ring-0 code is emulated about 5000x slower, while ring 3 runs natively.
+//! everything else in ring 3 with interrupts off: under kvm_pvm ring-0 code is
+//! emulated about 5000x slower, while ring 3 runs natively. Drivers poll their
+//! devices, or sleep until an interrupt through the wait gate of [`irq`].
 //! Memory is identity-mapped, so a pointer is also the guest-physical address that
 //! devices use for DMA.
 //!
-//! A guest binary links with `link.ld` (published to its build script as
-//! `DEP_EMBER_RT_LINK_LD`) and names its main function with [`entry!`].
+//! A guest binary links with `link.ld` (its manifest points `build` at
+//! `guest-build.rs`) and names its main function with [`entry!`], or is an ember
+//! function and names a [`function::Function`] with [`function!`].
 #![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
 
 #[cfg(not(test))]
 mod boot;
 pub mod bootinfo;
 pub mod cmdline;
+pub mod function;
+pub mod heap;
 pub mod io;
+pub mod irq;
 pub mod mptable;
 pub mod virtio;
 

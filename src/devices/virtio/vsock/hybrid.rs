@@ -76,6 +76,8 @@ struct Connection {
     readable: bool,
     guest_done_sending: bool,
     interest: EventSet,
+    /// The host socket hung up or closed: no longer in the epoll set.
+    unwatched: bool,
 }
 
 impl Connection {
@@ -92,6 +94,7 @@ impl Connection {
             readable: false,
             guest_done_sending: false,
             interest: EventSet::empty(),
+            unwatched: false,
         }
     }
 
@@ -211,10 +214,27 @@ impl HybridBackend {
         self.control.push_back(header);
     }
 
+    /// Stops watching the connection's host socket for good.
+    fn unwatch(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if !conn.unwatched {
+            let fd = conn.stream.as_raw_fd();
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            conn.unwatched = true;
+        }
+    }
+
     fn watch(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        if conn.unwatched {
+            return;
+        }
         let wanted = conn.wanted_interest();
         if wanted != conn.interest {
             let fd = conn.stream.as_raw_fd();
@@ -265,30 +285,29 @@ impl HybridBackend {
     }
 
     /// Handles what happened on the host side: new connections, `CONNECT`
-    /// lines, readable and writable sockets.
+    /// lines, readable and writable sockets. One pass: the event loop calls
+    /// again while the epoll fd stays readable.
     pub fn process_host_events(&mut self) {
         let mut events = [EpollEvent::default(); 32];
-        loop {
-            let ready = match self.epoll.wait(0, &mut events) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
+        let ready = match self.epoll.wait(0, &mut events) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != ErrorKind::Interrupted {
                     log::warn!("vsock: epoll failed: {e}");
-                    return;
                 }
-            };
-            for event in &events[..ready] {
-                if event.data() == LISTENER_TOKEN {
-                    self.accept();
-                    continue;
-                }
-                let fd = event.data() as u32 as RawFd;
-                if self.handshakes.contains_key(&fd) {
-                    self.read_connect_line(fd);
-                } else if let Some(&key) = self.by_fd.get(&fd) {
-                    self.host_ready(key, event.event_set());
-                }
+                return;
+            }
+        };
+        for event in &events[..ready] {
+            if event.data() == LISTENER_TOKEN {
+                self.accept();
+                continue;
+            }
+            let fd = event.data() as u32 as RawFd;
+            if self.handshakes.contains_key(&fd) {
+                self.read_connect_line(fd);
+            } else if let Some(&key) = self.by_fd.get(&fd) {
+                self.host_ready(key, event.event_set());
             }
         }
     }
@@ -376,7 +395,14 @@ impl HybridBackend {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
+        if events.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+            // epoll reports a hang-up whatever the interest, so stop watching:
+            // what is left is read (up to the EOF) as the guest takes it.
+            conn.readable = true;
+            self.unwatch(key);
+            return;
+        }
+        if events.contains(EventSet::IN) {
             conn.readable = true;
         }
         if events.contains(EventSet::OUT) {
@@ -645,6 +671,7 @@ impl HybridBackend {
                 // The host end is gone: tell the guest, wait for its RST.
                 conn.state = State::Closing;
                 conn.readable = false;
+                self.unwatch(key);
                 self.send_control(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
             }
             self.watch(key);

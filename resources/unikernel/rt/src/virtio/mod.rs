@@ -1,7 +1,8 @@
-//! Modern (version 2) virtio-mmio transport, driven by polling from ring 3.
+//! Modern (version 2) virtio-mmio transport, driven from ring 3.
 
 pub mod blk;
 pub mod queue;
+pub mod vsock;
 
 use core::fmt;
 use core::ptr::{read_volatile, write_volatile};

@@ -1,4 +1,5 @@
-//! Links the guest with rt's linker script as a static, freestanding executable.
+//! Build script shared by the guest binaries (their manifests point `build` here):
+//! links each with rt's linker script as a static, freestanding executable.
 
 fn main() {
     let script = std::env::var("DEP_EMBER_RT_LINK_LD").expect("rt publishes its linker script");

@@ -1,0 +1,95 @@
+//! ember's function runtime: serves invocations of one function over virtio-vsock.
+//!
+//! The runtime listens on vsock port 1024 (`ember.port=<n>` on the command line
+//! overrides it) and reads requests from any number of connections, each carrying
+//! any number of sequential invocations (framing in [`framing`]). Requests are
+//! served one at a time, in the order they completed. Between invocations the vCPU
+//! sleeps in `hlt` until the device interrupts. The function may open streams to
+//! host ports ([`HostStream`]).
+//!
+//! A panicking function does not end the guest: the panic handler answers status 2
+//! with the panic message and restarts the serving loop on a fresh stack. The
+//! function's frames are abandoned like a `longjmp` would (no destructors run), so
+//! whatever the function had allocated at that moment stays allocated: freeing it
+//! could leave dangling pointers in the function's statics. The request buffer
+//! belongs to the runtime and is freed, and host streams it held are reset. The runtime itself never panics when the
+//! heap runs out; a request that does not fit is answered with an error.
+
+pub mod framing;
+pub mod server;
+
+use alloc::borrow::Cow;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// An invocable function: the request's bytes in, the response's bytes out.
+pub type Function = fn(&[u8]) -> Result<Vec<u8>, Error>;
+
+/// A function's failure, sent to the caller as status 1 with the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    message: Cow<'static, str>,
+}
+
+impl Error {
+    pub fn new(message: impl Into<Cow<'static, str>>) -> Error {
+        Error {
+            message: message.into(),
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<&'static str> for Error {
+    fn from(message: &'static str) -> Error {
+        Error::new(message)
+    }
+}
+
+impl From<String> for Error {
+    fn from(message: String) -> Error {
+        Error::new(message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Declares the guest's function, a [`Function`]; the runtime serves it.
+#[macro_export]
+macro_rules! function {
+    ($function:path) => {
+        #[unsafe(no_mangle)]
+        fn ember_main(boot: &$crate::BootInfo) -> ! {
+            let function: $crate::function::Function = $function;
+            $crate::function::run(boot, function)
+        }
+    };
+}
+
+#[cfg(not(test))]
+mod runtime;
+
+#[cfg(not(test))]
+pub use runtime::{HostStream, run};
+#[cfg(not(test))]
+pub(crate) use runtime::{in_function, recover};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_their_message() {
+        let owned = Error::from(alloc::format!("bad input {}", 7));
+        assert_eq!(owned.message(), "bad input 7");
+        assert_eq!(Error::from("nope").to_string(), "nope");
+    }
+}

@@ -1,0 +1,387 @@
+//! The serving loop on the device: boot-time setup, waiting, responding, and the
+//! recovery from a function's panic.
+
+use alloc::vec::Vec;
+use core::arch::asm;
+use core::cell::UnsafeCell;
+use core::fmt::{self, Write};
+use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use super::framing::{RESPONSE_PREFIX_LEN, Request, STATUS_ERROR, STATUS_OK, STATUS_PANIC};
+use super::server::{ClientState, ConnId, Payload, Server};
+use super::{Error, Function};
+use crate::bootinfo::BootInfo;
+use crate::cmdline::{parse_number, value, virtio_mmio_devices};
+use crate::io::{reset, signal_boot_timer};
+use crate::virtio::Transport;
+use crate::virtio::vsock::{self, Received, Vsock};
+use crate::{heap, irq, println};
+
+/// The port served unless the command line says `ember.port=<n>`.
+const DEFAULT_PORT: u32 = 1024;
+/// Stack of the serving loop and the function: the boot stack is only 64 KiB.
+/// Nothing guards its end.
+const STACK_SIZE: usize = 1 << 20;
+/// Longest panic message sent; the rest is cut.
+const PANIC_MESSAGE_MAX: usize = 4096;
+
+/// Everything the serving loop keeps between invocations.
+struct Runtime {
+    vsock: Vsock,
+    server: Server,
+    function: Function,
+    /// The request being served and its connection. The request lives here, not on
+    /// the loop's stack, so that a panic does not leak it.
+    request: Vec<u8>,
+    conn: ConnId,
+}
+
+const _: () = assert!(RESPONSE_PREFIX_LEN <= vsock::INLINE_LEN);
+
+/// Memory that only the single, uninterrupted thread of ring 3 touches.
+struct Local<T>(UnsafeCell<T>);
+
+// SAFETY: the guest runs one vCPU and ring 3 is never interrupted by code that
+// touches these (the interrupt handlers only signal end-of-interrupt).
+unsafe impl<T> Sync for Local<T> {}
+
+static RUNTIME: Local<Option<Runtime>> = Local(UnsafeCell::new(None));
+#[repr(align(16))]
+struct Stack([u8; STACK_SIZE]);
+static STACK: Local<Stack> = Local(UnsafeCell::new(Stack([0; STACK_SIZE])));
+static PANIC_MESSAGE: Local<[u8; PANIC_MESSAGE_MAX]> =
+    Local(UnsafeCell::new([0; PANIC_MESSAGE_MAX]));
+/// Set while the function runs: its panics are answered, not fatal.
+static IN_FUNCTION: AtomicBool = AtomicBool::new(false);
+
+/// Sets up the heap, the vsock device and its interrupt, prints
+/// `EMBER-FN: ready on port <n>`, then serves `function` forever.
+pub fn run(boot: &BootInfo, function: Function) -> ! {
+    let port = match value(boot.cmdline, b"ember.port=") {
+        None => DEFAULT_PORT,
+        Some(text) => match parse_number(text).and_then(|n| u32::try_from(n).ok()) {
+            Some(port) => port,
+            None => fail(format_args!("bad ember.port")),
+        },
+    };
+    let Some((transport, irq_line)) = find_vsock(boot.cmdline) else {
+        fail(format_args!("no virtio-vsock device"))
+    };
+    // SAFETY: everything needed from the boot structures has been read; they and
+    // the command line lie below the image anyway, outside the heap.
+    let heap_size = unsafe { heap::init(boot.memory.iter()) };
+    let vsock = match Vsock::new(transport) {
+        Ok(vsock) => vsock,
+        Err(err) => fail(format_args!("virtio-vsock: {err}")),
+    };
+    irq::init();
+    if let Err(irq::BadIrq(line)) = irq::enable(irq_line) {
+        fail(format_args!("virtio-vsock IRQ {line} not routable"));
+    }
+    let server = Server::new(vsock.guest_cid(), port, heap_size);
+    // SAFETY: nothing else references the runtime yet.
+    unsafe {
+        *RUNTIME.0.get() = Some(Runtime {
+            vsock,
+            server,
+            function,
+            request: Vec::new(),
+            conn: 0,
+        });
+    }
+    println!("EMBER-FN: ready on port {port}");
+    signal_boot_timer();
+    // SAFETY: the boot stack is left for good.
+    unsafe { restart() }
+}
+
+fn fail(what: fmt::Arguments<'_>) -> ! {
+    println!("ember-fn: error {what}");
+    reset()
+}
+
+/// The first virtio-vsock device on the command line and its IRQ.
+fn find_vsock(cmdline: &[u8]) -> Option<(Transport, u32)> {
+    virtio_mmio_devices(cmdline)
+        .flatten()
+        .filter(|device| device.base < 1 << 32)
+        .find_map(|device| {
+            // SAFETY: the VMM announced a virtio-mmio window at this identity-mapped
+            // address; only the device returned here is driven.
+            let transport = unsafe { Transport::new(device.base) };
+            (transport.probe() == Ok(vsock::DEVICE_ID)).then_some((transport, device.irq))
+        })
+}
+
+/// The runtime.
+///
+/// # Safety
+/// The caller must not use a reference from an earlier call after this one.
+unsafe fn runtime() -> &'static mut Runtime {
+    // SAFETY: one thread; the caller keeps references from overlapping.
+    unsafe { (*RUNTIME.0.get()).as_mut() }.expect("runtime set up before serving")
+}
+
+/// Runs [`serve`] from the top of the serving stack, abandoning the current one.
+///
+/// # Safety
+/// Nothing on the current stack may be used again.
+unsafe fn restart() -> ! {
+    // SAFETY: only computes the address just past the stack's bytes.
+    let top = unsafe { (&raw mut (*STACK.0.get()).0).wrapping_add(1) } as usize;
+    // SAFETY: `top` is the 16-byte-aligned end of the serving stack; the call
+    // leaves it aligned as the ABI expects at entry, and `serve` never returns.
+    unsafe {
+        asm!("mov rsp, {top}", "call {serve}", "ud2", top = in(reg) top,
+            serve = sym serve, options(noreturn))
+    }
+}
+
+/// The serving loop: next request, call the function, send the response.
+extern "C" fn serve() -> ! {
+    // Whatever a panic left behind goes. SAFETY (for each `runtime()` below): every
+    // reference ends before the next is taken.
+    let rt = unsafe { runtime() };
+    rt.request = Vec::new();
+    rt.server.close_clients();
+    loop {
+        // SAFETY: as above.
+        let rt = unsafe { runtime() };
+        let (conn, request) = rt.next_request();
+        let Request::Data(request) = request else {
+            rt.respond(
+                conn,
+                STATUS_ERROR,
+                b"ember-fn: request does not fit in memory",
+            );
+            continue;
+        };
+        rt.request = request;
+        rt.conn = conn;
+        let input: *const [u8] = rt.request.as_slice();
+        let function = rt.function;
+        IN_FUNCTION.store(true, Ordering::Relaxed);
+        // SAFETY: the request is not touched until the function returns, or until
+        // its panic has abandoned it.
+        let result = function(unsafe { &*input });
+        IN_FUNCTION.store(false, Ordering::Relaxed);
+        // SAFETY: as above; the function is done with the request.
+        let rt = unsafe { runtime() };
+        match &result {
+            Ok(output) => rt.respond(conn, STATUS_OK, output),
+            Err(err) => rt.respond(conn, STATUS_ERROR, err.message().as_bytes()),
+        }
+        rt.request = Vec::new();
+    }
+}
+
+/// Whether a panic now comes from the function.
+pub(crate) fn in_function() -> bool {
+    IN_FUNCTION.load(Ordering::Relaxed)
+}
+
+/// Answers the function's panic with status 2 and its message, then serves on.
+pub(crate) fn recover(info: &PanicInfo) -> ! {
+    IN_FUNCTION.store(false, Ordering::Relaxed);
+    // SAFETY: only this (non-reentrant: a panic in here is fatal) code uses the
+    // buffer.
+    let buffer = unsafe { &mut *PANIC_MESSAGE.0.get() };
+    let mut message = Truncating { buffer, len: 0 };
+    // Truncation is the only failure, and it is wanted.
+    let _ = write!(message, "{}", info.message());
+    let len = message.len;
+    // SAFETY: the function's frames, the only other users of the runtime, are
+    // never returned to.
+    let rt = unsafe { runtime() };
+    rt.respond(rt.conn, STATUS_PANIC, &message.buffer[..len]);
+    // SAFETY: the panicking stack is abandoned.
+    unsafe { restart() }
+}
+
+/// Formats into a fixed buffer, dropping what does not fit (on a char boundary).
+struct Truncating<'a> {
+    buffer: &'a mut [u8],
+    len: usize,
+}
+
+impl Write for Truncating<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buffer.len() - self.len;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buffer[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        if n < s.len() { Err(fmt::Error) } else { Ok(()) }
+    }
+}
+
+impl Runtime {
+    /// Waits for the next complete request.
+    fn next_request(&mut self) -> (ConnId, Request) {
+        loop {
+            // SAFETY: without a response there are no body ranges to send.
+            unsafe { self.pump(&[]) };
+            if let Some(next) = self.server.take_request() {
+                return next;
+            }
+            self.wait();
+        }
+    }
+
+    /// Sends a response, serving other connections' traffic meanwhile, and returns
+    /// once the device has sent it (or the connection is gone).
+    fn respond(&mut self, conn: ConnId, status: u8, body: &[u8]) {
+        let Ok(len) = u32::try_from(body.len()) else {
+            return self.respond(conn, STATUS_ERROR, b"ember-fn: output longer than 4 GiB");
+        };
+        self.server.start_response(conn, status, len);
+        self.send(body);
+    }
+
+    /// Sends the started response or client write, whose body is `body`, and
+    /// returns once the device holds none of it.
+    fn send(&mut self, body: &[u8]) {
+        loop {
+            // SAFETY: `body` outlives the loop, which only ends when the device
+            // holds no packet.
+            unsafe { self.pump(body) };
+            if !self.server.responding() && !self.vsock.sending() {
+                return;
+            }
+            self.wait();
+        }
+    }
+
+    /// Moves packets both ways until nothing more can move now: device events,
+    /// received packets, sent packets back, then whatever the server has to send.
+    ///
+    /// # Safety
+    /// `body` (the current response's body) must stay valid until the device holds
+    /// no packet (`!self.vsock.sending()`).
+    unsafe fn pump(&mut self, body: &[u8]) {
+        if self.vsock.take_transport_reset() {
+            self.server.transport_reset(self.vsock.guest_cid());
+        }
+        let server = &mut self.server;
+        self.vsock.receive(|packet| match packet {
+            Received::Packet(header, payload) => server.receive(&header, payload),
+            Received::Truncated(header) => server.refuse(&header),
+        });
+        self.vsock.reclaim_sent();
+        while self.vsock.can_send() {
+            let Some(out) = self.server.next_packet() else {
+                break;
+            };
+            let payload = match &out.payload {
+                Payload::None => &[][..],
+                Payload::Inline(bytes, len) => &bytes[..*len],
+                Payload::Body { offset, len } => &body[*offset..*offset + *len],
+            };
+            // SAFETY: inline payloads are short enough for `send` to copy; body
+            // ranges stay valid as the caller guarantees.
+            unsafe { self.vsock.send(&out.header, payload) };
+        }
+        self.vsock.kick();
+    }
+
+    /// Sleeps until the device interrupts.
+    fn wait(&self) {
+        self.vsock.ack_interrupt();
+        irq::wait();
+    }
+
+    /// Serves traffic until the state of client connection `id` is `ready`.
+    fn client(&mut self, id: ConnId, ready: impl Fn(&ClientState) -> bool) -> ClientState {
+        loop {
+            // SAFETY: there is no response body in flight.
+            unsafe { self.pump(&[]) };
+            let state = self.server.client_state(id);
+            if ready(&state) {
+                return state;
+            }
+            self.wait();
+        }
+    }
+}
+
+/// A stream from the function to a port on the host (vsock CID 2), closed when
+/// dropped. Each call serves other traffic while it waits; whatever a panicking
+/// function held is reset.
+#[derive(Debug)]
+pub struct HostStream {
+    id: ConnId,
+}
+
+impl HostStream {
+    /// Connects to `port` on the host, waiting until it accepts or refuses.
+    pub fn connect(port: u32) -> Result<HostStream, Error> {
+        // SAFETY: the function, the only caller, holds no runtime reference.
+        let rt = unsafe { runtime() };
+        let id = rt
+            .server
+            .connect(port)
+            .ok_or(Error::new("ember-fn: too many connections"))?;
+        match rt.client(id, |s| *s != ClientState::Connecting) {
+            ClientState::Open { .. } => Ok(HostStream { id }),
+            _ => Err(Error::new("ember-fn: connection refused")),
+        }
+    }
+
+    /// Sends all of `data`, returning once the device has taken it.
+    pub fn write_all(&mut self, data: &[u8]) -> Result<(), Error> {
+        // SAFETY: as in `connect`.
+        let rt = unsafe { runtime() };
+        if !rt.server.start_send(self.id, data.len()) {
+            return Err(Error::new("ember-fn: connection closed"));
+        }
+        rt.send(data);
+        if rt.server.send_dropped() {
+            Err(Error::new("ember-fn: connection reset"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Appends what has arrived to `buf`, waiting for at least one byte; returns
+    /// how many, 0 once the host has closed its side.
+    pub fn read(&mut self, buf: &mut Vec<u8>) -> Result<usize, Error> {
+        // SAFETY: as in `connect`.
+        let rt = unsafe { runtime() };
+        match rt.client(self.id, |s| {
+            !matches!(
+                s,
+                ClientState::Open {
+                    readable: 0,
+                    eof: false
+                }
+            )
+        }) {
+            ClientState::Open { .. } => Ok(rt.server.read(self.id, buf)),
+            _ => Err(Error::new("ember-fn: connection reset")),
+        }
+    }
+
+    /// Appends everything until the host closes its side to `buf`.
+    pub fn read_to_end(&mut self, buf: &mut Vec<u8>) -> Result<usize, Error> {
+        let mut total = 0;
+        loop {
+            match self.read(buf)? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    }
+}
+
+impl Drop for HostStream {
+    fn drop(&mut self) {
+        // SAFETY: as in `connect`.
+        let rt = unsafe { runtime() };
+        rt.server.close(self.id);
+        // SAFETY: there is no response body in flight.
+        unsafe { rt.pump(&[]) };
+    }
+}
