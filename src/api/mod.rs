@@ -35,11 +35,16 @@ pub struct ApiCall {
 pub struct ToVmm {
     calls: Sender<ApiCall>,
     wake: Arc<EventFd>,
+    functions: Arc<invoke::Pool>,
 }
 
 impl ToVmm {
     pub fn new(calls: Sender<ApiCall>, wake: Arc<EventFd>) -> Self {
-        ToVmm { calls, wake }
+        ToVmm {
+            calls,
+            wake,
+            functions: Arc::default(),
+        }
     }
 
     async fn call(&self, request: Request) -> Result<Response, String> {
@@ -95,24 +100,26 @@ async fn serve(
     Ok(match to_vmm.call(request).await {
         Ok(Response::NoContent) => reply(StatusCode::NO_CONTENT, None),
         Ok(Response::Json(value)) => reply(StatusCode::OK, Some(value.to_string())),
-        Ok(Response::Invocation(target)) => match invoke::invoke(&target, &body).await {
-            Ok(output) => {
-                let mut response = hyper::Response::new(Full::new(Bytes::from(output)));
-                response.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("application/octet-stream"),
-                );
-                response
+        Ok(Response::Invocation(target)) => {
+            match invoke::invoke(&to_vmm.functions, &target, &body).await {
+                Ok(output) => {
+                    let mut response = hyper::Response::new(Full::new(Bytes::from(output)));
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/octet-stream"),
+                    );
+                    response
+                }
+                Err(e) => {
+                    let status = match e {
+                        invoke::Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                        _ => StatusCode::BAD_GATEWAY,
+                    };
+                    log::warn!("invocation failed: {e}");
+                    fault(status, &e.to_string())
+                }
             }
-            Err(e) => {
-                let status = match e {
-                    invoke::Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                log::warn!("invocation failed: {e}");
-                fault(status, &e.to_string())
-            }
-        },
+        }
         Err(message) => {
             log::warn!("API request {method} {path} failed: {message}");
             fault(StatusCode::BAD_REQUEST, &message)
