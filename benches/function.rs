@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{artifact, http_bytes, require_kvm, Ember, TempDir};
+use common::{artifact, http_bytes, require_kvm, Ember, KeepAlive, TempDir};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -200,6 +200,15 @@ fn main() {
     for _ in 0..small_runs {
         small.samples.push(micros(timed_invoke(&ember, &kib).0));
     }
+    // The same over one kept-alive API connection, as an HTTP client pool does.
+    let mut small_kept = Stats::new("echo 1 KiB round trip, keep-alive", "us");
+    let mut client = KeepAlive::connect(ember.socket.as_deref().unwrap());
+    for _ in 0..small_runs {
+        let start = Instant::now();
+        let (status, body) = client.request("POST", "/invocations", &kib);
+        small_kept.samples.push(micros(start.elapsed()));
+        assert_eq!((status, body.len()), (200, kib.len()));
+    }
     let mut big = Stats::new("echo 1 MiB round trip", "us");
     let mib = vec![9u8; 1 << 20];
     for _ in 0..big_runs {
@@ -232,7 +241,15 @@ fn main() {
     }
 
     let all = [
-        &ready, &first, &small, &big, &echo_16, &guest_sha, &host_sha, &rss,
+        &ready,
+        &first,
+        &small,
+        &small_kept,
+        &big,
+        &echo_16,
+        &guest_sha,
+        &host_sha,
+        &rss,
     ];
     println!("\nember function benchmark (echo and sha256 unikernels, PVH, {GUEST_MEM_MIB} MiB, 1 vCPU)\n");
     println!(

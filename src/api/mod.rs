@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::controller::{self, Request, Response};
+use crate::controller::{self, InvocationTarget, Request, Response};
 use routes::{body_limit, route};
 
 /// A request on its way to the main thread, with where its answer goes.
@@ -36,6 +36,10 @@ pub struct ToVmm {
     calls: Sender<ApiCall>,
     wake: Arc<EventFd>,
     functions: Arc<invoke::Pool>,
+    /// Where invocations go, once the controller said so: it only changes
+    /// through requests this thread forwards, so the main thread is asked
+    /// once, not on every invocation.
+    target: Arc<std::sync::Mutex<Option<InvocationTarget>>>,
 }
 
 impl ToVmm {
@@ -44,6 +48,33 @@ impl ToVmm {
             calls,
             wake,
             functions: Arc::default(),
+            target: Arc::default(),
+        }
+    }
+
+    /// Forwards `request`, answering invocation lookups from the cache.
+    async fn handle(&self, request: Request) -> Result<Response, String> {
+        let cached = || self.target.lock().ok().and_then(|t| t.clone());
+        match request {
+            Request::GetInvocationTarget => {
+                if let Some(target) = cached() {
+                    return Ok(Response::Invocation(target));
+                }
+                let response = self.call(request).await?;
+                if let (Response::Invocation(target), Ok(mut slot)) =
+                    (&response, self.target.lock())
+                {
+                    *slot = Some(target.clone());
+                }
+                Ok(response)
+            }
+            Request::PutFunction(_) | Request::PutVsock(_) => {
+                if let Ok(mut slot) = self.target.lock() {
+                    *slot = None;
+                }
+                self.call(request).await
+            }
+            _ => self.call(request).await,
         }
     }
 
@@ -97,7 +128,7 @@ async fn serve(
         Err(e) => return Ok(fault(StatusCode::BAD_REQUEST, &e.0)),
     };
     log::debug!("API request: {method} {path}");
-    Ok(match to_vmm.call(request).await {
+    Ok(match to_vmm.handle(request).await {
         Ok(Response::NoContent) => reply(StatusCode::NO_CONTENT, None),
         Ok(Response::Json(value)) => reply(StatusCode::OK, Some(value.to_string())),
         Ok(Response::Invocation(target)) => {

@@ -341,3 +341,51 @@ pub fn expected_memory_lines(mem_mib: u64) -> Vec<String> {
         .map(|&(start, len)| format!("mem: {start:#x}-{:#x} type=1", start + len - 1))
         .collect()
 }
+
+/// An HTTP/1.1 client that keeps its connection open between requests, as
+/// platform HTTP clients do.
+pub struct KeepAlive {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl KeepAlive {
+    pub fn connect(socket: &Path) -> Self {
+        let writer = UnixStream::connect(socket).expect("connect to the API socket");
+        let reader = BufReader::new(writer.try_clone().expect("clone the API stream"));
+        KeepAlive { reader, writer }
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.writer.write_all(head.as_bytes()).unwrap();
+        self.writer.write_all(body).unwrap();
+        let mut status_line = String::new();
+        self.reader.read_line(&mut status_line).unwrap();
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status in {status_line:?}"));
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body).unwrap();
+        (status, body)
+    }
+}
