@@ -34,6 +34,9 @@ const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 2;
 const MAX_CONNECT_LINE: usize = 32;
 /// Connections waiting for their `CONNECT` line, and established ones, at most.
 const MAX_CONNECTIONS: usize = 1024;
+/// Answers (RST, RESPONSE, ...) ember holds for a guest that posts no rx
+/// buffers; past this it stops reading the guest's tx queue until they drain.
+const MAX_PENDING_CONTROL: usize = 4096;
 
 const LISTENER_TOKEN: u64 = u64::MAX;
 
@@ -182,6 +185,12 @@ impl HybridBackend {
             control: VecDeque::new(),
             next_local_port: LOCAL_PORT_BASE,
         })
+    }
+
+    /// Whether ember can take another packet from the guest: not while too
+    /// many of its answers wait for rx buffers.
+    pub fn accepts_tx(&self) -> bool {
+        self.control.len() < MAX_PENDING_CONTROL
     }
 
     /// The fd the VMM's event loop watches for host-side activity.
@@ -714,7 +723,43 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::BufRead;
+
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
     use super::*;
+
+    const GUEST_CID: u64 = 3;
+
+    fn new_backend(tag: &str) -> (HybridBackend, PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("ember-vsock-{tag}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        (HybridBackend::new(GUEST_CID, &path).unwrap(), path)
+    }
+
+    fn from_guest(op: u16, src_port: u32, dst_port: u32) -> TxPacket {
+        TxPacket {
+            header: Header {
+                src_cid: GUEST_CID,
+                dst_cid: HOST_CID,
+                src_port,
+                dst_port,
+                type_: TYPE_STREAM,
+                op,
+                buf_alloc: 65536,
+                ..Default::default()
+            },
+            payload: Vec::new(),
+        }
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap()
+    }
 
     #[test]
     fn connect_lines_parse_like_firecrackers() {
@@ -736,5 +781,94 @@ mod tests {
         assert_eq!(conn.peer_credit(), 900);
         conn.tx_cnt = conn.peer_fwd_cnt.wrapping_add(1000);
         assert_eq!(conn.peer_credit(), 0);
+    }
+
+    #[test]
+    fn requests_to_closed_ports_are_reset_and_floods_stay_bounded() {
+        let (mut backend, _path) = new_backend("flood");
+        let mem = memory();
+        backend.handle_tx(&mem, &from_guest(OP_REQUEST, 5000, 7777));
+        let rst = backend.control.front().copied().unwrap();
+        assert_eq!((rst.op, rst.dst_port, rst.src_port), (OP_RST, 5000, 7777));
+        // A guest that never posts rx buffers cannot make ember queue answers forever.
+        let mut port = 0;
+        while backend.accepts_tx() {
+            backend.handle_tx(&mem, &from_guest(OP_REQUEST, port, 7777));
+            port += 1;
+        }
+        assert_eq!(backend.control.len(), MAX_PENDING_CONTROL);
+        // Packets from another CID or of another type get no connection.
+        let (mut backend, _path) = new_backend("cid");
+        let mut wrong_cid = from_guest(OP_REQUEST, 1, 2);
+        wrong_cid.header.src_cid = 9;
+        backend.handle_tx(&mem, &wrong_cid);
+        assert!(backend.control.is_empty() && backend.conns.is_empty());
+    }
+
+    #[test]
+    fn host_connection_handshake_and_data_both_ways() {
+        let (mut backend, path) = new_backend("stream");
+        let mem = memory();
+        let mut host = UnixStream::connect(&path).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        backend.process_host_events();
+        backend.process_host_events();
+        let request = backend.control.pop_front().unwrap();
+        assert_eq!(
+            (request.op, request.dst_port, request.dst_cid),
+            (OP_REQUEST, 1024, GUEST_CID)
+        );
+        assert!(request.src_port >= LOCAL_PORT_BASE);
+
+        backend.handle_tx(&mem, &from_guest(OP_RESPONSE, 1024, request.src_port));
+        let mut reader = std::io::BufReader::new(host.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let host_port = request.src_port;
+        assert_eq!(line, format!("OK {host_port}\n"));
+
+        // Guest -> host: the payload goes from guest memory to the socket.
+        mem.write_slice(b"hi host", GuestAddress(0x1000)).unwrap();
+        let mut rw = from_guest(OP_RW, 1024, request.src_port);
+        rw.header.len = 7;
+        rw.payload = vec![(GuestAddress(0x1000), 7)];
+        backend.handle_tx(&mem, &rw);
+        let mut got = [0u8; 7];
+        reader.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi host");
+
+        // Host -> guest: bytes land in an rx buffer behind an RW header.
+        host.write_all(b"hi guest").unwrap();
+        backend.process_host_events();
+        let queue = MockSplitQueue::new(&mem, 16);
+        let rx = RawDescriptor::from(Descriptor::new(0x8000, 4096, VRING_DESC_F_WRITE as u16, 0));
+        queue.build_desc_chain(&[rx]).unwrap();
+        let mut q: Queue = queue.create_queue().unwrap();
+        assert!(backend.fill_rx(&mut q, &mem));
+        let header: Header = mem.read_obj(GuestAddress(0x8000)).unwrap();
+        assert_eq!((header.op, header.len, header.dst_port), (OP_RW, 8, 1024));
+        let mut payload = [0u8; 8];
+        mem.read_slice(
+            &mut payload,
+            GuestAddress(0x8000 + super::super::packet::HEADER_LEN as u64),
+        )
+        .unwrap();
+        assert_eq!(&payload, b"hi guest");
+
+        // The host hangs up: the guest is told to shut down, and its RST ends it.
+        drop(reader);
+        drop(host);
+        backend.process_host_events();
+        let rx = RawDescriptor::from(Descriptor::new(0x9000, 4096, VRING_DESC_F_WRITE as u16, 0));
+        queue.build_desc_chain(&[rx]).unwrap();
+        let mut q: Queue = queue.create_queue().unwrap();
+        backend.fill_rx(&mut q, &mem);
+        let shutdown = backend
+            .control
+            .pop_front()
+            .or_else(|| mem.read_obj::<Header>(GuestAddress(0x9000)).ok());
+        assert_eq!(shutdown.map(|h| h.op), Some(OP_SHUTDOWN));
+        backend.handle_tx(&mem, &from_guest(OP_RST, 1024, request.src_port));
+        assert!(backend.conns.is_empty());
     }
 }

@@ -40,7 +40,10 @@ impl Vsock {
             return false;
         };
         let mut used = false;
-        while let Some(chain) = tx.pop_descriptor_chain(mem) {
+        while self.backend.accepts_tx() {
+            let Some(chain) = tx.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
             match packet::parse_tx(mem, chain) {
                 Ok(packet) => self.backend.handle_tx(mem, &packet),
@@ -84,10 +87,21 @@ impl VirtioDevice for Vsock {
         }
     }
 
-    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
-        // Whatever the guest sent may need answers; new rx buffers may unblock data.
-        let sent = index == TX && self.process_tx(queues, mem);
-        self.fill_rx(queues, mem) || sent
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> bool {
+        // Whatever the guest sent may need answers; new rx buffers may unblock
+        // data and, once answers drain, tx packets left waiting.
+        let mut used = self.process_tx(queues, mem);
+        used |= self.fill_rx(queues, mem);
+        if self.backend.accepts_tx() {
+            used |= self.process_tx(queues, mem);
+            used |= self.fill_rx(queues, mem);
+        }
+        used
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
