@@ -49,28 +49,6 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Resident memory of `pid` outside the guest-memory mapping, in KiB.
-fn rss_besides_guest_kib(pid: u32, guest_kib: u64) -> f64 {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("read smaps");
-    let (mut total, mut guest) = (0u64, 0u64);
-    let mut size = 0u64;
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        match (fields.next(), fields.next()) {
-            (Some("Size:"), Some(v)) => size = v.parse().unwrap_or(0),
-            (Some("Rss:"), Some(v)) => {
-                let rss: u64 = v.parse().unwrap_or(0);
-                total += rss;
-                if size == guest_kib {
-                    guest += rss;
-                }
-            }
-            _ => {}
-        }
-    }
-    (total - guest) as f64
-}
-
 fn config(kernel: &std::path::Path, args: &str) -> serde_json::Value {
     json!({
         "boot-source": {"kernel_image_path": kernel, "boot_args": args},
@@ -188,8 +166,10 @@ fn main() {
             .expect("guest marker");
         start_marker.samples.push(micros(seen - before));
         ember.expect_line("echo: ready", TIMEOUT);
-        rss.samples
-            .push(rss_besides_guest_kib(ember.pid(), GUEST_MEM_MIB << 10));
+        rss.samples.push(common::rss_besides_guest_kib(
+            ember.pid(),
+            GUEST_MEM_MIB << 10,
+        ));
     }
 
     for _ in 0..runs {

@@ -95,27 +95,6 @@ fn timed_invoke(ember: &Ember, payload: &[u8]) -> (Duration, Vec<u8>) {
     (start.elapsed(), out)
 }
 
-/// Resident memory of `pid` outside the guest-memory mapping, in KiB.
-fn rss_besides_guest_kib(pid: u32, guest_kib: u64) -> f64 {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("read smaps");
-    let (mut total, mut guest, mut size) = (0u64, 0u64, 0u64);
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        match (fields.next(), fields.next()) {
-            (Some("Size:"), Some(v)) => size = v.parse().unwrap_or(0),
-            (Some("Rss:"), Some(v)) => {
-                let rss: u64 = v.parse().unwrap_or(0);
-                total += rss;
-                if size == guest_kib {
-                    guest += rss;
-                }
-            }
-            _ => {}
-        }
-    }
-    (total - guest) as f64
-}
-
 fn demo(echo: &Path) {
     let dir = TempDir::new("fn-demo");
     let ember = start(&dir, echo);
@@ -188,8 +167,10 @@ fn main() {
         first
             .samples
             .push(micros(timed_invoke(&ember, &[b'a'; 1024]).0));
-        rss.samples
-            .push(rss_besides_guest_kib(ember.pid(), GUEST_MEM_MIB << 10));
+        rss.samples.push(common::rss_besides_guest_kib(
+            ember.pid(),
+            GUEST_MEM_MIB << 10,
+        ));
     }
 
     let dir = TempDir::new("fn-bench");

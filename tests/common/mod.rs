@@ -389,3 +389,25 @@ impl KeepAlive {
         (status, body)
     }
 }
+
+/// Resident memory of `pid` outside its guest-memory mapping (the one of
+/// `guest_kib`), in KiB: what the VMM itself costs.
+pub fn rss_besides_guest_kib(pid: u32, guest_kib: u64) -> f64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("read smaps");
+    let (mut total, mut guest, mut size) = (0u64, 0u64, 0u64);
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        match (fields.next(), fields.next()) {
+            (Some("Size:"), Some(v)) => size = v.parse().unwrap_or(0),
+            (Some("Rss:"), Some(v)) => {
+                let rss: u64 = v.parse().unwrap_or(0);
+                total += rss;
+                if size == guest_kib {
+                    guest += rss;
+                }
+            }
+            _ => {}
+        }
+    }
+    (total - guest) as f64
+}

@@ -42,6 +42,18 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// Copies the part of a device's configuration space `config` that a guest
+/// read at `offset` asks for; bytes past its end read as zero.
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = usize::try_from(offset)
+            .ok()
+            .and_then(|o| config.get(o.checked_add(i)?))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// The interrupt status register and the irqfd behind it.
 pub struct Interrupt {
     status: AtomicU32,

@@ -15,7 +15,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use self::request::{Request, RequestType, ID_BYTES, SECTOR_SIZE};
-use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{read_config_space, VirtioDevice, VIRTIO_F_VERSION_1};
 
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 const QUEUE_SIZE: u16 = 256;
@@ -180,10 +180,7 @@ impl VirtioDevice for Block {
             .map(|d| d.sectors)
             .unwrap_or(0)
             .to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = offset as usize + i;
-            *byte = capacity.get(at).copied().unwrap_or(0);
-        }
+        read_config_space(&capacity, offset, data);
     }
 
     fn process_queue(

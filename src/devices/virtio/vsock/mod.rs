@@ -10,7 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use self::hybrid::HybridBackend;
-use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{read_config_space, VirtioDevice, VIRTIO_F_VERSION_1};
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
 const RX: usize = 0;
@@ -77,14 +77,7 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // The configuration space is the guest's CID (a 64-bit field).
-        let cid = self.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| cid.get(o + i))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_space(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn process_queue(
