@@ -145,6 +145,12 @@ impl Controller {
         self.vmm.as_ref()
     }
 
+    /// The vsock socket the running VM listens on, to remove at exit.
+    pub fn vsock_socket(&self) -> Option<&str> {
+        self.vmm.as_ref()?;
+        self.vsock.as_ref().map(|v| v.uds_path.as_str())
+    }
+
     /// Applies a whole `--config-file` document, section by section.
     pub fn apply_config(&mut self, config: VmConfig) -> Result<(), Error> {
         if let Some(section) = config.unsupported_section() {

@@ -115,6 +115,7 @@ fn run() -> i32 {
     let reason = event_loop.run(&mut controller);
     log::info!("ember exiting: {reason:?}");
     remove_socket(&socket_path);
+    remove_socket(&controller.vsock_socket().map(str::to_string));
     reason.exit_code()
 }
 

@@ -217,3 +217,18 @@ fn guest_initiated_vsock_connection_reaches_the_host_listener() {
     assert_eq!(body, b"host says hi");
     assert_eq!(host.join().unwrap(), b"guest says hi");
 }
+
+#[test]
+fn the_vsock_socket_is_gone_after_a_clean_exit() {
+    require_kvm();
+    let dir = TempDir::new("vsock-exit");
+    let uds = dir.path("v.sock");
+    let config = json!({
+        "boot-source": {"kernel_image_path": artifact("test-pvh"), "boot_args": "console=ttyS0"},
+        "vsock": {"guest_cid": 3, "uds_path": uds}
+    });
+    let mut ember = Ember::with_config(&dir, &config);
+    ember.expect_line("guest: reset", BOOT);
+    assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
+    assert!(!uds.exists(), "ember left {} behind", uds.display());
+}
