@@ -94,6 +94,16 @@ macro_rules! println {
     ($($arg:tt)*) => { $crate::io::_print(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+/// The time-stamp counter (ring 3 may read it: CR4.TSD is clear).
+pub fn rdtsc() -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: rdtsc only reads the counter.
+    unsafe {
+        asm!("rdtsc", out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
+    }
+    u64::from(high) << 32 | u64::from(low)
+}
+
 /// Resets the machine through the i8042, which ends the VM.
 pub fn reset() -> ! {
     // SAFETY: the reset command touches no memory; the VMM ends the VM.

@@ -16,6 +16,7 @@
 //! heap runs out; a request that does not fit is answered with an error.
 
 pub mod framing;
+pub mod poll;
 pub mod server;
 
 use alloc::borrow::Cow;

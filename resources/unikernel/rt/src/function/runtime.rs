@@ -9,11 +9,12 @@ use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::framing::{RESPONSE_PREFIX_LEN, Request, STATUS_ERROR, STATUS_OK, STATUS_PANIC};
+use super::poll::{Poller, Wait};
 use super::server::{ClientState, ConnId, Payload, Server};
 use super::{Error, Function};
 use crate::bootinfo::BootInfo;
 use crate::cmdline::{parse_number, value, virtio_mmio_devices};
-use crate::io::{reset, signal_boot_timer};
+use crate::io::{rdtsc, reset, signal_boot_timer};
 use crate::virtio::Transport;
 use crate::virtio::vsock::{self, Received, Vsock};
 use crate::{heap, irq, println};
@@ -35,6 +36,8 @@ struct Runtime {
     /// the loop's stack, so that a panic does not leak it.
     request: Vec<u8>,
     conn: ConnId,
+    /// When to stop polling the device and sleep.
+    poller: Poller,
 }
 
 const _: () = assert!(RESPONSE_PREFIX_LEN <= vsock::INLINE_LEN);
@@ -88,6 +91,7 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
             function,
             request: Vec::new(),
             conn: 0,
+            poller: Poller::new(),
         });
     }
     println!("EMBER-FN: ready on port {port}");
@@ -227,7 +231,7 @@ impl Runtime {
             if let Some(next) = self.server.take_request() {
                 return next;
             }
-            self.wait();
+            self.wait(Wait::Traffic);
         }
     }
 
@@ -251,7 +255,7 @@ impl Runtime {
             if !self.server.responding() && !self.vsock.sending() {
                 return;
             }
-            self.wait();
+            self.wait(Wait::Sent);
         }
     }
 
@@ -262,6 +266,9 @@ impl Runtime {
     /// `body` (the current response's body) must stay valid until the device holds
     /// no packet (`!self.vsock.sending()`).
     unsafe fn pump(&mut self, body: &[u8]) {
+        if self.vsock.has_used() {
+            self.poller.active(rdtsc());
+        }
         if self.vsock.take_transport_reset() {
             self.server.transport_reset(self.vsock.guest_cid());
         }
@@ -271,25 +278,58 @@ impl Runtime {
             Received::Truncated(header) => server.refuse(&header),
         });
         self.vsock.reclaim_sent();
+        let mut sent = false;
         while self.vsock.can_send() {
             let Some(out) = self.server.next_packet() else {
                 break;
             };
-            let payload = match &out.payload {
-                Payload::None => &[][..],
-                Payload::Inline(bytes, len) => &bytes[..*len],
-                Payload::Body { offset, len } => &body[*offset..*offset + *len],
+            let (inline, payload) = match &out.payload {
+                Payload::None => (&[][..], &[][..]),
+                Payload::Data {
+                    inline,
+                    inline_len,
+                    offset,
+                    len,
+                } => (&inline[..*inline_len], &body[*offset..*offset + *len]),
             };
-            // SAFETY: inline payloads are short enough for `send` to copy; body
-            // ranges stay valid as the caller guarantees.
-            unsafe { self.vsock.send(&out.header, payload) };
+            // SAFETY: inline parts are short enough for `send` to copy; body ranges
+            // stay valid as the caller guarantees.
+            unsafe { self.vsock.send(&out.header, inline, payload) };
+            sent = true;
+        }
+        if sent {
+            self.poller.active(rdtsc());
         }
         self.vsock.kick();
     }
 
-    /// Sleeps until the device interrupts.
-    fn wait(&self) {
-        self.vsock.ack_interrupt();
+    /// Waits for the device: polls its used rings as long as the [`Poller`] says,
+    /// then sleeps until it interrupts. An interrupt for buffers seen by polling
+    /// stays pending (ring 3 runs with interrupts off) and ends the next sleep at
+    /// once.
+    fn wait(&mut self, kind: Wait) {
+        if self.vsock.has_used() {
+            return;
+        }
+        if let Some(deadline) = self.poller.deadline(kind, rdtsc()) {
+            let found = loop {
+                core::hint::spin_loop();
+                let now = rdtsc();
+                if self.vsock.has_used() {
+                    break Some(now);
+                }
+                if (deadline.wrapping_sub(now) as i64) <= 0 {
+                    break None;
+                }
+            };
+            self.poller.polled(kind, found);
+            if found.is_some() {
+                return;
+            }
+        }
+        let start = rdtsc();
+        let exits = self.vsock.ack_interrupt();
+        self.poller.measured(exits, rdtsc().wrapping_sub(start));
         irq::wait();
     }
 
@@ -302,7 +342,7 @@ impl Runtime {
             if ready(&state) {
                 return state;
             }
-            self.wait();
+            self.wait(Wait::Traffic);
         }
     }
 }

@@ -41,11 +41,13 @@ pub struct Outgoing {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Payload {
     None,
-    /// The first `len` bytes.
-    Inline([u8; RESPONSE_PREFIX_LEN], usize),
-    /// A range of the body given to [`Server::start_response`] or
-    /// [`Server::start_send`].
-    Body {
+    /// `inline[..inline_len]` (what is left of a response's prefix), then the
+    /// range `offset..offset + len` of the body given to
+    /// [`Server::start_response`] or [`Server::start_send`]: a small response
+    /// goes out as one packet.
+    Data {
+        inline: [u8; RESPONSE_PREFIX_LEN],
+        inline_len: usize,
         offset: usize,
         len: usize,
     },
@@ -397,7 +399,7 @@ impl Server {
     }
 
     /// Starts sending `len` bytes on client connection `id`, handed out by
-    /// [`Server::next_packet`] as [`Payload::Body`] ranges; false if it cannot
+    /// [`Server::next_packet`] as [`Payload::Data`] ranges; false if it cannot
     /// take them.
     pub fn start_send(&mut self, id: ConnId, len: usize) -> bool {
         let open = self.conns.iter().any(|c| {
@@ -528,7 +530,7 @@ impl Server {
     }
 
     /// Starts the response to the active request: `status` and a body of `len`
-    /// bytes, handed out by [`Server::next_packet`] as [`Payload::Body`] ranges.
+    /// bytes, handed out by [`Server::next_packet`] as [`Payload::Data`] ranges.
     /// Dropped if the connection is gone.
     pub fn start_response(&mut self, conn: ConnId, status: u8, len: u32) {
         if self.conns.iter().any(|c| c.id == conn) {
@@ -605,19 +607,22 @@ impl Server {
             conn.credit_asked = true;
             return Some(self.control(i, Op::CreditRequest, 0));
         }
-        let (payload, len) = if response.prefix_sent < RESPONSE_PREFIX_LEN {
-            let start = response.prefix_sent;
-            let len = window.min(RESPONSE_PREFIX_LEN - start);
-            let mut bytes = [0; RESPONSE_PREFIX_LEN];
-            bytes[..len].copy_from_slice(&response.prefix[start..start + len]);
-            response.prefix_sent += len;
-            (Payload::Inline(bytes, len), len)
-        } else {
-            let offset = response.sent;
-            let len = window.min(MAX_PAYLOAD).min(response.len - offset);
-            response.sent += len;
-            (Payload::Body { offset, len }, len)
+        let room = window.min(MAX_PAYLOAD);
+        let start = response.prefix_sent;
+        let inline_len = room.min(RESPONSE_PREFIX_LEN - start);
+        let mut inline = [0; RESPONSE_PREFIX_LEN];
+        inline[..inline_len].copy_from_slice(&response.prefix[start..start + inline_len]);
+        response.prefix_sent += inline_len;
+        let offset = response.sent;
+        let body_len = (room - inline_len).min(response.len - offset);
+        response.sent += body_len;
+        let payload = Payload::Data {
+            inline,
+            inline_len,
+            offset,
+            len: body_len,
         };
+        let len = inline_len + body_len;
         let done = response.prefix_sent == RESPONSE_PREFIX_LEN && response.sent == response.len;
         let response_conn = response.conn;
         conn.credit.sent(len as u32);
@@ -808,20 +813,23 @@ mod tests {
         assert_eq!(
             packets.iter().map(|p| &p.payload).collect::<Vec<_>>(),
             [
-                &Payload::Inline([0, 0xe0, 0x93, 0x04, 0], 5),
-                &Payload::Body {
+                &Payload::Data {
+                    inline: [0, 0xe0, 0x93, 0x04, 0],
+                    inline_len: 5,
                     offset: 0,
-                    len: 65536
+                    len: 65536 - 5
                 },
-                &Payload::Body {
-                    offset: 65536,
-                    len: 100_000 - 5 - 65536
+                &Payload::Data {
+                    inline: [0; 5],
+                    inline_len: 0,
+                    offset: 65536 - 5,
+                    len: 100_000 - 65536
                 },
                 &Payload::None,
             ]
         );
-        assert_eq!(packets[3].header.op, Some(Op::CreditRequest));
-        assert_eq!(packets[1].header.len, 65536);
+        assert_eq!(packets[2].header.op, Some(Op::CreditRequest));
+        assert_eq!(packets[0].header.len, 65536);
         assert!(server.responding());
 
         let mut update = header(Op::CreditUpdate, 7000);
@@ -832,7 +840,12 @@ mod tests {
         while server.responding() {
             for p in drain(&mut server) {
                 match p.payload {
-                    Payload::Body { offset: at, len } => {
+                    Payload::Data {
+                        offset: at,
+                        len,
+                        inline_len: 0,
+                        ..
+                    } => {
                         assert_eq!(at, offset);
                         offset += len;
                     }
@@ -916,11 +929,10 @@ mod tests {
         let (conn, _) = server.take_request().unwrap();
         server.start_response(conn, STATUS_OK, 1);
         let packets = drain(&mut server);
-        assert_eq!(
-            ops(&packets),
-            [(Op::Rw, 7000), (Op::Rw, 7000), (Op::Shutdown, 7000)]
-        );
-        assert_eq!(packets[2].header.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
+        // The prefix and the 1-byte body go out together.
+        assert_eq!(ops(&packets), [(Op::Rw, 7000), (Op::Shutdown, 7000)]);
+        assert_eq!(packets[0].header.len, 6);
+        assert_eq!(packets[1].header.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
         server.receive(&header(Op::Rst, 7000), &[]);
         send(&mut server, 7000, b"late");
         assert_eq!(ops(&drain(&mut server)), [(Op::Rst, 7000)]);
@@ -1002,7 +1014,15 @@ mod tests {
         );
         assert!(server.start_send(id, 10));
         let sent = drain(&mut server);
-        assert_eq!(sent[0].payload, Payload::Body { offset: 0, len: 10 });
+        assert_eq!(
+            sent[0].payload,
+            Payload::Data {
+                inline: [0; 5],
+                inline_len: 0,
+                offset: 0,
+                len: 10
+            }
+        );
         assert_eq!((sent[0].header.src_port, sent[0].header.len), (local, 10));
         assert!(!server.responding());
 

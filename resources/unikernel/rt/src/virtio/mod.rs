@@ -161,12 +161,14 @@ impl Transport {
     }
 
     /// Acknowledges whatever interrupt the device raised; polling drivers call this
-    /// so a level-triggered line does not stay asserted.
-    pub fn ack_interrupt(&self) {
+    /// so a level-triggered line does not stay asserted. Returns whether there was
+    /// one (then it took two register accesses, else one).
+    pub fn ack_interrupt(&self) -> bool {
         let pending = self.read(INTERRUPT_STATUS);
         if pending != 0 {
             self.write(INTERRUPT_ACK, pending);
         }
+        pending != 0
     }
 
     /// A 64-bit field of the device config space, read as two 32-bit halves and

@@ -240,6 +240,12 @@ impl Queue {
         }
     }
 
+    /// Whether the device has used chains that [`Queue::pop_used`] has not returned.
+    pub fn has_used(&self) -> bool {
+        // SAFETY: the used index is device-written; a volatile read sees it.
+        unsafe { read_volatile(addr_of!((*self.rings.as_ptr()).used.idx)) != self.last_used }
+    }
+
     /// The next chain the device has used: its token and the length written.
     pub fn pop_used(&mut self) -> Option<(u32, u32)> {
         let rings = self.rings.as_ptr();

@@ -6,6 +6,7 @@
 pub mod credit;
 pub mod packet;
 
+use alloc::alloc::Layout;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
@@ -25,11 +26,13 @@ const RX_PAYLOAD: usize = 64 * 1024;
 const RX_BUFFER_LEN: usize = HEADER_LEN + RX_PAYLOAD;
 /// Receive buffers posted (fewer if the queue is smaller): 1 MiB in flight.
 const RX_BUFFERS: usize = 16;
+const _: () = assert!(RX_BUFFERS <= u32::BITS as usize);
 const EVENT_BUFFERS: usize = 4;
 /// Transmit slots, one bit each in `free_slots`; two descriptors per packet fill
 /// a 64-entry queue.
 const TX_SLOTS: usize = 32;
-/// Payloads up to this long are copied next to their header (one descriptor).
+/// Payloads up to this long are copied next to their header (one descriptor);
+/// longer ones keep up to this much copied there and the rest in a second one.
 pub const INLINE_LEN: usize = 20;
 
 /// `virtio_vsock_event.id` of a transport reset (after a snapshot restore).
@@ -61,6 +64,11 @@ pub struct Vsock {
     rx_memory: NonNull<u8>,
     /// One little-endian u32 per event buffer (leaked likewise).
     events: NonNull<u32>,
+    /// Receive buffers in use (fewer if the queue is smaller).
+    rx_buffers: usize,
+    /// Receive buffers handled but not posted again, one bit each: they go back
+    /// in batches (see [`Vsock::receive`]).
+    rx_held: u32,
     tx_slots: NonNull<TxSlot>,
     free_slots: u32,
     /// Queues with buffers the device has not been told about.
@@ -79,6 +87,7 @@ impl Vsock {
         }
         transport.driver_ok();
         let [rx, tx, event] = queues;
+        let rx_buffers = RX_BUFFERS.min(usize::from(rx.size()));
         let slots = Vec::from_iter((0..TX_SLOTS).map(|_| TxSlot {
             header: [0; HEADER_LEN],
             inline: [0; INLINE_LEN],
@@ -89,13 +98,15 @@ impl Vsock {
             rx,
             tx,
             event,
-            rx_memory: leak(vec![0u8; RX_BUFFERS * RX_BUFFER_LEN]),
+            rx_memory: device_memory(RX_BUFFERS * RX_BUFFER_LEN),
             events: leak(vec![0u32; EVENT_BUFFERS]),
+            rx_buffers,
+            rx_held: 0,
             tx_slots: leak(slots),
             free_slots: u32::MAX,
             unnotified: [false; 3],
         };
-        for i in 0..RX_BUFFERS.min(usize::from(vsock.rx.size())) {
+        for i in 0..vsock.rx_buffers {
             vsock.post_rx(i as u32);
         }
         for i in 0..EVENT_BUFFERS.min(usize::from(vsock.event.size())) {
@@ -154,7 +165,10 @@ impl Vsock {
         reset
     }
 
-    /// Hands every received packet to `handle` and posts its buffer again.
+    /// Hands every received packet to `handle`. Handled buffers go back to the
+    /// device once at most half of them are left with it, all at once, so that a
+    /// small exchange costs no queue notification while a stream never runs dry (as
+    /// Linux's driver does).
     pub fn receive(&mut self, mut handle: impl FnMut(Received<'_>)) {
         while let Some((index, len)) = self.rx.pop_used() {
             let written = (len as usize).min(RX_BUFFER_LEN);
@@ -173,8 +187,22 @@ impl Vsock {
                     None => handle(Received::Truncated(header)),
                 }
             }
-            self.post_rx(index);
+            self.rx_held |= 1 << index;
         }
+        let held = self.rx_held.count_ones() as usize;
+        if held > 0 && 2 * held >= self.rx_buffers {
+            while self.rx_held != 0 {
+                let index = self.rx_held.trailing_zeros();
+                self.rx_held &= !(1 << index);
+                self.post_rx(index);
+            }
+        }
+    }
+
+    /// Whether the device has returned buffers on any queue since they were last
+    /// looked at: a cheap check (memory reads only) for polling.
+    pub fn has_used(&self) -> bool {
+        self.rx.has_used() || self.tx.has_used() || self.event.has_used()
     }
 
     /// Whether [`Vsock::send`] has room for another packet.
@@ -182,26 +210,31 @@ impl Vsock {
         self.free_slots & slot_mask() != 0 && self.tx.free_descriptors() >= 2
     }
 
-    /// Queues a packet: `header` (whose `len` must be `payload.len()`) and
-    /// `payload`, copied if at most [`INLINE_LEN`] bytes, else referenced.
+    /// Queues a packet: `header` (whose `len` must be `inline.len() +
+    /// payload.len()`), then `inline` (at most [`INLINE_LEN`] bytes, copied) and
+    /// `payload`, copied as well if both fit in [`INLINE_LEN`], else referenced.
     ///
     /// # Safety
     /// A referenced payload must stay valid until [`Vsock::sending`] returns false.
-    pub unsafe fn send(&mut self, header: &Header, payload: &[u8]) {
+    pub unsafe fn send(&mut self, header: &Header, inline: &[u8], payload: &[u8]) {
         assert!(self.can_send(), "no room to send");
+        assert!(inline.len() <= INLINE_LEN, "inline part too long");
         let index = (self.free_slots & slot_mask()).trailing_zeros();
         self.free_slots &= !(1 << index);
         // SAFETY: the slot was free, so the device is not reading it, and `index`
         // < TX_SLOTS.
         let slot = unsafe { &mut *self.tx_slots.add(index as usize).as_ptr() };
         slot.header = header.encode();
-        let inline = payload.len() <= INLINE_LEN;
-        if inline {
-            slot.inline[..payload.len()].copy_from_slice(payload);
+        slot.inline[..inline.len()].copy_from_slice(inline);
+        let mut copied = inline.len();
+        let referenced = copied + payload.len() > INLINE_LEN;
+        if !referenced {
+            slot.inline[copied..copied + payload.len()].copy_from_slice(payload);
+            copied += payload.len();
         }
         let head = Buffer {
             addr: slot.header.as_ptr() as u64,
-            len: (HEADER_LEN + if inline { payload.len() } else { 0 }) as u32,
+            len: (HEADER_LEN + copied) as u32,
             device_writes: false,
         };
         let body = Buffer {
@@ -209,7 +242,7 @@ impl Vsock {
             len: payload.len() as u32,
             device_writes: false,
         };
-        let chain: &[Buffer] = if inline { &[head] } else { &[head, body] };
+        let chain: &[Buffer] = if referenced { &[head, body] } else { &[head] };
         // SAFETY: the slot stays reserved until the chain comes back, and the
         // caller keeps the payload valid that long.
         unsafe { self.tx.push(chain, index) }.expect("can_send checked the room");
@@ -237,15 +270,27 @@ impl Vsock {
         }
     }
 
-    /// Acknowledges the device's interrupt before the driver waits for the next.
-    pub fn ack_interrupt(&self) {
-        self.transport.ack_interrupt();
+    /// Acknowledges the device's interrupt before the driver waits for the next;
+    /// returns how many register accesses (VM exits) that took.
+    pub fn ack_interrupt(&self) -> u64 {
+        1 + u64::from(self.transport.ack_interrupt())
     }
 }
 
 /// The bits of `free_slots` that name slots.
 fn slot_mask() -> u32 {
     u32::MAX >> (32 - TX_SLOTS)
+}
+
+/// `len` bytes for the device to write before the driver reads them, for the rest
+/// of the run. Not zeroed: under kvm_pvm each page costs a fault when first
+/// touched, and zeroing the receive buffers would fault all of them in at boot
+/// (about 1 ms); this way only the pages packets reach are.
+fn device_memory(len: usize) -> NonNull<u8> {
+    let layout = Layout::from_size_align(len, 64).expect("receive memory fits a layout");
+    // SAFETY: the layout's size is not zero.
+    let memory = unsafe { alloc::alloc::alloc(layout) };
+    NonNull::new(memory).unwrap_or_else(|| alloc::alloc::handle_alloc_error(layout))
 }
 
 /// Gives `memory` to the device for the rest of the run.
