@@ -1,0 +1,615 @@
+//! The jail steps, one function each, in the order `run` calls them.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::args::{CgroupVersion, JailArgs, Resource, ResourceLimit};
+use crate::cleanup::{create_dirs, Created, CreatedCgroup};
+use crate::error::{JailError, Result};
+
+/// Where cgroup hierarchies are mounted on the host.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// `no-file` bound when `--resource-limit no-file=` is not given (Firecracker).
+pub const DEFAULT_NO_FILE: u64 = 2048;
+
+/// The mount point of the cgroup v2 hierarchy in `/proc/mounts` text
+/// (`/sys/fs/cgroup` on pure v2 hosts, `/sys/fs/cgroup/unified` on hybrid).
+pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+/// Step 2: creates `<base>/<exec-name>/<id>/root` and copies the exec file
+/// into it, mode 0755, owned by uid:gid. Fails if the id is taken. Returns
+/// the chroot directory (`.../root`).
+pub fn setup_chroot(args: &JailArgs, created: &mut Created) -> Result<PathBuf> {
+    const STEP: &str = "chroot";
+    let exec_dir = args.chroot_base.join(args.exec_file_name());
+    created.jail_parents =
+        create_dirs(&exec_dir).map_err(JailError::io(STEP, "create directory", &exec_dir))?;
+    let jail_dir = exec_dir.join(&args.id);
+    // create_dir (not _all) fails if the id is already in use.
+    match fs::create_dir(&jail_dir) {
+        Ok(()) => created.jail_dir = Some(jail_dir.clone()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(JailError::Invalid {
+                step: STEP,
+                what: "id already in use, directory exists",
+                path: jail_dir,
+            })
+        }
+        Err(e) => return Err(JailError::io(STEP, "create directory", jail_dir)(e)),
+    }
+    let root = jail_dir.join("root");
+    fs::create_dir(&root).map_err(JailError::io(STEP, "create directory", &root))?;
+    chown(&root, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &root))?;
+
+    // A copy, not a hard link: chmod/chown on a link would change the
+    // original binary too.
+    let dest = root.join(args.exec_file_name());
+    fs::copy(&args.exec_file, &dest).map_err(JailError::io(STEP, "copy exec file to", &dest))?;
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))
+        .map_err(JailError::io(STEP, "chmod", &dest))?;
+    chown(&dest, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &dest))?;
+    Ok(root)
+}
+
+/// Step 3: for each controller named by `--cgroup`, creates
+/// `<parent-cgroup or exec-name>/<id>` under its hierarchy in `cgroup_root`,
+/// writes the values, then moves this process in (`tasks` for v1,
+/// `cgroup.procs` for v2). `cgroup_root` is `CGROUP_ROOT` outside tests.
+pub fn setup_cgroups(args: &JailArgs, cgroup_root: &Path, created: &mut Created) -> Result<()> {
+    if args.cgroups.is_empty() {
+        return Ok(());
+    }
+    match args.cgroup_version {
+        CgroupVersion::V1 => setup_cgroups_v1(args, cgroup_root, created),
+        CgroupVersion::V2 => setup_cgroups_v2(args, cgroup_root, created),
+    }
+}
+
+fn write_file(step: &'static str, path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).map_err(JailError::io(step, "write", path))
+}
+
+/// Creates `leaf` (failing if it exists) and records it for cleanup.
+fn create_cgroup(step: &'static str, leaf: &Path, created: &mut Created) -> Result<usize> {
+    let parent = leaf.parent().unwrap_or(leaf);
+    let parents = create_dirs(parent).map_err(JailError::io(step, "create cgroup", parent))?;
+    if let Err(e) = fs::create_dir(leaf) {
+        for p in parents.iter().rev() {
+            let _ = fs::remove_dir(p);
+        }
+        return Err(JailError::io(step, "create cgroup", leaf)(e));
+    }
+    created.cgroups.push(CreatedCgroup {
+        leaf: leaf.to_owned(),
+        parents,
+        moved_in: None,
+    });
+    Ok(created.cgroups.len() - 1)
+}
+
+fn setup_cgroups_v1(args: &JailArgs, root: &Path, created: &mut Created) -> Result<()> {
+    const STEP: &str = "cgroup";
+    let rel = args.cgroup_rel();
+    // One directory per hierarchy, in first-mention order. Controllers may
+    // share a hierarchy (`cpu` and `cpuacct` -> `cpu,cpuacct`), so group
+    // them by the canonical mount path.
+    let mut hierarchies: Vec<PathBuf> = Vec::new();
+    let mut files: Vec<(usize, &str, &str)> = Vec::new();
+    for c in &args.cgroups {
+        let base = root.join(c.controller());
+        let canon = match fs::canonicalize(&base) {
+            Ok(p) if p.is_dir() => p,
+            _ => {
+                return Err(JailError::Invalid {
+                    step: STEP,
+                    what: "cgroup v1 controller not mounted at",
+                    path: base,
+                })
+            }
+        };
+        let h = match hierarchies.iter().position(|p| *p == canon) {
+            Some(h) => h,
+            None => {
+                hierarchies.push(canon);
+                hierarchies.len() - 1
+            }
+        };
+        files.push((h, &c.file, &c.value));
+    }
+    let mut made = Vec::new();
+    for base in &hierarchies {
+        let leaf = base.join(&rel);
+        made.push(create_cgroup(STEP, &leaf, created)?);
+    }
+    for (h, file, value) in files {
+        write_file(STEP, &hierarchies[h].join(&rel).join(file), value)?;
+    }
+    let pid = std::process::id().to_string();
+    for (idx, base) in made.into_iter().zip(&hierarchies) {
+        let leaf = created.cgroups[idx].leaf.clone();
+        created.cgroups[idx].moved_in = Some(base.join("tasks"));
+        write_file(STEP, &leaf.join("tasks"), &pid)?;
+    }
+    Ok(())
+}
+
+fn setup_cgroups_v2(args: &JailArgs, root: &Path, created: &mut Created) -> Result<()> {
+    const STEP: &str = "cgroup";
+    let avail_path = root.join("cgroup.controllers");
+    let avail =
+        fs::read_to_string(&avail_path).map_err(JailError::io(STEP, "read", &avail_path))?;
+    let avail: Vec<&str> = avail.split_whitespace().collect();
+    let mut controllers: Vec<&str> = Vec::new();
+    for c in &args.cgroups {
+        let ctrl = c.controller();
+        if !avail.contains(&ctrl) {
+            return Err(JailError::Invalid {
+                step: STEP,
+                what: "cgroup v2 controller not available, see",
+                path: avail_path,
+            });
+        }
+        if !controllers.contains(&ctrl) {
+            controllers.push(ctrl);
+        }
+    }
+    let rel = args.cgroup_rel();
+    let leaf = root.join(&rel);
+    let idx = create_cgroup(STEP, &leaf, created)?;
+    // Enable the controllers from the root down to the leaf's parent.
+    let enable: String = controllers
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut dir = root.to_owned();
+    let parent_rel = rel.parent().unwrap_or(Path::new(""));
+    write_file(STEP, &dir.join("cgroup.subtree_control"), &enable)?;
+    for comp in parent_rel.components() {
+        dir.push(comp);
+        write_file(STEP, &dir.join("cgroup.subtree_control"), &enable)?;
+    }
+    for c in &args.cgroups {
+        write_file(STEP, &leaf.join(&c.file), &c.value)?;
+    }
+    created.cgroups[idx].moved_in = Some(root.join("cgroup.procs"));
+    write_file(
+        STEP,
+        &leaf.join("cgroup.procs"),
+        &std::process::id().to_string(),
+    )
+}
+
+/// The limits step 4 applies: the given ones, plus `no-file` = 2048 when
+/// it is not given.
+pub fn effective_limits(given: &[ResourceLimit]) -> Vec<ResourceLimit> {
+    let mut v = given.to_vec();
+    if !v.iter().any(|l| l.resource == Resource::NoFile) {
+        v.push(ResourceLimit {
+            resource: Resource::NoFile,
+            value: DEFAULT_NO_FILE,
+        });
+    }
+    v
+}
+
+/// Step 4: sets soft and hard limits with setrlimit.
+pub fn set_resource_limits(given: &[ResourceLimit]) -> Result<()> {
+    for l in effective_limits(given) {
+        let (res, what) = match l.resource {
+            Resource::NoFile => (libc::RLIMIT_NOFILE, "setrlimit no-file"),
+            Resource::Fsize => (libc::RLIMIT_FSIZE, "setrlimit fsize"),
+        };
+        let lim = libc::rlimit {
+            rlim_cur: l.value as libc::rlim_t,
+            rlim_max: l.value as libc::rlim_t,
+        };
+        // SAFETY: `lim` is a valid rlimit that outlives the call.
+        if unsafe { libc::setrlimit(res, &lim) } != 0 {
+            return Err(JailError::Sys {
+                step: "rlimit",
+                what,
+                source: io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Step 5: joins the network namespace at `--netns` (setns), if given.
+pub fn join_netns(netns: Option<&Path>) -> Result<()> {
+    const STEP: &str = "netns";
+    let Some(path) = netns else {
+        return Ok(());
+    };
+    let f = fs::File::open(path).map_err(JailError::io(STEP, "open", path))?;
+    // SAFETY: `f` is an open file descriptor for the duration of the call.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(JailError::io(STEP, "join network namespace", path)(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the implemented steps in order; the caller undoes `created` on error.
+pub fn run(args: &JailArgs, cgroup_root: &Path, created: &mut Created) -> Result<()> {
+    setup_chroot(args, created)?;
+    setup_cgroups(args, cgroup_root, created)?;
+    set_resource_limits(&args.resource_limits)?;
+    join_netns(args.netns.as_deref())?;
+    // Not written yet: mount namespace + pivot_root, /dev nodes,
+    // new PID namespace, daemonize, dropping privileges, exec.
+    Err(JailError::NotImplemented("exec"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::CgroupSetting;
+    use crate::testutil::TempDir;
+    use std::os::unix::fs::MetadataExt;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// Args for a jail under `dir`: exec file `dir/bin/ember`, chroot base
+    /// `dir/base`; uid/gid are ours unless we are root.
+    fn args(dir: &Path, id: &str) -> JailArgs {
+        let bin = dir.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        let exec = bin.join("ember");
+        fs::write(&exec, b"#!/bin/true\n").unwrap();
+        fs::set_permissions(&exec, fs::Permissions::from_mode(0o700)).unwrap();
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = if is_root() {
+            (123, 100)
+        } else {
+            unsafe { (libc::getuid(), libc::getgid()) }
+        };
+        JailArgs {
+            id: id.into(),
+            exec_file: exec,
+            uid,
+            gid,
+            chroot_base: dir.join("base"),
+            netns: None,
+            daemonize: false,
+            new_pid_ns: false,
+            cgroups: Vec::new(),
+            cgroup_version: CgroupVersion::V1,
+            parent_cgroup: None,
+            resource_limits: Vec::new(),
+            extra_args: Vec::new(),
+        }
+    }
+
+    fn cg(file: &str, value: &str) -> CgroupSetting {
+        CgroupSetting {
+            file: file.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn chroot_created_with_exec_copy_and_undone() {
+        let t = TempDir::new("chroot");
+        let a = args(t.path(), "vm-1");
+        let mut created = Created::default();
+        let root = setup_chroot(&a, &mut created).unwrap();
+        assert_eq!(root, t.path().join("base/ember/vm-1/root"));
+        let m = fs::metadata(&root).unwrap();
+        assert_eq!((m.uid(), m.gid()), (a.uid, a.gid));
+        let copy = root.join("ember");
+        let m = fs::metadata(&copy).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o755);
+        assert_eq!((m.uid(), m.gid()), (a.uid, a.gid));
+        assert_eq!(fs::read(&copy).unwrap(), b"#!/bin/true\n");
+        // The original is a separate file, untouched.
+        let orig = fs::metadata(&a.exec_file).unwrap();
+        assert_ne!(orig.ino(), m.ino());
+        assert_eq!(orig.mode() & 0o7777, 0o700);
+
+        created.undo();
+        // base/ and base/ember/ were made by this run: all gone.
+        assert!(!t.path().join("base").exists());
+    }
+
+    #[test]
+    fn taken_id_fails_and_keeps_the_existing_jail() {
+        let t = TempDir::new("taken");
+        let a = args(t.path(), "vm-1");
+        let existing = t.path().join("base/ember/vm-1");
+        fs::create_dir_all(existing.join("root")).unwrap();
+        let mut created = Created::default();
+        let e = setup_chroot(&a, &mut created).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "chroot: id already in use, directory exists '{}'",
+                existing.display()
+            )
+        );
+        created.undo();
+        assert!(existing.join("root").is_dir());
+    }
+
+    #[test]
+    fn undo_keeps_preexisting_parents() {
+        let t = TempDir::new("keep");
+        let a = args(t.path(), "vm-2");
+        fs::create_dir_all(t.path().join("base/ember/other")).unwrap();
+        let mut created = Created::default();
+        setup_chroot(&a, &mut created).unwrap();
+        created.undo();
+        assert!(!t.path().join("base/ember/vm-2").exists());
+        assert!(t.path().join("base/ember/other").is_dir());
+    }
+
+    #[test]
+    fn cgroups_v1_in_a_fake_hierarchy() {
+        let t = TempDir::new("cgv1");
+        let cgroot = t.path().join("cgroup");
+        for c in ["cpu", "pids"] {
+            fs::create_dir_all(cgroot.join(c)).unwrap();
+        }
+        let mut a = args(t.path(), "vm-3");
+        a.cgroups = vec![
+            cg("cpu.shares", "512"),
+            cg("pids.max", "64"),
+            cg("cpu.cfs_quota_us", "5000"),
+        ];
+        let mut created = Created::default();
+        setup_cgroups(&a, &cgroot, &mut created).unwrap();
+        let pid = std::process::id().to_string();
+        let cpu = cgroot.join("cpu/ember/vm-3");
+        assert_eq!(fs::read_to_string(cpu.join("cpu.shares")).unwrap(), "512");
+        assert_eq!(
+            fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(),
+            "5000"
+        );
+        assert_eq!(fs::read_to_string(cpu.join("tasks")).unwrap(), pid);
+        let pids = cgroot.join("pids/ember/vm-3");
+        assert_eq!(fs::read_to_string(pids.join("pids.max")).unwrap(), "64");
+        assert_eq!(fs::read_to_string(pids.join("tasks")).unwrap(), pid);
+        assert_eq!(created.cgroups.len(), 2);
+
+        created.undo();
+        // Moved back to each hierarchy root, our directories gone.
+        assert_eq!(fs::read_to_string(cgroot.join("cpu/tasks")).unwrap(), pid);
+        assert!(!cgroot.join("cpu/ember").exists());
+        assert!(!cgroot.join("pids/ember").exists());
+    }
+
+    #[test]
+    fn cgroups_v1_shared_hierarchy() {
+        let t = TempDir::new("cgv1s");
+        let cgroot = t.path().join("cgroup");
+        fs::create_dir_all(cgroot.join("cpu,cpuacct")).unwrap();
+        for c in ["cpu", "cpuacct"] {
+            std::os::unix::fs::symlink("cpu,cpuacct", cgroot.join(c)).unwrap();
+        }
+        let mut a = args(t.path(), "vm-9");
+        a.cgroups = vec![cg("cpu.shares", "3"), cg("cpuacct.x", "4")];
+        let mut created = Created::default();
+        setup_cgroups(&a, &cgroot, &mut created).unwrap();
+        assert_eq!(created.cgroups.len(), 1);
+        let leaf = cgroot.join("cpu,cpuacct/ember/vm-9");
+        assert_eq!(fs::read_to_string(leaf.join("cpu.shares")).unwrap(), "3");
+        assert_eq!(fs::read_to_string(leaf.join("cpuacct.x")).unwrap(), "4");
+        created.undo();
+        assert!(!cgroot.join("cpu,cpuacct/ember").exists());
+    }
+
+    #[test]
+    fn cgroups_v1_parent_and_missing_controller() {
+        let t = TempDir::new("cgv1b");
+        let cgroot = t.path().join("cgroup");
+        fs::create_dir_all(cgroot.join("cpu/fleet")).unwrap();
+        let mut a = args(t.path(), "vm-4");
+        a.parent_cgroup = Some("fleet/a".into());
+        a.cgroups = vec![cg("cpu.shares", "2"), cg("memory.limit_in_bytes", "1")];
+        let mut created = Created::default();
+        let e = setup_cgroups(&a, &cgroot, &mut created)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "cgroup: cgroup v1 controller not mounted at '{}'",
+                cgroot.join("memory").display()
+            )
+        );
+        // Every controller is checked before anything is created.
+        assert!(created.cgroups.is_empty());
+        assert!(!cgroot.join("cpu/fleet/a").exists());
+        created.undo();
+        assert!(!cgroot.join("cpu/fleet/a").exists());
+        assert!(cgroot.join("cpu/fleet").is_dir());
+    }
+
+    #[test]
+    fn cgroup_v1_taken_leaf_is_not_removed() {
+        let t = TempDir::new("cgv1c");
+        let cgroot = t.path().join("cgroup");
+        fs::create_dir_all(cgroot.join("cpu/ember/vm-5")).unwrap();
+        let mut a = args(t.path(), "vm-5");
+        a.cgroups = vec![cg("cpu.shares", "2")];
+        let mut created = Created::default();
+        let e = setup_cgroups(&a, &cgroot, &mut created)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cgroup: create cgroup '"), "{e}");
+        created.undo();
+        assert!(cgroot.join("cpu/ember/vm-5").is_dir());
+    }
+
+    /// A directory laid out like a cgroup v2 mount.
+    fn fake_v2(t: &TempDir) -> PathBuf {
+        let root = t.path().join("unified");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
+        fs::write(root.join("cgroup.subtree_control"), "").unwrap();
+        fs::write(root.join("cgroup.procs"), "").unwrap();
+        root
+    }
+
+    #[test]
+    fn cgroups_v2_in_a_fake_hierarchy() {
+        let t = TempDir::new("cgv2");
+        let root = fake_v2(&t);
+        let mut a = args(t.path(), "vm-6");
+        a.cgroup_version = CgroupVersion::V2;
+        a.parent_cgroup = Some("fleet".into());
+        a.cgroups = vec![cg("memory.max", "1000000"), cg("cpu.max", "5000 10000")];
+        let mut created = Created::default();
+        setup_cgroups(&a, &root, &mut created).unwrap();
+        let leaf = root.join("fleet/vm-6");
+        assert_eq!(
+            fs::read_to_string(leaf.join("memory.max")).unwrap(),
+            "1000000"
+        );
+        assert_eq!(
+            fs::read_to_string(leaf.join("cpu.max")).unwrap(),
+            "5000 10000"
+        );
+        for d in [root.clone(), root.join("fleet")] {
+            assert_eq!(
+                fs::read_to_string(d.join("cgroup.subtree_control")).unwrap(),
+                "+memory +cpu"
+            );
+        }
+        let pid = std::process::id().to_string();
+        assert_eq!(fs::read_to_string(leaf.join("cgroup.procs")).unwrap(), pid);
+        created.undo();
+        assert_eq!(fs::read_to_string(root.join("cgroup.procs")).unwrap(), pid);
+        assert!(!leaf.exists());
+    }
+
+    #[test]
+    fn cgroups_v2_unavailable_controller() {
+        let t = TempDir::new("cgv2b");
+        let root = fake_v2(&t);
+        let mut a = args(t.path(), "vm-7");
+        a.cgroup_version = CgroupVersion::V2;
+        a.cgroups = vec![cg("hugetlb.2MB.max", "0")];
+        let mut created = Created::default();
+        let e = setup_cgroups(&a, &root, &mut created)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("controller not available"), "{e}");
+        assert!(created.cgroups.is_empty());
+        assert!(!root.join("ember").exists());
+    }
+
+    #[test]
+    fn no_cgroups_touches_nothing() {
+        let t = TempDir::new("cgnone");
+        let a = args(t.path(), "vm-8");
+        let mut created = Created::default();
+        setup_cgroups(&a, Path::new("/nonexistent"), &mut created).unwrap();
+        assert!(created.cgroups.is_empty());
+    }
+
+    #[test]
+    fn finds_cgroup2_mount() {
+        let m = "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+                 cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount(m),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn netns_join_and_failures() {
+        join_netns(None).unwrap();
+        let t = TempDir::new("netns");
+        let missing = t.path().join("missing");
+        let e = join_netns(Some(&missing)).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("netns: open '{}': ", missing.display())),
+            "{e}"
+        );
+        // Not a namespace file: setns refuses it.
+        let plain = t.path().join("plain");
+        fs::write(&plain, b"").unwrap();
+        let e = join_netns(Some(&plain)).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "netns: join network namespace '{}': ",
+                plain.display()
+            )),
+            "{e}"
+        );
+        if is_root() {
+            // Joining the namespace we are already in (this thread only).
+            join_netns(Some(Path::new("/proc/self/ns/net"))).unwrap();
+        }
+    }
+
+    #[test]
+    fn default_no_file_limit() {
+        let nf = |v| ResourceLimit {
+            resource: Resource::NoFile,
+            value: v,
+        };
+        let fs = ResourceLimit {
+            resource: Resource::Fsize,
+            value: 10,
+        };
+        assert_eq!(effective_limits(&[]), vec![nf(DEFAULT_NO_FILE)]);
+        assert_eq!(effective_limits(&[fs]), vec![fs, nf(DEFAULT_NO_FILE)]);
+        assert_eq!(effective_limits(&[nf(7), fs]), vec![nf(7), fs]);
+    }
+
+    fn getrlimit(res: libc::__rlimit_resource_t) -> (libc::rlim_t, libc::rlim_t) {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `l` is a valid out-pointer.
+        assert_eq!(unsafe { libc::getrlimit(res, &mut l) }, 0);
+        (l.rlim_cur, l.rlim_max)
+    }
+
+    #[test]
+    fn setrlimit_applies_and_reports_failure() {
+        // Re-apply the current hard limits (harmless to the test process).
+        let (_, nofile) = getrlimit(libc::RLIMIT_NOFILE);
+        let (_, fsize) = getrlimit(libc::RLIMIT_FSIZE);
+        set_resource_limits(&[
+            ResourceLimit {
+                resource: Resource::NoFile,
+                value: nofile,
+            },
+            ResourceLimit {
+                resource: Resource::Fsize,
+                value: fsize,
+            },
+        ])
+        .unwrap();
+        assert_eq!(getrlimit(libc::RLIMIT_NOFILE), (nofile, nofile));
+        assert_eq!(getrlimit(libc::RLIMIT_FSIZE), (fsize, fsize));
+        // Above fs.nr_open: refused even for root.
+        let e = set_resource_limits(&[ResourceLimit {
+            resource: Resource::NoFile,
+            value: u64::MAX,
+        }])
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("rlimit: setrlimit no-file: "), "{e}");
+    }
+}
