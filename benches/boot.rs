@@ -11,43 +11,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{artifact, require_kvm, Ember, TempDir};
+use common::{artifact, micros, require_kvm, BenchArgs, Ember, Samples, TempDir};
 use serde_json::json;
 
 const MARKER: &str = "EMBER-TEST-GUEST: hello from";
 const TIMEOUT: Duration = Duration::from_secs(20);
 const GUEST_MEM_MIB: u64 = 128;
-
-struct Series {
-    name: &'static str,
-    unit: &'static str,
-    samples: Vec<f64>,
-}
-
-impl Series {
-    fn new(name: &'static str, unit: &'static str) -> Self {
-        Series {
-            name,
-            unit,
-            samples: Vec::new(),
-        }
-    }
-
-    fn sorted(&self) -> Vec<f64> {
-        let mut s = self.samples.clone();
-        s.sort_by(f64::total_cmp);
-        s
-    }
-
-    fn stats(&self) -> (f64, f64, f64) {
-        let s = self.sorted();
-        (s[0], s[s.len() / 2], s[s.len() - 1])
-    }
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
 
 fn config(kernel: &std::path::Path, args: &str) -> serde_json::Value {
     json!({
@@ -119,34 +88,27 @@ fn demo(kernel: &std::path::Path) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let short = args.iter().any(|a| a == "--short");
-    let json_path = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench/boot.json").to_string()
-        });
+    let args = BenchArgs::parse("boot");
+    let short = args.short;
     let runs = if short { 5 } else { 30 };
     require_kvm();
     let kernel = artifact("test-elf");
-    if args.iter().any(|a| a == "--demo") {
+    if args.demo {
         demo(&kernel);
         return;
     }
 
-    let mut api_ready = Series::new("spawn -> API socket ready", "us");
-    let mut start_reply = Series::new("InstanceStart request -> 204", "us");
-    let mut start_marker = Series::new("InstanceStart -> guest marker", "us");
-    let mut config_marker = Series::new("spawn -> marker (--config-file)", "us");
-    let mut spawn_exit = Series::new("spawn -> exit after guest reset", "us");
-    let mut rss = Series::new("ember RSS besides guest memory", "KiB");
+    let mut api_ready = Samples::new("spawn -> API socket ready", "us");
+    let mut start_reply = Samples::new("InstanceStart request -> 204", "us");
+    let mut start_marker = Samples::new("InstanceStart -> guest marker", "us");
+    let mut config_marker = Samples::new("spawn -> marker (--config-file)", "us");
+    let mut spawn_exit = Samples::new("spawn -> exit after guest reset", "us");
+    let mut rss = Samples::new("ember RSS besides guest memory", "KiB");
 
     for _ in 0..runs {
         let dir = TempDir::new("bench");
         let ember = Ember::with_api(&dir, &[]);
-        api_ready.samples.push(micros(ember.spawned_at.elapsed()));
+        api_ready.values.push(micros(ember.spawned_at.elapsed()));
         ember.ok(
             "PUT",
             "/boot-source",
@@ -160,13 +122,13 @@ fn main() {
         );
         let before = Instant::now();
         ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-        start_reply.samples.push(micros(before.elapsed()));
+        start_reply.values.push(micros(before.elapsed()));
         let (seen, _) = ember
             .wait_line(TIMEOUT, |l| l.starts_with(MARKER))
             .expect("guest marker");
-        start_marker.samples.push(micros(seen - before));
+        start_marker.values.push(micros(seen - before));
         ember.expect_line("echo: ready", TIMEOUT);
-        rss.samples.push(common::rss_besides_guest_kib(
+        rss.values.push(common::rss_besides_guest_kib(
             ember.pid(),
             GUEST_MEM_MIB << 10,
         ));
@@ -178,7 +140,7 @@ fn main() {
         let (seen, _) = ember
             .wait_line(TIMEOUT, |l| l.starts_with(MARKER))
             .expect("guest marker");
-        config_marker.samples.push(micros(seen - ember.spawned_at));
+        config_marker.values.push(micros(seen - ember.spawned_at));
     }
 
     for _ in 0..runs {
@@ -186,7 +148,7 @@ fn main() {
         let mut ember = Ember::with_config(&dir, &config(&kernel, "console=ttyS0"));
         let status = ember.child.wait().expect("wait for ember");
         assert_eq!(status.code(), Some(0), "guest reset ends ember with 0");
-        spawn_exit.samples.push(micros(ember.spawned_at.elapsed()));
+        spawn_exit.values.push(micros(ember.spawned_at.elapsed()));
     }
 
     let all = [
@@ -204,20 +166,21 @@ fn main() {
     );
     let mut results = Vec::new();
     for series in all {
-        let (min, median, max) = series.stats();
+        let (min, median, max) = (
+            series.percentile(0.0),
+            series.percentile(50.0),
+            series.percentile(100.0),
+        );
         println!(
             "{:<36} {min:>10.0} {median:>10.0} {max:>10.0}  {}",
             series.name, series.unit
         );
         results.push(json!({
-            "name": series.name, "unit": series.unit, "runs": series.samples.len(),
+            "name": series.name, "unit": series.unit, "runs": series.values.len(),
             "min": min, "median": median, "max": max, "samples": series.sorted(),
         }));
     }
     let report = json!({"benchmark": "boot", "short": short, "results": results});
-    if let Some(parent) = std::path::Path::new(&json_path).parent() {
-        std::fs::create_dir_all(parent).expect("create the JSON directory");
-    }
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report).unwrap()).expect("write JSON");
-    println!("\nJSON: {json_path}");
+    println!();
+    args.write_report(&report);
 }

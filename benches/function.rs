@@ -11,46 +11,15 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{artifact, http_bytes, require_kvm, Ember, KeepAlive, TempDir};
+use common::{
+    artifact, http_bytes, micros, require_kvm, BenchArgs, Ember, KeepAlive, Samples, TempDir,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 const READY: &str = "EMBER-FN: ready on port";
 const TIMEOUT: Duration = Duration::from_secs(20);
 const GUEST_MEM_MIB: u64 = 256;
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-struct Stats {
-    name: String,
-    unit: &'static str,
-    samples: Vec<f64>,
-}
-
-impl Stats {
-    fn new(name: &str, unit: &'static str) -> Self {
-        Stats {
-            name: name.to_string(),
-            unit,
-            samples: Vec::new(),
-        }
-    }
-
-    fn sorted(&self) -> Vec<f64> {
-        let mut s = self.samples.clone();
-        s.sort_by(f64::total_cmp);
-        s
-    }
-
-    /// The `p`-th percentile (nearest rank).
-    fn percentile(&self, p: f64) -> f64 {
-        let s = self.sorted();
-        let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
-        s[rank.clamp(1, s.len()) - 1]
-    }
-}
 
 /// Boots `kernel` with a vsock and ember's API; returns once the function listens.
 fn start(dir: &TempDir, kernel: &Path) -> Ember {
@@ -111,10 +80,10 @@ fn demo(echo: &Path) {
         "--- first invocation ---\n  request \"hello, function\" -> response {:?}",
         String::from_utf8_lossy(&out)
     );
-    let mut later = Stats::new("later invocations (1 KiB echo)", "us");
+    let mut later = Samples::new("later invocations (1 KiB echo)", "us");
     let payload = vec![b'x'; 1024];
     for _ in 0..50 {
-        later.samples.push(micros(timed_invoke(&ember, &payload).0));
+        later.values.push(micros(timed_invoke(&ember, &payload).0));
     }
     println!("--- timings ---");
     println!(
@@ -136,38 +105,31 @@ fn demo(echo: &Path) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let short = args.iter().any(|a| a == "--short");
-    let json_path = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench/function.json").to_string()
-        });
+    let args = BenchArgs::parse("function");
+    let short = args.short;
     require_kvm();
     let echo = artifact("unikernel-echo");
-    if args.iter().any(|a| a == "--demo") {
+    if args.demo {
         demo(&echo);
         return;
     }
     let sha = artifact("unikernel-sha256");
     let (boots, small_runs, big_runs) = if short { (5, 100, 10) } else { (20, 1000, 50) };
 
-    let mut ready = Stats::new("spawn -> ready for invocations", "us");
-    let mut first = Stats::new("first invocation (1 KiB echo)", "us");
-    let mut rss = Stats::new("ember RSS besides guest memory", "KiB");
+    let mut ready = Samples::new("spawn -> ready for invocations", "us");
+    let mut first = Samples::new("first invocation (1 KiB echo)", "us");
+    let mut rss = Samples::new("ember RSS besides guest memory", "KiB");
     for _ in 0..boots {
         let dir = TempDir::new("fn-bench");
         let ember = start(&dir, &echo);
         let (at, _) = ember
             .wait_line(TIMEOUT, |l| l.starts_with(READY))
             .expect("function ready");
-        ready.samples.push(micros(at - ember.spawned_at));
+        ready.values.push(micros(at - ember.spawned_at));
         first
-            .samples
+            .values
             .push(micros(timed_invoke(&ember, &[b'a'; 1024]).0));
-        rss.samples.push(common::rss_besides_guest_kib(
+        rss.values.push(common::rss_besides_guest_kib(
             ember.pid(),
             GUEST_MEM_MIB << 10,
         ));
@@ -176,31 +138,31 @@ fn main() {
     let dir = TempDir::new("fn-bench");
     let ember = start(&dir, &echo);
     ember.expect_line(READY, TIMEOUT);
-    let mut small = Stats::new("echo 1 KiB round trip", "us");
+    let mut small = Samples::new("echo 1 KiB round trip", "us");
     let kib = vec![7u8; 1024];
     for _ in 0..small_runs {
-        small.samples.push(micros(timed_invoke(&ember, &kib).0));
+        small.values.push(micros(timed_invoke(&ember, &kib).0));
     }
     // The same over one kept-alive API connection, as an HTTP client pool does.
-    let mut small_kept = Stats::new("echo 1 KiB round trip, keep-alive", "us");
+    let mut small_kept = Samples::new("echo 1 KiB round trip, keep-alive", "us");
     let mut client = KeepAlive::connect(ember.socket.as_deref().unwrap());
     for _ in 0..small_runs {
         let start = Instant::now();
         let (status, body) = client.request("POST", "/invocations", &kib);
-        small_kept.samples.push(micros(start.elapsed()));
+        small_kept.values.push(micros(start.elapsed()));
         assert_eq!((status, body.len()), (200, kib.len()));
     }
-    let mut big = Stats::new("echo 1 MiB round trip", "us");
+    let mut big = Samples::new("echo 1 MiB round trip", "us");
     let mib = vec![9u8; 1 << 20];
     for _ in 0..big_runs {
-        big.samples.push(micros(timed_invoke(&ember, &mib).0));
+        big.values.push(micros(timed_invoke(&ember, &mib).0));
     }
     let input: Vec<u8> = (0..16u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
-    let mut echo_16 = Stats::new("echo 16 MiB round trip", "us");
+    let mut echo_16 = Samples::new("echo 16 MiB round trip", "us");
     for _ in 0..5 {
-        echo_16.samples.push(micros(timed_invoke(&ember, &input).0));
+        echo_16.values.push(micros(timed_invoke(&ember, &input).0));
     }
     drop(ember);
 
@@ -208,17 +170,17 @@ fn main() {
     let ember = start(&dir, &sha);
     ember.expect_line(READY, TIMEOUT);
     let expected = Sha256::digest(&input).to_vec();
-    let mut guest_sha = Stats::new("sha256 16 MiB invocation", "us");
+    let mut guest_sha = Samples::new("sha256 16 MiB invocation", "us");
     for _ in 0..5 {
         let (d, out) = timed_invoke(&ember, &input);
         assert_eq!(out, expected, "the guest's digest matches the host's");
-        guest_sha.samples.push(micros(d));
+        guest_sha.values.push(micros(d));
     }
-    let mut host_sha = Stats::new("sha256 16 MiB on the host (same crate)", "us");
+    let mut host_sha = Samples::new("sha256 16 MiB on the host (same crate)", "us");
     for _ in 0..5 {
         let start = Instant::now();
         std::hint::black_box(Sha256::digest(std::hint::black_box(&input)));
-        host_sha.samples.push(micros(start.elapsed()));
+        host_sha.values.push(micros(start.elapsed()));
     }
 
     let all = [
@@ -263,9 +225,5 @@ fn main() {
     );
     let report = json!({"benchmark": "function", "short": short, "results": results,
         "sha256_invocation_vs_host_hash_ratio": ratio});
-    if let Some(parent) = Path::new(&json_path).parent() {
-        std::fs::create_dir_all(parent).expect("create the JSON directory");
-    }
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report).unwrap()).expect("write JSON");
-    println!("JSON: {json_path}");
+    args.write_report(&report);
 }
