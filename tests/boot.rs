@@ -43,11 +43,7 @@ fn boot_via_api(guest: &str, protocol: &str) {
     );
     assert_eq!(ember.expect_line("cpus: ", BOOT), "cpus: 2");
     ember.expect_line("guest: reset", BOOT);
-    let mem: Vec<String> = ember
-        .console()
-        .into_iter()
-        .filter(|l| l.starts_with("mem: 0x"))
-        .collect();
+    let mem = ember.lines_starting("mem: 0x");
     assert_eq!(mem, expected_memory_lines(256));
     assert_eq!(
         ember.wait_exit(BOOT).code(),
@@ -214,11 +210,7 @@ fn largest_machine_sees_32_vcpus_and_memory_above_4g() {
     let mut ember = Ember::with_config(&dir, &config);
     assert_eq!(ember.expect_line("cpus: ", BOOT), "cpus: 32");
     ember.expect_line("guest: reset", BOOT);
-    let mem: Vec<String> = ember
-        .console()
-        .into_iter()
-        .filter(|l| l.starts_with("mem: 0x"))
-        .collect();
+    let mem = ember.lines_starting("mem: 0x");
     assert_eq!(mem, expected_memory_lines(4096));
     assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
 }

@@ -38,9 +38,57 @@ fn exec_file(t: &TempDir) -> String {
     p.to_str().unwrap().to_owned()
 }
 
-fn is_root() -> bool {
+/// These tests need root (CI runs as root) and fail loudly without it.
+fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "ember-jailer's tests must run as root"
+    );
+}
+
+/// The cgroup v1 `pids` controller; the tests fail loudly where it is not mounted.
+fn pids_controller() -> &'static Path {
+    let pids = Path::new("/sys/fs/cgroup/pids");
+    assert!(
+        pids.join("tasks").exists(),
+        "cgroup v1 pids is not mounted at {pids:?}"
+    );
+    pids
+}
+
+/// Runs the jailer for `id` in a fresh temp dir with root's ids and `extra` flags.
+/// Returns its output, the temp dir and the chroot base.
+fn jail(tag: &str, id: &str, extra: &[&str]) -> (Output, TempDir, PathBuf) {
+    let t = TempDir::new(tag);
+    let exec = exec_file(&t);
+    let base = t.0.join("base");
+    let mut args = vec![
+        "--id",
+        id,
+        "--exec-file",
+        &exec,
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        "--chroot-base-dir",
+        base.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let output = jailer(&args);
+    (output, t, base)
+}
+
+/// Removes what a failed cleanup would leave under `parent` and says whether there was any.
+fn cgroup_left(pids: &Path, parent: &str, id: &str) -> bool {
+    let leftover = pids.join(parent);
+    let left = leftover.exists();
+    if left {
+        let _ = fs::remove_dir(leftover.join(id));
+        let _ = fs::remove_dir(&leftover);
+    }
+    left
 }
 
 #[test]
@@ -61,23 +109,7 @@ fn bad_argument_is_one_line() {
 
 #[test]
 fn stops_at_exec_and_removes_its_chroot() {
-    let t = TempDir::new("chroot");
-    let exec = exec_file(&t);
-    let base = t.0.join("base");
-    let o = jailer(&[
-        "--id",
-        "cli-1",
-        "--exec-file",
-        &exec,
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--chroot-base-dir",
-        base.to_str().unwrap(),
-        "--resource-limit",
-        "fsize=1000000",
-    ]);
+    let (o, _t, base) = jail("chroot", "cli-1", &["--resource-limit", "fsize=1000000"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stderr(&o), "ember-jailer: exec: not implemented yet\n");
     assert!(!base.exists());
@@ -87,8 +119,8 @@ fn stops_at_exec_and_removes_its_chroot() {
 fn taken_id_is_refused_and_kept() {
     let t = TempDir::new("taken");
     let exec = exec_file(&t);
-    let jail = t.0.join("base/ember/cli-2");
-    fs::create_dir_all(&jail).unwrap();
+    let jail_dir = t.0.join("base/ember/cli-2");
+    fs::create_dir_all(&jail_dir).unwrap();
     let o = jailer(&[
         "--id",
         "cli-2",
@@ -106,70 +138,34 @@ fn taken_id_is_refused_and_kept() {
         stderr(&o),
         format!(
             "ember-jailer: chroot: id already in use, directory exists '{}'\n",
-            jail.display()
+            jail_dir.display()
         )
     );
-    assert!(jail.is_dir());
+    assert!(jail_dir.is_dir());
 }
 
 /// Uses the host's real cgroup v1 `pids` controller, under a parent cgroup
 /// unique to this test, and checks nothing is left behind.
 #[test]
 fn real_cgroup_v1_is_created_and_removed() {
-    let pids = Path::new("/sys/fs/cgroup/pids");
-    if !is_root() || !pids.join("tasks").exists() {
-        eprintln!("skipped: needs root and cgroup v1 pids at {pids:?}");
-        return;
-    }
-    let t = TempDir::new("cgroup");
-    let exec = exec_file(&t);
+    require_root();
+    let pids = pids_controller();
     let parent = format!("ember-jailer-test-{}", std::process::id());
-    let o = jailer(&[
-        "--id",
+    let (o, _t, _) = jail(
+        "cgroup",
         "cli-3",
-        "--exec-file",
-        &exec,
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--chroot-base-dir",
-        t.0.join("base").to_str().unwrap(),
-        "--cgroup",
-        "pids.max=64",
-        "--parent-cgroup",
-        &parent,
-    ]);
-    let leftover = pids.join(&parent);
-    let left = leftover.exists();
-    if left {
-        let _ = fs::remove_dir(leftover.join("cli-3"));
-        let _ = fs::remove_dir(&leftover);
-    }
+        &["--cgroup", "pids.max=64", "--parent-cgroup", &parent],
+    );
+    let left = cgroup_left(pids, &parent, "cli-3");
     assert_eq!(stderr(&o), "ember-jailer: exec: not implemented yet\n");
     assert!(!left, "cgroup left behind");
 }
 
 #[test]
 fn missing_netns_fails_and_cleans_up() {
-    let t = TempDir::new("netns");
-    let exec = exec_file(&t);
-    let base = t.0.join("base");
-    let missing = t.0.join("no-such-netns");
-    let o = jailer(&[
-        "--id",
-        "cli-4",
-        "--exec-file",
-        &exec,
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--chroot-base-dir",
-        base.to_str().unwrap(),
-        "--netns",
-        missing.to_str().unwrap(),
-    ]);
+    let probe = TempDir::new("netns-path");
+    let missing = probe.0.join("no-such-netns");
+    let (o, _t, base) = jail("netns", "cli-4", &["--netns", missing.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
@@ -183,27 +179,8 @@ fn missing_netns_fails_and_cleans_up() {
 
 #[test]
 fn joins_a_real_netns() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let t = TempDir::new("netns-ok");
-    let exec = exec_file(&t);
-    let base = t.0.join("base");
-    let o = jailer(&[
-        "--id",
-        "cli-5",
-        "--exec-file",
-        &exec,
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--chroot-base-dir",
-        base.to_str().unwrap(),
-        "--netns",
-        "/proc/self/ns/net",
-    ]);
+    require_root();
+    let (o, _t, base) = jail("netns-ok", "cli-5", &["--netns", "/proc/self/ns/net"]);
     assert_eq!(stderr(&o), "ember-jailer: exec: not implemented yet\n");
     assert!(!base.exists());
 }
@@ -212,43 +189,26 @@ fn joins_a_real_netns() {
 /// for real, and that cgroup (and its parent) is gone afterwards.
 #[test]
 fn real_cgroup_v1_write_error_names_path_and_cleans_up() {
-    let pids = Path::new("/sys/fs/cgroup/pids");
-    if !is_root() || !pids.join("tasks").exists() {
-        eprintln!("skipped: needs root and cgroup v1 pids at {pids:?}");
-        return;
-    }
-    let t = TempDir::new("cgroup-bad");
-    let exec = exec_file(&t);
-    let base = t.0.join("base");
+    require_root();
+    let pids = pids_controller();
     let parent = format!("ember-jailer-test-bad-{}", std::process::id());
-    let o = jailer(&[
-        "--id",
+    let (o, _t, base) = jail(
+        "cgroup-bad",
         "cli-6",
-        "--exec-file",
-        &exec,
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--chroot-base-dir",
-        base.to_str().unwrap(),
-        "--cgroup",
-        "pids.max=not-a-number",
-        "--parent-cgroup",
-        &parent,
-    ]);
-    let leftover = pids.join(&parent);
-    let left = leftover.exists();
-    if left {
-        let _ = fs::remove_dir(leftover.join("cli-6"));
-        let _ = fs::remove_dir(&leftover);
-    }
+        &[
+            "--cgroup",
+            "pids.max=not-a-number",
+            "--parent-cgroup",
+            &parent,
+        ],
+    );
+    let left = cgroup_left(pids, &parent, "cli-6");
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
         format!(
             "ember-jailer: cgroup: write '{}': Invalid argument (os error 22)\n",
-            leftover.join("cli-6/pids.max").display()
+            pids.join(&parent).join("cli-6/pids.max").display()
         )
     );
     assert!(!left, "cgroup left behind");

@@ -219,6 +219,14 @@ impl Ember {
             .collect()
     }
 
+    /// The console lines so far that start with `prefix`.
+    pub fn lines_starting(&self, prefix: &str) -> Vec<String> {
+        self.console()
+            .into_iter()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    }
+
     /// Waits for a console line satisfying `pred`; returns it with its arrival time.
     pub fn wait_line(
         &self,
