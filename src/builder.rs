@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::IoEventAddress;
 use linux_loader::loader::Cmdline;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use serde::{Deserialize, Serialize};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::boot;
@@ -26,17 +28,18 @@ use crate::config::{
 };
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{self, Bus};
-use crate::devices::legacy::i8042::{self, I8042};
-use crate::devices::legacy::serial::{self, InputDrained, SerialDevice};
+use crate::devices::legacy::i8042::{self, I8042State, I8042};
+use crate::devices::legacy::serial::{self, InputDrained, SerialDevice, SerialSnapshot};
 use crate::devices::virtio::block::{self as block, Block, Disk};
-use crate::devices::virtio::mmio::{self, MmioTransport, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::mmio::{self, MmioTransport, TransportState, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::vsock::{self, Vsock};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::IrqLine;
 use crate::exit::ExitSignal;
-use crate::vmm::{Drive, Vmm};
-use crate::vstate::vcpu::{self, Buses, Vcpu};
-use crate::vstate::{memory, vm};
+use crate::vmm::{Devices, Drive, Vmm};
+use crate::vstate::memory::{self, MemoryBackend};
+use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuHandle, VcpuState};
+use crate::vstate::vm::{self, VmState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -69,6 +72,10 @@ pub enum Error {
     Vsock(#[from] vsock::Error),
     #[error("the VM preparation thread panicked")]
     PrepPanicked,
+    #[error("the snapshot's device state is invalid: {0}")]
+    BadDeviceState(&'static str),
+    #[error("a device lock is poisoned")]
+    Poisoned,
     #[error("KVM refused to wire {what}: {source}")]
     Wire {
         what: &'static str,
@@ -96,18 +103,19 @@ pub struct BuildOptions {
 /// is mapped right away.
 pub struct VmPrep {
     mem_size_mib: u64,
+    track_dirty_pages: bool,
     mem: GuestMemoryMmap,
     kvm: JoinHandle<Result<(vm::Vm, CpuId), Error>>,
 }
 
 impl VmPrep {
-    pub fn start(mem_size_mib: u64) -> Result<Self, Error> {
+    pub fn start(mem_size_mib: u64, track_dirty_pages: bool) -> Result<Self, Error> {
         let mem = memory::create(mem_size_mib)?;
         let slots = mem.clone();
         let kvm = std::thread::Builder::new()
             .name("ember_vmprep".into())
             .spawn(move || {
-                let vm = vm::Vm::new(&slots)?;
+                let vm = vm::Vm::new(&slots, track_dirty_pages)?;
                 let cpuid = vm
                     .kvm()
                     .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -120,13 +128,16 @@ impl VmPrep {
             .map_err(setup_err("the VM preparation thread"))?;
         Ok(VmPrep {
             mem_size_mib,
+            track_dirty_pages,
             mem,
             kvm,
         })
     }
 
-    pub fn mem_size_mib(&self) -> u64 {
-        self.mem_size_mib
+    /// Whether this VM fits a machine configuration.
+    pub fn fits(&self, machine: &MachineConfig) -> bool {
+        self.mem_size_mib == machine.mem_size_mib
+            && self.track_dirty_pages == machine.track_dirty_pages
     }
 
     fn finish(self) -> Result<(vm::Vm, CpuId), Error> {
@@ -134,95 +145,77 @@ impl VmPrep {
     }
 }
 
-/// Where each drive sits: the root drive is the guest's first (/dev/vda), as in Firecracker.
-fn drive_slots(drives: &[DriveConfig]) -> Result<Vec<(&DriveConfig, u64, u32)>, Error> {
-    drives
+/// Where each virtio device sits: the root drive is the guest's first
+/// (/dev/vda), as in Firecracker, then the other drives, then vsock. A boot
+/// and every restore of it lay devices out the same way.
+struct DeviceLayout<'a> {
+    drives: Vec<(&'a DriveConfig, u64, u32)>,
+    vsock: Option<(&'a VsockConfig, u64, u32)>,
+}
+
+fn device_layout<'a>(
+    drives: &'a [DriveConfig],
+    vsock: Option<&'a VsockConfig>,
+) -> Result<DeviceLayout<'a>, Error> {
+    let slot = |index: usize| virtio_slot(index).ok_or(Error::TooManyDevices(index));
+    let drives = drives
         .iter()
         .filter(|d| d.is_root_device)
         .chain(drives.iter().filter(|d| !d.is_root_device))
         .enumerate()
         .map(|(index, drive)| {
-            let (address, irq) = virtio_slot(index).ok_or(Error::TooManyDevices(index))?;
+            let (address, irq) = slot(index)?;
             Ok((drive, address, irq))
         })
-        .collect()
+        .collect::<Result<Vec<_>, Error>>()?;
+    let vsock = vsock
+        .map(|config| {
+            let (address, irq) = slot(drives.len())?;
+            Ok::<_, Error>((config, address, irq))
+        })
+        .transpose()?;
+    Ok(DeviceLayout { drives, vsock })
 }
 
-/// Builds and starts the microVM described by the configuration, on the VM `prep` made ready.
-pub fn build(
-    prep: VmPrep,
-    boot_source: Option<&BootSourceConfig>,
-    machine: &MachineConfig,
-    drives: &[DriveConfig],
-    vsock: Option<&VsockConfig>,
-    options: &BuildOptions,
-    exit: Arc<ExitSignal>,
-) -> Result<Vmm, Error> {
-    let boot_source = boot_source.ok_or(Error::NoBootSource)?;
-    let mut stages = Stages::new();
-    let mem = prep.mem.clone();
-    let mem_size = machine.mem_size_mib << 20;
+/// Every device's state, in layout order for the virtio ones.
+#[derive(Serialize, Deserialize)]
+pub struct DeviceStates {
+    serial: SerialSnapshot,
+    i8042: I8042State,
+    virtio: Vec<TransportState>,
+}
 
-    // First everything that only writes guest memory or opens files...
-    let kernel = boot::load_kernel(&mem, Path::new(&boot_source.kernel_image_path))?;
-    let initrd = boot_source
-        .initrd_path
-        .as_deref()
-        .map(|p| boot::load_initrd(&mem, Path::new(p), mem_size))
-        .transpose()?;
-    stages.mark("kernel");
-
-    let slots = drive_slots(drives)?;
-    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
-    let boot_args = boot_source
-        .boot_args
-        .as_deref()
-        .unwrap_or(DEFAULT_BOOT_ARGS);
-    cmdline.insert_str(boot_args).map_err(Error::Cmdline)?;
-    let mut disks = Vec::with_capacity(slots.len());
-    for &(drive, address, irq) in &slots {
-        if drive.is_root_device {
-            let mode = if drive.is_read_only { "ro" } else { "rw" };
-            let root = match &drive.partuuid {
-                Some(uuid) => format!("root=PARTUUID={uuid} {mode}"),
-                None => format!("root=/dev/vda {mode}"),
-            };
-            cmdline.insert_str(root).map_err(Error::Cmdline)?;
-        }
-        cmdline
-            .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(address), irq, None)
-            .map_err(Error::Cmdline)?;
-        disks.push(Arc::new(Mutex::new(Disk::open(
-            Path::new(drive.path()),
-            drive.is_read_only,
-        )?)));
+impl DeviceStates {
+    pub fn save(devices: &Devices) -> Result<Self, Error> {
+        Ok(DeviceStates {
+            serial: devices
+                .serial
+                .lock()
+                .map_err(|_| Error::Poisoned)?
+                .save_state(),
+            i8042: devices
+                .i8042
+                .lock()
+                .map_err(|_| Error::Poisoned)?
+                .save_state(),
+            virtio: devices
+                .transports
+                .iter()
+                .map(|t| Ok(t.lock().map_err(|_| Error::Poisoned)?.save_state()))
+                .collect::<Result<_, Error>>()?,
+        })
     }
-    let vsock_slot = match vsock {
-        Some(config) => {
-            let (address, irq) =
-                virtio_slot(slots.len()).ok_or(Error::TooManyDevices(slots.len()))?;
-            cmdline
-                .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(address), irq, None)
-                .map_err(Error::Cmdline)?;
-            let device = Vsock::new(u64::from(config.guest_cid), Path::new(&config.uds_path))?;
-            Some((device, address, irq))
-        }
-        None => None,
-    };
-    boot::configure_system(
-        &mem,
-        &kernel,
-        &cmdline,
-        initrd,
-        mem_size,
-        machine.vcpu_count,
-    )?;
-    stages.mark("boot params");
+}
 
-    // ...then what needs the VM.
-    let (vm, supported_cpuid) = prep.finish()?;
-    stages.mark("vm ready");
-
+/// Creates the devices of `layout` on `vm`, at power-on or as `saved` left them.
+fn create_devices(
+    vm: &vm::Vm,
+    mem: &GuestMemoryMmap,
+    layout: &DeviceLayout,
+    boot_timer: Option<Instant>,
+    exit: &Arc<ExitSignal>,
+    saved: Option<&DeviceStates>,
+) -> Result<(Buses, Devices), Error> {
     let mut pio = Bus::default();
     let mut mmio = Bus::default();
     let irq_line = |irq: u32, what: &'static str| -> Result<EventFd, Error> {
@@ -238,7 +231,7 @@ pub fn build(
         .try_clone_to_owned()
         .map_err(setup_err("the serial console"))?;
     let serial_drained = EventFd::new(EFD_NONBLOCK).map_err(setup_err("the serial console"))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
+    let serial = SerialDevice::new(
         IrqLine(irq_line(serial::COM1_IRQ, "the serial IRQ")?),
         InputDrained(
             serial_drained
@@ -246,26 +239,47 @@ pub fn build(
                 .map_err(setup_err("the serial console"))?,
         ),
         Box::new(File::from(stdout)),
-    )));
+        saved.map(|s| &s.serial),
+    )
+    .map_err(|_| Error::BadDeviceState("the serial console's input is over its FIFO size"))?;
+    let serial = Arc::new(Mutex::new(serial));
     pio.insert(serial::COM1_PORT, serial::PORT_COUNT, serial.clone())?;
 
-    let i8042 = Arc::new(Mutex::new(I8042::new(
+    let mut i8042 = I8042::new(
         exit.clone(),
         IrqLine(irq_line(i8042::KBD_IRQ, "the keyboard IRQ")?),
-    )));
+    );
+    if let Some(saved) = saved {
+        i8042.restore_state(&saved.i8042);
+    }
+    let i8042 = Arc::new(Mutex::new(i8042));
     pio.insert(i8042::I8042_PORT, i8042::PORT_COUNT, i8042.clone())?;
 
-    if options.boot_timer {
-        let timer = Arc::new(Mutex::new(BootTimer::new(options.start)));
+    if let Some(start) = boot_timer {
+        let timer = Arc::new(Mutex::new(BootTimer::new(start)));
         mmio.insert(BOOT_TIMER_START, VIRTIO_MMIO_SIZE, timer)?;
     }
 
-    let mut attached = Vec::with_capacity(slots.len());
+    let device_count = layout.drives.len() + usize::from(layout.vsock.is_some());
+    let saved_virtio = match saved {
+        Some(s) if s.virtio.len() != device_count => {
+            return Err(Error::BadDeviceState(
+                "the snapshot's virtio devices do not match its configuration",
+            ))
+        }
+        Some(s) => Some(s.virtio.iter()),
+        None => None,
+    };
+    let mut saved_virtio = saved_virtio;
+    let mut transports = Vec::with_capacity(device_count);
     let mut queue_events = Vec::new();
     let mut backend_events = Vec::new();
     let mut attach = |device: Box<dyn VirtioDevice>, address: u64, irq: u32| {
         let interrupt = Arc::new(Interrupt::new(irq_line(irq, "a virtio IRQ")?));
-        let transport = MmioTransport::new(device, mem.clone(), interrupt.clone())?;
+        let transport = match saved_virtio.as_mut().and_then(Iterator::next) {
+            Some(state) => MmioTransport::restore(device, mem.clone(), interrupt.clone(), state)?,
+            None => MmioTransport::new(device, mem.clone(), interrupt.clone())?,
+        };
         let mut events = Vec::new();
         for (queue, evt) in transport.queue_events().iter().enumerate() {
             vm.fd()
@@ -290,25 +304,111 @@ pub fn build(
         if let Some(fd) = backend_fd {
             backend_events.push((fd, transport.clone()));
         }
-        mmio.insert(address, VIRTIO_MMIO_SIZE, transport)?;
+        mmio.insert(address, VIRTIO_MMIO_SIZE, transport.clone())?;
+        transports.push(transport);
         Ok::<_, Error>(interrupt)
     };
-    for ((drive, address, irq), disk) in slots.into_iter().zip(disks) {
+    let mut drives = Vec::with_capacity(layout.drives.len());
+    for &(drive, address, irq) in &layout.drives {
+        let disk = Arc::new(Mutex::new(Disk::open(
+            Path::new(drive.path()),
+            drive.is_read_only,
+        )?));
         let cache = match drive.cache_type {
             CacheType::Unsafe => block::CacheType::Unsafe,
             CacheType::Writeback => block::CacheType::Writeback,
         };
         let device = Block::new(disk.clone(), drive.is_read_only, cache);
         let interrupt = attach(Box::new(device), address, irq)?;
-        attached.push(Drive {
+        drives.push(Drive {
             id: drive.drive_id.clone(),
             disk,
             interrupt,
         });
     }
-    if let Some((device, address, irq)) = vsock_slot {
+    if let Some((config, address, irq)) = layout.vsock {
+        let device = Vsock::new(u64::from(config.guest_cid), Path::new(&config.uds_path))?;
         attach(Box::new(device), address, irq)?;
     }
+    Ok((
+        Buses { pio, mmio },
+        Devices {
+            serial,
+            serial_drained,
+            i8042,
+            drives,
+            transports,
+            queue_events,
+            backend_events,
+        },
+    ))
+}
+
+/// Builds and starts the microVM described by the configuration, on the VM `prep` made ready.
+pub fn build(
+    prep: VmPrep,
+    boot_source: Option<&BootSourceConfig>,
+    machine: &MachineConfig,
+    drives: &[DriveConfig],
+    vsock: Option<&VsockConfig>,
+    options: &BuildOptions,
+    exit: Arc<ExitSignal>,
+) -> Result<Vmm, Error> {
+    let boot_source = boot_source.ok_or(Error::NoBootSource)?;
+    let mut stages = Stages::new();
+    let mem = prep.mem.clone();
+    let mem_size = machine.mem_size_mib << 20;
+
+    // First everything that only writes guest memory or reads files...
+    let kernel = boot::load_kernel(&mem, Path::new(&boot_source.kernel_image_path))?;
+    let initrd = boot_source
+        .initrd_path
+        .as_deref()
+        .map(|p| boot::load_initrd(&mem, Path::new(p), mem_size))
+        .transpose()?;
+    stages.mark("kernel");
+
+    let layout = device_layout(drives, vsock)?;
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
+    let boot_args = boot_source
+        .boot_args
+        .as_deref()
+        .unwrap_or(DEFAULT_BOOT_ARGS);
+    cmdline.insert_str(boot_args).map_err(Error::Cmdline)?;
+    let addresses = layout
+        .drives
+        .iter()
+        .map(|&(drive, address, irq)| (Some(drive), address, irq))
+        .chain(layout.vsock.map(|(_, address, irq)| (None, address, irq)));
+    for (drive, address, irq) in addresses {
+        if let Some(drive) = drive.filter(|d| d.is_root_device) {
+            let mode = if drive.is_read_only { "ro" } else { "rw" };
+            let root = match &drive.partuuid {
+                Some(uuid) => format!("root=PARTUUID={uuid} {mode}"),
+                None => format!("root=/dev/vda {mode}"),
+            };
+            cmdline.insert_str(root).map_err(Error::Cmdline)?;
+        }
+        cmdline
+            .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(address), irq, None)
+            .map_err(Error::Cmdline)?;
+    }
+    boot::configure_system(
+        &mem,
+        &kernel,
+        &cmdline,
+        initrd,
+        mem_size,
+        machine.vcpu_count,
+    )?;
+    stages.mark("boot params");
+
+    // ...then what needs the VM.
+    let (vm, supported_cpuid) = prep.finish()?;
+    stages.mark("vm ready");
+
+    let boot_timer = options.boot_timer.then_some(options.start);
+    let (buses, devices) = create_devices(&vm, &mem, &layout, boot_timer, &exit, None)?;
     stages.mark("devices");
 
     let vcpus = (0..machine.vcpu_count)
@@ -320,24 +420,74 @@ pub fn build(
         })
         .collect::<Result<Vec<_>, vcpu::Error>>()?;
 
-    let buses = Arc::new(Buses { pio, mmio });
-    let handles = vcpus
-        .into_iter()
-        .map(|vcpu| vcpu.start(buses.clone(), exit.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let handles = start_vcpus(vcpus, buses, &exit, false)?;
     stages.mark("vcpus");
-    stages.log();
-    Ok(Vmm::new(
-        vm,
-        mem,
-        handles,
-        serial,
-        serial_drained,
-        i8042,
-        attached,
-        queue_events,
-        backend_events,
-    ))
+    stages.log("InstanceStart");
+    Ok(Vmm::new(vm, mem, handles, devices, false, None))
+}
+
+fn start_vcpus(
+    vcpus: Vec<Vcpu>,
+    buses: Buses,
+    exit: &Arc<ExitSignal>,
+    paused: bool,
+) -> Result<Vec<VcpuHandle>, Error> {
+    let buses = Arc::new(buses);
+    Ok(vcpus
+        .into_iter()
+        .map(|vcpu| vcpu.start(buses.clone(), exit.clone(), paused))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// A saved microVM, as [`restore`] needs it.
+pub struct SavedVm<'a> {
+    pub machine: &'a MachineConfig,
+    pub drives: &'a [DriveConfig],
+    pub vsock: Option<&'a VsockConfig>,
+    pub vm: &'a VmState,
+    pub vcpus: &'a [VcpuState],
+    pub devices: &'a DeviceStates,
+}
+
+/// Brings a saved microVM back on guest memory `mem`, which already holds
+/// (or, with userfaultfd, will serve) the saved pages; its vCPUs run at once
+/// unless `paused`.
+pub fn restore(
+    saved: SavedVm,
+    mem: GuestMemoryMmap,
+    memory_backend: Option<MemoryBackend>,
+    paused: bool,
+    clock_realtime: bool,
+    exit: Arc<ExitSignal>,
+) -> Result<Vmm, Error> {
+    let mut stages = Stages::new();
+    if saved.vcpus.len() != usize::from(saved.machine.vcpu_count) {
+        return Err(Error::BadDeviceState(
+            "the snapshot's vCPU states do not match its vCPU count",
+        ));
+    }
+    let vm = vm::Vm::new(&mem, saved.machine.track_dirty_pages)?;
+    vm.restore_state(saved.vm, clock_realtime)?;
+    stages.mark("vm");
+
+    let layout = device_layout(saved.drives, saved.vsock)?;
+    let (buses, devices) = create_devices(&vm, &mem, &layout, None, &exit, Some(saved.devices))?;
+    stages.mark("devices");
+
+    let vcpus = saved
+        .vcpus
+        .iter()
+        .enumerate()
+        .map(|(index, state)| {
+            let vcpu = Vcpu::new(&vm, index as u8)?;
+            vcpu.restore_state(state)?;
+            Ok(vcpu)
+        })
+        .collect::<Result<Vec<_>, vcpu::Error>>()?;
+    let handles = start_vcpus(vcpus, buses, &exit, paused)?;
+    stages.mark("vcpus");
+    stages.log("snapshot restore");
+    Ok(Vmm::new(vm, mem, handles, devices, paused, memory_backend))
 }
 
 /// Times the steps of a start for the log, so "where the time goes" is one
@@ -364,7 +514,7 @@ impl Stages {
         self.last = now;
     }
 
-    fn log(&self) {
+    fn log(&self, what: &str) {
         if log::log_enabled!(log::Level::Info) {
             let parts: Vec<String> = self
                 .marks
@@ -372,7 +522,7 @@ impl Stages {
                 .map(|(stage, d)| format!("{stage} {}us", d.as_micros()))
                 .collect();
             log::info!(
-                "InstanceStart took {}us: {}",
+                "{what} took {}us: {}",
                 self.start.elapsed().as_micros(),
                 parts.join(", ")
             );

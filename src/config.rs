@@ -40,6 +40,16 @@ pub enum Error {
     UdsPath,
     #[error("timeout_ms must be at least 1")]
     Timeout,
+    #[error("{0} must not be empty")]
+    EmptyPath(&'static str),
+    #[error("give the guest memory as either mem_backend or mem_file_path, not both")]
+    TwoMemBackends,
+    #[error("the guest memory is missing: give mem_backend (or the deprecated mem_file_path)")]
+    NoMemBackend,
+    #[error(
+        "network_overrides: the snapshot has no network interfaces (ember has no net device yet)"
+    )]
+    NetworkOverride,
 }
 
 /// Largest guest ember maps: 1 TiB.
@@ -562,5 +572,125 @@ mod tests {
         assert!(!is_valid_id(""));
         assert!(!is_valid_id(&"a".repeat(65)));
         assert!(!is_valid_id("a b"));
+    }
+}
+
+/// `snapshot_type` of `PUT /snapshot/create`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    #[default]
+    Full,
+    /// Only the pages written since the last snapshot (needs `track_dirty_pages`).
+    Diff,
+}
+
+/// `PUT /snapshot/create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreateConfig {
+    #[serde(default)]
+    pub snapshot_type: SnapshotType,
+    pub snapshot_path: String,
+    pub mem_file_path: String,
+}
+
+impl SnapshotCreateConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.snapshot_path.is_empty() {
+            return Err(Error::EmptyPath("snapshot_path"));
+        }
+        if self.mem_file_path.is_empty() {
+            return Err(Error::EmptyPath("mem_file_path"));
+        }
+        Ok(())
+    }
+}
+
+/// Where a restored guest's memory comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemBackendType {
+    /// Mapped privately from the memory file.
+    File,
+    /// Served by a page-fault handler over userfaultfd.
+    Uffd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    pub backend_type: MemBackendType,
+    pub backend_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    pub uds_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
+/// `PUT /snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadConfig {
+    pub snapshot_path: String,
+    #[serde(default)]
+    pub mem_backend: Option<MemBackend>,
+    /// Deprecated by Firecracker in favour of `mem_backend`; still accepted.
+    #[serde(default)]
+    pub mem_file_path: Option<String>,
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    /// Firecracker's deprecated name for `track_dirty_pages`.
+    #[serde(default)]
+    pub enable_diff_snapshots: bool,
+    #[serde(default)]
+    pub resume_vm: bool,
+    #[serde(default)]
+    pub network_overrides: Vec<NetworkOverride>,
+    #[serde(default)]
+    pub vsock_override: Option<VsockOverride>,
+    #[serde(default)]
+    pub clock_realtime: bool,
+}
+
+impl SnapshotLoadConfig {
+    /// The memory backend, whichever way the request spelled it.
+    pub fn backend(&self) -> Result<MemBackend, Error> {
+        match (&self.mem_backend, &self.mem_file_path) {
+            (Some(_), Some(_)) => Err(Error::TwoMemBackends),
+            (None, None) => Err(Error::NoMemBackend),
+            (Some(backend), None) => Ok(backend.clone()),
+            (None, Some(path)) => Ok(MemBackend {
+                backend_type: MemBackendType::File,
+                backend_path: path.clone(),
+            }),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.snapshot_path.is_empty() {
+            return Err(Error::EmptyPath("snapshot_path"));
+        }
+        if self.backend()?.backend_path.is_empty() {
+            return Err(Error::EmptyPath("backend_path"));
+        }
+        if !self.network_overrides.is_empty() {
+            return Err(Error::NetworkOverride);
+        }
+        if self
+            .vsock_override
+            .as_ref()
+            .is_some_and(|v| v.uds_path.is_empty())
+        {
+            return Err(Error::UdsPath);
+        }
+        Ok(())
     }
 }

@@ -11,10 +11,11 @@ use serde_json::{json, Value};
 use crate::builder::{self, BuildOptions, VmPrep};
 use crate::config::{
     self, BootSourceConfig, DriveConfig, DriveUpdate, FunctionConfig, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, VmConfig, VsockConfig,
+    MachineConfigUpdate, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig, VsockConfig,
 };
 use crate::exit::ExitSignal;
 use crate::logger;
+use crate::persist;
 use crate::vmm::{self, Vmm};
 
 pub const APP_NAME: &str = "ember";
@@ -41,6 +42,8 @@ pub enum Request {
     SendCtrlAltDel,
     Pause,
     Resume,
+    CreateSnapshot(SnapshotCreateConfig),
+    LoadSnapshot(SnapshotLoadConfig),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +87,12 @@ pub enum Error {
         "the microVM has no vsock device: PUT /vsock before InstanceStart to invoke functions"
     )]
     NoVsock,
+    #[error(
+        "loading a snapshot is only allowed before configuring boot-specific resources (boot source, drives, vsock)"
+    )]
+    LoadAfterConfig,
+    #[error(transparent)]
+    Snapshot(#[from] persist::Error),
 }
 
 pub struct Controller {
@@ -131,12 +140,11 @@ impl Controller {
     /// Starts making a VM of the configured memory size ready in the
     /// background, unless one is already on its way.
     pub fn prepare(&mut self) {
-        let size = self.machine.mem_size_mib;
-        if self.vmm.is_some() || self.prep.as_ref().is_some_and(|p| p.mem_size_mib() == size) {
+        if self.vmm.is_some() || self.prep.as_ref().is_some_and(|p| p.fits(&self.machine)) {
             return;
         }
         // A failure here is reported by InstanceStart, which tries again.
-        self.prep = VmPrep::start(size)
+        self.prep = VmPrep::start(self.machine.mem_size_mib, self.machine.track_dirty_pages)
             .map_err(|e| log::warn!("cannot prepare the VM ahead of InstanceStart: {e}"))
             .ok();
     }
@@ -318,7 +326,9 @@ impl Controller {
                 self.prepare();
                 let prep = match self.prep.take() {
                     Some(prep) => prep,
-                    None => VmPrep::start(self.machine.mem_size_mib)?,
+                    None => {
+                        VmPrep::start(self.machine.mem_size_mib, self.machine.track_dirty_pages)?
+                    }
                 };
                 let built = builder::build(
                     prep,
@@ -351,6 +361,36 @@ impl Controller {
             }
             Request::Resume => {
                 self.running()?.resume()?;
+                Ok(Response::NoContent)
+            }
+            Request::CreateSnapshot(params) => {
+                params.validate()?;
+                let config = self.vm_config();
+                persist::create(self.running()?, &config, &params)?;
+                Ok(Response::NoContent)
+            }
+            Request::LoadSnapshot(params) => {
+                self.pre_boot()?;
+                params.validate()?;
+                if self.boot_source.is_some() || !self.drives.is_empty() || self.vsock.is_some() {
+                    return Err(Error::LoadAfterConfig);
+                }
+                // The VM readied for a boot is not the one a snapshot needs:
+                // let it go off this path (destroying a VM takes milliseconds).
+                if let Some(prep) = self.prep.take() {
+                    let _ = std::thread::Builder::new()
+                        .name("ember_vmdrop".into())
+                        .spawn(move || drop(prep));
+                }
+                let (vmm, config) = persist::load(&params, self.exit.clone())?;
+                self.boot_source = config.boot_source;
+                self.machine = config.machine_config.unwrap_or_default();
+                self.drives = config.drives;
+                self.vsock = config.vsock;
+                if let Some(function) = config.function {
+                    self.function = function;
+                }
+                self.vmm = Some(vmm);
                 Ok(Response::NoContent)
             }
         }

@@ -1,7 +1,7 @@
 //! ember: a jailed, single-process microVM monitor on KVM, driven over a
 //! Firecracker-compatible API.
 //!
-//! Data flows one way: `api` -> `controller` -> `builder`/`vmm` -> `vstate`
+//! Data flows one way: `api` -> `controller` -> `builder`/`persist`/`vmm` -> `vstate`
 //! and `devices`. Nothing below reaches back up; devices report through
 //! interrupts, return values and the `exit` signal.
 
@@ -15,5 +15,6 @@ pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod logger;
+pub mod persist;
 pub mod vmm;
 pub mod vstate;

@@ -5,7 +5,6 @@ use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::legacy::i8042::{self, I8042};
@@ -13,7 +12,9 @@ use crate::devices::legacy::serial::SerialDevice;
 use crate::devices::virtio::block::{self, Disk};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::{Interrupt, INT_CONFIG};
-use crate::vstate::vcpu::{self, VcpuHandle};
+use crate::vstate::memory::GuestMemoryMmap;
+use crate::vstate::memory::MemoryBackend;
+use crate::vstate::vcpu::{self, VcpuHandle, VcpuState};
 use crate::vstate::vm::Vm;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,45 +43,63 @@ pub type QueueEvent = (EventFd, Arc<Mutex<MmioTransport>>, usize);
 /// A device's host-side fd and the transport to run when it is readable.
 pub type BackendEvent = (RawFd, Arc<Mutex<MmioTransport>>);
 
+/// The devices of a running microVM, as the event loop and the controller reach them.
+pub struct Devices {
+    pub serial: Arc<Mutex<SerialDevice>>,
+    pub serial_drained: EventFd,
+    pub i8042: Arc<Mutex<I8042>>,
+    pub drives: Vec<Drive>,
+    /// Every virtio transport, in layout order.
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub queue_events: Vec<QueueEvent>,
+    pub backend_events: Vec<BackendEvent>,
+}
+
 pub struct Vmm {
     // Field order is drop order: threads go before the memory they run on.
     vcpus: Vec<VcpuHandle>,
-    serial: Arc<Mutex<SerialDevice>>,
-    serial_drained: EventFd,
-    i8042: Arc<Mutex<I8042>>,
-    drives: Vec<Drive>,
-    queue_events: Vec<QueueEvent>,
-    backend_events: Vec<BackendEvent>,
+    devices: Devices,
     paused: bool,
-    _mem: GuestMemoryMmap,
-    _vm: Vm,
+    mem: GuestMemoryMmap,
+    vm: Vm,
+    _memory_backend: Option<MemoryBackend>,
 }
 
 impl Vmm {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         vm: Vm,
         mem: GuestMemoryMmap,
         vcpus: Vec<VcpuHandle>,
-        serial: Arc<Mutex<SerialDevice>>,
-        serial_drained: EventFd,
-        i8042: Arc<Mutex<I8042>>,
-        drives: Vec<Drive>,
-        queue_events: Vec<QueueEvent>,
-        backend_events: Vec<BackendEvent>,
+        devices: Devices,
+        paused: bool,
+        memory_backend: Option<MemoryBackend>,
     ) -> Self {
         Vmm {
             vcpus,
-            serial,
-            serial_drained,
-            i8042,
-            drives,
-            queue_events,
-            backend_events,
-            paused: false,
-            _mem: mem,
-            _vm: vm,
+            devices,
+            paused,
+            mem,
+            vm,
+            _memory_backend: memory_backend,
         }
+    }
+
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    pub fn devices(&self) -> &Devices {
+        &self.devices
+    }
+
+    /// Every vCPU's state; the VM must be paused.
+    pub fn save_vcpus(&self) -> Result<Vec<VcpuState>, Error> {
+        let msrs = vcpu::msrs_to_save(&self.vm)?;
+        Ok(VcpuHandle::save_all(&self.vcpus, &msrs)?)
     }
 
     pub fn is_paused(&self) -> bool {
@@ -100,7 +119,8 @@ impl Vmm {
     }
 
     pub fn send_ctrl_alt_del(&self) -> Result<(), Error> {
-        self.i8042
+        self.devices
+            .i8042
             .lock()
             .map_err(|_| Error::Poisoned)?
             .ctrl_alt_del()?;
@@ -110,6 +130,7 @@ impl Vmm {
     /// Points drive `id` at another file and tells the guest its size changed.
     pub fn update_drive(&self, id: &str, path: &Path, read_only: bool) -> Result<(), Error> {
         let drive = self
+            .devices
             .drives
             .iter()
             .find(|d| d.id == id)
@@ -121,18 +142,18 @@ impl Vmm {
     }
 
     pub fn serial(&self) -> &Arc<Mutex<SerialDevice>> {
-        &self.serial
+        &self.devices.serial
     }
 
     pub fn serial_drained(&self) -> &EventFd {
-        &self.serial_drained
+        &self.devices.serial_drained
     }
 
     pub fn queue_events(&self) -> &[QueueEvent] {
-        &self.queue_events
+        &self.devices.queue_events
     }
 
     pub fn backend_events(&self) -> &[BackendEvent] {
-        &self.backend_events
+        &self.devices.backend_events
     }
 }

@@ -68,7 +68,7 @@ impl ToVmm {
                 }
                 Ok(response)
             }
-            Request::PutFunction(_) | Request::PutVsock(_) => {
+            Request::PutFunction(_) | Request::PutVsock(_) | Request::LoadSnapshot(_) => {
                 if let Ok(mut slot) = self.target.lock() {
                     *slot = None;
                 }

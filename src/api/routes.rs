@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::config::{
     BootSourceConfig, DriveConfig, DriveUpdate, FunctionConfig, LoggerConfig, MachineConfigBody,
-    MachineConfigUpdate, VsockConfig,
+    MachineConfigUpdate, SnapshotCreateConfig, SnapshotLoadConfig, VsockConfig,
 };
 use crate::controller::Request;
 
@@ -30,7 +30,7 @@ pub fn body_limit(method: &str, path: &str) -> usize {
 pub struct RouteError(pub String);
 
 /// Endpoints of Firecracker's API that ember does not serve yet.
-const NOT_YET: [&str; 10] = [
+const NOT_YET: [&str; 9] = [
     "balloon",
     "cpu-config",
     "entropy",
@@ -40,7 +40,6 @@ const NOT_YET: [&str; 10] = [
     "network-interfaces",
     "pmem",
     "serial",
-    "snapshot",
 ];
 
 #[derive(Deserialize)]
@@ -113,6 +112,12 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
                 "unknown action_type '{other}': use InstanceStart or SendCtrlAltDel"
             ))),
         },
+        ("PUT", ["snapshot", "create"]) => {
+            Ok(Request::CreateSnapshot(json::<SnapshotCreateConfig>(body)?))
+        }
+        ("PUT", ["snapshot", "load"]) => {
+            Ok(Request::LoadSnapshot(json::<SnapshotLoadConfig>(body)?))
+        }
         ("PATCH", ["vm"]) => match json::<VmState>(body)?.state.as_str() {
             "Paused" => Ok(Request::Pause),
             "Resumed" => Ok(Request::Resume),

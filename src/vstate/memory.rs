@@ -1,8 +1,34 @@
-//! Guest memory: anonymous, lazily populated mappings laid out around the MMIO gap.
+//! Guest memory: lazily populated mappings laid out around the MMIO gap,
+//! anonymous for a fresh boot and private file mappings for a restore.
+//!
+//! Every region carries a dirty-page bitmap that vm-memory sets on each write
+//! ember's devices make, so a diff snapshot also holds the pages KVM's own
+//! dirty log cannot see.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use userfaultfd::{FeatureFlags, Uffd, UffdBuilder};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::ram_ranges;
+
+/// Guest memory with dirty-page tracking of the VMM's own writes.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+type GuestRegionMmap = vm_memory::GuestRegionMmap<AtomicBitmap>;
+
+pub const PAGE_SIZE: usize = 4096;
+const PAGE: NonZeroUsize = match NonZeroUsize::new(PAGE_SIZE) {
+    Some(page) => page,
+    None => unreachable!(),
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -11,10 +37,24 @@ pub enum Error {
         size_mib: u64,
         source: vm_memory::mmap::FromRangesError,
     },
+    #[error("cannot map guest memory at {start:#x}: {source}")]
+    Region {
+        start: u64,
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("guest memory regions overlap or are empty")]
+    Layout,
+    #[error("cannot create a userfaultfd: {0}")]
+    Uffd(userfaultfd::Error),
+    #[error("cannot reach the page-fault handler at '{path}': {source}")]
+    Handler {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
-/// Maps `size_mib` MiB of guest RAM. Pages are only touched when the guest
-/// (or a loader) first uses them, so the cost does not grow with the size.
+/// Maps `size_mib` MiB of anonymous guest RAM. Pages are only touched when the
+/// guest (or a loader) first uses them, so the cost does not grow with the size.
 pub fn create(size_mib: u64) -> Result<GuestMemoryMmap, Error> {
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size_mib << 20)
         .into_iter()
@@ -23,9 +63,107 @@ pub fn create(size_mib: u64) -> Result<GuestMemoryMmap, Error> {
     GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Map { size_mib, source })
 }
 
+/// Maps guest RAM privately from `file`, region `i` at `offsets[i]`: clones of
+/// one snapshot share its page cache and copy a page only when they write it.
+pub fn from_file(file: &File, size_mib: u64, offsets: &[u64]) -> Result<GuestMemoryMmap, Error> {
+    let regions = ram_ranges(size_mib << 20)
+        .into_iter()
+        .zip(offsets)
+        .map(|((start, len), &offset)| {
+            let file = file.try_clone().map_err(|e| Error::Region {
+                start,
+                source: vm_memory::mmap::MmapRegionError::Mmap(e),
+            })?;
+            let mapping = MmapRegionBuilder::new_with_bitmap(len as usize, bitmap(len as usize))
+                .with_file_offset(FileOffset::new(file, offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(|source| Error::Region { start, source })?;
+            GuestRegionMmap::new(mapping, GuestAddress(start)).ok_or(Error::Layout)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    GuestMemoryMmap::from_regions(regions).map_err(|_| Error::Layout)
+}
+
+fn bitmap(len: usize) -> AtomicBitmap {
+    AtomicBitmap::new(len, PAGE)
+}
+
+/// Per region, the pages ember's devices wrote since the last call (one bit
+/// per page, KVM's dirty-log layout); reading clears them.
+pub fn take_vmm_dirty(mem: &GuestMemoryMmap) -> Vec<Vec<u64>> {
+    mem.iter()
+        .map(|region| std::ops::Deref::deref(region).bitmap().get_and_reset())
+        .collect()
+}
+
+/// What keeps userfaultfd-served memory alive: the uffd itself (so if the
+/// handler dies the guest stalls rather than reading zeros) and the socket to
+/// the handler, whose closing tells it this VM is gone.
+pub struct MemoryBackend {
+    _uffd: Uffd,
+    _handler: UnixStream,
+}
+
+/// Hands `mem`'s page faults to the handler listening at `socket`, as
+/// Firecracker does: a userfaultfd registered over every region, sent with a
+/// JSON list of where each region lives in the memory file (`offsets`).
+pub fn serve_with_uffd(
+    mem: &GuestMemoryMmap,
+    offsets: &[u64],
+    socket: &Path,
+) -> Result<MemoryBackend, Error> {
+    let uffd = UffdBuilder::new()
+        .close_on_exec(true)
+        .non_blocking(true)
+        .user_mode_only(false)
+        .require_features(FeatureFlags::EVENT_REMOVE)
+        .create()
+        .map_err(Error::Uffd)?;
+    let mut mappings = Vec::with_capacity(offsets.len());
+    for ((host, len), offset) in host_ranges(mem).into_iter().zip(offsets) {
+        uffd.register(host.cast(), len).map_err(Error::Uffd)?;
+        mappings.push(serde_json::json!({
+            "base_host_virt_addr": host as u64,
+            "size": len,
+            "offset": offset,
+            "page_size": PAGE_SIZE,
+            "page_size_kib": PAGE_SIZE / 1024,
+        }));
+    }
+    let handler_err = |source| Error::Handler {
+        path: socket.display().to_string(),
+        source,
+    };
+    let handler = UnixStream::connect(socket).map_err(handler_err)?;
+    let body = serde_json::Value::from(mappings).to_string();
+    handler
+        .send_with_fd(body.as_bytes(), uffd.as_raw_fd())
+        .map_err(|e| handler_err(std::io::Error::from_raw_os_error(e.errno())))?;
+    Ok(MemoryBackend {
+        _uffd: uffd,
+        _handler: handler,
+    })
+}
+
+/// Each region's host mapping, as `(host address, length)`.
+pub fn host_ranges(mem: &GuestMemoryMmap) -> Vec<(*mut u8, usize)> {
+    mem.iter()
+        .map(|r| {
+            let host = mem
+                .get_host_address(r.start_addr())
+                .unwrap_or(std::ptr::null_mut());
+            (host, r.len() as usize)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    use std::io::Write;
+
+    use vm_memory::{Bytes, GuestMemoryRegion};
 
     use super::*;
 
@@ -34,5 +172,26 @@ mod tests {
         let mem = create(128).unwrap();
         assert_eq!(mem.num_regions(), 1);
         assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), 128 << 20);
+    }
+
+    #[test]
+    fn file_backed_memory_reads_the_file_and_never_writes_it() {
+        let path = std::env::temp_dir().join(format!("ember-mem-{}", std::process::id()));
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&vec![7u8; 2 << 20]).unwrap();
+        let file = File::open(&path).unwrap();
+        let mem = from_file(&file, 2, &[0]).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x1234)).unwrap(), 7);
+        mem.write_obj(9u8, GuestAddress(0x1234)).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x1234)).unwrap(), 9);
+        assert_eq!(std::fs::read(&path).unwrap()[0x1234], 7, "private mapping");
+        let dirty = take_vmm_dirty(&mem);
+        assert_eq!(
+            dirty[0][0],
+            1 << 1,
+            "the VMM's write is in the dirty bitmap"
+        );
+        assert_eq!(take_vmm_dirty(&mem)[0][0], 0, "reading clears it");
+        std::fs::remove_file(path).unwrap();
     }
 }

@@ -10,9 +10,13 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 
-use kvm_bindings::{kvm_run, CpuId, Msrs};
+use crate::vstate::memory::GuestMemoryMmap;
+use kvm_bindings::{
+    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_memory::GuestMemoryMmap;
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::vm::Vm;
@@ -38,15 +42,56 @@ pub enum Error {
     Signal(vmm_sys_util::errno::Error),
     #[error("vCPU {0} stopped answering")]
     Gone(u8),
+    #[error("the snapshot holds {0} MSRs, more than KVM takes at once")]
+    TooManyMsrs(usize),
 }
 
 /// What the main thread asks of a vCPU thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Command {
     Pause,
     Resume,
+    /// Save the vCPU's state, reading these MSRs; only while paused.
+    Save(Arc<[u32]>),
 }
 
+/// A vCPU thread's answer to a [`Command`].
+enum Ack {
+    Paused,
+    Resumed,
+    Saved(Result<Box<VcpuState>, Error>),
+}
+
+/// Everything KVM holds for one vCPU, as a snapshot stores it.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    cpuid: CpuId,
+    msrs: Msrs,
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    xsave: kvm_xsave,
+    xcrs: kvm_xcrs,
+    debug_regs: kvm_debugregs,
+    lapic: kvm_lapic_state,
+    mp_state: kvm_mp_state,
+    vcpu_events: kvm_vcpu_events,
+    tsc_khz: Option<u32>,
+}
+
+/// The TSC deadline only makes sense once the TSC itself is back.
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// The MSRs a snapshot saves: all KVM can save and restore, the TSC deadline last.
+pub fn msrs_to_save(vm: &Vm) -> Result<Arc<[u32]>, Error> {
+    let list = vm.kvm().get_msr_index_list().map_err(|source| Error::Kvm {
+        what: "list the MSRs",
+        index: 0,
+        source,
+    })?;
+    let mut indices = list.as_slice().to_vec();
+    indices.sort_by_key(|&index| index == MSR_IA32_TSC_DEADLINE);
+    Ok(indices.into())
+}
 /// The ports and MMIO windows a vCPU thread dispatches exits to.
 pub struct Buses {
     pub pio: Bus,
@@ -139,8 +184,125 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the vCPU's thread; it runs the guest until told otherwise.
-    pub fn start(self, buses: Arc<Buses>, exit: Arc<ExitSignal>) -> Result<VcpuHandle, Error> {
+    /// Reads the vCPU's whole state; the vCPU must be out of guest mode.
+    fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState, Error> {
+        // Tells a kvmclock guest it was stopped, so its soft-lockup watchdog
+        // does not fire on resume; guests without kvmclock refuse, harmlessly.
+        let _ = self.fd.kvmclock_ctrl();
+        Ok(VcpuState {
+            cpuid: self
+                .fd
+                .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .map_err(self.kvm_err("read CPUID"))?,
+            msrs: self.read_msrs(msr_indices)?,
+            regs: self.fd.get_regs().map_err(self.kvm_err("read registers"))?,
+            sregs: self.fd.get_sregs().map_err(self.kvm_err("read sregs"))?,
+            xsave: self.fd.get_xsave().map_err(self.kvm_err("read XSAVE"))?,
+            xcrs: self.fd.get_xcrs().map_err(self.kvm_err("read XCRs"))?,
+            debug_regs: self
+                .fd
+                .get_debug_regs()
+                .map_err(self.kvm_err("read debug registers"))?,
+            lapic: self
+                .fd
+                .get_lapic()
+                .map_err(self.kvm_err("read the LAPIC"))?,
+            mp_state: self
+                .fd
+                .get_mp_state()
+                .map_err(self.kvm_err("read the MP state"))?,
+            vcpu_events: self
+                .fd
+                .get_vcpu_events()
+                .map_err(self.kvm_err("read vCPU events"))?,
+            tsc_khz: self.fd.get_tsc_khz().ok(),
+        })
+    }
+
+    /// Reads every MSR of `indices` this host can read, skipping the others.
+    fn read_msrs(&self, indices: &[u32]) -> Result<Msrs, Error> {
+        let mut saved: Vec<kvm_msr_entry> = Vec::with_capacity(indices.len());
+        let mut rest = indices;
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(KVM_MAX_MSR_ENTRIES)];
+            let entries: Vec<kvm_msr_entry> = chunk
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs =
+                Msrs::from_entries(&entries).map_err(|_| Error::TooManyMsrs(chunk.len()))?;
+            let read = self
+                .fd
+                .get_msrs(&mut msrs)
+                .map_err(self.kvm_err("read MSRs"))?;
+            saved.extend_from_slice(&msrs.as_slice()[..read]);
+            // KVM stops at the first MSR it cannot read: skip that one.
+            rest = &rest[(read + 1).min(rest.len())..];
+        }
+        Msrs::from_entries(&saved).map_err(|_| Error::TooManyMsrs(saved.len()))
+    }
+
+    /// Puts back a saved state, in the order KVM needs: CPUID before
+    /// registers, the LAPIC before MSRs that arm its timer, pending events last.
+    pub fn restore_state(&self, state: &VcpuState) -> Result<(), Error> {
+        self.fd
+            .set_cpuid2(&state.cpuid)
+            .map_err(self.kvm_err("restore CPUID"))?;
+        if let Some(khz) = state.tsc_khz {
+            if self.fd.get_tsc_khz().ok() != Some(khz) {
+                self.fd
+                    .set_tsc_khz(khz)
+                    .map_err(self.kvm_err("restore the TSC frequency"))?;
+            }
+        }
+        self.fd
+            .set_mp_state(state.mp_state)
+            .map_err(self.kvm_err("restore the MP state"))?;
+        self.fd
+            .set_regs(&state.regs)
+            .map_err(self.kvm_err("restore registers"))?;
+        self.fd
+            .set_sregs(&state.sregs)
+            .map_err(self.kvm_err("restore sregs"))?;
+        // SAFETY: the buffer is a whole `kvm_xsave` read by KVM_GET_XSAVE, so
+        // KVM reads no more than the struct holds.
+        unsafe { self.fd.set_xsave(&state.xsave) }.map_err(self.kvm_err("restore XSAVE"))?;
+        self.fd
+            .set_xcrs(&state.xcrs)
+            .map_err(self.kvm_err("restore XCRs"))?;
+        self.fd
+            .set_debug_regs(&state.debug_regs)
+            .map_err(self.kvm_err("restore debug registers"))?;
+        self.fd
+            .set_lapic(&state.lapic)
+            .map_err(self.kvm_err("restore the LAPIC"))?;
+        let set = self
+            .fd
+            .set_msrs(&state.msrs)
+            .map_err(self.kvm_err("restore MSRs"))?;
+        if set != state.msrs.as_slice().len() {
+            return Err(Error::Msrs {
+                index: self.index,
+                set,
+                total: state.msrs.as_slice().len(),
+            });
+        }
+        self.fd
+            .set_vcpu_events(&state.vcpu_events)
+            .map_err(self.kvm_err("restore vCPU events"))
+    }
+
+    /// Starts the vCPU's thread; it runs the guest until told otherwise, or
+    /// with `paused` waits for a resume first.
+    pub fn start(
+        self,
+        buses: Arc<Buses>,
+        exit: Arc<ExitSignal>,
+        paused: bool,
+    ) -> Result<VcpuHandle, Error> {
         install_kick_handler()?;
         let index = self.index;
         let (command_tx, command_rx) = channel();
@@ -155,7 +317,7 @@ impl Vcpu {
                     commands: command_rx,
                     acks: ack_tx,
                 }
-                .run()
+                .run(paused)
             })
             .map_err(|source| Error::Spawn { index, source })?;
         Ok(VcpuHandle {
@@ -172,10 +334,11 @@ pub struct VcpuHandle {
     index: u8,
     thread: JoinHandle<()>,
     commands: Sender<Command>,
-    acks: Receiver<Command>,
+    acks: Receiver<Ack>,
 }
 
 impl VcpuHandle {
+    /// Sends `command` and kicks the thread out of guest mode to read it.
     fn send(&self, command: Command) -> Result<(), Error> {
         self.commands
             .send(command)
@@ -185,11 +348,24 @@ impl VcpuHandle {
             .map_err(|_| Error::Gone(self.index))
     }
 
-    fn wait(&self, command: Command) -> Result<(), Error> {
-        match self.acks.recv() {
-            Ok(ack) if ack == command => Ok(()),
-            _ => Err(Error::Gone(self.index)),
-        }
+    fn wait(&self) -> Result<Ack, Error> {
+        self.acks.recv().map_err(|_| Error::Gone(self.index))
+    }
+
+    /// Every vCPU's state; the vCPUs must be paused.
+    pub fn save_all(handles: &[VcpuHandle], msrs: &Arc<[u32]>) -> Result<Vec<VcpuState>, Error> {
+        handles.iter().try_for_each(|h| {
+            h.commands
+                .send(Command::Save(msrs.clone()))
+                .map_err(|_| Error::Gone(h.index))
+        })?;
+        handles
+            .iter()
+            .map(|h| match h.wait()? {
+                Ack::Saved(state) => state.map(|s| *s),
+                _ => Err(Error::Gone(h.index)),
+            })
+            .collect()
     }
 
     /// Stops every vCPU out of guest mode and waits until all have.
@@ -203,8 +379,13 @@ impl VcpuHandle {
 
     fn command_all(handles: &[VcpuHandle], command: Command) -> Result<(), Error> {
         // Kick all first, then collect: the vCPUs stop in parallel.
-        handles.iter().try_for_each(|h| h.send(command))?;
-        handles.iter().try_for_each(|h| h.wait(command))
+        handles.iter().try_for_each(|h| h.send(command.clone()))?;
+        handles
+            .iter()
+            .try_for_each(|h| match (h.wait()?, &command) {
+                (Ack::Paused, Command::Pause) | (Ack::Resumed, Command::Resume) => Ok(()),
+                _ => Err(Error::Gone(h.index)),
+            })
     }
 }
 
@@ -240,12 +421,15 @@ struct VcpuLoop {
     buses: Arc<Buses>,
     exit: Arc<ExitSignal>,
     commands: Receiver<Command>,
-    acks: Sender<Command>,
+    acks: Sender<Ack>,
 }
 
 impl VcpuLoop {
-    fn run(mut self) {
+    fn run(mut self, paused: bool) {
         KVM_RUN.with(|run| run.set(self.vcpu.fd.get_kvm_run()));
+        if paused && !self.serve_commands(true) {
+            return;
+        }
         loop {
             let index = self.vcpu.index;
             let stop = match self.vcpu.fd.run() {
@@ -282,7 +466,7 @@ impl VcpuLoop {
                 ))),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.vcpu.fd.set_kvm_immediate_exit(0);
-                    if self.serve_commands() {
+                    if self.serve_commands(false) {
                         None
                     } else {
                         return;
@@ -303,45 +487,43 @@ impl VcpuLoop {
         }
     }
 
-    /// Handles pending commands; false once the main thread is gone.
-    fn serve_commands(&mut self) -> bool {
+    /// Handles commands until the guest may run again: pending ones when
+    /// running, all until a resume when `paused`. False once the main thread is gone.
+    fn serve_commands(&mut self, mut paused: bool) -> bool {
         loop {
-            match self.commands.try_recv() {
-                Ok(Command::Pause) => {
-                    if self.acks.send(Command::Pause).is_err() {
-                        return false;
-                    }
-                    // Paused: block until resumed.
-                    loop {
-                        match self.commands.recv() {
-                            Ok(Command::Resume) => break,
-                            Ok(Command::Pause) => {
-                                if self.acks.send(Command::Pause).is_err() {
-                                    return false;
-                                }
-                            }
-                            Err(_) => return false,
-                        }
-                    }
-                    if self.acks.send(Command::Resume).is_err() {
-                        return false;
-                    }
+            let command = if paused {
+                match self.commands.recv() {
+                    Ok(command) => command,
+                    Err(_) => return false,
                 }
-                Ok(Command::Resume) => {
-                    if self.acks.send(Command::Resume).is_err() {
-                        return false;
-                    }
+            } else {
+                match self.commands.try_recv() {
+                    Ok(command) => command,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return true,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return false,
                 }
-                Err(std::sync::mpsc::TryRecvError::Empty) => return true,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => return false,
+            };
+            if let Command::Pause | Command::Resume = command {
+                paused = matches!(command, Command::Pause);
             }
+            if self.acks.send(self.answer(command)).is_err() {
+                return false;
+            }
+        }
+    }
+
+    fn answer(&self, command: Command) -> Ack {
+        match command {
+            Command::Pause => Ack::Paused,
+            Command::Resume => Ack::Resumed,
+            Command::Save(msrs) => Ack::Saved(self.vcpu.save_state(&msrs).map(Box::new)),
         }
     }
 
     /// After the guest stopped: keep acknowledging commands so nobody waits forever.
     fn park(&self) {
         while let Ok(command) = self.commands.recv() {
-            if self.acks.send(command).is_err() {
+            if self.acks.send(self.answer(command)).is_err() {
                 return;
             }
         }

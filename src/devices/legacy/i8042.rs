@@ -45,6 +45,14 @@ pub enum Error {
     Interrupt(String),
 }
 
+/// The controller's configuration byte and unread output, as a snapshot stores them.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    config: u8,
+    expecting_config: bool,
+    output: Vec<u8>,
+}
+
 pub struct I8042 {
     exit: Arc<ExitSignal>,
     irq: IrqLine,
@@ -62,6 +70,21 @@ impl I8042 {
             expecting_config: false,
             output: VecDeque::with_capacity(BUFFER_SIZE),
         }
+    }
+
+    pub fn save_state(&self) -> I8042State {
+        I8042State {
+            config: self.config,
+            expecting_config: self.expecting_config,
+            output: self.output.iter().copied().collect(),
+        }
+    }
+
+    /// Puts back a saved state; output beyond the controller's buffer is dropped.
+    pub fn restore_state(&mut self, state: &I8042State) {
+        self.config = state.config;
+        self.expecting_config = state.expecting_config;
+        self.output = state.output.iter().copied().take(BUFFER_SIZE).collect();
     }
 
     fn push(&mut self, bytes: &[u8]) -> Result<(), Error> {

@@ -3,7 +3,8 @@
 
 use std::io::Write;
 
-use vm_superio::serial::SerialEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -32,11 +33,42 @@ pub struct SerialDevice {
     uart: Serial<IrqLine, InputDrained, Box<dyn Write + Send>>,
 }
 
+/// The UART's registers and unread input, as a snapshot stores them.
+#[derive(Serialize, Deserialize)]
+pub struct SerialSnapshot(#[serde(with = "SerialStateDef")] SerialState);
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SerialState")]
+struct SerialStateDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
 impl SerialDevice {
-    pub fn new(irq: IrqLine, drained: InputDrained, out: Box<dyn Write + Send>) -> Self {
-        SerialDevice {
-            uart: Serial::with_events(irq, drained, out),
-        }
+    /// A UART at power-on, or in the state a snapshot saved.
+    pub fn new(
+        irq: IrqLine,
+        drained: InputDrained,
+        out: Box<dyn Write + Send>,
+        saved: Option<&SerialSnapshot>,
+    ) -> Result<Self, vm_superio::serial::Error<std::io::Error>> {
+        let uart = match saved {
+            Some(SerialSnapshot(state)) => Serial::from_state(state, irq, drained, out)?,
+            None => Serial::with_events(irq, drained, out),
+        };
+        Ok(SerialDevice { uart })
+    }
+
+    pub fn save_state(&self) -> SerialSnapshot {
+        SerialSnapshot(self.uart.state())
     }
 
     /// Queues host input for the guest; returns how many bytes fit.
@@ -95,7 +127,9 @@ mod tests {
             IrqLine(EventFd::new(EFD_NONBLOCK).unwrap()),
             InputDrained(drained.try_clone().unwrap()),
             Box::new(sink.clone()),
-        );
+            None,
+        )
+        .unwrap();
         for b in b"hi\n" {
             serial.write(0, &[*b]);
         }

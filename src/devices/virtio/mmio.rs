@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
+use crate::vstate::memory::GuestMemoryMmap;
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
     VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_mmio::*;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{Interrupt, VirtioDevice, INT_VRING, VIRTIO_F_VERSION_1};
@@ -41,6 +42,75 @@ pub enum Error {
     Queue(virtio_queue::Error),
     #[error("cannot create a queue eventfd: {0}")]
     Event(std::io::Error),
+    #[error(
+        "the saved device has {saved} queues where a device of type {device_type} has {expected}"
+    )]
+    QueueCount {
+        device_type: u32,
+        saved: usize,
+        expected: usize,
+    },
+}
+
+/// The transport's registers and queues, as a snapshot stores them.
+#[derive(Serialize, Deserialize)]
+pub struct TransportState {
+    device_type: u32,
+    status: u32,
+    features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    queue_select: u32,
+    activated: bool,
+    interrupt_status: u32,
+    #[serde(with = "queue_states")]
+    queues: Vec<QueueState>,
+}
+
+/// serde for virtio-queue's `QueueState`, whose fields are all public.
+mod queue_states {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use virtio_queue::QueueState;
+
+    type Fields = (u16, u16, u16, bool, u16, bool, u64, u64, u64);
+
+    pub fn serialize<S: Serializer>(queues: &[QueueState], s: S) -> Result<S::Ok, S::Error> {
+        let fields: Vec<Fields> = queues
+            .iter()
+            .map(|q| {
+                (
+                    q.max_size,
+                    q.next_avail,
+                    q.next_used,
+                    q.event_idx_enabled,
+                    q.size,
+                    q.ready,
+                    q.desc_table,
+                    q.avail_ring,
+                    q.used_ring,
+                )
+            })
+            .collect();
+        fields.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<QueueState>, D::Error> {
+        let fields = Vec::<Fields>::deserialize(d)?;
+        Ok(fields
+            .into_iter()
+            .map(|f| QueueState {
+                max_size: f.0,
+                next_avail: f.1,
+                next_used: f.2,
+                event_idx_enabled: f.3,
+                size: f.4,
+                ready: f.5,
+                desc_table: f.6,
+                avail_ring: f.7,
+                used_ring: f.8,
+            })
+            .collect())
+    }
 }
 
 impl MmioTransport {
@@ -71,6 +141,70 @@ impl MmioTransport {
             queue_select: 0,
             activated: false,
         })
+    }
+
+    pub fn save_state(&self) -> TransportState {
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            features_select: self.features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status(),
+            queues: self.queues.iter().map(Queue::state).collect(),
+        }
+    }
+
+    /// A transport for `device` in a saved state. The queues are checked as
+    /// when the driver set them up: a snapshot is input like any other.
+    pub fn restore(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        state: &TransportState,
+    ) -> Result<Self, Error> {
+        let expected = device.queue_max_sizes().len();
+        if state.device_type != device.device_type() || state.queues.len() != expected {
+            return Err(Error::QueueCount {
+                device_type: device.device_type(),
+                saved: state.queues.len(),
+                expected,
+            });
+        }
+        let mut transport = Self::new(device, mem, interrupt)?;
+        transport.queues = state
+            .queues
+            .iter()
+            .zip(transport.device.queue_max_sizes())
+            .map(|(&saved, &max_size)| {
+                Queue::try_from(QueueState { max_size, ..saved }).map_err(Error::Queue)
+            })
+            .collect::<Result<_, _>>()?;
+        transport.status = state.status;
+        transport.features_select = state.features_select;
+        transport.driver_features_select = state.driver_features_select;
+        transport.driver_features = state.driver_features;
+        transport.queue_select = state.queue_select;
+        transport.activated = state.activated
+            && transport
+                .queues
+                .iter()
+                .all(|q| !q.ready() || q.is_valid(&transport.mem));
+        transport.interrupt.restore(state.interrupt_status);
+        if transport.activated {
+            // A notification the guest sent just before the snapshot may not
+            // have been served: look at every queue once.
+            for evt in &transport.queue_events {
+                evt.write(1).map_err(Error::Event)?;
+            }
+            let used = transport
+                .device
+                .restored(&mut transport.queues, &transport.mem);
+            transport.notify(used);
+        }
+        Ok(transport)
     }
 
     /// One eventfd per queue, signalled when the guest notifies that queue.

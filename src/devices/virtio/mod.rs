@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use std::os::fd::RawFd;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bit every modern (virtio 1.x) device offers.
@@ -38,6 +38,11 @@ pub trait VirtioDevice: Send {
     /// Handles activity on `backend_fd`; `queues` is `None` until the driver
     /// is ready. True if any buffer was used.
     fn process_backend(&mut self, _queues: Option<&mut [Queue]>, _mem: &GuestMemoryMmap) -> bool {
+        false
+    }
+    /// Runs once after the device was restored from a snapshot, with the
+    /// driver ready; true if any buffer was used.
+    fn restored(&mut self, _queues: &mut [Queue], _mem: &GuestMemoryMmap) -> bool {
         false
     }
 }
@@ -77,6 +82,17 @@ impl Interrupt {
         self.status.fetch_or(bits, Ordering::SeqCst);
         if let Err(e) = self.irq.write(1) {
             log::warn!("virtio: cannot raise interrupt: {e}");
+        }
+    }
+
+    /// Puts back a saved status, and raises the IRQ if anything is pending,
+    /// since the guest may have been interrupted before it read the status.
+    fn restore(&self, status: u32) {
+        self.status.store(status, Ordering::SeqCst);
+        if status != 0 {
+            if let Err(e) = self.irq.write(1) {
+                log::warn!("virtio: cannot raise interrupt: {e}");
+            }
         }
     }
 

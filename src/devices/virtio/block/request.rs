@@ -136,10 +136,10 @@ pub fn parse<M: GuestMemory>(
 
 #[cfg(test)]
 mod tests {
+    use crate::vstate::memory::GuestMemoryMmap;
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestMemoryMmap;
 
     use super::*;
 

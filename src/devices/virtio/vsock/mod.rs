@@ -7,14 +7,18 @@ use std::os::fd::RawFd;
 use std::path::Path;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::Bytes;
 
 use self::hybrid::HybridBackend;
 use super::{read_config_space, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::vstate::memory::GuestMemoryMmap;
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
 const RX: usize = 0;
 const TX: usize = 1;
+const EVENT: usize = 2;
+/// `virtio_vsock_event.id` telling the driver every connection is gone.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 const QUEUE_SIZE: u16 = 256;
 
 pub use hybrid::Error;
@@ -104,5 +108,26 @@ impl VirtioDevice for Vsock {
     fn process_backend(&mut self, queues: Option<&mut [Queue]>, mem: &GuestMemoryMmap) -> bool {
         self.backend.process_host_events();
         queues.is_some_and(|q| self.fill_rx(q, mem))
+    }
+
+    /// The host ends of the guest's connections did not survive the snapshot:
+    /// tell the driver, as Firecracker does, so the guest drops them and listens anew.
+    fn restored(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        self.backend.reset_all();
+        let Some(events) = queues.get_mut(EVENT) else {
+            return false;
+        };
+        let Some(chain) = events.pop_descriptor_chain(mem) else {
+            log::warn!("vsock: no event buffer for the transport reset after restore");
+            return false;
+        };
+        let head = chain.head_index();
+        let written = chain
+            .writable()
+            .next()
+            .filter(|d| d.len() >= 4)
+            .and_then(|d| mem.write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr()).ok())
+            .map_or(0, |()| 4);
+        events.add_used(mem, head, written).is_ok()
     }
 }

@@ -3,10 +3,13 @@
 //! rx chain. Payload bytes stay in guest memory: callers move them straight
 //! between guest buffers and host sockets.
 
-use vm_memory::{
-    ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap,
-    VolatileSlice,
-};
+use vm_memory::bitmap::{AtomicBitmap, BS};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, VolatileSlice};
+
+use crate::vstate::memory::GuestMemoryMmap;
+
+/// A piece of a guest buffer; writes through it mark the pages dirty.
+pub type GuestSlice<'m> = VolatileSlice<'m, BS<'m, AtomicBitmap>>;
 
 use virtio_queue::desc::split::Descriptor;
 
@@ -156,7 +159,7 @@ impl RxBuffer {
         &self,
         mem: &'m GuestMemoryMmap,
         len: usize,
-    ) -> Result<Vec<VolatileSlice<'m>>, Error> {
+    ) -> Result<Vec<GuestSlice<'m>>, Error> {
         ranges(&self.descs, HEADER_LEN, len)
             .into_iter()
             .map(|(addr, len)| mem.get_slice(addr, len).map_err(|_| Error::Memory))

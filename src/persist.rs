@@ -1,0 +1,254 @@
+//! Snapshots of a microVM: what the state file holds, taking one from a
+//! paused VM, and bringing one back in a fresh ember.
+//!
+//! The container (magic, version, architecture, checksum) and the memory
+//! files are `ember-snapshot`'s; this module decides what goes in them.
+
+use std::fs::{File, OpenOptions};
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use ember_snapshot::{format, memory as memfile};
+use serde::{Deserialize, Serialize};
+
+use crate::arch::x86_64::layout::ram_ranges;
+use crate::builder::{self, DeviceStates, SavedVm};
+use crate::config::{
+    MemBackendType, SnapshotCreateConfig, SnapshotLoadConfig, SnapshotType, VmConfig,
+};
+use crate::exit::ExitSignal;
+use crate::vmm::{self, Vmm};
+use crate::vstate::memory::{self, GuestMemoryMmap};
+use crate::vstate::vcpu::VcpuState;
+use crate::vstate::vm::{self, VmState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the microVM must be paused first: PATCH /vm {{\"state\": \"Paused\"}}")]
+    NotPaused,
+    #[error(
+        "a Diff snapshot needs dirty-page tracking: set track_dirty_pages in machine-config, or when loading the snapshot"
+    )]
+    NoDirtyTracking,
+    #[error("cannot {what} '{path}': {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("snapshot '{path}': {source}")]
+    State { path: String, source: format::Error },
+    #[error("memory file '{path}': {source}")]
+    MemoryFile {
+        path: String,
+        source: memfile::Error,
+    },
+    #[error("snapshot '{path}' is inconsistent: {what}")]
+    Inconsistent { path: String, what: String },
+    #[error("vsock_override: the snapshot has no vsock device")]
+    NoVsockToOverride,
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    #[error(transparent)]
+    Vmm(#[from] vmm::Error),
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    #[error("cannot restore the microVM: {0}")]
+    Restore(#[from] builder::Error),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a str) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        what,
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// What a state file holds.
+#[derive(Serialize, Deserialize)]
+struct MicrovmState {
+    /// The configuration as `GET /vm/config` shows it. JSON inside the
+    /// binary payload: its optional fields are skipped when absent, which a
+    /// compact non-self-describing encoding cannot do.
+    config: String,
+    /// Where each guest memory region starts in the memory file.
+    mem_offsets: Vec<u64>,
+    vm: VmState,
+    vcpus: Vec<VcpuState>,
+    devices: DeviceStates,
+}
+
+/// Writes the paused `vmm`'s state and memory to the files `params` names.
+pub fn create(vmm: &Vmm, config: &VmConfig, params: &SnapshotCreateConfig) -> Result<(), Error> {
+    if !vmm.is_paused() {
+        return Err(Error::NotPaused);
+    }
+    if params.snapshot_type == SnapshotType::Diff && !vmm.vm().tracks_dirty_pages() {
+        return Err(Error::NoDirtyTracking);
+    }
+    let vcpus = vmm.save_vcpus()?;
+    let vm = vmm.vm().save_state()?;
+    let devices = DeviceStates::save(vmm.devices()).map_err(Error::Restore)?;
+    let mem_offsets = write_memory(vmm, params)?;
+    let state = MicrovmState {
+        config: serde_json::to_string(config).map_err(|e| Error::Inconsistent {
+            path: params.snapshot_path.clone(),
+            what: e.to_string(),
+        })?,
+        mem_offsets,
+        vm,
+        vcpus,
+        devices,
+    };
+
+    // Written aside and renamed, so a failure never leaves a torn snapshot
+    // where a good one was.
+    let path = &params.snapshot_path;
+    let partial = format!("{path}.partial");
+    let result = File::create(&partial)
+        .map_err(io_err("create", &partial))
+        .and_then(|file| {
+            format::save(&file, &state).map_err(|source| Error::State {
+                path: partial.clone(),
+                source,
+            })
+        })
+        .and_then(|()| std::fs::rename(&partial, path).map_err(io_err("write", path)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// Writes guest memory, all of it or the pages dirtied since the last
+/// snapshot, and starts a new dirty-page interval. Returns each region's
+/// offset in the file.
+fn write_memory(vmm: &Vmm, params: &SnapshotCreateConfig) -> Result<Vec<u64>, Error> {
+    let mem = vmm.mem();
+    let path = &params.mem_file_path;
+    let mem_err = |source| Error::MemoryFile {
+        path: path.clone(),
+        source,
+    };
+    let dirty = if vmm.vm().tracks_dirty_pages() {
+        let guest = vmm.vm().take_dirty_log(mem)?;
+        let devices = memory::take_vmm_dirty(mem);
+        Some(
+            guest
+                .into_iter()
+                .zip(devices)
+                .map(|(g, d)| g.iter().zip(&d).map(|(g, d)| g | d).collect::<Vec<u64>>())
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        None
+    };
+    let regions = guest_bytes(mem);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err("create", path))?;
+    match (params.snapshot_type, dirty) {
+        (SnapshotType::Diff, Some(dirty)) => {
+            let diff: Vec<memfile::DirtyRegion> = regions
+                .iter()
+                .zip(&dirty)
+                .map(|(data, bitmap)| memfile::DirtyRegion { data, bitmap })
+                .collect();
+            memfile::write_diff(&file, &diff).map_err(mem_err)
+        }
+        (SnapshotType::Diff, None) => Err(Error::NoDirtyTracking),
+        (SnapshotType::Full, _) => memfile::write_full(&file, &regions).map_err(mem_err),
+    }
+}
+
+/// Guest memory as byte slices, one per region.
+fn guest_bytes(mem: &GuestMemoryMmap) -> Vec<&[u8]> {
+    memory::host_ranges(mem)
+        .into_iter()
+        // SAFETY: each range is a live mapping owned by `mem`, which outlives
+        // the slices. The vCPUs are paused and devices only run on this thread,
+        // so nothing writes guest memory while the slices are read.
+        .map(|(host, len)| unsafe { std::slice::from_raw_parts(host.cast_const(), len) })
+        .collect()
+}
+
+/// Brings back the microVM `params` names; returns it with its configuration.
+pub fn load(params: &SnapshotLoadConfig, exit: Arc<ExitSignal>) -> Result<(Vmm, VmConfig), Error> {
+    let path = &params.snapshot_path;
+    let inconsistent = |what: String| Error::Inconsistent {
+        path: path.clone(),
+        what,
+    };
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let state: MicrovmState =
+        format::load(BufReader::new(file)).map_err(|source| Error::State {
+            path: path.clone(),
+            source,
+        })?;
+    let mut config: VmConfig = serde_json::from_str(&state.config)
+        .map_err(|e| inconsistent(format!("its configuration: {e}")))?;
+    let mut machine = config.machine_config.clone().unwrap_or_default();
+    machine
+        .validate()
+        .map_err(|e| inconsistent(format!("its machine configuration: {e}")))?;
+    machine.track_dirty_pages = params.track_dirty_pages || params.enable_diff_snapshots;
+    if let Some(vsock_override) = &params.vsock_override {
+        let vsock = config.vsock.as_mut().ok_or(Error::NoVsockToOverride)?;
+        vsock.uds_path = vsock_override.uds_path.clone();
+    }
+    let regions = ram_ranges(machine.mem_size_mib << 20);
+    if state.mem_offsets.len() != regions.len() {
+        return Err(inconsistent(format!(
+            "{} memory regions for {} MiB, which has {}",
+            state.mem_offsets.len(),
+            machine.mem_size_mib,
+            regions.len()
+        )));
+    }
+
+    let backend = params.backend().map_err(|e| inconsistent(e.to_string()))?;
+    let backend_path = &backend.backend_path;
+    let (mem, memory_backend) = match backend.backend_type {
+        MemBackendType::File => {
+            let file = File::open(backend_path).map_err(io_err("open", backend_path))?;
+            let size: u64 = regions.iter().map(|&(_, len)| len).sum();
+            memfile::check_size(&file, size).map_err(|source| Error::MemoryFile {
+                path: backend_path.clone(),
+                source,
+            })?;
+            let mem = memory::from_file(&file, machine.mem_size_mib, &state.mem_offsets)?;
+            (mem, None)
+        }
+        MemBackendType::Uffd => {
+            let mem = memory::create(machine.mem_size_mib)?;
+            let served =
+                memory::serve_with_uffd(&mem, &state.mem_offsets, Path::new(backend_path))?;
+            (mem, Some(served))
+        }
+    };
+
+    let saved = SavedVm {
+        machine: &machine,
+        drives: &config.drives,
+        vsock: config.vsock.as_ref(),
+        vm: &state.vm,
+        vcpus: &state.vcpus,
+        devices: &state.devices,
+    };
+    let vmm = builder::restore(
+        saved,
+        mem,
+        memory_backend,
+        !params.resume_vm,
+        params.clock_realtime,
+        exit,
+    )?;
+    config.machine_config = Some(machine);
+    Ok((vmm, config))
+}
