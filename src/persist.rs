@@ -91,33 +91,36 @@ pub fn create(vmm: &Vmm, config: &VmConfig, params: &SnapshotCreateConfig) -> Re
     let vcpus = vmm.save_vcpus()?;
     let vm = vmm.vm().save_state()?;
     let devices = DeviceStates::save(vmm.devices()).map_err(Error::Restore)?;
-    let mem_offsets = write_memory(vmm, params)?;
-    let state = MicrovmState {
-        config: serde_json::to_string(config).map_err(|e| Error::Inconsistent {
-            path: params.snapshot_path.clone(),
-            what: e.to_string(),
-        })?,
-        mem_offsets,
-        vm,
-        vcpus,
-        devices,
-    };
+    let config = serde_json::to_string(config).map_err(|e| Error::Inconsistent {
+        path: params.snapshot_path.clone(),
+        what: e.to_string(),
+    })?;
 
-    // Written aside and renamed, so a failure never leaves a torn snapshot
-    // where a good one was.
-    let path = &params.snapshot_path;
-    let partial = format!("{path}.partial");
-    let result = File::create(&partial)
-        .map_err(io_err("create", &partial))
-        .and_then(|file| {
-            format::save(&file, &state).map_err(|source| Error::State {
-                path: partial.clone(),
-                source,
-            })
-        })
-        .and_then(|()| std::fs::rename(&partial, path).map_err(io_err("write", path)));
+    // Both files are written aside and renamed into place once complete, so
+    // a failure never leaves a torn snapshot where a good one was.
+    let mem_partial = format!("{}.partial", params.mem_file_path);
+    let state_partial = format!("{}.partial", params.snapshot_path);
+    let result = write_memory(vmm, params.snapshot_type, &mem_partial).and_then(|mem_offsets| {
+        let state = MicrovmState {
+            config,
+            mem_offsets,
+            vm,
+            vcpus,
+            devices,
+        };
+        let file = File::create(&state_partial).map_err(io_err("create", &state_partial))?;
+        format::save(&file, &state).map_err(|source| Error::State {
+            path: state_partial.clone(),
+            source,
+        })?;
+        std::fs::rename(&mem_partial, &params.mem_file_path)
+            .map_err(io_err("write", &params.mem_file_path))?;
+        std::fs::rename(&state_partial, &params.snapshot_path)
+            .map_err(io_err("write", &params.snapshot_path))
+    });
     if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
+        let _ = std::fs::remove_file(&mem_partial);
+        let _ = std::fs::remove_file(&state_partial);
     }
     result
 }
@@ -125,11 +128,10 @@ pub fn create(vmm: &Vmm, config: &VmConfig, params: &SnapshotCreateConfig) -> Re
 /// Writes guest memory, all of it or the pages dirtied since the last
 /// snapshot, and starts a new dirty-page interval. Returns each region's
 /// offset in the file.
-fn write_memory(vmm: &Vmm, params: &SnapshotCreateConfig) -> Result<Vec<u64>, Error> {
+fn write_memory(vmm: &Vmm, kind: SnapshotType, path: &str) -> Result<Vec<u64>, Error> {
     let mem = vmm.mem();
-    let path = &params.mem_file_path;
     let mem_err = |source| Error::MemoryFile {
-        path: path.clone(),
+        path: path.to_string(),
         source,
     };
     let dirty = if vmm.vm().tracks_dirty_pages() {
@@ -153,7 +155,7 @@ fn write_memory(vmm: &Vmm, params: &SnapshotCreateConfig) -> Result<Vec<u64>, Er
         .truncate(true)
         .open(path)
         .map_err(io_err("create", path))?;
-    match (params.snapshot_type, dirty) {
+    match (kind, dirty) {
         (SnapshotType::Diff, Some(dirty)) => {
             let diff: Vec<memfile::DirtyRegion> = regions
                 .iter()

@@ -4,10 +4,12 @@
 //!   checksummed container for any serde-serializable state.
 //! - [`memory`]: guest memory files, full and sparse diff, and merging a
 //!   diff onto its base.
+//! - [`uffd`]: the page-fault handler that serves restored VMs' memory from
+//!   a memory file, on demand or prefetching a recorded working set.
 //!
-//! The VM, vCPU and device state types that go into the state file, the
-//! userfaultfd handshake and the page-fault handler that serves a memory
-//! file lazily come later.
+//! What goes into the state file (vCPU, VM and device state) is the VMM's
+//! business; this crate knows nothing of KVM.
 
 pub mod format;
 pub mod memory;
+pub mod uffd;
