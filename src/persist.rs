@@ -100,7 +100,14 @@ pub fn create(vmm: &Vmm, config: &VmConfig, params: &SnapshotCreateConfig) -> Re
     // a failure never leaves a torn snapshot where a good one was.
     let mem_partial = format!("{}.partial", params.mem_file_path);
     let state_partial = format!("{}.partial", params.snapshot_path);
-    let result = write_memory(vmm, params.snapshot_type, &mem_partial).and_then(|mem_offsets| {
+    let dirty = take_dirty_pages(vmm)?;
+    let result = write_memory(
+        vmm.mem(),
+        params.snapshot_type,
+        dirty.as_deref(),
+        &mem_partial,
+    )
+    .and_then(|mem_offsets| {
         let state = MicrovmState {
             config,
             mem_offsets,
@@ -121,31 +128,43 @@ pub fn create(vmm: &Vmm, config: &VmConfig, params: &SnapshotCreateConfig) -> Re
     if result.is_err() {
         let _ = std::fs::remove_file(&mem_partial);
         let _ = std::fs::remove_file(&state_partial);
+        // The next diff must still hold what this failed snapshot would have.
+        if let Some(dirty) = &dirty {
+            memory::mark_dirty(vmm.mem(), dirty);
+        }
     }
     result
 }
 
-/// Writes guest memory, all of it or the pages dirtied since the last
-/// snapshot, and starts a new dirty-page interval. Returns each region's
-/// offset in the file.
-fn write_memory(vmm: &Vmm, kind: SnapshotType, path: &str) -> Result<Vec<u64>, Error> {
-    let mem = vmm.mem();
+/// The pages written since the last snapshot, by the guest or by ember's
+/// devices, per region; taking them starts a new interval. `None` without
+/// dirty-page tracking.
+fn take_dirty_pages(vmm: &Vmm) -> Result<Option<Vec<Vec<u64>>>, Error> {
+    if !vmm.vm().tracks_dirty_pages() {
+        return Ok(None);
+    }
+    let guest = vmm.vm().take_dirty_log(vmm.mem())?;
+    let devices = memory::take_vmm_dirty(vmm.mem());
+    Ok(Some(
+        guest
+            .into_iter()
+            .zip(devices)
+            .map(|(g, d)| g.iter().zip(&d).map(|(g, d)| g | d).collect())
+            .collect(),
+    ))
+}
+
+/// Writes guest memory to `path`, all of it or only the `dirty` pages.
+/// Returns each region's offset in the file.
+fn write_memory(
+    mem: &GuestMemoryMmap,
+    kind: SnapshotType,
+    dirty: Option<&[Vec<u64>]>,
+    path: &str,
+) -> Result<Vec<u64>, Error> {
     let mem_err = |source| Error::MemoryFile {
         path: path.to_string(),
         source,
-    };
-    let dirty = if vmm.vm().tracks_dirty_pages() {
-        let guest = vmm.vm().take_dirty_log(mem)?;
-        let devices = memory::take_vmm_dirty(mem);
-        Some(
-            guest
-                .into_iter()
-                .zip(devices)
-                .map(|(g, d)| g.iter().zip(&d).map(|(g, d)| g | d).collect::<Vec<u64>>())
-                .collect::<Vec<_>>(),
-        )
-    } else {
-        None
     };
     let regions = guest_bytes(mem);
     let file = OpenOptions::new()
@@ -159,7 +178,7 @@ fn write_memory(vmm: &Vmm, kind: SnapshotType, path: &str) -> Result<Vec<u64>, E
         (SnapshotType::Diff, Some(dirty)) => {
             let diff: Vec<memfile::DirtyRegion> = regions
                 .iter()
-                .zip(&dirty)
+                .zip(dirty)
                 .map(|(data, bitmap)| memfile::DirtyRegion { data, bitmap })
                 .collect();
             memfile::write_diff(&file, &diff).map_err(mem_err)

@@ -267,6 +267,14 @@ fn a_diff_merged_onto_its_base_equals_a_full_snapshot_and_restores() {
     ember.write_stdin(b"between the snapshots\n");
     ember.expect_line("between the snapshots", BOOT);
     ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    // A diff that cannot be written loses nothing: the next one holds its pages.
+    let unwritable = json!({"snapshot_type": "Diff", "snapshot_path": dir.path("lost.snap"),
+                            "mem_file_path": dir.path("no-such-dir/lost.mem")})
+    .to_string();
+    let (status, body) = ember.api("PUT", "/snapshot/create", &unwritable);
+    assert_eq!(status, 400);
+    assert!(body.contains("no-such-dir"), "{body}");
+    assert!(!dir.path("lost.snap").exists() && !dir.path("lost.snap.partial").exists());
     ember.ok("PUT", "/snapshot/create", &create("Diff", "diff"));
     ember.ok("PUT", "/snapshot/create", &create("Full", "full"));
     drop(ember);

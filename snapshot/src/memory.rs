@@ -14,7 +14,7 @@
 //! guest zeroed would then be lost.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -65,16 +65,40 @@ pub struct DirtyRegion<'a> {
     pub bitmap: &'a [u64],
 }
 
-/// Writes `regions` back to back into `out` and returns the file offset of
-/// each.
-pub fn write_full<W: Write>(mut out: W, regions: &[&[u8]]) -> Result<Vec<u64>, Error> {
-    let (offsets, _) = layout(regions.iter().map(|r| r.len()))?;
-    for region in regions {
-        out.write_all(region)
-            .map_err(io_error("writing the memory file"))?;
+/// Replaces the contents of `file` with `regions` back to back and returns
+/// the file offset of each.
+///
+/// Pages of zeros are left as holes: most of a function's guest memory was
+/// never touched, so the file is written (and later read) at the size of
+/// what the guest used, not of what it was given.
+pub fn write_full(file: &File, regions: &[&[u8]]) -> Result<Vec<u64>, Error> {
+    let (offsets, total) = layout(regions.iter().map(|r| r.len()))?;
+    file.set_len(0)
+        .and_then(|()| file.set_len(total))
+        .map_err(io_error("sizing the memory file"))?;
+    let page = PAGE_SIZE as usize;
+    for (region, &offset) in regions.iter().zip(&offsets) {
+        let mut at = 0;
+        while at < region.len() {
+            if is_zero(&region[at..at + page]) {
+                at += page;
+                continue;
+            }
+            let start = at;
+            while at < region.len() && !is_zero(&region[at..at + page]) {
+                at += page;
+            }
+            file.write_all_at(&region[start..at], offset + start as u64)
+                .map_err(io_error("writing the memory file"))?;
+        }
     }
-    out.flush().map_err(io_error("writing the memory file"))?;
     Ok(offsets)
+}
+
+/// Whether `page` is all zeros; OR-folds fixed chunks so it vectorizes.
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks(64)
+        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Replaces the contents of `file` with a sparse diff of `regions`: the full
@@ -332,6 +356,21 @@ mod tests {
         assert_eq!(offsets, [0, 2 * PAGE_SIZE]);
         assert_eq!(t.contents(), [r0, r1].concat());
         check_size(&t.file, 5 * PAGE_SIZE).unwrap();
+    }
+
+    #[test]
+    fn zero_pages_of_a_full_file_are_holes() {
+        let mut region = vec![0u8; 6 * P];
+        region[P] = 1;
+        region[2 * P + 7] = 2;
+        region[5 * P - 1] = 3;
+        let t = Temp::new();
+        write_full(&t.file, &[&region]).unwrap();
+        assert_eq!(t.contents(), region);
+        assert_eq!(
+            data_extents(&t.file).unwrap(),
+            page_ranges(&[(1, 3), (4, 5)])
+        );
     }
 
     #[test]

@@ -98,6 +98,22 @@ pub fn take_vmm_dirty(mem: &GuestMemoryMmap) -> Vec<Vec<u64>> {
         .collect()
 }
 
+/// Marks the pages of `bitmaps` (one per region, as [`take_vmm_dirty`]
+/// returns them) dirty again, for a snapshot that could not be written.
+pub fn mark_dirty(mem: &GuestMemoryMmap, bitmaps: &[Vec<u64>]) {
+    for (region, bitmap) in mem.iter().zip(bitmaps) {
+        let dirty = std::ops::Deref::deref(region).bitmap();
+        for (word_index, &word) in bitmap.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let page = word_index * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                dirty.set_addr_range(page * PAGE_SIZE, PAGE_SIZE);
+            }
+        }
+    }
+}
+
 /// What keeps userfaultfd-served memory alive: the uffd itself (so if the
 /// handler dies the guest stalls rather than reading zeros) and the socket to
 /// the handler, whose closing tells it this VM is gone.
@@ -192,6 +208,8 @@ mod tests {
             "the VMM's write is in the dirty bitmap"
         );
         assert_eq!(take_vmm_dirty(&mem)[0][0], 0, "reading clears it");
+        mark_dirty(&mem, &dirty);
+        assert_eq!(take_vmm_dirty(&mem), dirty, "marked again");
         std::fs::remove_file(path).unwrap();
     }
 }
