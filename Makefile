@@ -1,20 +1,32 @@
 # The two commands README.md gives, and their parts.
-.PHONY: demo test guests bench check
+.PHONY: demo test guests bench check deps build
 
 # Builds ember and its guests, boots a microVM and prints its console and stage timings,
-# then boots a function unikernel, invokes it several times and prints the timings.
-demo: guests
+# then boots a function unikernel, invokes it several times and prints the timings,
+# then snapshots it and times cold starts from the snapshot with each memory backend.
+demo: guests build
 	cargo bench --bench boot -- --demo
 	cargo bench --bench function -- --demo
+	cargo bench --bench snapshot -- --demo
 
 # Everything CI runs: lints, the whole test suite, and the benchmarks in their short modes.
-test: guests check
+test: guests check build
 	cargo test --workspace --release
 	cd resources/unikernel && cargo test -p rt
 	cargo bench --bench boot -- --short
 	cargo bench --bench function -- --short
+	cargo bench --bench snapshot -- --short
 
-check:
+# ember, ember-snapshot and ember-jailer, which the tests and benchmarks run.
+build: deps
+	cargo build --release --workspace
+
+# userfaultfd-sys generates its bindings with bindgen, which needs libclang.
+deps:
+	@ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq libclang-dev)
+
+check: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cd resources/unikernel && cargo fmt --all -- --check && cargo clippy --release --all-targets -- -D warnings
@@ -23,6 +35,7 @@ check:
 guests:
 	bash resources/guests.sh
 
-bench: guests
+bench: guests build
 	cargo bench --bench boot
 	cargo bench --bench function
+	cargo bench --bench snapshot

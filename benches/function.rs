@@ -195,28 +195,7 @@ fn main() {
         &rss,
     ];
     println!("\nember function benchmark (echo and sha256 unikernels, PVH, {GUEST_MEM_MIB} MiB, 1 vCPU)\n");
-    println!(
-        "{:<40} {:>7} {:>10} {:>10} {:>10} {:>10}  unit",
-        "measure", "runs", "min", "p50", "p99", "max"
-    );
-    let mut results = Vec::new();
-    for s in all {
-        let sorted = s.sorted();
-        let (min, p50, p99, max) = (
-            sorted[0],
-            s.percentile(50.0),
-            s.percentile(99.0),
-            sorted[sorted.len() - 1],
-        );
-        println!(
-            "{:<40} {:>7} {min:>10.0} {p50:>10.0} {p99:>10.0} {max:>10.0}  {}",
-            s.name,
-            sorted.len(),
-            s.unit
-        );
-        results.push(json!({"name": s.name, "unit": s.unit, "runs": sorted.len(),
-            "min": min, "p50": p50, "p99": p99, "max": max, "samples": sorted}));
-    }
+    let results = common::print_table(&all);
     // The whole call also moves 16 MiB into the guest, so this bounds the
     // guest's hashing slowdown from above.
     let ratio = guest_sha.sorted()[0] / host_sha.sorted()[0];

@@ -207,11 +207,38 @@ impl DeviceStates {
     }
 }
 
+/// The host side of the virtio devices, the drives' files and the vsock
+/// socket: opened before the VM exists, so a bad path fails fast and leaves
+/// no VM to tear down.
+struct Backends {
+    disks: Vec<Arc<Mutex<Disk>>>,
+    vsock: Option<Vsock>,
+}
+
+fn open_backends(layout: &DeviceLayout) -> Result<Backends, Error> {
+    let disks = layout
+        .drives
+        .iter()
+        .map(|&(drive, _, _)| {
+            Ok(Arc::new(Mutex::new(Disk::open(
+                Path::new(drive.path()),
+                drive.is_read_only,
+            )?)))
+        })
+        .collect::<Result<_, Error>>()?;
+    let vsock = layout
+        .vsock
+        .map(|(config, _, _)| Vsock::new(u64::from(config.guest_cid), Path::new(&config.uds_path)))
+        .transpose()?;
+    Ok(Backends { disks, vsock })
+}
+
 /// Creates the devices of `layout` on `vm`, at power-on or as `saved` left them.
 fn create_devices(
     vm: &vm::Vm,
     mem: &GuestMemoryMmap,
     layout: &DeviceLayout,
+    backends: Backends,
     boot_timer: Option<Instant>,
     exit: &Arc<ExitSignal>,
     saved: Option<&DeviceStates>,
@@ -309,11 +336,7 @@ fn create_devices(
         Ok::<_, Error>(interrupt)
     };
     let mut drives = Vec::with_capacity(layout.drives.len());
-    for &(drive, address, irq) in &layout.drives {
-        let disk = Arc::new(Mutex::new(Disk::open(
-            Path::new(drive.path()),
-            drive.is_read_only,
-        )?));
+    for (&(drive, address, irq), disk) in layout.drives.iter().zip(backends.disks) {
         let cache = match drive.cache_type {
             CacheType::Unsafe => block::CacheType::Unsafe,
             CacheType::Writeback => block::CacheType::Writeback,
@@ -326,8 +349,7 @@ fn create_devices(
             interrupt,
         });
     }
-    if let Some((config, address, irq)) = layout.vsock {
-        let device = Vsock::new(u64::from(config.guest_cid), Path::new(&config.uds_path))?;
+    if let (Some((_, address, irq)), Some(device)) = (layout.vsock, backends.vsock) {
         attach(Box::new(device), address, irq)?;
     }
     Ok((
@@ -401,6 +423,7 @@ pub fn build(
         mem_size,
         machine.vcpu_count,
     )?;
+    let backends = open_backends(&layout)?;
     stages.mark("boot params");
 
     // ...then what needs the VM.
@@ -408,7 +431,7 @@ pub fn build(
     stages.mark("vm ready");
 
     let boot_timer = options.boot_timer.then_some(options.start);
-    let (buses, devices) = create_devices(&vm, &mem, &layout, boot_timer, &exit, None)?;
+    let (buses, devices) = create_devices(&vm, &mem, &layout, backends, boot_timer, &exit, None)?;
     stages.mark("devices");
 
     let vcpus = (0..machine.vcpu_count)
@@ -466,28 +489,65 @@ pub fn restore(
             "the snapshot's vCPU states do not match its vCPU count",
         ));
     }
-    let vm = vm::Vm::new(&mem, saved.machine.track_dirty_pages)?;
-    vm.restore_state(saved.vm, clock_realtime)?;
-    stages.mark("vm");
-
     let layout = device_layout(saved.drives, saved.vsock)?;
-    let (buses, devices) = create_devices(&vm, &mem, &layout, None, &exit, Some(saved.devices))?;
-    stages.mark("devices");
+    let backends = open_backends(&layout)?;
+    let vm = vm::Vm::new(&mem, saved.machine.track_dirty_pages)?;
+    stages.mark("vm");
+    match restore_on(
+        &vm,
+        &mem,
+        &saved,
+        &layout,
+        backends,
+        paused,
+        clock_realtime,
+        &exit,
+        &mut stages,
+    ) {
+        Ok((handles, devices)) => {
+            stages.log("snapshot restore");
+            Ok(Vmm::new(vm, mem, handles, devices, paused, memory_backend))
+        }
+        Err(e) => {
+            // Destroying a VM takes milliseconds: keep it off the error reply.
+            let _ = std::thread::Builder::new()
+                .name("ember_vmdrop".into())
+                .spawn(move || drop((vm, mem)));
+            Err(e)
+        }
+    }
+}
 
+#[allow(clippy::too_many_arguments)]
+fn restore_on(
+    vm: &vm::Vm,
+    mem: &GuestMemoryMmap,
+    saved: &SavedVm,
+    layout: &DeviceLayout,
+    backends: Backends,
+    paused: bool,
+    clock_realtime: bool,
+    exit: &Arc<ExitSignal>,
+    stages: &mut Stages,
+) -> Result<(Vec<VcpuHandle>, Devices), Error> {
+    vm.restore_state(saved.vm, clock_realtime)?;
+    stages.mark("vm state");
+    let (buses, devices) =
+        create_devices(vm, mem, layout, backends, None, exit, Some(saved.devices))?;
+    stages.mark("devices");
     let vcpus = saved
         .vcpus
         .iter()
         .enumerate()
         .map(|(index, state)| {
-            let vcpu = Vcpu::new(&vm, index as u8)?;
+            let vcpu = Vcpu::new(vm, index as u8)?;
             vcpu.restore_state(state)?;
             Ok(vcpu)
         })
         .collect::<Result<Vec<_>, vcpu::Error>>()?;
-    let handles = start_vcpus(vcpus, buses, &exit, paused)?;
+    let handles = start_vcpus(vcpus, buses, exit, paused)?;
     stages.mark("vcpus");
-    stages.log("snapshot restore");
-    Ok(Vmm::new(vm, mem, handles, devices, paused, memory_backend))
+    Ok((handles, devices))
 }
 
 /// Times the steps of a start for the log, so "where the time goes" is one

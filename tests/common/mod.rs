@@ -582,3 +582,30 @@ impl Drop for UffdHandler {
         let _ = self.child.wait();
     }
 }
+
+/// Prints one row per measure (runs, min, p50, p99, max) and returns them as JSON.
+pub fn print_table(all: &[&Samples]) -> Vec<serde_json::Value> {
+    println!(
+        "{:<44} {:>6} {:>10} {:>10} {:>10} {:>10}  unit",
+        "measure", "runs", "min", "p50", "p99", "max"
+    );
+    all.iter()
+        .map(|s| {
+            let sorted = s.sorted();
+            let (min, p50, p99, max) = (
+                sorted[0],
+                s.percentile(50.0),
+                s.percentile(99.0),
+                sorted[sorted.len() - 1],
+            );
+            println!(
+                "{:<44} {:>6} {min:>10.0} {p50:>10.0} {p99:>10.0} {max:>10.0}  {}",
+                s.name,
+                sorted.len(),
+                s.unit
+            );
+            serde_json::json!({"name": s.name, "unit": s.unit, "runs": sorted.len(),
+                "min": min, "p50": p50, "p99": p99, "max": max, "samples": sorted})
+        })
+        .collect()
+}
