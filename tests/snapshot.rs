@@ -125,15 +125,23 @@ fn full_snapshot_restored_from_its_file_answers_invocations() {
 }
 
 #[test]
-fn test_guest_console_carries_on_after_a_restore() {
+fn test_guest_console_carries_on_after_a_restore_and_its_drive_is_reopened() {
     require_kvm();
     let dir = TempDir::new("snap-console");
+    let disk = dir.disk("data.img", 8, b"drive data");
     let mut ember = Ember::with_api(&dir, &[]);
     ember.ok(
         "PUT",
         "/boot-source",
         &json!({"kernel_image_path": artifact("test-elf"), "boot_args": "console=ttyS0 ember.echo"})
             .to_string(),
+    );
+    ember.ok(
+        "PUT",
+        "/drives/data",
+        &json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false,
+                "is_read_only": true})
+        .to_string(),
     );
     ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     ember.expect_line("echo: ready", BOOT);
@@ -150,15 +158,25 @@ fn test_guest_console_carries_on_after_a_restore() {
         &json!({"snapshot_path": snap.state, "mem_file_path": snap.mem}).to_string(),
     );
     drop(ember);
+    let load = json!({"snapshot_path": snap.state, "mem_file_path": snap.mem, "resume_vm": true})
+        .to_string();
+
+    // The drive is opened again from its path: without the file, no restore.
+    let moved = dir.path("moved.img");
+    std::fs::rename(&disk, &moved).unwrap();
+    let refused_dir = TempDir::new("snap-console-no-drive");
+    let refused = Ember::with_api(&refused_dir, &[]);
+    let (status, body) = refused.api("PUT", "/snapshot/load", &load);
+    assert_eq!(status, 400);
+    assert!(body.contains("data.img"), "{body}");
+    assert_eq!(state(&refused), "Not started");
+    std::fs::rename(&moved, &disk).unwrap();
 
     let restored_dir = TempDir::new("snap-console-restore");
     let mut restored = Ember::with_api(&restored_dir, &[]);
-    restored.ok(
-        "PUT",
-        "/snapshot/load",
-        &json!({"snapshot_path": snap.state, "mem_file_path": snap.mem, "resume_vm": true})
-            .to_string(),
-    );
+    restored.ok("PUT", "/snapshot/load", &load);
+    let (_, config) = restored.api("GET", "/vm/config", "");
+    assert!(config.contains("data.img"), "{config}");
     restored.write_stdin(b"typed after restore\n");
     restored.expect_line("typed after restore", BOOT);
     assert!(
