@@ -36,6 +36,7 @@ use crate::devices::virtio::vsock::{self, Vsock};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::IrqLine;
 use crate::exit::ExitSignal;
+use crate::seccomp::Filters;
 use crate::vmm::{Devices, Drive, Vmm};
 use crate::vstate::memory::{self, MemoryBackend};
 use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuHandle, VcpuState};
@@ -92,6 +93,8 @@ pub struct BuildOptions {
     /// Adds Firecracker's boot-timer device, timing from `start`.
     pub boot_timer: bool,
     pub start: Instant,
+    /// What the vCPU threads install before they run the guest.
+    pub seccomp: Filters,
 }
 
 /// A VM being made ready off the start path.
@@ -443,7 +446,7 @@ pub fn build(
         })
         .collect::<Result<Vec<_>, vcpu::Error>>()?;
 
-    let handles = start_vcpus(vcpus, buses, &exit, false)?;
+    let handles = start_vcpus(vcpus, buses, &exit, false, &options.seccomp)?;
     stages.mark("vcpus");
     stages.log("InstanceStart");
     Ok(Vmm::new(vm, mem, handles, devices, false, None))
@@ -454,11 +457,12 @@ fn start_vcpus(
     buses: Buses,
     exit: &Arc<ExitSignal>,
     paused: bool,
+    seccomp: &Filters,
 ) -> Result<Vec<VcpuHandle>, Error> {
     let buses = Arc::new(buses);
     Ok(vcpus
         .into_iter()
-        .map(|vcpu| vcpu.start(buses.clone(), exit.clone(), paused))
+        .map(|vcpu| vcpu.start(buses.clone(), exit.clone(), paused, seccomp.clone()))
         .collect::<Result<Vec<_>, _>>()?)
 }
 
@@ -482,6 +486,7 @@ pub fn restore(
     paused: bool,
     clock_realtime: bool,
     exit: Arc<ExitSignal>,
+    seccomp: &Filters,
 ) -> Result<Vmm, Error> {
     let mut stages = Stages::new();
     if saved.vcpus.len() != usize::from(saved.machine.vcpu_count) {
@@ -502,6 +507,7 @@ pub fn restore(
         paused,
         clock_realtime,
         &exit,
+        seccomp,
         &mut stages,
     ) {
         Ok((handles, devices)) => {
@@ -528,6 +534,7 @@ fn restore_on(
     paused: bool,
     clock_realtime: bool,
     exit: &Arc<ExitSignal>,
+    seccomp: &Filters,
     stages: &mut Stages,
 ) -> Result<(Vec<VcpuHandle>, Devices), Error> {
     vm.restore_state(saved.vm, clock_realtime)?;
@@ -545,7 +552,7 @@ fn restore_on(
             Ok(vcpu)
         })
         .collect::<Result<Vec<_>, vcpu::Error>>()?;
-    let handles = start_vcpus(vcpus, buses, exit, paused)?;
+    let handles = start_vcpus(vcpus, buses, exit, paused, seccomp)?;
     stages.mark("vcpus");
     Ok((handles, devices))
 }

@@ -6,6 +6,7 @@ use log::LevelFilter;
 
 use crate::config::is_valid_id;
 use crate::logger::parse_level;
+use crate::seccomp::ThreadKind;
 
 pub const DEFAULT_API_SOCK: &str = "/run/ember.socket";
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
@@ -24,6 +25,8 @@ usage: ember [options]
   --show-level         put the level in each log line
   --show-log-origin    put the source file and line in each log line
   --boot-timer         log the time from InstanceStart to the guest's boot-complete signal
+  --no-seccomp         run without seccomp filters
+  --seccomp-filter PATH  use these filters (JSON, as resources/seccomp/x86_64.json) instead of the built-in ones
   --version            print the version and exit
   --help               print this help and exit";
 
@@ -37,6 +40,17 @@ pub struct Args {
     pub show_level: bool,
     pub show_log_origin: bool,
     pub boot_timer: bool,
+    pub seccomp: Seccomp,
+    /// Test hook: the kind of thread that breaks its seccomp filter on purpose.
+    pub seccomp_selftest: Option<ThreadKind>,
+}
+
+/// Which seccomp filters to install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seccomp {
+    Builtin,
+    Custom(String),
+    Disabled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,20 +76,27 @@ pub enum Error {
     Level(String),
     #[error("--no-api requires --config-file")]
     NoApiWithoutConfig,
+    #[error("--no-seccomp and --seccomp-filter exclude each other")]
+    SeccompConflict,
+    #[error("invalid --seccomp-selftest '{0}': use vmm, api or vcpu")]
+    SelftestKind(String),
 }
 
-const VALUE_FLAGS: [&str; 5] = [
+const VALUE_FLAGS: [&str; 7] = [
     "--api-sock",
     "--config-file",
     "--id",
     "--level",
     "--log-path",
+    "--seccomp-filter",
+    "--seccomp-selftest",
 ];
-const SWITCHES: [&str; 5] = [
+const SWITCHES: [&str; 6] = [
     "--no-api",
     "--boot-timer",
     "--show-level",
     "--show-log-origin",
+    "--no-seccomp",
     "--help",
 ];
 
@@ -145,6 +166,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Error>
     } else {
         Some(value("--api-sock").unwrap_or_else(|| DEFAULT_API_SOCK.to_string()))
     };
+    let seccomp = match (has("--no-seccomp"), value("--seccomp-filter")) {
+        (true, Some(_)) => return Err(Error::SeccompConflict),
+        (true, None) => Seccomp::Disabled,
+        (false, Some(path)) => Seccomp::Custom(path),
+        (false, None) => Seccomp::Builtin,
+    };
+    let seccomp_selftest = value("--seccomp-selftest")
+        .map(|kind| ThreadKind::from_name(&kind).ok_or(Error::SelftestKind(kind)))
+        .transpose()?;
     Ok(Command::Run(Args {
         api_sock,
         config_file,
@@ -154,6 +184,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Error>
         show_level: has("--show-level"),
         show_log_origin: has("--show-log-origin"),
         boot_timer: has("--boot-timer"),
+        seccomp,
+        seccomp_selftest,
     }))
 }
 
@@ -212,6 +244,28 @@ mod tests {
         assert_eq!(
             run(&["--id", "a", "--id", "b"]),
             Err(Error::Repeated("--id"))
+        );
+        assert_eq!(
+            run(&["--no-seccomp", "--seccomp-filter", "f.json"]),
+            Err(Error::SeccompConflict)
+        );
+        assert_eq!(
+            run(&["--seccomp-selftest", "gpu"]),
+            Err(Error::SelftestKind("gpu".into()))
+        );
+    }
+
+    #[test]
+    fn seccomp_is_on_unless_turned_off_or_replaced() {
+        assert_eq!(run(&[]).unwrap().seccomp, Seccomp::Builtin);
+        assert_eq!(run(&["--no-seccomp"]).unwrap().seccomp, Seccomp::Disabled);
+        assert_eq!(
+            run(&["--seccomp-filter", "f.json"]).unwrap().seccomp,
+            Seccomp::Custom("f.json".into())
+        );
+        assert_eq!(
+            run(&["--seccomp-selftest", "vcpu"]).unwrap().seccomp_selftest,
+            Some(ThreadKind::Vcpu)
         );
     }
 

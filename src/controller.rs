@@ -16,6 +16,7 @@ use crate::config::{
 use crate::exit::ExitSignal;
 use crate::logger;
 use crate::persist;
+use crate::seccomp::Filters;
 use crate::vmm::{self, Vmm};
 
 pub const APP_NAME: &str = "ember";
@@ -98,6 +99,7 @@ pub enum Error {
 pub struct Controller {
     instance_id: String,
     boot_timer: bool,
+    seccomp: Filters,
     exit: Arc<ExitSignal>,
     boot_source: Option<BootSourceConfig>,
     machine: MachineConfig,
@@ -121,10 +123,16 @@ fn check_file(what: &str, path: &str) -> Result<(), Error> {
 }
 
 impl Controller {
-    pub fn new(instance_id: String, boot_timer: bool, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(
+        instance_id: String,
+        boot_timer: bool,
+        seccomp: Filters,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
         Controller {
             instance_id,
             boot_timer,
+            seccomp,
             exit,
             boot_source: None,
             machine: MachineConfig::default(),
@@ -322,6 +330,7 @@ impl Controller {
                 let options = BuildOptions {
                     boot_timer: self.boot_timer,
                     start: Instant::now(),
+                    seccomp: self.seccomp.clone(),
                 };
                 self.prepare();
                 let prep = match self.prep.take() {
@@ -382,7 +391,7 @@ impl Controller {
                         .name("ember_vmdrop".into())
                         .spawn(move || drop(prep));
                 }
-                let (vmm, config) = persist::load(&params, self.exit.clone())?;
+                let (vmm, config) = persist::load(&params, self.exit.clone(), &self.seccomp)?;
                 self.boot_source = config.boot_source;
                 self.machine = config.machine_config.unwrap_or_default();
                 self.drives = config.drives;

@@ -16,5 +16,6 @@ pub mod event_loop;
 pub mod exit;
 pub mod logger;
 pub mod persist;
+pub mod seccomp;
 pub mod vmm;
 pub mod vstate;

@@ -3,6 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -58,7 +59,10 @@ fn open_sink(path: Option<&str>) -> Result<Box<dyn Write + Send>, Error> {
             // A named pipe without a reader must not block the VMM.
             .custom_flags(libc::O_NONBLOCK)
             .open(path)
-            .map(|f| Box::new(f) as Box<dyn Write + Send>)
+            .map(|f| {
+                crate::seccomp::set_log_fd(f.as_raw_fd());
+                Box::new(f) as Box<dyn Write + Send>
+            })
             .map_err(|source| Error::Open {
                 path: path.to_string(),
                 source,

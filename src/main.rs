@@ -1,16 +1,18 @@
 //! The `ember` binary: flags, then the event loop.
 
 use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::mpsc::channel;
 use std::sync::Arc;
 
 use ember::api::{self, ToVmm};
-use ember::cli::{self, Command, USAGE};
+use ember::cli::{self, Command, Seccomp, USAGE};
 use ember::config::VmConfig;
 use ember::controller::{Controller, Request, VERSION};
 use ember::event_loop::EventLoop;
 use ember::exit::ExitSignal;
 use ember::logger;
+use ember::seccomp::{Filters, ThreadKind};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Firecracker's exit codes for bad flags and bad configuration.
@@ -49,6 +51,26 @@ fn run() -> i32 {
         return EXIT_ARG_PARSING;
     }
 
+    // One malloc arena for all threads: glibc's extra arenas read
+    // /proc/sys/vm/overcommit_memory when they shrink, which no thread's
+    // seccomp filter should have to allow.
+    // SAFETY: mallopt only tunes the allocator; it is called before any thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+
+    // Before any socket, file or thread: everything after runs filtered.
+    let filters = match &args.seccomp {
+        Seccomp::Builtin => Filters::builtin(),
+        Seccomp::Custom(path) => Filters::from_json_file(Path::new(path)),
+        Seccomp::Disabled => Ok(Filters::none()),
+    };
+    let filters = match filters {
+        Ok(filters) => filters.with_selftest(args.seccomp_selftest),
+        Err(e) => return fail(EXIT_BAD_CONFIGURATION, &e.to_string()),
+    };
+    if let Err(e) = filters.enter(ThreadKind::Vmm) {
+        return fail(EXIT_GENERIC, &e.to_string());
+    }
+
     let exit = match ExitSignal::new() {
         Ok(e) => Arc::new(e),
         Err(e) => {
@@ -62,7 +84,7 @@ fn run() -> i32 {
         Ok(l) => l,
         Err(e) => return fail(EXIT_GENERIC, &format!("cannot create the event loop: {e}")),
     };
-    let mut controller = Controller::new(args.id.clone(), args.boot_timer, exit);
+    let mut controller = Controller::new(args.id.clone(), args.boot_timer, filters.clone(), exit);
 
     // The socket comes first: a client may connect while a config file boots.
     let mut socket_path = None;
@@ -85,7 +107,7 @@ fn run() -> i32 {
         if let Err(e) = event_loop.add_api(calls_rx, wake.clone()) {
             return fail(EXIT_GENERIC, &format!("cannot watch the API: {e}"));
         }
-        if let Err(e) = api::spawn(listener, ToVmm::new(calls_tx, wake)) {
+        if let Err(e) = api::spawn(listener, ToVmm::new(calls_tx, wake), filters) {
             return fail(EXIT_GENERIC, &format!("cannot start the API thread: {e}"));
         }
     }

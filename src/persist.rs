@@ -18,6 +18,7 @@ use crate::config::{
     MemBackendType, SnapshotCreateConfig, SnapshotLoadConfig, SnapshotType, VmConfig,
 };
 use crate::exit::ExitSignal;
+use crate::seccomp::Filters;
 use crate::vmm::{self, Vmm};
 use crate::vstate::memory::{self, GuestMemoryMmap};
 use crate::vstate::vcpu::VcpuState;
@@ -200,7 +201,11 @@ fn guest_bytes(mem: &GuestMemoryMmap) -> Vec<&[u8]> {
 }
 
 /// Brings back the microVM `params` names; returns it with its configuration.
-pub fn load(params: &SnapshotLoadConfig, exit: Arc<ExitSignal>) -> Result<(Vmm, VmConfig), Error> {
+pub fn load(
+    params: &SnapshotLoadConfig,
+    exit: Arc<ExitSignal>,
+    seccomp: &Filters,
+) -> Result<(Vmm, VmConfig), Error> {
     let path = &params.snapshot_path;
     let inconsistent = |what: String| Error::Inconsistent {
         path: path.clone(),
@@ -269,6 +274,7 @@ pub fn load(params: &SnapshotLoadConfig, exit: Arc<ExitSignal>) -> Result<(Vmm, 
         !params.resume_vm,
         params.clock_realtime,
         exit,
+        seccomp,
     )?;
     config.machine_config = Some(machine);
     Ok((vmm, config))

@@ -164,8 +164,15 @@ fn bad_requests_get_a_400_that_says_why() {
         &ember,
         "PUT",
         "/snapshot/create",
-        "{}",
-        "not supported by ember yet",
+        r#"{"snapshot_path": "s", "mem_file_path": "m"}"#,
+        "not supported before starting",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap0"}]}"#,
+        "no net device",
     );
 
     let huge = format!(r#"{{"kernel_image_path": "{}"}}"#, "k".repeat(60_000));

@@ -3,7 +3,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::fs::{chown, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::args::{CgroupVersion, JailArgs, Resource, ResourceLimit};
@@ -58,6 +58,52 @@ pub fn setup_chroot(args: &JailArgs, created: &mut Created) -> Result<PathBuf> {
         .map_err(JailError::io(STEP, "chmod", &dest))?;
     chown(&dest, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &dest))?;
     Ok(root)
+}
+
+/// The device nodes ember may need, by their host path; only `/dev/kvm` must exist.
+const DEVICES: [(&str, bool); 3] = [
+    ("/dev/kvm", true),
+    ("/dev/net/tun", false),
+    ("/dev/userfaultfd", false),
+];
+
+/// Step 2b: creates the jail's `/dev` nodes, with the host's device numbers,
+/// owned by uid:gid and readable and writable by them only. Also `/run`,
+/// owned by uid:gid, for ember's sockets.
+pub fn create_dev_nodes(args: &JailArgs, root: &Path) -> Result<()> {
+    const STEP: &str = "dev";
+    for (host, required) in DEVICES {
+        let rdev = match fs::metadata(host) {
+            Ok(m) if m.file_type().is_char_device() => m.rdev(),
+            Ok(_) => {
+                return Err(JailError::Invalid {
+                    step: STEP,
+                    what: "not a character device",
+                    path: host.into(),
+                })
+            }
+            Err(_) if !required => continue,
+            Err(e) => return Err(JailError::io(STEP, "find device", host)(e)),
+        };
+        let node = root.join(host.trim_start_matches('/'));
+        if let Some(dir) = node.parent() {
+            fs::create_dir_all(dir).map_err(JailError::io(STEP, "create directory", dir))?;
+        }
+        let c_node = std::ffi::CString::new(node.as_os_str().as_encoded_bytes())
+            .map_err(|_| JailError::Invalid {
+                step: STEP,
+                what: "path has a NUL byte",
+                path: node.clone(),
+            })?;
+        // SAFETY: `c_node` is a NUL-terminated path that outlives the call.
+        if unsafe { libc::mknod(c_node.as_ptr(), libc::S_IFCHR | 0o600, rdev) } != 0 {
+            return Err(JailError::io(STEP, "mknod", &node)(io::Error::last_os_error()));
+        }
+        chown(&node, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &node))?;
+    }
+    let run = root.join("run");
+    fs::create_dir(&run).map_err(JailError::io(STEP, "create directory", &run))?;
+    chown(&run, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &run))
 }
 
 /// Step 3: for each controller named by `--cgroup`, creates
@@ -241,15 +287,15 @@ pub fn join_netns(netns: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Runs the implemented steps in order; the caller undoes `created` on error.
-pub fn run(args: &JailArgs, cgroup_root: &Path, created: &mut Created) -> Result<()> {
-    setup_chroot(args, created)?;
+/// Runs the steps that act on the host, in order; returns the chroot
+/// directory. The caller undoes `created` on error.
+pub fn run(args: &JailArgs, cgroup_root: &Path, created: &mut Created) -> Result<PathBuf> {
+    let root = setup_chroot(args, created)?;
+    create_dev_nodes(args, &root)?;
     setup_cgroups(args, cgroup_root, created)?;
     set_resource_limits(&args.resource_limits)?;
     join_netns(args.netns.as_deref())?;
-    // Not written yet: mount namespace + pivot_root, /dev nodes,
-    // new PID namespace, daemonize, dropping privileges, exec.
-    Err(JailError::NotImplemented("exec"))
+    Ok(root)
 }
 
 #[cfg(test)]

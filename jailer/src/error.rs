@@ -32,9 +32,6 @@ pub enum JailError {
         what: &'static str,
         source: io::Error,
     },
-    /// The step is not written yet; the jailer stops rather than pretend.
-    #[error("{0}: not implemented yet")]
-    NotImplemented(&'static str),
 }
 
 impl JailError {

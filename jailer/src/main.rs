@@ -1,14 +1,15 @@
-//! `ember-jailer`: puts an ember process in its own chroot and cgroups
-//! (Firecracker's jailer flags). First cut: see README.md for which steps
-//! exist; after them it stops with "exec: not implemented yet" and removes
-//! what it created, rather than pretend to jail anything.
+//! `ember-jailer`: puts one ember process in its own chroot, namespaces and
+//! cgroups, with resource limits and no privileges, then execs it
+//! (Firecracker's jailer flags; see README.md for the steps).
 
 mod args;
+mod cell;
 mod cleanup;
 mod env;
 mod error;
 #[cfg(test)]
 mod testutil;
+mod watcher;
 
 use std::path::PathBuf;
 
@@ -18,17 +19,13 @@ usage: ember-jailer --id <id> --exec-file <path> --uid <uid> --gid <gid>
          [--cgroup-version 1|2] [--parent-cgroup <path>]
          [--resource-limit no-file=<n>|fsize=<n>]...
          [--netns <path>] [--daemonize] [--new-pid-ns] [-- <ember args>...]
-         (--daemonize and --new-pid-ns are accepted, not applied yet)
 
-Steps implemented so far, in order:
-  1. validate arguments (id, exec file, uid/gid, cgroups, limits)
-  2. create <chroot-base>/<exec-name>/<id>/root, copy the exec file in
-  3. create cgroups <parent-cgroup or exec-name>/<id>, write values, join
-  4. setrlimit (no-file defaults to 2048)
-  5. join --netns (setns)
-Not implemented yet (the jailer stops with an error, after removing what
-it created): mount namespace + pivot_root, /dev nodes,
---new-pid-ns, --daemonize, dropping privileges, exec.
+Runs <exec-file> as uid:gid in <chroot-base>/<exec-name>/<id>/root, as
+'/<exec-name> --id <id> <ember args>', in its own mount namespace (and PID
+namespace with --new-pid-ns), in cgroups <parent-cgroup or exec-name>/<id>,
+with /dev/kvm, /dev/net/tun and /dev/userfaultfd, and no capabilities.
+Any failure prints one line naming the step and path, exits non-zero and
+removes what the run created.
 ";
 
 fn main() {
@@ -55,9 +52,40 @@ fn main() {
             .and_then(|m| env::cgroup2_mount(&m))
             .unwrap_or_else(|| PathBuf::from(env::CGROUP_ROOT)),
     };
-    if let Err(e) = env::run(&jail, &cgroup_root, &mut created) {
-        created.undo();
-        eprintln!("ember-jailer: {e}");
-        std::process::exit(1);
-    }
+    // Host-side steps: on failure the jailer cleans up itself.
+    let prepared = env::run(&jail, &cgroup_root, &mut created).and_then(|root| {
+        let dev_null = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(error::JailError::io("daemonize", "open", "/dev/null"))?;
+        let report = watcher::spawn(&mut created)?;
+        Ok((root, dev_null, report))
+    });
+    let (root, dev_null, report) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            created.undo();
+            eprintln!("ember-jailer: {e}");
+            std::process::exit(1);
+        }
+    };
+    // From here on the host is out of reach: the watcher cleans up.
+    let entered = (|| {
+        if jail.new_pid_ns {
+            cell::enter_pid_namespace(&jail, &root)?;
+        }
+        cell::pivot_into(&root)?;
+        if jail.daemonize {
+            cell::daemonize(&dev_null)?;
+        }
+        drop(dev_null);
+        cell::close_inherited_fds(report.fd())?;
+        cell::drop_privileges(jail.uid, jail.gid)
+    })();
+    let error = match entered {
+        Ok(()) => cell::exec(&jail),
+        Err(e) => e,
+    };
+    report.fail(&error)
 }

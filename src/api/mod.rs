@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::controller::{self, InvocationTarget, Request, Response};
+use crate::seccomp::{Filters, ThreadKind};
 use routes::{body_limit, route};
 
 /// A request on its way to the main thread, with where its answer goes.
@@ -162,6 +163,7 @@ async fn serve(
 pub fn spawn(
     listener: StdUnixListener,
     to_vmm: ToVmm,
+    seccomp: Filters,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -171,6 +173,10 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("ember_api".into())
         .spawn(move || {
+            if let Err(e) = seccomp.enter(ThreadKind::Api) {
+                log::error!("the API thread serves nothing: {e}");
+                return;
+            }
             runtime.block_on(async move {
                 let listener = match tokio::net::UnixListener::from_std(listener) {
                     Ok(l) => l,

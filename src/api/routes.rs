@@ -239,7 +239,6 @@ mod tests {
     fn firecracker_endpoints_ember_lacks_say_so() {
         for path in [
             "/network-interfaces/eth0",
-            "/snapshot/create",
             "/balloon",
             "/mmds",
         ] {

@@ -23,6 +23,7 @@ use super::vm::Vm;
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::Bus;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::seccomp::{Filters, ThreadKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -302,6 +303,7 @@ impl Vcpu {
         buses: Arc<Buses>,
         exit: Arc<ExitSignal>,
         paused: bool,
+        seccomp: Filters,
     ) -> Result<VcpuHandle, Error> {
         install_kick_handler()?;
         let index = self.index;
@@ -317,7 +319,7 @@ impl Vcpu {
                     commands: command_rx,
                     acks: ack_tx,
                 }
-                .run(paused)
+                .run(paused, &seccomp)
             })
             .map_err(|source| Error::Spawn { index, source })?;
         Ok(VcpuHandle {
@@ -425,7 +427,14 @@ struct VcpuLoop {
 }
 
 impl VcpuLoop {
-    fn run(mut self, paused: bool) {
+    fn run(mut self, paused: bool, seccomp: &Filters) {
+        if let Err(e) = seccomp.enter(ThreadKind::Vcpu) {
+            let message = format!("vCPU {}: {e}", self.vcpu.index);
+            log::error!("{message}");
+            self.exit.raise(ExitReason::Fault(message));
+            self.park();
+            return;
+        }
         KVM_RUN.with(|run| run.set(self.vcpu.fd.get_kvm_run()));
         if paused && !self.serve_commands(true) {
             return;

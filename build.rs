@@ -1,0 +1,34 @@
+//! Compiles the default seccomp filters (`resources/seccomp/x86_64.json`)
+//! into BPF at build time, so ember installs them without parsing anything.
+//!
+//! Output, in `OUT_DIR/seccomp_filters.bpf`: for each thread kind in the
+//! order vmm, api, vcpu, a little-endian u32 instruction count followed by
+//! that many 8-byte `sock_filter`s (u16 code, u8 jt, u8 jf, u32 k).
+
+use std::path::PathBuf;
+
+const KINDS: [&str; 3] = ["vmm", "api", "vcpu"];
+
+fn main() {
+    let source = PathBuf::from("resources/seccomp/x86_64.json");
+    println!("cargo:rerun-if-changed={}", source.display());
+    let json = std::fs::File::open(&source)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", source.display()));
+    let filters = seccompiler::compile_from_json(json, seccompiler::TargetArch::x86_64)
+        .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+    let mut out = Vec::new();
+    for kind in KINDS {
+        let program = filters
+            .get(kind)
+            .unwrap_or_else(|| panic!("{}: no filter for the '{kind}' threads", source.display()));
+        out.extend_from_slice(&(program.len() as u32).to_le_bytes());
+        for insn in program {
+            out.extend_from_slice(&insn.code.to_le_bytes());
+            out.push(insn.jt);
+            out.push(insn.jf);
+            out.extend_from_slice(&insn.k.to_le_bytes());
+        }
+    }
+    let dest = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("seccomp_filters.bpf");
+    std::fs::write(&dest, out).unwrap_or_else(|e| panic!("cannot write {}: {e}", dest.display()));
+}

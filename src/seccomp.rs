@@ -1,0 +1,239 @@
+//! Seccomp: one BPF allowlist per kind of thread, compiled at build time
+//! from `resources/seccomp/x86_64.json` (see `build.rs`).
+//!
+//! The main thread installs the `vmm` filter before it binds the API socket
+//! or reads any configuration, so every thread it starts inherits it; the
+//! API and vCPU threads then add their own, narrower one as their first act
+//! (stacked filters: a syscall must pass both). A syscall outside a list
+//! traps: the handler logs its number and the process dies of SIGSYS.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Once};
+
+use seccompiler::{BpfProgram, TargetArch};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread, and every thread it starts.
+    Vmm,
+    Api,
+    Vcpu,
+}
+
+impl ThreadKind {
+    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vmm => "vmm",
+            ThreadKind::Api => "api",
+            ThreadKind::Vcpu => "vcpu",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read seccomp filter file '{path}': {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("seccomp filter file '{path}': {source}")]
+    Compile {
+        path: String,
+        source: seccompiler::Error,
+    },
+    #[error("seccomp filter file '{path}' has no filter for the '{kind}' threads")]
+    MissingKind { path: String, kind: &'static str },
+    #[error("the built-in seccomp filters are malformed")]
+    Builtin,
+    #[error("cannot install the '{kind}' seccomp filter: {source}")]
+    Install {
+        kind: &'static str,
+        source: seccompiler::Error,
+    },
+}
+
+/// The filters of a run: built in, from `--seccomp-filter`, or none (`--no-seccomp`).
+#[derive(Clone, Default)]
+pub struct Filters {
+    programs: Option<Arc<[BpfProgram; 3]>>,
+    /// `--seccomp-selftest`: the kind of thread that breaks its filter on purpose.
+    selftest: Option<ThreadKind>,
+}
+
+const BUILTIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_filters.bpf"));
+
+impl Filters {
+    /// No filtering at all.
+    pub fn none() -> Self {
+        Filters::default()
+    }
+
+    pub fn builtin() -> Result<Self, Error> {
+        let mut rest = BUILTIN;
+        let mut next_program = || -> Option<BpfProgram> {
+            let (count, tail) = rest.split_first_chunk::<4>()?;
+            let len = u32::from_le_bytes(*count) as usize * 8;
+            let (code, tail) = tail.split_at_checked(len)?;
+            rest = tail;
+            Some(
+                code.chunks_exact(8)
+                    .map(|i| seccompiler::sock_filter {
+                        code: u16::from_le_bytes([i[0], i[1]]),
+                        jt: i[2],
+                        jf: i[3],
+                        k: u32::from_le_bytes([i[4], i[5], i[6], i[7]]),
+                    })
+                    .collect(),
+            )
+        };
+        let programs = [next_program(), next_program(), next_program()];
+        match programs {
+            [Some(vmm), Some(api), Some(vcpu)] if rest.is_empty() => Ok(Filters {
+                programs: Some(Arc::new([vmm, api, vcpu])),
+                selftest: None,
+            }),
+            _ => Err(Error::Builtin),
+        }
+    }
+
+    /// Compiles a JSON file in the format of `resources/seccomp/x86_64.json`.
+    pub fn from_json_file(path: &Path) -> Result<Self, Error> {
+        let shown = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|source| Error::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut map = seccompiler::compile_from_json(file, TargetArch::x86_64).map_err(
+            |source| Error::Compile {
+                path: shown.clone(),
+                source,
+            },
+        )?;
+        let mut take = |kind: ThreadKind| {
+            map.remove(kind.name()).ok_or(Error::MissingKind {
+                path: shown.clone(),
+                kind: kind.name(),
+            })
+        };
+        Ok(Filters {
+            programs: Some(Arc::new([
+                take(ThreadKind::Vmm)?,
+                take(ThreadKind::Api)?,
+                take(ThreadKind::Vcpu)?,
+            ])),
+            selftest: None,
+        })
+    }
+
+    /// Test hook (`--seccomp-selftest KIND`): right after a thread of `kind`
+    /// installs its filter, it makes a syscall no filter allows.
+    pub fn with_selftest(mut self, kind: Option<ThreadKind>) -> Self {
+        self.selftest = kind;
+        self
+    }
+
+    /// Puts the calling thread under the filter of `kind`.
+    pub fn enter(&self, kind: ThreadKind) -> Result<(), Error> {
+        let Some(programs) = &self.programs else {
+            return Ok(());
+        };
+        let program = &programs[kind as usize];
+        THREAD_KIND.with(|k| k.set(kind.name()));
+        if !program.is_empty() {
+            install_sigsys_handler();
+            seccompiler::apply_filter(program).map_err(|source| Error::Install {
+                kind: kind.name(),
+                source,
+            })?;
+        }
+        if self.selftest == Some(kind) {
+            // SAFETY: `acct(NULL)` turns process accounting off; no filter
+            // allows it, so it traps before it runs.
+            unsafe { libc::acct(std::ptr::null()) };
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// The filter this thread entered last, for the SIGSYS handler's message.
+    static THREAD_KIND: std::cell::Cell<&'static str> = const { std::cell::Cell::new("unfiltered") };
+}
+
+/// Where the SIGSYS handler writes besides stderr: the log file, if any.
+static LOG_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Lets the SIGSYS handler also report to `--log-path`'s file.
+pub fn set_log_fd(fd: i32) {
+    LOG_FD.store(fd, Ordering::Relaxed);
+}
+
+fn install_sigsys_handler() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // SAFETY: a zeroed sigaction with a valid handler and SA_SIGINFO; the
+        // handler only makes async-signal-safe calls.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = sigsys_handler as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut());
+        }
+    });
+}
+
+/// Writes `ember: seccomp: a <kind> thread made syscall <n> outside its
+/// allowlist` and dies of SIGSYS. Formats by hand and makes no syscall but
+/// write: nothing here may allocate or lock, and the filter is still on.
+extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: for a SIGSYS raised by seccomp, siginfo's union holds
+    // `_sigsys { void *call_addr; int syscall; unsigned arch; }` right after
+    // the three leading ints and their padding (byte 16), so the syscall
+    // number is the int at byte 24.
+    let syscall = unsafe { *(info as *const u8).add(24).cast::<i32>() };
+    let kind = THREAD_KIND.with(std::cell::Cell::get);
+    let mut digits = [0u8; 12];
+    let mut at = digits.len();
+    let mut n = syscall.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let parts: [&[u8]; 5] = [
+        b"ember: seccomp: a ",
+        kind.as_bytes(),
+        b" thread made syscall ",
+        &digits[at..],
+        b" outside its allowlist; exiting\n",
+    ];
+    for fd in [2, LOG_FD.load(Ordering::Relaxed)] {
+        if fd < 0 {
+            continue;
+        }
+        for part in parts {
+            // SAFETY: write(2) of a live buffer is async-signal-safe.
+            unsafe { libc::write(fd, part.as_ptr().cast(), part.len()) };
+        }
+    }
+    // The next SIGSYS kills: from raise() below where the thread's filter
+    // allows it, or else from the kernel forcing the trap of raise's own
+    // syscalls, which it does with the default action while SIGSYS is blocked.
+    // SAFETY: restoring the default action and raising are async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGSYS, libc::SIG_DFL);
+        libc::raise(libc::SIGSYS);
+    }
+}
