@@ -17,9 +17,11 @@ test: guests check build
 	cargo bench --bench function -- --short
 	cargo bench --bench snapshot -- --short
 
-# ember, ember-snapshot and ember-jailer, which the tests and benchmarks run.
+# ember, ember-snapshot and ember-jailer, which the tests and benchmarks run, and the
+# statically linked ember that runs inside a jail (where there is no libc to load).
 build: deps
 	cargo build --release --workspace
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu --bin ember
 
 # userfaultfd-sys generates its bindings with bindgen, which needs libclang.
 deps:

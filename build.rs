@@ -29,6 +29,7 @@ fn main() {
             out.extend_from_slice(&insn.k.to_le_bytes());
         }
     }
-    let dest = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("seccomp_filters.bpf");
+    let dest =
+        PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("seccomp_filters.bpf");
     std::fs::write(&dest, out).unwrap_or_else(|e| panic!("cannot write {}: {e}", dest.display()));
 }

@@ -264,7 +264,9 @@ mod tests {
             Seccomp::Custom("f.json".into())
         );
         assert_eq!(
-            run(&["--seccomp-selftest", "vcpu"]).unwrap().seccomp_selftest,
+            run(&["--seccomp-selftest", "vcpu"])
+                .unwrap()
+                .seccomp_selftest,
             Some(ThreadKind::Vcpu)
         );
     }

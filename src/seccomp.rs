@@ -111,12 +111,13 @@ impl Filters {
             path: shown.clone(),
             source,
         })?;
-        let mut map = seccompiler::compile_from_json(file, TargetArch::x86_64).map_err(
-            |source| Error::Compile {
-                path: shown.clone(),
-                source,
-            },
-        )?;
+        let mut map =
+            seccompiler::compile_from_json(file, TargetArch::x86_64).map_err(|source| {
+                Error::Compile {
+                    path: shown.clone(),
+                    source,
+                }
+            })?;
         let mut take = |kind: ThreadKind| {
             map.remove(kind.name()).ok_or(Error::MissingKind {
                 path: shown.clone(),

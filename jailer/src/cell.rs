@@ -39,12 +39,22 @@ pub fn pivot_into(root: &Path) -> Result<()> {
     // SAFETY: plain syscalls on NUL-terminated strings that outlive each
     // call; a null fs type and data are allowed for these mount flags.
     unsafe {
-        sys(STEP, "unshare the mount namespace", libc::unshare(libc::CLONE_NEWNS))?;
+        sys(
+            STEP,
+            "unshare the mount namespace",
+            libc::unshare(libc::CLONE_NEWNS),
+        )?;
         // Mounts made in here must not propagate back to the host.
         sys(
             STEP,
             "make mounts private",
-            libc::mount(none, c"/".as_ptr(), none, libc::MS_PRIVATE | libc::MS_REC, none.cast()),
+            libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_PRIVATE | libc::MS_REC,
+                none.cast(),
+            ),
         )?;
         // pivot_root needs the new root to be a mount point.
         sys(
@@ -109,7 +119,11 @@ pub fn daemonize(dev_null: &File) -> Result<()> {
     unsafe {
         sys(STEP, "setsid", libc::setsid())?;
         for fd in 0..3 {
-            sys(STEP, "redirect stdio to /dev/null", libc::dup2(dev_null.as_raw_fd(), fd))?;
+            sys(
+                STEP,
+                "redirect stdio to /dev/null",
+                libc::dup2(dev_null.as_raw_fd(), fd),
+            )?;
         }
     }
     Ok(())
@@ -126,7 +140,11 @@ pub fn close_inherited_fds(keep: RawFd) -> Result<()> {
         if keep > 3 {
             sys(STEP, "close_range", libc::close_range(3, keep - 1, 0))?;
         }
-        sys(STEP, "close_range", libc::close_range(keep + 1, libc::c_uint::MAX, 0))
+        sys(
+            STEP,
+            "close_range",
+            libc::close_range(keep + 1, libc::c_uint::MAX, 0),
+        )
     }
 }
 

@@ -89,17 +89,21 @@ pub fn create_dev_nodes(args: &JailArgs, root: &Path) -> Result<()> {
         if let Some(dir) = node.parent() {
             fs::create_dir_all(dir).map_err(JailError::io(STEP, "create directory", dir))?;
         }
-        let c_node = std::ffi::CString::new(node.as_os_str().as_encoded_bytes())
-            .map_err(|_| JailError::Invalid {
+        let c_node = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).map_err(|_| {
+            JailError::Invalid {
                 step: STEP,
                 what: "path has a NUL byte",
                 path: node.clone(),
-            })?;
+            }
+        })?;
         // SAFETY: `c_node` is a NUL-terminated path that outlives the call.
         if unsafe { libc::mknod(c_node.as_ptr(), libc::S_IFCHR | 0o600, rdev) } != 0 {
-            return Err(JailError::io(STEP, "mknod", &node)(io::Error::last_os_error()));
+            return Err(JailError::io(STEP, "mknod", &node)(
+                io::Error::last_os_error(),
+            ));
         }
-        chown(&node, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &node))?;
+        chown(&node, Some(args.uid), Some(args.gid))
+            .map_err(JailError::io(STEP, "chown", &node))?;
     }
     let run = root.join("run");
     fs::create_dir(&run).map_err(JailError::io(STEP, "create directory", &run))?;

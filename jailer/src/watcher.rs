@@ -48,7 +48,9 @@ fn sys(what: &'static str, ret: libc::c_int) -> Result<libc::c_int> {
 pub fn spawn(created: &mut Created) -> Result<Report> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    sys("pipe", unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    sys("pipe", unsafe {
+        libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC)
+    })?;
     // SAFETY: pipe2 just returned these two descriptors, owned by no one else.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: the jailer is single-threaded, so a child may run any code.

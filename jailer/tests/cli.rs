@@ -1,5 +1,7 @@
-//! Runs the `ember-jailer` binary: every run must end with a one-line error
-//! (exec is not written yet) and leave nothing behind.
+//! Runs the `ember-jailer` binary on a fake exec file (a script whose
+//! interpreter does not exist inside the jail): every run must end with one
+//! line naming the failed step and leave nothing behind, including failures
+//! after the pivot into the jail, which the watcher process cleans up.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -91,13 +93,17 @@ fn cgroup_left(pids: &Path, parent: &str, id: &str) -> bool {
     left
 }
 
+/// What a run prints when everything up to the exec worked.
+const EXEC_FAILED: &str =
+    "ember-jailer: exec: execve '/ember': No such file or directory (os error 2)\n";
+
 #[test]
-fn help_lists_missing_steps() {
+fn help_describes_the_jail() {
     let o = jailer(&["--help"]);
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("Not implemented yet"), "{out}");
-    assert!(out.contains("exec"), "{out}");
+    assert!(out.contains("--new-pid-ns"), "{out}");
+    assert!(out.contains("no capabilities"), "{out}");
 }
 
 #[test]
@@ -108,10 +114,22 @@ fn bad_argument_is_one_line() {
 }
 
 #[test]
-fn stops_at_exec_and_removes_its_chroot() {
-    let (o, _t, base) = jail("chroot", "cli-1", &["--resource-limit", "fsize=1000000"]);
+fn a_failed_exec_inside_the_jail_is_reported_and_cleaned_up() {
+    let (o, _t, base) = jail(
+        "chroot",
+        "cli-1",
+        &["--resource-limit", "fsize=1000000", "--daemonize"],
+    );
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(stderr(&o), "ember-jailer: exec: not implemented yet\n");
+    assert_eq!(stderr(&o), EXEC_FAILED);
+    assert!(!base.exists());
+}
+
+#[test]
+fn a_failed_exec_in_a_new_pid_namespace_is_cleaned_up_too() {
+    require_root();
+    let (o, _t, base) = jail("pidns", "cli-7", &["--new-pid-ns"]);
+    assert_eq!(stderr(&o), EXEC_FAILED);
     assert!(!base.exists());
 }
 
@@ -157,7 +175,7 @@ fn real_cgroup_v1_is_created_and_removed() {
         &["--cgroup", "pids.max=64", "--parent-cgroup", &parent],
     );
     let left = cgroup_left(pids, &parent, "cli-3");
-    assert_eq!(stderr(&o), "ember-jailer: exec: not implemented yet\n");
+    assert_eq!(stderr(&o), EXEC_FAILED);
     assert!(!left, "cgroup left behind");
 }
 
@@ -181,7 +199,7 @@ fn missing_netns_fails_and_cleans_up() {
 fn joins_a_real_netns() {
     require_root();
     let (o, _t, base) = jail("netns-ok", "cli-5", &["--netns", "/proc/self/ns/net"]);
-    assert_eq!(stderr(&o), "ember-jailer: exec: not implemented yet\n");
+    assert_eq!(stderr(&o), EXEC_FAILED);
     assert!(!base.exists());
 }
 
@@ -213,4 +231,35 @@ fn real_cgroup_v1_write_error_names_path_and_cleans_up() {
     );
     assert!(!left, "cgroup left behind");
     assert!(!base.exists());
+}
+
+#[test]
+fn bad_id_and_missing_exec_file_fail_before_creating_anything() {
+    let t = TempDir::new("bad-args");
+    let exec = exec_file(&t);
+    let base = t.0.join("base");
+    let base_arg = base.to_str().unwrap();
+    let missing = t.0.join("no-ember");
+    for (id, exec, expected) in [
+        ("bad/id", exec.as_str(), "invalid --id 'bad/id'"),
+        (&"x".repeat(65), exec.as_str(), "invalid --id"),
+        ("ok-id", missing.to_str().unwrap(), "no-ember"),
+    ] {
+        let o = jailer(&[
+            "--id",
+            id,
+            "--exec-file",
+            exec,
+            "--uid",
+            "0",
+            "--gid",
+            "0",
+            "--chroot-base-dir",
+            base_arg,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{id}");
+        let err = stderr(&o);
+        assert!(err.contains(expected) && err.lines().count() == 2, "{err}");
+        assert!(!base.exists());
+    }
 }

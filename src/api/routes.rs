@@ -237,11 +237,7 @@ mod tests {
 
     #[test]
     fn firecracker_endpoints_ember_lacks_say_so() {
-        for path in [
-            "/network-interfaces/eth0",
-            "/balloon",
-            "/mmds",
-        ] {
+        for path in ["/network-interfaces/eth0", "/balloon", "/mmds"] {
             assert!(
                 err("PUT", path, "{}").contains("not supported by ember yet"),
                 "{path}"

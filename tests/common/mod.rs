@@ -104,6 +104,7 @@ pub struct Ember {
     stdin: Option<ChildStdin>,
     console: Arc<(Mutex<Console>, Condvar)>,
     stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Ember {
@@ -134,7 +135,7 @@ impl Ember {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("stderr");
         let err_sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err_pipe.read(&mut buf) {
                 if n == 0 {
@@ -154,6 +155,7 @@ impl Ember {
             stdin,
             console,
             stderr,
+            stderr_reader: Some(stderr_reader),
         };
         if let Some(socket) = socket {
             ember.wait_for_socket(socket);
@@ -266,11 +268,15 @@ impl Ember {
         stdin.flush().unwrap();
     }
 
-    /// Waits for ember to exit, killing it after `timeout`.
+    /// Waits for ember to exit, killing it after `timeout`; then all of its
+    /// stderr has been read.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             if Instant::now() >= deadline {

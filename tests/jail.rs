@@ -1,0 +1,456 @@
+//! ember under `ember-jailer`, checked from outside as an operator would:
+//! its credentials, root, cgroups, namespaces, limits, capabilities and
+//! seccomp, and that the jailed VMM still boots, invokes and restores.
+//! Also ember's seccomp on its own: every thread filtered, violations fatal.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{artifact, http, http_bytes, require_kvm, Ember, TempDir, UffdHandler, EMBER};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+const UID: u32 = 123;
+const GID: u32 = 100;
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the jail tests must run as root (CI does)"
+    );
+}
+
+fn jailer_bin() -> PathBuf {
+    Path::new(EMBER).with_file_name("ember-jailer")
+}
+
+/// The statically linked ember the jail needs (nothing else is in the chroot).
+fn static_ember() -> PathBuf {
+    let path = Path::new(EMBER)
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("x86_64-unknown-linux-gnu/release/ember"))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} is missing: `make build` builds it (RUSTFLAGS=\"-C target-feature=+crt-static\" \
+         cargo build --release --target x86_64-unknown-linux-gnu --bin ember)",
+        path.display()
+    );
+    path
+}
+
+/// A jail run by `ember-jailer`; kills ember and removes the jail and cgroup when dropped.
+struct Jail {
+    jailer: Child,
+    base: TempDir,
+    id: String,
+    cgroup_parent: String,
+    pid: u32,
+}
+
+impl Jail {
+    /// Jails ember as `id` with its API at `/run/api.sock`, plus `extra` jailer flags.
+    fn start(id: &str, extra: &[&str]) -> Jail {
+        require_root();
+        require_kvm();
+        let base = TempDir::new(&format!("jail-{id}"));
+        let cgroup_parent = format!("ember-test-{}", std::process::id());
+        let mut args: Vec<String> = [
+            "--id",
+            id,
+            "--exec-file",
+            static_ember().to_str().unwrap(),
+            "--uid",
+            &UID.to_string(),
+            "--gid",
+            &GID.to_string(),
+            "--chroot-base-dir",
+            base.0.to_str().unwrap(),
+            "--cgroup",
+            "pids.max=100",
+            "--parent-cgroup",
+            &cgroup_parent,
+            "--resource-limit",
+            "no-file=1024",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["--", "--api-sock", "/run/api.sock", "--level", "Info"].map(String::from));
+        let jailer = Command::new(jailer_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ember-jailer");
+        let mut jail = Jail {
+            pid: jailer.id(),
+            jailer,
+            base,
+            id: id.to_string(),
+            cgroup_parent,
+        };
+        let deadline = Instant::now() + TIMEOUT;
+        while std::os::unix::net::UnixStream::connect(jail.socket()).is_err() {
+            if let Ok(Some(status)) = jail.jailer.try_wait() {
+                if !extra.contains(&"--new-pid-ns") || !status.success() {
+                    panic!("the jailer exited: {status}");
+                }
+            }
+            assert!(Instant::now() < deadline, "the jailed API never came up");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if extra.contains(&"--new-pid-ns") {
+            let pid_file = jail.root().join("ember.pid");
+            jail.pid = std::fs::read_to_string(&pid_file)
+                .expect("pid file")
+                .trim()
+                .parse()
+                .expect("pid");
+        }
+        jail
+    }
+
+    fn root(&self) -> PathBuf {
+        self.base.0.join("ember").join(&self.id).join("root")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.root().join("run/api.sock")
+    }
+
+    fn ok(&self, method: &str, path: &str, body: &str) {
+        let (status, reply) = http(&self.socket(), method, path, body.as_bytes());
+        assert_eq!(status, 204, "{method} {path} {body} -> {status} {reply}");
+    }
+
+    /// Hard-links (or copies) `file` into the jail; returns its path inside.
+    fn provide(&self, file: &Path, name: &str) -> String {
+        let inside = self.root().join(name);
+        if std::fs::hard_link(file, &inside).is_err() {
+            std::fs::copy(file, &inside).expect("copy into the jail");
+        }
+        format!("/{name}")
+    }
+
+    fn status(&self, task: Option<&str>) -> String {
+        let path = match task {
+            Some(tid) => format!("/proc/{}/task/{tid}/status", self.pid),
+            None => format!("/proc/{}/status", self.pid),
+        };
+        std::fs::read_to_string(path).expect("ember's status")
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        let _ = self.jailer.kill();
+        let _ = self.jailer.wait();
+        let cgroup = Path::new("/sys/fs/cgroup/pids").join(&self.cgroup_parent);
+        let deadline = Instant::now() + TIMEOUT;
+        while std::fs::remove_dir(cgroup.join(&self.id)).is_err()
+            && cgroup.join(&self.id).exists()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = std::fs::remove_dir(cgroup);
+    }
+}
+
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {name} in status"))
+        .trim()
+}
+
+fn namespace(pid: &str, kind: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("namespace link")
+}
+
+/// Boots the echo function in `jail` and checks it answers.
+fn boot_function(jail: &Jail) {
+    let kernel = jail.provide(&artifact("unikernel-echo"), "echo.elf");
+    jail.ok(
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0"}).to_string(),
+    );
+    jail.ok(
+        "PUT",
+        "/vsock",
+        r#"{"guest_cid": 3, "uds_path": "/run/v.sock"}"#,
+    );
+    jail.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (status, body) = http_bytes(&jail.socket(), "POST", "/invocations", b"jailed");
+        if status == 200 {
+            assert_eq!(body, b"jailed");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the jailed function never answered"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn jailed_ember_is_confined_and_serves_a_function() {
+    // A network namespace of its own, kept alive by a sleeping process.
+    let mut holder = Command::new("unshare")
+        .args(["--net", "sleep", "60"])
+        .spawn()
+        .expect("unshare --net");
+    std::thread::sleep(Duration::from_millis(50));
+    let netns = format!("/proc/{}/ns/net", holder.id());
+    let jail = Jail::start(
+        "confined-1",
+        &["--netns", &netns, "--new-pid-ns", "--daemonize"],
+    );
+    boot_function(&jail);
+    let pid = jail.pid.to_string();
+
+    let status = jail.status(None);
+    assert_eq!(field(&status, "Uid"), "123\t123\t123\t123");
+    assert_eq!(field(&status, "Gid"), "100\t100\t100\t100");
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(field(&status, caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(field(&status, "NoNewPrivs"), "1");
+
+    // Its root is the jail: exactly what the jailer and the test put there.
+    let seen: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .expect("ember's root")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let expected: BTreeSet<String> = ["dev", "ember", "ember.pid", "echo.elf", "run"]
+        .map(String::from)
+        .into();
+    assert_eq!(seen, expected);
+    let dev: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/root/dev"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(dev.contains("kvm") && dev.contains("userfaultfd") && dev.contains("net"));
+
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let cgroup = format!("/{}/confined-1", jail.cgroup_parent);
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.contains(":pids:") && l.ends_with(&cgroup)),
+        "{cgroups}"
+    );
+    let max = Path::new("/sys/fs/cgroup/pids")
+        .join(&jail.cgroup_parent)
+        .join("confined-1/pids.max");
+    assert_eq!(std::fs::read_to_string(max).unwrap().trim(), "100");
+
+    for kind in ["mnt", "pid", "net"] {
+        assert_ne!(namespace(&pid, kind), namespace("self", kind), "{kind}");
+    }
+    assert_eq!(namespace(&pid, "net"), std::fs::read_link(&netns).unwrap());
+
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["1024", "1024"]
+    );
+
+    // Every thread runs under a seccomp filter.
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = task.unwrap().file_name().to_string_lossy().into_owned();
+        assert_eq!(
+            field(&jail.status(Some(&tid)), "Seccomp"),
+            "2",
+            "task {tid}"
+        );
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn a_jailed_ember_restores_a_snapshot_served_by_the_uffd_handler() {
+    let jail = Jail::start("snap-1", &[]);
+    boot_function(&jail);
+    jail.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    jail.ok(
+        "PUT",
+        "/snapshot/create",
+        r#"{"snapshot_path": "/fn.snap", "mem_file_path": "/fn.mem"}"#,
+    );
+
+    let restored = Jail::start("snap-2", &[]);
+    let snap = restored.provide(&jail.root().join("fn.snap"), "fn.snap");
+    // The handler runs outside, as a platform's would, with its socket inside.
+    let handler = UffdHandler::start(
+        &restored.root().join("run/uffd.sock"),
+        &jail.root().join("fn.mem"),
+        None,
+    );
+    std::os::unix::fs::chown(&handler.socket, Some(UID), Some(GID)).unwrap();
+    restored.ok(
+        "PUT",
+        "/snapshot/load",
+        &json!({"snapshot_path": snap, "resume_vm": true,
+                "mem_backend": {"backend_type": "Uffd", "backend_path": "/run/uffd.sock"},
+                "vsock_override": {"uds_path": "/run/v.sock"}})
+        .to_string(),
+    );
+    let (status, body) = http_bytes(&restored.socket(), "POST", "/invocations", b"restored");
+    assert_eq!((status, body.as_slice()), (200, &b"restored"[..]));
+    drop(restored);
+    assert!(
+        handler.vm_stats(0).1 > 0,
+        "the handler served the jailed VM's faults"
+    );
+}
+
+/// ember alone, outside any jail: every thread filtered, by kind.
+#[test]
+fn every_ember_thread_runs_under_seccomp_unless_disabled() {
+    require_kvm();
+    let filtered = |extra: &[&str]| {
+        let dir = TempDir::new("seccomp-threads");
+        let ember = Ember::with_api(&dir, extra);
+        ember.ok(
+            "PUT",
+            "/boot-source",
+            &json!({"kernel_image_path": artifact("test-elf"), "boot_args": "console=ttyS0 ember.echo"})
+                .to_string(),
+        );
+        ember.ok(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 2, "mem_size_mib": 64}"#,
+        );
+        ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+        ember.expect_line("echo: ready", TIMEOUT);
+        let mut modes = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{}/task", ember.pid())).unwrap() {
+            let task = task.unwrap().path();
+            let name = std::fs::read_to_string(task.join("comm")).unwrap();
+            let status = std::fs::read_to_string(task.join("status")).unwrap();
+            modes.push((
+                name.trim().to_string(),
+                field(&status, "Seccomp").to_string(),
+            ));
+        }
+        modes
+    };
+    let modes = filtered(&[]);
+    for name in ["ember", "ember_api", "ember_vcpu0", "ember_vcpu1"] {
+        assert!(modes.iter().any(|(n, _)| n == name), "{name} in {modes:?}");
+    }
+    assert!(modes.iter().all(|(_, m)| m == "2"), "{modes:?}");
+    let modes = filtered(&["--no-seccomp"]);
+    assert!(modes.iter().all(|(_, m)| m == "0"), "{modes:?}");
+}
+
+/// A syscall outside a thread's allowlist kills ember with SIGSYS and is
+/// logged, for each kind of thread (through the test-only self-test flag).
+#[test]
+fn a_syscall_outside_the_allowlist_kills_with_sigsys_and_is_logged() {
+    require_kvm();
+    for kind in ["vmm", "api", "vcpu"] {
+        let dir = TempDir::new("seccomp-kill");
+        let socket = dir.path("api.sock");
+        let args = [
+            "--api-sock",
+            socket.to_str().unwrap(),
+            "--seccomp-selftest",
+            kind,
+        ];
+        let mut ember = if kind == "vcpu" {
+            let ember = Ember::spawn(&args, Some(&socket));
+            ember.ok(
+                "PUT",
+                "/boot-source",
+                &json!({"kernel_image_path": artifact("test-elf")}).to_string(),
+            );
+            // The vCPU dies as it starts, maybe before the reply: send, don't wait.
+            let body = r#"{"action_type": "InstanceStart"}"#;
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            let request = format!(
+                "PUT /actions HTTP/1.1\r\nHost: ember\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+            ember
+        } else {
+            Ember::spawn(&args, None)
+        };
+        expect_sigsys(&mut ember, kind, libc::SYS_acct);
+    }
+}
+
+fn expect_sigsys(ember: &mut Ember, kind: &str, syscall: i64) {
+    use std::os::unix::process::ExitStatusExt;
+    let status = ember.wait_exit(TIMEOUT);
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{kind}: {status}");
+    let expected =
+        format!("ember: seccomp: a {kind} thread made syscall {syscall} outside its allowlist");
+    assert!(
+        ember.stderr().contains(&expected),
+        "{kind}: {}",
+        ember.stderr()
+    );
+}
+
+#[test]
+fn a_custom_filter_file_replaces_the_builtin_one() {
+    let dir = TempDir::new("seccomp-custom");
+    let broken = dir.path("broken.json");
+    std::fs::write(&broken, r#"{"vmm": {"default_action": "trap"}}"#).unwrap();
+    let socket = dir.path("api.sock");
+    let mut ember = Ember::spawn(
+        &[
+            "--api-sock",
+            socket.to_str().unwrap(),
+            "--seccomp-filter",
+            broken.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(ember.wait_exit(TIMEOUT).code(), Some(152));
+    assert!(ember.stderr().contains("broken.json"), "{}", ember.stderr());
+
+    // The built-in filters without `bind`: ember dies binding its API socket.
+    let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/seccomp/x86_64.json");
+    let mut filters: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(builtin).unwrap()).unwrap();
+    let rules = filters["vmm"]["filter"].as_array_mut().unwrap();
+    rules.retain(|rule| rule["syscall"] != "bind");
+    let file = dir.path("no-bind.json");
+    std::fs::write(&file, filters.to_string()).unwrap();
+    let mut ember = Ember::spawn(
+        &[
+            "--api-sock",
+            socket.to_str().unwrap(),
+            "--seccomp-filter",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    expect_sigsys(&mut ember, "vmm", libc::SYS_bind);
+}
