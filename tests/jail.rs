@@ -7,166 +7,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{artifact, http, http_bytes, require_kvm, Ember, TempDir, UffdHandler, EMBER};
+use common::{artifact, http_bytes, require_kvm, Ember, Jail, TempDir, UffdHandler};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-const UID: u32 = 123;
-const GID: u32 = 100;
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "the jail tests must run as root (CI does)"
-    );
-}
-
-fn jailer_bin() -> PathBuf {
-    Path::new(EMBER).with_file_name("ember-jailer")
-}
-
-/// The statically linked ember the jail needs (nothing else is in the chroot).
-fn static_ember() -> PathBuf {
-    let path = Path::new(EMBER)
-        .parent()
-        .and_then(Path::parent)
-        .map(|target| target.join("x86_64-unknown-linux-gnu/release/ember"))
-        .expect("target directory");
-    assert!(
-        path.exists(),
-        "{} is missing: `make build` builds it (RUSTFLAGS=\"-C target-feature=+crt-static\" \
-         cargo build --release --target x86_64-unknown-linux-gnu --bin ember)",
-        path.display()
-    );
-    path
-}
-
-/// A jail run by `ember-jailer`; kills ember and removes the jail and cgroup when dropped.
-struct Jail {
-    jailer: Child,
-    base: TempDir,
-    id: String,
-    cgroup_parent: String,
-    pid: u32,
-}
-
-impl Jail {
-    /// Jails ember as `id` with its API at `/run/api.sock`, plus `extra` jailer flags.
-    fn start(id: &str, extra: &[&str]) -> Jail {
-        require_root();
-        require_kvm();
-        let base = TempDir::new(&format!("jail-{id}"));
-        let cgroup_parent = format!("ember-test-{}", std::process::id());
-        let mut args: Vec<String> = [
-            "--id",
-            id,
-            "--exec-file",
-            static_ember().to_str().unwrap(),
-            "--uid",
-            &UID.to_string(),
-            "--gid",
-            &GID.to_string(),
-            "--chroot-base-dir",
-            base.0.to_str().unwrap(),
-            "--cgroup",
-            "pids.max=100",
-            "--parent-cgroup",
-            &cgroup_parent,
-            "--resource-limit",
-            "no-file=1024",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args.extend(["--", "--api-sock", "/run/api.sock", "--level", "Info"].map(String::from));
-        let jailer = Command::new(jailer_bin())
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ember-jailer");
-        let mut jail = Jail {
-            pid: jailer.id(),
-            jailer,
-            base,
-            id: id.to_string(),
-            cgroup_parent,
-        };
-        let deadline = Instant::now() + TIMEOUT;
-        while std::os::unix::net::UnixStream::connect(jail.socket()).is_err() {
-            if let Ok(Some(status)) = jail.jailer.try_wait() {
-                if !extra.contains(&"--new-pid-ns") || !status.success() {
-                    panic!("the jailer exited: {status}");
-                }
-            }
-            assert!(Instant::now() < deadline, "the jailed API never came up");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if extra.contains(&"--new-pid-ns") {
-            let pid_file = jail.root().join("ember.pid");
-            jail.pid = std::fs::read_to_string(&pid_file)
-                .expect("pid file")
-                .trim()
-                .parse()
-                .expect("pid");
-        }
-        jail
-    }
-
-    fn root(&self) -> PathBuf {
-        self.base.0.join("ember").join(&self.id).join("root")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.root().join("run/api.sock")
-    }
-
-    fn ok(&self, method: &str, path: &str, body: &str) {
-        let (status, reply) = http(&self.socket(), method, path, body.as_bytes());
-        assert_eq!(status, 204, "{method} {path} {body} -> {status} {reply}");
-    }
-
-    /// Hard-links (or copies) `file` into the jail; returns its path inside.
-    fn provide(&self, file: &Path, name: &str) -> String {
-        let inside = self.root().join(name);
-        if std::fs::hard_link(file, &inside).is_err() {
-            std::fs::copy(file, &inside).expect("copy into the jail");
-        }
-        format!("/{name}")
-    }
-
-    fn status(&self, task: Option<&str>) -> String {
-        let path = match task {
-            Some(tid) => format!("/proc/{}/task/{tid}/status", self.pid),
-            None => format!("/proc/{}/status", self.pid),
-        };
-        std::fs::read_to_string(path).expect("ember's status")
-    }
-}
-
-impl Drop for Jail {
-    fn drop(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        let _ = self.jailer.kill();
-        let _ = self.jailer.wait();
-        let cgroup = Path::new("/sys/fs/cgroup/pids").join(&self.cgroup_parent);
-        let deadline = Instant::now() + TIMEOUT;
-        while std::fs::remove_dir(cgroup.join(&self.id)).is_err()
-            && cgroup.join(&self.id).exists()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let _ = std::fs::remove_dir(cgroup);
-    }
-}
 
 fn field<'a>(status: &'a str, name: &str) -> &'a str {
     status
@@ -308,7 +155,12 @@ fn a_jailed_ember_restores_a_snapshot_served_by_the_uffd_handler() {
         &jail.root().join("fn.mem"),
         None,
     );
-    std::os::unix::fs::chown(&handler.socket, Some(UID), Some(GID)).unwrap();
+    std::os::unix::fs::chown(
+        &handler.socket,
+        Some(common::JAIL_UID),
+        Some(common::JAIL_GID),
+    )
+    .unwrap();
     restored.ok(
         "PUT",
         "/snapshot/load",
@@ -324,6 +176,35 @@ fn a_jailed_ember_restores_a_snapshot_served_by_the_uffd_handler() {
         handler.vm_stats(0).1 > 0,
         "the handler served the jailed VM's faults"
     );
+}
+
+/// Firecracker's workflow: the platform puts the VM's files in the jail
+/// first; ember boots from a config file there, with a drive, and its
+/// console is the jailer's stdio.
+#[test]
+fn a_jailed_ember_boots_from_a_config_file_in_a_prepared_jail() {
+    let mut jail = Jail::start_with("config-1", &[], &["--config-file", "/vm.json"], |root| {
+        std::fs::copy(artifact("test-elf"), root.join("guest.elf")).unwrap();
+        let mut disk = vec![0u8; 8 * 512];
+        disk[..10].copy_from_slice(b"drive data");
+        std::fs::write(root.join("data.img"), disk).unwrap();
+        std::os::unix::fs::chown(root.join("data.img"), Some(common::JAIL_UID), None).unwrap();
+        let config = json!({
+            "boot-source": {"kernel_image_path": "/guest.elf", "boot_args": "console=ttyS0 ember.echo"},
+            "drives": [{"drive_id": "data", "path_on_host": "/data.img",
+                        "is_root_device": false, "is_read_only": false}],
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}
+        });
+        std::fs::write(root.join("vm.json"), config.to_string()).unwrap();
+    });
+    let ember = &mut jail.ember;
+    ember.expect_line("echo: ready", TIMEOUT);
+    let blk = ember.lines_starting("blk0:");
+    assert!(blk.iter().any(|l| l.contains("drive data")), "{blk:?}");
+    ember.write_stdin(b"typed into a jail\n");
+    ember.expect_line("typed into a jail", TIMEOUT);
+    ember.write_stdin(b"reset\n");
+    assert_eq!(ember.wait_exit(TIMEOUT).code(), Some(0));
 }
 
 /// ember alone, outside any jail: every thread filtered, by kind.

@@ -15,13 +15,21 @@ pub struct CreatedCgroup {
     pub moved_in: Option<PathBuf>,
 }
 
+/// A file or directory this run created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Made {
+    File(PathBuf),
+    /// A directory others may share (the chroot base, `<exec-name>`):
+    /// removed only if it is empty.
+    SharedDir(PathBuf),
+    /// A directory of this jail alone: removed with whatever it holds.
+    Tree(PathBuf),
+}
+
 /// Everything to undo on failure, in creation order.
 #[derive(Debug, Default)]
 pub struct Created {
-    /// The `<chroot-base>/<exec-name>/<id>` directory, if this run made it.
-    pub jail_dir: Option<PathBuf>,
-    /// Directories above `jail_dir` this run created, outermost first.
-    pub jail_parents: Vec<PathBuf>,
+    pub paths: Vec<Made>,
     pub cgroups: Vec<CreatedCgroup>,
 }
 
@@ -43,11 +51,12 @@ impl Created {
                 let _ = fs::remove_dir(p);
             }
         }
-        if let Some(dir) = self.jail_dir.take() {
-            let _ = fs::remove_dir_all(dir);
-        }
-        for p in self.jail_parents.drain(..).rev() {
-            let _ = fs::remove_dir(p);
+        for made in self.paths.drain(..).rev() {
+            let _ = match made {
+                Made::File(p) => fs::remove_file(p),
+                Made::SharedDir(p) => fs::remove_dir(p),
+                Made::Tree(p) => fs::remove_dir_all(p),
+            };
         }
     }
 }

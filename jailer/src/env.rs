@@ -7,7 +7,7 @@ use std::os::unix::fs::{chown, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::args::{CgroupVersion, JailArgs, Resource, ResourceLimit};
-use crate::cleanup::{create_dirs, Created, CreatedCgroup};
+use crate::cleanup::{create_dirs, Created, CreatedCgroup, Made};
 use crate::error::{JailError, Result};
 
 /// Where cgroup hierarchies are mounted on the host.
@@ -25,35 +25,49 @@ pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
     })
 }
 
-/// Step 2: creates `<base>/<exec-name>/<id>/root` and copies the exec file
-/// into it, mode 0755, owned by uid:gid. Fails if the id is taken. Returns
-/// the chroot directory (`.../root`).
+/// Step 2: makes `<base>/<exec-name>/<id>/root` and puts the exec file in
+/// it. The root may exist already, holding what the platform put there for
+/// the VM (kernel, drives, snapshot), as with Firecracker's jailer; the id is
+/// taken if the exec file is already in it. Returns the root.
 pub fn setup_chroot(args: &JailArgs, created: &mut Created) -> Result<PathBuf> {
     const STEP: &str = "chroot";
     let exec_dir = args.chroot_base.join(args.exec_file_name());
-    created.jail_parents =
+    let made =
         create_dirs(&exec_dir).map_err(JailError::io(STEP, "create directory", &exec_dir))?;
+    created.paths.extend(made.into_iter().map(Made::SharedDir));
     let jail_dir = exec_dir.join(&args.id);
-    // create_dir (not _all) fails if the id is already in use.
-    match fs::create_dir(&jail_dir) {
-        Ok(()) => created.jail_dir = Some(jail_dir.clone()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(JailError::Invalid {
-                step: STEP,
-                what: "id already in use, directory exists",
-                path: jail_dir,
-            })
-        }
-        Err(e) => return Err(JailError::io(STEP, "create directory", jail_dir)(e)),
-    }
     let root = jail_dir.join("root");
-    fs::create_dir(&root).map_err(JailError::io(STEP, "create directory", &root))?;
+    let made = create_dirs(&root).map_err(JailError::io(STEP, "create directory", &root))?;
+    // Everything below `<exec-name>` belongs to this jail alone.
+    created
+        .paths
+        .extend(made.into_iter().take(1).map(Made::Tree));
+    let dest = root.join(args.exec_file_name());
+    if dest.symlink_metadata().is_ok() {
+        return Err(JailError::Invalid {
+            step: STEP,
+            what: "id already in use, the jail already holds",
+            path: dest,
+        });
+    }
     chown(&root, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &root))?;
 
-    // A copy, not a hard link: chmod/chown on a link would change the
-    // original binary too.
     let dest = root.join(args.exec_file_name());
-    fs::copy(&args.exec_file, &dest).map_err(JailError::io(STEP, "copy exec file to", &dest))?;
+    // A root-owned binary anyone may run, and nobody else may write, is
+    // hard-linked: nothing about it needs changing, and a link takes
+    // microseconds where a copy takes milliseconds. Anything else is copied,
+    // and the copy made the jailed user's.
+    let shareable = fs::metadata(&args.exec_file)
+        .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o7022 == 0 && m.mode() & 0o005 == 0o005);
+    if shareable && fs::hard_link(&args.exec_file, &dest).is_ok() {
+        created.paths.push(Made::File(dest));
+        return Ok(root);
+    }
+    let copied = fs::copy(&args.exec_file, &dest);
+    if dest.exists() {
+        created.paths.push(Made::File(dest.clone()));
+    }
+    copied.map_err(JailError::io(STEP, "copy exec file to", &dest))?;
     fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))
         .map_err(JailError::io(STEP, "chmod", &dest))?;
     chown(&dest, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &dest))?;
@@ -70,7 +84,7 @@ const DEVICES: [(&str, bool); 3] = [
 /// Step 2b: creates the jail's `/dev` nodes, with the host's device numbers,
 /// owned by uid:gid and readable and writable by them only. Also `/run`,
 /// owned by uid:gid, for ember's sockets.
-pub fn create_dev_nodes(args: &JailArgs, root: &Path) -> Result<()> {
+pub fn create_dev_nodes(args: &JailArgs, root: &Path, created: &mut Created) -> Result<()> {
     const STEP: &str = "dev";
     for (host, required) in DEVICES {
         let rdev = match fs::metadata(host) {
@@ -87,7 +101,8 @@ pub fn create_dev_nodes(args: &JailArgs, root: &Path) -> Result<()> {
         };
         let node = root.join(host.trim_start_matches('/'));
         if let Some(dir) = node.parent() {
-            fs::create_dir_all(dir).map_err(JailError::io(STEP, "create directory", dir))?;
+            let made = create_dirs(dir).map_err(JailError::io(STEP, "create directory", dir))?;
+            created.paths.extend(made.into_iter().map(Made::Tree));
         }
         let c_node = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).map_err(|_| {
             JailError::Invalid {
@@ -106,7 +121,8 @@ pub fn create_dev_nodes(args: &JailArgs, root: &Path) -> Result<()> {
             .map_err(JailError::io(STEP, "chown", &node))?;
     }
     let run = root.join("run");
-    fs::create_dir(&run).map_err(JailError::io(STEP, "create directory", &run))?;
+    let made = create_dirs(&run).map_err(JailError::io(STEP, "create directory", &run))?;
+    created.paths.extend(made.into_iter().map(Made::Tree));
     chown(&run, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &run))
 }
 
@@ -295,7 +311,7 @@ pub fn join_netns(netns: Option<&Path>) -> Result<()> {
 /// directory. The caller undoes `created` on error.
 pub fn run(args: &JailArgs, cgroup_root: &Path, created: &mut Created) -> Result<PathBuf> {
     let root = setup_chroot(args, created)?;
-    create_dev_nodes(args, &root)?;
+    create_dev_nodes(args, &root, created)?;
     setup_cgroups(args, cgroup_root, created)?;
     set_resource_limits(&args.resource_limits)?;
     join_netns(args.netns.as_deref())?;
@@ -377,22 +393,59 @@ mod tests {
     }
 
     #[test]
+    fn root_owned_world_executable_binary_is_linked_not_copied() {
+        let t = TempDir::new("link");
+        let a = args(t.path(), "vm-link");
+        fs::set_permissions(&a.exec_file, fs::Permissions::from_mode(0o755)).unwrap();
+        let orig = fs::metadata(&a.exec_file).unwrap();
+        let mut created = Created::default();
+        let root = setup_chroot(&a, &mut created).unwrap();
+        let inside = fs::metadata(root.join("ember")).unwrap();
+        // Only a root-owned original is shared; the tests may run as another user.
+        assert_eq!(inside.ino() == orig.ino(), orig.uid() == 0);
+        let after = fs::metadata(&a.exec_file).unwrap();
+        assert_eq!(
+            (after.uid(), after.mode() & 0o7777),
+            (orig.uid(), 0o755),
+            "the original is untouched"
+        );
+        created.undo();
+        assert!(fs::metadata(&a.exec_file).is_ok());
+    }
+
+    #[test]
     fn taken_id_fails_and_keeps_the_existing_jail() {
         let t = TempDir::new("taken");
         let a = args(t.path(), "vm-1");
-        let existing = t.path().join("base/ember/vm-1");
-        fs::create_dir_all(existing.join("root")).unwrap();
+        let existing = t.path().join("base/ember/vm-1/root/ember");
+        fs::create_dir_all(existing.parent().unwrap()).unwrap();
+        fs::write(&existing, b"running").unwrap();
         let mut created = Created::default();
         let e = setup_chroot(&a, &mut created).unwrap_err().to_string();
         assert_eq!(
             e,
             format!(
-                "chroot: id already in use, directory exists '{}'",
+                "chroot: id already in use, the jail already holds '{}'",
                 existing.display()
             )
         );
         created.undo();
-        assert!(existing.join("root").is_dir());
+        assert_eq!(fs::read(&existing).unwrap(), b"running");
+    }
+
+    #[test]
+    fn a_root_the_platform_prepared_is_used_and_only_our_additions_undone() {
+        let t = TempDir::new("prepared");
+        let a = args(t.path(), "vm-2");
+        let root = t.path().join("base/ember/vm-2/root");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("kernel.elf"), b"kernel").unwrap();
+        let mut created = Created::default();
+        assert_eq!(setup_chroot(&a, &mut created).unwrap(), root);
+        assert!(root.join("ember").exists());
+        created.undo();
+        assert!(!root.join("ember").exists());
+        assert_eq!(fs::read(root.join("kernel.elf")).unwrap(), b"kernel");
     }
 
     #[test]

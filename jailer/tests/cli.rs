@@ -137,8 +137,9 @@ fn a_failed_exec_in_a_new_pid_namespace_is_cleaned_up_too() {
 fn taken_id_is_refused_and_kept() {
     let t = TempDir::new("taken");
     let exec = exec_file(&t);
-    let jail_dir = t.0.join("base/ember/cli-2");
-    fs::create_dir_all(&jail_dir).unwrap();
+    let running = t.0.join("base/ember/cli-2/root/ember");
+    fs::create_dir_all(running.parent().unwrap()).unwrap();
+    fs::write(&running, b"in use").unwrap();
     let o = jailer(&[
         "--id",
         "cli-2",
@@ -155,11 +156,40 @@ fn taken_id_is_refused_and_kept() {
     assert_eq!(
         stderr(&o),
         format!(
-            "ember-jailer: chroot: id already in use, directory exists '{}'\n",
-            jail_dir.display()
+            "ember-jailer: chroot: id already in use, the jail already holds '{}'\n",
+            running.display()
         )
     );
-    assert!(jail_dir.is_dir());
+    assert_eq!(fs::read(&running).unwrap(), b"in use");
+}
+
+/// A platform may put the VM's files in the jail before starting the jailer,
+/// as with Firecracker's: they stay, and a failure removes only the jailer's own.
+#[test]
+fn a_prepared_jail_keeps_the_platforms_files_after_a_failure() {
+    let t = TempDir::new("prepared");
+    let exec = exec_file(&t);
+    let root = t.0.join("base/ember/cli-8/root");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("kernel.elf"), b"kernel").unwrap();
+    let o = jailer(&[
+        "--id",
+        "cli-8",
+        "--exec-file",
+        &exec,
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        "--chroot-base-dir",
+        t.0.join("base").to_str().unwrap(),
+    ]);
+    assert_eq!(stderr(&o), EXEC_FAILED);
+    let left: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["kernel.elf"]);
 }
 
 /// Uses the host's real cgroup v1 `pids` controller, under a parent cgroup

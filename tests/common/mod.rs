@@ -110,8 +110,13 @@ pub struct Ember {
 impl Ember {
     /// Spawns ember with `args`; with `socket` set, waits until the API answers a connect.
     pub fn spawn(args: &[&str], socket: Option<&Path>) -> Ember {
+        Ember::spawn_program(Path::new(EMBER), args, socket)
+    }
+
+    /// Spawns `program` (ember, or the jailer that becomes ember) with `args`.
+    pub fn spawn_program(program: &Path, args: &[&str], socket: Option<&Path>) -> Ember {
         let spawned_at = Instant::now();
-        let mut child = Command::new(EMBER)
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -614,4 +619,177 @@ pub fn print_table(all: &[&Samples]) -> Vec<serde_json::Value> {
                 "min": min, "p50": p50, "p99": p99, "max": max, "samples": sorted})
         })
         .collect()
+}
+
+/// The uid and gid jailed embers run as in the tests and benchmarks.
+pub const JAIL_UID: u32 = 123;
+pub const JAIL_GID: u32 = 100;
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the jail tests must run as root (CI does)"
+    );
+}
+
+pub fn jailer_bin() -> PathBuf {
+    Path::new(EMBER).with_file_name("ember-jailer")
+}
+
+/// The statically linked ember the jail needs (nothing else is in the chroot).
+pub fn static_ember() -> PathBuf {
+    let path = Path::new(EMBER)
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("x86_64-unknown-linux-gnu/release/ember"))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} is missing: `make build` builds it (RUSTFLAGS=\"-C target-feature=+crt-static\" \
+         cargo build --release --target x86_64-unknown-linux-gnu --bin ember)",
+        path.display()
+    );
+    path
+}
+
+/// A jail run by `ember-jailer`; kills ember and removes the jail and cgroup when dropped.
+pub struct Jail {
+    /// The jailer's process, which is ember after the exec (without
+    /// `--new-pid-ns`); its stdio is the jailed ember's console.
+    pub ember: Ember,
+    base: TempDir,
+    id: String,
+    pub cgroup_parent: String,
+    pub pid: u32,
+    /// When the jailer was spawned and when the jailed API first answered a connect.
+    pub spawned_at: Instant,
+    pub api_ready_at: Instant,
+}
+
+impl Jail {
+    /// Jails ember as `id` with its API at `/run/api.sock`, plus `extra` jailer flags.
+    pub fn start(id: &str, extra: &[&str]) -> Jail {
+        Jail::start_with(id, extra, &[], |_| {})
+    }
+
+    /// As `start`, with `ember_args` for ember and `prepare` filling the jail's
+    /// root before the jailer runs, as a platform does with its VM's files.
+    pub fn start_with(
+        id: &str,
+        extra: &[&str],
+        ember_args: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Jail {
+        require_root();
+        require_kvm();
+        let base = TempDir::new(&format!("jail-{id}"));
+        let root = base.0.join("ember").join(id).join("root");
+        std::fs::create_dir_all(&root).expect("create the jail's root");
+        prepare(&root);
+        let cgroup_parent = format!("ember-test-{}", std::process::id());
+        let mut args: Vec<String> = [
+            "--id",
+            id,
+            "--exec-file",
+            static_ember().to_str().unwrap(),
+            "--uid",
+            &JAIL_UID.to_string(),
+            "--gid",
+            &JAIL_GID.to_string(),
+            "--chroot-base-dir",
+            base.0.to_str().unwrap(),
+            "--cgroup",
+            "pids.max=100",
+            "--parent-cgroup",
+            &cgroup_parent,
+            "--resource-limit",
+            "no-file=1024",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["--", "--api-sock", "/run/api.sock", "--level", "Info"].map(String::from));
+        args.extend(ember_args.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ember = Ember::spawn_program(&jailer_bin(), &args, None);
+        let mut jail = Jail {
+            pid: ember.pid(),
+            spawned_at: ember.spawned_at,
+            api_ready_at: ember.spawned_at,
+            ember,
+            base,
+            id: id.to_string(),
+            cgroup_parent,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(jail.socket()).is_err() {
+            if let Ok(Some(status)) = jail.ember.child.try_wait() {
+                if !extra.contains(&"--new-pid-ns") || !status.success() {
+                    panic!("the jailer exited: {status}: {}", jail.ember.stderr());
+                }
+            }
+            assert!(Instant::now() < deadline, "the jailed API never came up");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        jail.api_ready_at = Instant::now();
+        if extra.contains(&"--new-pid-ns") {
+            let pid_file = jail.root().join("ember.pid");
+            jail.pid = std::fs::read_to_string(&pid_file)
+                .expect("pid file")
+                .trim()
+                .parse()
+                .expect("pid");
+        }
+        jail
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.base.0.join("ember").join(&self.id).join("root")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.root().join("run/api.sock")
+    }
+
+    pub fn ok(&self, method: &str, path: &str, body: &str) {
+        let (status, reply) = http(&self.socket(), method, path, body.as_bytes());
+        assert_eq!(status, 204, "{method} {path} {body} -> {status} {reply}");
+    }
+
+    /// Hard-links (or copies) `file` into the jail; returns its path inside.
+    pub fn provide(&self, file: &Path, name: &str) -> String {
+        let inside = self.root().join(name);
+        if std::fs::hard_link(file, &inside).is_err() {
+            std::fs::copy(file, &inside).expect("copy into the jail");
+        }
+        format!("/{name}")
+    }
+
+    pub fn status(&self, task: Option<&str>) -> String {
+        let path = match task {
+            Some(tid) => format!("/proc/{}/task/{tid}/status", self.pid),
+            None => format!("/proc/{}/status", self.pid),
+        };
+        std::fs::read_to_string(path).expect("ember's status")
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        let _ = self.ember.child.kill();
+        let _ = self.ember.child.wait();
+        let cgroup = Path::new("/sys/fs/cgroup/pids").join(&self.cgroup_parent);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::remove_dir(cgroup.join(&self.id)).is_err()
+            && cgroup.join(&self.id).exists()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = std::fs::remove_dir(cgroup);
+    }
 }
