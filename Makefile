@@ -9,13 +9,16 @@ demo: guests build
 	cargo bench --bench function -- --demo
 	cargo bench --bench snapshot -- --demo
 
-# Everything CI runs: lints, the whole test suite, and the benchmarks in their short modes.
+# Everything CI runs: lints, the whole test suite, the VM tests again with every ember
+# under ember-jailer, and the benchmarks in their short modes.
 test: guests check build
 	cargo test --workspace --release
+	EMBER_TEST_JAILED=1 cargo test --release --test api --test boot --test function --test snapshot --test linux
 	cd resources/unikernel && cargo test -p rt
 	cargo bench --bench boot -- --short
 	cargo bench --bench function -- --short
 	cargo bench --bench snapshot -- --short
+	cargo bench --bench jail -- --short
 
 # ember, ember-snapshot and ember-jailer, which the tests and benchmarks run, and the
 # statically linked ember that runs inside a jail (where there is no libc to load).

@@ -105,12 +105,93 @@ pub struct Ember {
     console: Arc<(Mutex<Console>, Condvar)>,
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<std::thread::JoinHandle<()>>,
+    /// With `EMBER_TEST_JAILED`: the jail directory to remove afterwards.
+    jail_dir: Option<PathBuf>,
 }
 
 impl Ember {
     /// Spawns ember with `args`; with `socket` set, waits until the API answers a connect.
+    ///
+    /// With `EMBER_TEST_JAILED` set, ember runs under `ember-jailer` (chroot,
+    /// namespaces, dropped groups, seccomp), so the whole suite can run jailed.
     pub fn spawn(args: &[&str], socket: Option<&Path>) -> Ember {
+        if std::env::var_os("EMBER_TEST_JAILED").is_some() {
+            return Ember::spawn_jailed(args, socket);
+        }
         Ember::spawn_program(Path::new(EMBER), args, socket)
+    }
+
+    /// Runs ember in a jail whose root also shows the host's /tmp (the
+    /// tests' files and sockets) and the guest cache at their usual paths.
+    /// The bind mounts are made in a mount namespace of their own, which the
+    /// jailer then narrows: nothing is mounted on the host, and they vanish
+    /// with ember.
+    fn spawn_jailed(args: &[&str], socket: Option<&Path>) -> Ember {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let valid = |id: &str| {
+            (1..=64).contains(&id.len())
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        // The jailer gives ember `--id`; a test's own id becomes the jail's.
+        let mut id = None;
+        let mut ember_args: Vec<&str> = Vec::new();
+        let mut it = args.iter();
+        while let Some(&arg) = it.next() {
+            match (arg, id.is_none()) {
+                ("--id", true) if it.clone().next().is_some_and(|v| valid(v)) => {
+                    id = it.next().map(|v| v.to_string())
+                }
+                _ => ember_args.push(arg),
+            }
+        }
+        let id = id.unwrap_or_else(|| {
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            format!("t{}-{n}", std::process::id())
+        });
+        let base = Path::new("/var/tmp/ember-test-jails");
+        let jail_dir = base.join("ember").join(&id);
+        let _ = std::fs::remove_dir_all(&jail_dir);
+        let root = jail_dir.join("root");
+        let cache = guest_cache_dir();
+        for dir in [
+            root.join("tmp"),
+            root.join(cache.strip_prefix("/").unwrap_or(&cache)),
+        ] {
+            std::fs::create_dir_all(dir).expect("create a jail mount point");
+        }
+        let script = r#"root=$1 cache=$2; shift 2
+mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@""#;
+        let static_ember = static_ember();
+        let mut command: Vec<&str> = vec![
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            root.to_str().unwrap(),
+            cache.to_str().unwrap(),
+        ];
+        let jailer = jailer_bin();
+        command.extend([
+            jailer.to_str().unwrap(),
+            "--id",
+            &id,
+            "--exec-file",
+            static_ember.to_str().unwrap(),
+            "--uid",
+            "0",
+            "--gid",
+            "0",
+            "--chroot-base-dir",
+            base.to_str().unwrap(),
+            "--",
+        ]);
+        command.extend(ember_args);
+        let mut ember = Ember::spawn_program(Path::new("unshare"), &command, socket);
+        ember.jail_dir = Some(jail_dir);
+        ember
     }
 
     /// Spawns `program` (ember, or the jailer that becomes ember) with `args`.
@@ -161,6 +242,7 @@ impl Ember {
             console,
             stderr,
             stderr_reader: Some(stderr_reader),
+            jail_dir: None,
         };
         if let Some(socket) = socket {
             ember.wait_for_socket(socket);
@@ -305,7 +387,22 @@ impl Drop for Ember {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.jail_dir {
+            // Its mounts died with ember's mount namespace: only empty
+            // mount points and the jail's own files remain.
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// Where `resources/guests.sh` caches the guests (`EMBER_CACHE`, or ~/.cache/ember).
+fn guest_cache_dir() -> PathBuf {
+    std::env::var_os("EMBER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/ember")
+        })
 }
 
 /// A minimal HTTP/1.1 client for one request over a Unix socket.
