@@ -44,3 +44,4 @@ bench: guests build
 	cargo bench --bench boot
 	cargo bench --bench function
 	cargo bench --bench snapshot
+	cargo bench --bench jail
