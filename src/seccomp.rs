@@ -165,8 +165,9 @@ impl Filters {
 }
 
 thread_local! {
-    /// The filter this thread entered last, for the SIGSYS handler's message.
-    static THREAD_KIND: std::cell::Cell<&'static str> = const { std::cell::Cell::new("unfiltered") };
+    /// The filter this thread entered last, for the SIGSYS handler's message;
+    /// a thread that entered none runs under the `vmm` filter it inherited.
+    static THREAD_KIND: std::cell::Cell<&'static str> = const { std::cell::Cell::new("vmm") };
 }
 
 /// Where the SIGSYS handler writes besides stderr: the log file, if any.

@@ -178,6 +178,27 @@ fn a_jailed_ember_restores_a_snapshot_served_by_the_uffd_handler() {
     );
 }
 
+/// cgroup v2 for real: this machine's v2 hierarchy offers `hugetlb`.
+#[test]
+fn a_jailed_ember_lives_in_a_real_cgroup_v2() {
+    let jail = Jail::start(
+        "v2-1",
+        &["--cgroup-version", "2", "--cgroup", "hugetlb.2MB.max=0"],
+    );
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", jail.pid)).unwrap();
+    let leaf = format!("/{}/v2-1", jail.cgroup_parent);
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.starts_with("0::") && l.ends_with(&leaf)),
+        "{cgroups}"
+    );
+    let max = Path::new("/sys/fs/cgroup/unified")
+        .join(&jail.cgroup_parent)
+        .join("v2-1/hugetlb.2MB.max");
+    assert_eq!(std::fs::read_to_string(max).unwrap().trim(), "0");
+}
+
 /// Firecracker's workflow: the platform puts the VM's files in the jail
 /// first; ember boots from a config file there, with a drive, and its
 /// console is the jailer's stdio.

@@ -796,8 +796,6 @@ impl Jail {
             &JAIL_GID.to_string(),
             "--chroot-base-dir",
             base.0.to_str().unwrap(),
-            "--cgroup",
-            "pids.max=100",
             "--parent-cgroup",
             &cgroup_parent,
             "--resource-limit",
@@ -806,6 +804,10 @@ impl Jail {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // A v1 `pids` limit unless the caller chose its cgroups.
+        if !extra.contains(&"--cgroup") {
+            args.extend(["--cgroup", "pids.max=100"].map(String::from));
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(["--", "--api-sock", "/run/api.sock", "--level", "Info"].map(String::from));
         args.extend(ember_args.iter().map(|a| a.to_string()));
@@ -879,14 +881,17 @@ impl Drop for Jail {
         unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
         let _ = self.ember.child.kill();
         let _ = self.ember.child.wait();
-        let cgroup = Path::new("/sys/fs/cgroup/pids").join(&self.cgroup_parent);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::fs::remove_dir(cgroup.join(&self.id)).is_err()
-            && cgroup.join(&self.id).exists()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(1));
+        // The cgroup empties once the kernel has finished with the killed process.
+        for hierarchy in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified"] {
+            let cgroup = Path::new(hierarchy).join(&self.cgroup_parent);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::fs::remove_dir(cgroup.join(&self.id)).is_err()
+                && cgroup.join(&self.id).exists()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = std::fs::remove_dir(cgroup);
         }
-        let _ = std::fs::remove_dir(cgroup);
     }
 }
