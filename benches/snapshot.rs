@@ -41,12 +41,7 @@ fn invoke(ember: &Ember, payload: &[u8]) {
 /// The echo function booted with dirty-page tracking and invoked once.
 fn boot_function(dir: &TempDir) -> Ember {
     let ember = Ember::with_api(dir, &[]);
-    ember.ok(
-        "PUT",
-        "/boot-source",
-        &json!({"kernel_image_path": artifact("unikernel-echo"), "boot_args": "console=ttyS0"})
-            .to_string(),
-    );
+    ember.put_boot_source(&artifact("unikernel-echo"), "console=ttyS0");
     ember.ok(
         "PUT",
         "/machine-config",

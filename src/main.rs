@@ -12,7 +12,7 @@ use ember::controller::{Controller, Request, VERSION};
 use ember::event_loop::EventLoop;
 use ember::exit::ExitSignal;
 use ember::logger;
-use ember::seccomp::{Filters, ThreadKind};
+use ember::seccomp::{Filters, PendingVmmFilter};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Firecracker's exit codes for bad flags and bad configuration.
@@ -57,7 +57,8 @@ fn run() -> i32 {
     // SAFETY: mallopt only tunes the allocator; it is called before any thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
 
-    // Before any socket, file or thread: everything after runs filtered.
+    // The vmm filter is prepared on a helper thread while start-up goes on,
+    // and is on every thread before a request is served or a file is read.
     let filters = match &args.seccomp {
         Seccomp::Builtin => Filters::builtin(),
         Seccomp::Custom(path) => Filters::from_json_file(Path::new(path)),
@@ -67,9 +68,14 @@ fn run() -> i32 {
         Ok(filters) => filters.with_selftest(args.seccomp_selftest),
         Err(e) => return fail(EXIT_BAD_CONFIGURATION, &e.to_string()),
     };
-    if let Err(e) = filters.enter(ThreadKind::Vmm) {
-        return fail(EXIT_GENERIC, &e.to_string());
-    }
+    let mut vmm_filter = match filters.enter_vmm_in_background() {
+        Ok(pending) => Some(pending),
+        Err(e) => return fail(EXIT_GENERIC, &e.to_string()),
+    };
+    let mut filtered = || match vmm_filter.take().map(PendingVmmFilter::wait) {
+        Some(Err(e)) => Err(fail(EXIT_GENERIC, &e.to_string())),
+        _ => Ok(()),
+    };
 
     let exit = match ExitSignal::new() {
         Ok(e) => Arc::new(e),
@@ -107,11 +113,17 @@ fn run() -> i32 {
         if let Err(e) = event_loop.add_api(calls_rx, wake.clone()) {
             return fail(EXIT_GENERIC, &format!("cannot watch the API: {e}"));
         }
+        if let Err(code) = filtered() {
+            return code;
+        }
         if let Err(e) = api::spawn(listener, ToVmm::new(calls_tx, wake), filters) {
             return fail(EXIT_GENERIC, &format!("cannot start the API thread: {e}"));
         }
     }
 
+    if let Err(code) = filtered() {
+        return code;
+    }
     // With the API up (or without one), make the VM ready while configuration goes on.
     controller.prepare();
 

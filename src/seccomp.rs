@@ -1,9 +1,9 @@
 //! Seccomp: one BPF allowlist per kind of thread, compiled at build time
 //! from `resources/seccomp/x86_64.json` (see `build.rs`).
 //!
-//! The main thread installs the `vmm` filter before it binds the API socket
-//! or reads any configuration, so every thread it starts inherits it; the
-//! API and vCPU threads then add their own, narrower one as their first act
+//! The `vmm` filter goes on every thread (the main thread and all it starts)
+//! before the API serves a request or a configuration file is read; the API
+//! and vCPU threads then add their own, narrower one as their first act
 //! (stacked filters: a syscall must pass both). A syscall outside a list
 //! traps: the handler logs its number and the process dies of SIGSYS.
 
@@ -53,6 +53,10 @@ pub enum Error {
     MissingKind { path: String, kind: &'static str },
     #[error("the built-in seccomp filters are malformed")]
     Builtin,
+    #[error("cannot start the thread that installs the seccomp filters: {0}")]
+    Helper(std::io::Error),
+    #[error("the thread that installs the seccomp filters panicked")]
+    HelperPanicked,
     #[error("cannot install the '{kind}' seccomp filter: {source}")]
     Install {
         kind: &'static str,
@@ -141,6 +145,37 @@ impl Filters {
         self
     }
 
+    /// Starts putting every thread of the process under the `vmm` filter,
+    /// from a helper thread: the kernel spends a few hundred microseconds
+    /// preparing a filter (it evaluates it for every syscall number to cache
+    /// the always-allowed ones), which then overlaps the main thread's
+    /// start-up. Nothing may be served before [`PendingVmmFilter::wait`].
+    pub fn enter_vmm_in_background(&self) -> Result<PendingVmmFilter, Error> {
+        let install = match &self.programs {
+            Some(programs) => {
+                let programs = programs.clone();
+                let handle = std::thread::Builder::new()
+                    .name("ember_seccomp".into())
+                    .spawn(move || {
+                        install_sigsys_handler();
+                        // TSYNC gives the filter (and no_new_privs) to every thread.
+                        seccompiler::apply_filter_all_threads(&programs[ThreadKind::Vmm as usize])
+                            .map_err(|source| Error::Install {
+                                kind: ThreadKind::Vmm.name(),
+                                source,
+                            })
+                    })
+                    .map_err(Error::Helper)?;
+                Some(handle)
+            }
+            None => None,
+        };
+        Ok(PendingVmmFilter {
+            install,
+            filters: self.clone(),
+        })
+    }
+
     /// Puts the calling thread under the filter of `kind`.
     pub fn enter(&self, kind: ThreadKind) -> Result<(), Error> {
         let Some(programs) = &self.programs else {
@@ -155,11 +190,32 @@ impl Filters {
                 source,
             })?;
         }
+        self.selftest(kind);
+        Ok(())
+    }
+
+    fn selftest(&self, kind: ThreadKind) {
         if self.selftest == Some(kind) {
             // SAFETY: `acct(NULL)` turns process accounting off; no filter
             // allows it, so it traps before it runs.
             unsafe { libc::acct(std::ptr::null()) };
         }
+    }
+}
+
+/// The `vmm` filter on its way in; see [`Filters::enter_vmm_in_background`].
+pub struct PendingVmmFilter {
+    install: Option<std::thread::JoinHandle<Result<(), Error>>>,
+    filters: Filters,
+}
+
+impl PendingVmmFilter {
+    /// Waits until every thread is under the `vmm` filter.
+    pub fn wait(self) -> Result<(), Error> {
+        if let Some(install) = self.install {
+            install.join().map_err(|_| Error::HelperPanicked)??;
+        }
+        self.filters.selftest(ThreadKind::Vmm);
         Ok(())
     }
 }

@@ -22,12 +22,7 @@ struct Snapshot {
 fn snapshot_echo_function(dir: &TempDir) -> Snapshot {
     require_kvm();
     let ember = Ember::with_api(dir, &[]);
-    ember.ok(
-        "PUT",
-        "/boot-source",
-        &json!({"kernel_image_path": artifact("unikernel-echo"), "boot_args": "console=ttyS0"})
-            .to_string(),
-    );
+    ember.put_boot_source(&artifact("unikernel-echo"), "console=ttyS0");
     ember.ok(
         "PUT",
         "/machine-config",
@@ -130,12 +125,7 @@ fn test_guest_console_carries_on_after_a_restore_and_its_drive_is_reopened() {
     let dir = TempDir::new("snap-console");
     let disk = dir.disk("data.img", 8, b"drive data");
     let mut ember = Ember::with_api(&dir, &[]);
-    ember.ok(
-        "PUT",
-        "/boot-source",
-        &json!({"kernel_image_path": artifact("test-elf"), "boot_args": "console=ttyS0 ember.echo"})
-            .to_string(),
-    );
+    ember.put_boot_source(&artifact("test-elf"), "console=ttyS0 ember.echo");
     ember.ok(
         "PUT",
         "/drives/data",
@@ -261,12 +251,7 @@ fn a_diff_merged_onto_its_base_equals_a_full_snapshot_and_restores() {
     require_kvm();
     let dir = TempDir::new("snap-diff");
     let mut ember = Ember::with_api(&dir, &[]);
-    ember.ok(
-        "PUT",
-        "/boot-source",
-        &json!({"kernel_image_path": artifact("test-elf"), "boot_args": "console=ttyS0 ember.echo"})
-            .to_string(),
-    );
+    ember.put_boot_source(&artifact("test-elf"), "console=ttyS0 ember.echo");
     ember.ok(
         "PUT",
         "/machine-config",
@@ -336,10 +321,7 @@ fn a_diff_merged_onto_its_base_equals_a_full_snapshot_and_restores() {
                 "resume_vm": true})
         .to_string(),
     );
-    restored.write_stdin(b"after the merge\n");
-    restored.expect_line("after the merge", BOOT);
-    restored.write_stdin(b"reset\n");
-    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
+    restored.echo_then_reset("after the merge", BOOT);
 }
 
 #[test]

@@ -349,6 +349,24 @@ mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@
         }
     }
 
+    /// Types `line` at the test guest's echo console and waits for it to
+    /// come back; then types `reset` and expects ember to exit 0.
+    pub fn echo_then_reset(&mut self, line: &str, timeout: Duration) {
+        self.write_stdin(format!("{line}\n").as_bytes());
+        self.expect_line(line, timeout);
+        self.write_stdin(b"reset\n");
+        assert_eq!(self.wait_exit(timeout).code(), Some(0));
+    }
+
+    /// `PUT /boot-source` with `kernel` and `boot_args`.
+    pub fn put_boot_source(&self, kernel: &Path, boot_args: &str) {
+        self.ok(
+            "PUT",
+            "/boot-source",
+            &serde_json::json!({"kernel_image_path": kernel, "boot_args": boot_args}).to_string(),
+        );
+    }
+
     pub fn write_stdin(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin");
         stdin.write_all(bytes).unwrap();
