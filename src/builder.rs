@@ -39,7 +39,7 @@ use crate::exit::ExitSignal;
 use crate::seccomp::Filters;
 use crate::vmm::{Devices, Drive, Vmm};
 use crate::vstate::memory::{self, MemoryBackend};
-use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuHandle, VcpuState};
+use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuHandle, VcpuState, VcpuThread};
 use crate::vstate::vm::{self, VmState};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,28 +93,35 @@ pub struct BuildOptions {
     /// Adds Firecracker's boot-timer device, timing from `start`.
     pub boot_timer: bool,
     pub start: Instant,
-    /// What the vCPU threads install before they run the guest.
-    pub seccomp: Filters,
 }
 
 /// A VM being made ready off the start path.
 ///
-/// Creating the VM with its memory slots and interrupt controllers and
-/// querying CPUID do not depend on the kernel or the devices, so they run on
-/// their own thread as soon as the memory size is known, while the API is
-/// still being configured or the kernel is being loaded. Guest memory itself
-/// is mapped right away.
+/// Creating the VM with its memory slots and interrupt controllers, querying
+/// CPUID and starting the vCPU threads do not depend on the kernel or the
+/// devices, so they run on their own thread as soon as the machine
+/// configuration is known, while the API is still being configured or the
+/// kernel is being loaded. Guest memory itself is mapped right away.
 pub struct VmPrep {
     mem_size_mib: u64,
     track_dirty_pages: bool,
     mem: GuestMemoryMmap,
-    kvm: JoinHandle<Result<(vm::Vm, CpuId), Error>>,
+    /// Taken by `finish`; otherwise joined, and the VM destroyed, off the
+    /// caller's path when the preparation is dropped.
+    kvm: Option<JoinHandle<Result<(vm::Vm, CpuId), Error>>>,
+    /// Started here, so a snapshot load can take them without waiting for the VM.
+    vcpu_threads: Vec<VcpuThread>,
 }
 
 impl VmPrep {
-    pub fn start(mem_size_mib: u64, track_dirty_pages: bool) -> Result<Self, Error> {
-        let mem = memory::create(mem_size_mib)?;
+    pub fn start(
+        machine: &MachineConfig,
+        exit: &Arc<ExitSignal>,
+        seccomp: &Filters,
+    ) -> Result<Self, Error> {
+        let mem = memory::create(machine.mem_size_mib)?;
         let slots = mem.clone();
+        let track_dirty_pages = machine.track_dirty_pages;
         let kvm = std::thread::Builder::new()
             .name("ember_vmprep".into())
             .spawn(move || {
@@ -129,11 +136,13 @@ impl VmPrep {
                 Ok((vm, cpuid))
             })
             .map_err(setup_err("the VM preparation thread"))?;
+        let vcpu_threads = vcpu_threads(Vec::new(), machine.vcpu_count, exit, seccomp)?;
         Ok(VmPrep {
-            mem_size_mib,
+            mem_size_mib: machine.mem_size_mib,
             track_dirty_pages,
             mem,
-            kvm,
+            kvm: Some(kvm),
+            vcpu_threads,
         })
     }
 
@@ -141,11 +150,46 @@ impl VmPrep {
     pub fn fits(&self, machine: &MachineConfig) -> bool {
         self.mem_size_mib == machine.mem_size_mib
             && self.track_dirty_pages == machine.track_dirty_pages
+            && self.vcpu_threads.len() == usize::from(machine.vcpu_count)
     }
 
-    fn finish(self) -> Result<(vm::Vm, CpuId), Error> {
-        self.kvm.join().map_err(|_| Error::PrepPanicked)?
+    fn finish(mut self) -> Result<(vm::Vm, CpuId, Vec<VcpuThread>), Error> {
+        let kvm = self.kvm.take().ok_or(Error::PrepPanicked)?;
+        let (vm, cpuid) = kvm.join().map_err(|_| Error::PrepPanicked)??;
+        Ok((vm, cpuid, std::mem::take(&mut self.vcpu_threads)))
     }
+
+    /// For a snapshot load, which needs a VM of its own: the vCPU threads.
+    pub fn into_vcpu_threads(mut self) -> Vec<VcpuThread> {
+        std::mem::take(&mut self.vcpu_threads)
+    }
+}
+
+impl Drop for VmPrep {
+    /// Destroying a VM takes milliseconds (and it may not even be ready):
+    /// a preparation nobody used is let go on a thread of its own.
+    fn drop(&mut self) {
+        if let Some(kvm) = self.kvm.take() {
+            let _ = std::thread::Builder::new()
+                .name("ember_vmdrop".into())
+                .spawn(move || drop(kvm.join()));
+        }
+    }
+}
+
+/// `count` vCPU threads: those in `ready` if there are as many, else new ones.
+fn vcpu_threads(
+    ready: Vec<VcpuThread>,
+    count: u8,
+    exit: &Arc<ExitSignal>,
+    seccomp: &Filters,
+) -> Result<Vec<VcpuThread>, Error> {
+    if ready.len() == usize::from(count) {
+        return Ok(ready);
+    }
+    Ok((0..count)
+        .map(|index| VcpuThread::spawn(index, exit.clone(), seccomp.clone()))
+        .collect::<Result<_, _>>()?)
 }
 
 /// Where each virtio device sits: the root drive is the guest's first
@@ -430,7 +474,7 @@ pub fn build(
     stages.mark("boot params");
 
     // ...then what needs the VM.
-    let (vm, supported_cpuid) = prep.finish()?;
+    let (vm, supported_cpuid, threads) = prep.finish()?;
     stages.mark("vm ready");
 
     let boot_timer = options.boot_timer.then_some(options.start);
@@ -446,23 +490,24 @@ pub fn build(
         })
         .collect::<Result<Vec<_>, vcpu::Error>>()?;
 
-    let handles = start_vcpus(vcpus, buses, &exit, false, &options.seccomp)?;
+    let handles = start_vcpus(vcpus, threads, buses, false)?;
     stages.mark("vcpus");
     stages.log("InstanceStart");
     Ok(Vmm::new(vm, mem, handles, devices, false, None))
 }
 
+/// Gives each vCPU to its thread, one for one.
 fn start_vcpus(
     vcpus: Vec<Vcpu>,
+    threads: Vec<VcpuThread>,
     buses: Buses,
-    exit: &Arc<ExitSignal>,
     paused: bool,
-    seccomp: &Filters,
 ) -> Result<Vec<VcpuHandle>, Error> {
     let buses = Arc::new(buses);
     Ok(vcpus
         .into_iter()
-        .map(|vcpu| vcpu.start(buses.clone(), exit.clone(), paused, seccomp.clone()))
+        .zip(threads)
+        .map(|(vcpu, thread)| thread.run(vcpu, buses.clone(), paused))
         .collect::<Result<Vec<_>, _>>()?)
 }
 
@@ -487,6 +532,7 @@ pub fn restore(
     clock_realtime: bool,
     exit: Arc<ExitSignal>,
     seccomp: &Filters,
+    ready_threads: Vec<VcpuThread>,
 ) -> Result<Vmm, Error> {
     let mut stages = Stages::new();
     if saved.vcpus.len() != usize::from(saved.machine.vcpu_count) {
@@ -496,6 +542,7 @@ pub fn restore(
     }
     let layout = device_layout(saved.drives, saved.vsock)?;
     let backends = open_backends(&layout)?;
+    let threads = vcpu_threads(ready_threads, saved.machine.vcpu_count, &exit, seccomp)?;
     let vm = vm::Vm::new(&mem, saved.machine.track_dirty_pages)?;
     stages.mark("vm");
     match restore_on(
@@ -507,7 +554,7 @@ pub fn restore(
         paused,
         clock_realtime,
         &exit,
-        seccomp,
+        threads,
         &mut stages,
     ) {
         Ok((handles, devices)) => {
@@ -534,7 +581,7 @@ fn restore_on(
     paused: bool,
     clock_realtime: bool,
     exit: &Arc<ExitSignal>,
-    seccomp: &Filters,
+    threads: Vec<VcpuThread>,
     stages: &mut Stages,
 ) -> Result<(Vec<VcpuHandle>, Devices), Error> {
     vm.restore_state(saved.vm, clock_realtime)?;
@@ -552,7 +599,7 @@ fn restore_on(
             Ok(vcpu)
         })
         .collect::<Result<Vec<_>, vcpu::Error>>()?;
-    let handles = start_vcpus(vcpus, buses, exit, paused, seccomp)?;
+    let handles = start_vcpus(vcpus, threads, buses, paused)?;
     stages.mark("vcpus");
     Ok((handles, devices))
 }

@@ -152,7 +152,7 @@ impl Controller {
             return;
         }
         // A failure here is reported by InstanceStart, which tries again.
-        self.prep = VmPrep::start(self.machine.mem_size_mib, self.machine.track_dirty_pages)
+        self.prep = VmPrep::start(&self.machine, &self.exit, &self.seccomp)
             .map_err(|e| log::warn!("cannot prepare the VM ahead of InstanceStart: {e}"))
             .ok();
     }
@@ -330,14 +330,11 @@ impl Controller {
                 let options = BuildOptions {
                     boot_timer: self.boot_timer,
                     start: Instant::now(),
-                    seccomp: self.seccomp.clone(),
                 };
                 self.prepare();
                 let prep = match self.prep.take() {
                     Some(prep) => prep,
-                    None => {
-                        VmPrep::start(self.machine.mem_size_mib, self.machine.track_dirty_pages)?
-                    }
+                    None => VmPrep::start(&self.machine, &self.exit, &self.seccomp)?,
                 };
                 let built = builder::build(
                     prep,
@@ -384,14 +381,15 @@ impl Controller {
                 if self.boot_source.is_some() || !self.drives.is_empty() || self.vsock.is_some() {
                     return Err(Error::LoadAfterConfig);
                 }
-                // The VM readied for a boot is not the one a snapshot needs:
-                // let it go off this path (destroying a VM takes milliseconds).
-                if let Some(prep) = self.prep.take() {
-                    let _ = std::thread::Builder::new()
-                        .name("ember_vmdrop".into())
-                        .spawn(move || drop(prep));
-                }
-                let (vmm, config) = persist::load(&params, self.exit.clone(), &self.seccomp)?;
+                // The VM readied for a boot is not the one a snapshot needs,
+                // but its vCPU threads may be.
+                let threads = self
+                    .prep
+                    .take()
+                    .map(VmPrep::into_vcpu_threads)
+                    .unwrap_or_default();
+                let (vmm, config) =
+                    persist::load(&params, self.exit.clone(), &self.seccomp, threads)?;
                 self.boot_source = config.boot_source;
                 self.machine = config.machine_config.unwrap_or_default();
                 self.drives = config.drives;

@@ -21,7 +21,7 @@ use crate::exit::ExitSignal;
 use crate::seccomp::Filters;
 use crate::vmm::{self, Vmm};
 use crate::vstate::memory::{self, GuestMemoryMmap};
-use crate::vstate::vcpu::VcpuState;
+use crate::vstate::vcpu::{VcpuState, VcpuThread};
 use crate::vstate::vm::{self, VmState};
 
 #[derive(Debug, thiserror::Error)]
@@ -200,11 +200,13 @@ fn guest_bytes(mem: &GuestMemoryMmap) -> Vec<&[u8]> {
         .collect()
 }
 
-/// Brings back the microVM `params` names; returns it with its configuration.
+/// Brings back the microVM `params` names, on `vcpu_threads` if there are
+/// as many as it has vCPUs; returns it with its configuration.
 pub fn load(
     params: &SnapshotLoadConfig,
     exit: Arc<ExitSignal>,
     seccomp: &Filters,
+    vcpu_threads: Vec<VcpuThread>,
 ) -> Result<(Vmm, VmConfig), Error> {
     let path = &params.snapshot_path;
     let inconsistent = |what: String| Error::Inconsistent {
@@ -275,6 +277,7 @@ pub fn load(
         params.clock_realtime,
         exit,
         seccomp,
+        vcpu_threads,
     )?;
     config.machine_config = Some(machine);
     Ok((vmm, config))

@@ -176,8 +176,16 @@ impl Filters {
         })
     }
 
-    /// Puts the calling thread under the filter of `kind`.
+    /// Puts the calling thread under the filter of `kind`, then runs the
+    /// self-test hook if it is for `kind`.
     pub fn enter(&self, kind: ThreadKind) -> Result<(), Error> {
+        self.install(kind)?;
+        self.selftest(kind);
+        Ok(())
+    }
+
+    /// Puts the calling thread under the filter of `kind`.
+    pub fn install(&self, kind: ThreadKind) -> Result<(), Error> {
         let Some(programs) = &self.programs else {
             return Ok(());
         };
@@ -190,11 +198,11 @@ impl Filters {
                 source,
             })?;
         }
-        self.selftest(kind);
         Ok(())
     }
 
-    fn selftest(&self, kind: ThreadKind) {
+    /// `--seccomp-selftest`: breaks the filter, if this thread is of the kind asked for.
+    pub fn selftest(&self, kind: ThreadKind) {
         if self.selftest == Some(kind) {
             // SAFETY: `acct(NULL)` turns process accounting off; no filter
             // allows it, so it traps before it runs.
