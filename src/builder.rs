@@ -524,6 +524,7 @@ pub struct SavedVm<'a> {
 /// Brings a saved microVM back on guest memory `mem`, which already holds
 /// (or, with userfaultfd, will serve) the saved pages; its vCPUs run at once
 /// unless `paused`.
+#[allow(clippy::too_many_arguments)]
 pub fn restore(
     saved: SavedVm,
     mem: GuestMemoryMmap,
