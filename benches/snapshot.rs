@@ -19,7 +19,6 @@ use common::{
 };
 use serde_json::{json, Value};
 
-const READY: &str = "EMBER-FN: ready on port";
 const TIMEOUT: Duration = Duration::from_secs(20);
 const GUEST_MEM_MIB: u64 = 256;
 
@@ -40,21 +39,11 @@ fn invoke(ember: &Ember, payload: &[u8]) {
 
 /// The echo function booted with dirty-page tracking and invoked once.
 fn boot_function(dir: &TempDir) -> Ember {
-    let ember = Ember::with_api(dir, &[]);
-    ember.put_boot_source(&artifact("unikernel-echo"), "console=ttyS0");
-    ember.ok(
-        "PUT",
-        "/machine-config",
-        &json!({"vcpu_count": 1, "mem_size_mib": GUEST_MEM_MIB, "track_dirty_pages": true})
-            .to_string(),
+    let ember = Ember::function_via_api(
+        dir,
+        &artifact("unikernel-echo"),
+        json!({"vcpu_count": 1, "mem_size_mib": GUEST_MEM_MIB, "track_dirty_pages": true}),
     );
-    ember.ok(
-        "PUT",
-        "/vsock",
-        &json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
-    );
-    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-    ember.expect_line(READY, TIMEOUT);
     invoke(&ember, b"warm up");
     ember
 }

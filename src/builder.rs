@@ -335,16 +335,12 @@ fn create_devices(
     }
 
     let device_count = layout.drives.len() + usize::from(layout.vsock.is_some());
-    let saved_virtio = match saved {
-        Some(s) if s.virtio.len() != device_count => {
-            return Err(Error::BadDeviceState(
-                "the snapshot's virtio devices do not match its configuration",
-            ))
-        }
-        Some(s) => Some(s.virtio.iter()),
-        None => None,
-    };
-    let mut saved_virtio = saved_virtio;
+    if saved.is_some_and(|s| s.virtio.len() != device_count) {
+        return Err(Error::BadDeviceState(
+            "the snapshot's virtio devices do not match its configuration",
+        ));
+    }
+    let mut saved_virtio = saved.map(|s| s.virtio.iter());
     let mut transports = Vec::with_capacity(device_count);
     let mut queue_events = Vec::new();
     let mut backend_events = Vec::new();

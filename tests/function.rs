@@ -16,31 +16,12 @@ const READY: &str = "EMBER-FN: ready on port 1024";
 
 /// Starts function `name` (PVH unless `linux64`) with a vsock, through the API.
 fn start_via_api(dir: &TempDir, name: &str, linux64: bool) -> Ember {
-    require_kvm();
     let kernel = artifact(&if linux64 {
         format!("unikernel-{name}-linux64")
     } else {
         format!("unikernel-{name}")
     });
-    let ember = Ember::with_api(dir, &[]);
-    ember.ok(
-        "PUT",
-        "/boot-source",
-        &json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0"}).to_string(),
-    );
-    ember.ok(
-        "PUT",
-        "/machine-config",
-        r#"{"vcpu_count": 1, "mem_size_mib": 256}"#,
-    );
-    ember.ok(
-        "PUT",
-        "/vsock",
-        &json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
-    );
-    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-    ember.expect_line(READY, BOOT);
-    ember
+    Ember::function_via_api(dir, &kernel, json!({"vcpu_count": 1, "mem_size_mib": 256}))
 }
 
 /// Starts function `name` from a config file, with ember's API on for invocations.

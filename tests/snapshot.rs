@@ -11,7 +11,6 @@ use common::{artifact, ember_snapshot_bin, require_kvm, Ember, TempDir, UffdHand
 use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(20);
-const READY: &str = "EMBER-FN: ready on port 1024";
 
 struct Snapshot {
     state: PathBuf,
@@ -20,21 +19,11 @@ struct Snapshot {
 
 /// Boots the echo function, invokes it once, pauses it and snapshots it into `dir`.
 fn snapshot_echo_function(dir: &TempDir) -> Snapshot {
-    require_kvm();
-    let ember = Ember::with_api(dir, &[]);
-    ember.put_boot_source(&artifact("unikernel-echo"), "console=ttyS0");
-    ember.ok(
-        "PUT",
-        "/machine-config",
-        r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+    let ember = Ember::function_via_api(
+        dir,
+        &artifact("unikernel-echo"),
+        json!({"vcpu_count": 1, "mem_size_mib": 128}),
     );
-    ember.ok(
-        "PUT",
-        "/vsock",
-        &json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
-    );
-    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-    ember.expect_line(READY, BOOT);
     assert_eq!(invoke(&ember, b"before"), (200, b"before".to_vec()));
 
     let snap = Snapshot {

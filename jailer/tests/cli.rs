@@ -59,17 +59,15 @@ fn pids_controller() -> &'static Path {
     pids
 }
 
-/// Runs the jailer for `id` in a fresh temp dir with root's ids and `extra` flags.
-/// Returns its output, the temp dir and the chroot base.
-fn jail(tag: &str, id: &str, extra: &[&str]) -> (Output, TempDir, PathBuf) {
-    let t = TempDir::new(tag);
-    let exec = exec_file(&t);
+/// Runs the jailer for `id` and `exec`, with root's ids, the chroot base
+/// `<t>/base` and `extra` flags.
+fn jail_in(t: &TempDir, id: &str, exec: &str, extra: &[&str]) -> Output {
     let base = t.0.join("base");
     let mut args = vec![
         "--id",
         id,
         "--exec-file",
-        &exec,
+        exec,
         "--uid",
         "0",
         "--gid",
@@ -78,7 +76,16 @@ fn jail(tag: &str, id: &str, extra: &[&str]) -> (Output, TempDir, PathBuf) {
         base.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let output = jailer(&args);
+    jailer(&args)
+}
+
+/// Runs the jailer for `id` in a fresh temp dir with the fake exec file.
+/// Returns its output, the temp dir and the chroot base.
+fn jail(tag: &str, id: &str, extra: &[&str]) -> (Output, TempDir, PathBuf) {
+    let t = TempDir::new(tag);
+    let exec = exec_file(&t);
+    let output = jail_in(&t, id, &exec, extra);
+    let base = t.0.join("base");
     (output, t, base)
 }
 
@@ -140,18 +147,7 @@ fn taken_id_is_refused_and_kept() {
     let running = t.0.join("base/ember/cli-2/root/ember");
     fs::create_dir_all(running.parent().unwrap()).unwrap();
     fs::write(&running, b"in use").unwrap();
-    let o = jailer(&[
-        "--id",
-        "cli-2",
-        "--exec-file",
-        &exec,
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--chroot-base-dir",
-        t.0.join("base").to_str().unwrap(),
-    ]);
+    let o = jail_in(&t, "cli-2", &exec, &[]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
@@ -172,18 +168,7 @@ fn a_prepared_jail_keeps_the_platforms_files_after_a_failure() {
     let root = t.0.join("base/ember/cli-8/root");
     fs::create_dir_all(&root).unwrap();
     fs::write(root.join("kernel.elf"), b"kernel").unwrap();
-    let o = jailer(&[
-        "--id",
-        "cli-8",
-        "--exec-file",
-        &exec,
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--chroot-base-dir",
-        t.0.join("base").to_str().unwrap(),
-    ]);
+    let o = jail_in(&t, "cli-8", &exec, &[]);
     assert_eq!(stderr(&o), EXEC_FAILED);
     let left: Vec<_> = fs::read_dir(&root)
         .unwrap()
@@ -268,25 +253,13 @@ fn bad_id_and_missing_exec_file_fail_before_creating_anything() {
     let t = TempDir::new("bad-args");
     let exec = exec_file(&t);
     let base = t.0.join("base");
-    let base_arg = base.to_str().unwrap();
     let missing = t.0.join("no-ember");
     for (id, exec, expected) in [
         ("bad/id", exec.as_str(), "invalid --id 'bad/id'"),
         (&"x".repeat(65), exec.as_str(), "invalid --id"),
         ("ok-id", missing.to_str().unwrap(), "no-ember"),
     ] {
-        let o = jailer(&[
-            "--id",
-            id,
-            "--exec-file",
-            exec,
-            "--uid",
-            "0",
-            "--gid",
-            "0",
-            "--chroot-base-dir",
-            base_arg,
-        ]);
+        let o = jail_in(&t, id, exec, &[]);
         assert_eq!(o.status.code(), Some(2), "{id}");
         let err = stderr(&o);
         assert!(err.contains(expected) && err.lines().count() == 2, "{err}");

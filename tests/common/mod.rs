@@ -358,6 +358,24 @@ mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@
         assert_eq!(self.wait_exit(timeout).code(), Some(0));
     }
 
+    /// Spawns ember and boots the function in `kernel` through the API, with
+    /// `machine` as its machine configuration and a vsock at `dir/v.sock`;
+    /// returns once the function listens.
+    pub fn function_via_api(dir: &TempDir, kernel: &Path, machine: serde_json::Value) -> Ember {
+        require_kvm();
+        let ember = Ember::with_api(dir, &[]);
+        ember.put_boot_source(kernel, "console=ttyS0");
+        ember.ok("PUT", "/machine-config", &machine.to_string());
+        ember.ok(
+            "PUT",
+            "/vsock",
+            &serde_json::json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
+        );
+        ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+        ember.expect_line("EMBER-FN: ready on port", Duration::from_secs(20));
+        ember
+    }
+
     /// `PUT /boot-source` with `kernel` and `boot_args`.
     pub fn put_boot_source(&self, kernel: &Path, boot_args: &str) {
         self.ok(
