@@ -29,7 +29,9 @@ use crate::config::{
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{self, Bus};
 use crate::devices::legacy::i8042::{self, I8042State, I8042};
-use crate::devices::legacy::serial::{self, InputDrained, SerialDevice, SerialSnapshot};
+use crate::devices::legacy::serial::{
+    self, ConsoleOut, InputDrained, SerialDevice, SerialSnapshot,
+};
 use crate::devices::virtio::block::{self as block, Block, Disk};
 use crate::devices::virtio::mmio::{self, MmioTransport, TransportState, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::vsock::{self, Vsock};
@@ -312,7 +314,7 @@ fn create_devices(
                 .try_clone()
                 .map_err(setup_err("the serial console"))?,
         ),
-        Box::new(File::from(stdout)),
+        Box::new(ConsoleOut::new(File::from(stdout))),
         saved.map(|s| &s.serial),
     )
     .map_err(|_| Error::BadDeviceState("the serial console's input is over its FIFO size"))?;

@@ -40,6 +40,8 @@ pub enum Error {
     UdsPath,
     #[error("timeout_ms must be at least 1")]
     Timeout,
+    #[error("max_concurrent_invocations must be between 1 and {max}, got {got}")]
+    Concurrency { got: usize, max: usize },
     #[error("{0} must not be empty")]
     EmptyPath(&'static str),
     #[error("give the guest memory as either mem_backend or mem_file_path, not both")]
@@ -303,6 +305,9 @@ pub struct FunctionConfig {
     pub vsock_port: u32,
     #[serde(default = "FunctionConfig::default_timeout")]
     pub timeout_ms: u64,
+    /// Invocations served at once; more are refused with 429.
+    #[serde(default = "FunctionConfig::default_concurrency")]
+    pub max_concurrent_invocations: usize,
 }
 
 impl FunctionConfig {
@@ -314,9 +319,22 @@ impl FunctionConfig {
         30_000
     }
 
+    fn default_concurrency() -> usize {
+        64
+    }
+
+    /// Each invocation holds a vsock connection, and the guest allows 1024.
+    const MAX_CONCURRENCY: usize = 1000;
+
     pub fn validate(&self) -> Result<(), Error> {
         if self.timeout_ms == 0 {
             return Err(Error::Timeout);
+        }
+        if !(1..=Self::MAX_CONCURRENCY).contains(&self.max_concurrent_invocations) {
+            return Err(Error::Concurrency {
+                got: self.max_concurrent_invocations,
+                max: Self::MAX_CONCURRENCY,
+            });
         }
         Ok(())
     }
@@ -327,6 +345,7 @@ impl Default for FunctionConfig {
         FunctionConfig {
             vsock_port: Self::default_port(),
             timeout_ms: Self::default_timeout(),
+            max_concurrent_invocations: Self::default_concurrency(),
         }
     }
 }
@@ -553,8 +572,17 @@ mod tests {
             function,
             FunctionConfig {
                 vsock_port: 1024,
-                timeout_ms: 30_000
+                timeout_ms: 30_000,
+                max_concurrent_invocations: 64,
             }
+        );
+        assert_eq!(
+            FunctionConfig {
+                max_concurrent_invocations: 0,
+                ..function.clone()
+            }
+            .validate(),
+            Err(Error::Concurrency { got: 0, max: 1000 })
         );
         assert_eq!(
             FunctionConfig {

@@ -60,6 +60,7 @@ pub struct InvocationTarget {
     pub uds_path: String,
     pub port: u32,
     pub timeout: std::time::Duration,
+    pub max_concurrent: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -304,6 +305,7 @@ impl Controller {
                     uds_path: vsock.uds_path.clone(),
                     port: self.function.vsock_port,
                     timeout: std::time::Duration::from_millis(self.function.timeout_ms),
+                    max_concurrent: self.function.max_concurrent_invocations,
                 }))
             }
             Request::PatchDrive(update) => {

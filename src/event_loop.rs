@@ -31,6 +31,9 @@ pub struct EventLoop {
     exit: Arc<ExitSignal>,
     api: Option<(Receiver<ApiCall>, Arc<EventFd>)>,
     vm_sources_added: bool,
+    /// Whether the VM's sources are watched: not while the VM is paused, so
+    /// that nothing changes guest memory or device state then.
+    vm_sources_watched: bool,
     stdin_open: bool,
 }
 
@@ -42,6 +45,7 @@ impl EventLoop {
             exit: exit.clone(),
             api: None,
             vm_sources_added: false,
+            vm_sources_watched: true,
             stdin_open: true,
         };
         event_loop.add(exit.event_fd().as_raw_fd(), Source::Exit)?;
@@ -65,15 +69,10 @@ impl EventLoop {
         Ok(())
     }
 
-    fn set_stdin_watched(&mut self, watched: bool) {
-        let Some(token) = self
-            .sources
-            .iter()
-            .position(|(_, s)| matches!(s, Source::Stdin(_)))
-        else {
+    fn set_watched(&self, token: usize, watched: bool) {
+        let Some((fd, _)) = self.sources.get(token) else {
             return;
         };
-        let fd = self.sources[token].0;
         let events = if watched {
             EventSet::IN
         } else {
@@ -81,9 +80,37 @@ impl EventLoop {
         };
         let _ = self.epoll.ctl(
             ControlOperation::Modify,
-            fd,
+            *fd,
             EpollEvent::new(events, token as u64),
         );
+    }
+
+    fn set_stdin_watched(&mut self, watched: bool) {
+        if let Some(token) = self
+            .sources
+            .iter()
+            .position(|(_, s)| matches!(s, Source::Stdin(_)))
+        {
+            self.set_watched(token, watched);
+        }
+    }
+
+    /// Stops serving the VM's devices while it is paused, and starts again
+    /// when it resumes: queue notifications and host data wait in their fds.
+    fn follow_pause(&mut self, controller: &Controller) {
+        let watched = controller.vmm().is_some_and(|vmm| !vmm.is_paused());
+        if !self.vm_sources_added || watched == self.vm_sources_watched {
+            return;
+        }
+        self.vm_sources_watched = watched;
+        for token in 0..self.sources.len() {
+            let on = match &self.sources[token].1 {
+                Source::Queue(..) | Source::Backend(_) | Source::SerialDrained(_) => watched,
+                Source::Stdin(_) => watched && self.stdin_open,
+                Source::Exit | Source::Api => continue,
+            };
+            self.set_watched(token, on);
+        }
     }
 
     /// Watches the running VM's queues and console once it has started.
@@ -121,6 +148,7 @@ impl EventLoop {
         if let Err(e) = self.add_vm_sources(controller) {
             return ExitReason::Fault(format!("cannot watch the VM's devices: {e}"));
         }
+        self.follow_pause(controller);
         let mut events = vec![EpollEvent::default(); 32];
         loop {
             let ready = match self.epoll.wait(-1, &mut events) {
@@ -130,7 +158,13 @@ impl EventLoop {
             };
             for event in &events[..ready] {
                 let token = event.data() as usize;
-                match self.sources.get(token).map(|(_, s)| s) {
+                let source = self.sources.get(token).map(|(_, s)| s);
+                // A pause served earlier in this batch holds the rest of it.
+                let vm_source = !matches!(source, Some(Source::Exit | Source::Api) | None);
+                if vm_source && !self.vm_sources_watched {
+                    continue;
+                }
+                match source {
                     Some(Source::Exit) => {
                         if let Some(reason) = self.exit.reason() {
                             return reason;
@@ -155,11 +189,12 @@ impl EventLoop {
                                 "cannot watch the VM's devices: {e}"
                             ));
                         }
+                        self.follow_pause(controller);
                     }
                     Some(Source::Stdin(_)) => self.read_stdin(controller, token),
                     Some(Source::SerialDrained(evt)) => {
                         let _ = evt.read();
-                        if self.stdin_open {
+                        if self.stdin_open && self.vm_sources_watched {
                             self.set_stdin_watched(true);
                         }
                     }

@@ -17,5 +17,6 @@ pub mod exit;
 pub mod logger;
 pub mod persist;
 pub mod seccomp;
+pub mod stdio;
 pub mod vmm;
 pub mod vstate;

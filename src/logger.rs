@@ -1,12 +1,18 @@
 //! ember's log: Firecracker-style lines on stderr or in `--log-path`
 //! (a file or a named pipe), behind the `log` crate's macros.
+//!
+//! A guest can make a device complain on every register write, so each call
+//! site (ours and our crates', such as virtio-queue's) gets at most
+//! `SITE_BURST` lines per `SITE_WINDOW`; the first line of the next window
+//! says how many were left out. Writes never block: a full pipe drops the line.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
 
@@ -23,6 +29,10 @@ pub enum Error {
     },
 }
 
+/// Lines one call site may log per window (Firecracker's rate: 10 per 5 s).
+const SITE_BURST: u32 = 10;
+const SITE_WINDOW: Duration = Duration::from_secs(5);
+
 struct Settings {
     sink: Box<dyn Write + Send>,
     show_level: bool,
@@ -30,9 +40,46 @@ struct Settings {
     module: Option<String>,
 }
 
+/// A call site's lines in its current window.
+struct SiteCount {
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// Per-call-site rate limiting. Call sites are static code locations, so the
+/// map stays as small as the program.
+#[derive(Default)]
+struct RateLimiter {
+    sites: HashMap<(&'static str, u32), SiteCount>,
+}
+
+impl RateLimiter {
+    /// Whether a line from `site` goes out now, and how many from it were
+    /// suppressed since the last one that did.
+    fn admit(&mut self, site: (&'static str, u32), now: Instant) -> Option<u64> {
+        let count = self.sites.entry(site).or_insert(SiteCount {
+            window_start: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(count.window_start) >= SITE_WINDOW {
+            count.window_start = now;
+            count.logged = 0;
+        }
+        if count.logged >= SITE_BURST {
+            count.suppressed += 1;
+            return None;
+        }
+        count.logged += 1;
+        Some(std::mem::take(&mut count.suppressed))
+    }
+}
+
 struct Logger {
     instance_id: String,
     settings: Mutex<Settings>,
+    limiter: Mutex<RateLimiter>,
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
@@ -52,7 +99,12 @@ pub fn parse_level(name: &str) -> Result<LevelFilter, Error> {
 
 fn open_sink(path: Option<&str>) -> Result<Box<dyn Write + Send>, Error> {
     match path {
-        None => Ok(Box::new(std::io::stderr())),
+        None => {
+            use std::os::fd::AsFd;
+            // Best effort: a stderr that stays blocking only costs the limit's lines.
+            let _ = crate::stdio::never_block(std::io::stderr().as_fd());
+            Ok(Box::new(std::io::stderr()))
+        }
         Some(path) => OpenOptions::new()
             .append(true)
             .create(true)
@@ -92,6 +144,7 @@ pub fn init(
             show_origin: false,
             module: None,
         }),
+        limiter: Mutex::new(RateLimiter::default()),
     });
     if let Ok(mut s) = logger.settings.lock() {
         *s = settings;
@@ -135,6 +188,20 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let site = (
+            record
+                .file_static()
+                .or(record.module_path_static())
+                .unwrap_or("?"),
+            record.line().unwrap_or(0),
+        );
+        let suppressed = match self.limiter.lock() {
+            Ok(mut limiter) => limiter.admit(site, Instant::now()),
+            Err(_) => return,
+        };
+        let Some(suppressed) = suppressed else {
+            return;
+        };
         let Ok(mut s) = self.settings.lock() else {
             return;
         };
@@ -163,7 +230,11 @@ impl Log for Logger {
                 record.line().unwrap_or(0)
             ));
         }
-        line.push_str(&format!(" {}\n", record.args()));
+        line.push_str(&format!(" {}", record.args()));
+        if suppressed > 0 {
+            line.push_str(&format!(" ({suppressed} similar lines suppressed)"));
+        }
+        line.push('\n');
         // Logging must never take the VMM down: a full pipe drops the line.
         let _ = s.sink.write_all(line.as_bytes());
     }
@@ -211,6 +282,25 @@ mod tests {
         assert_eq!(parse_level("DEBUG").unwrap(), LevelFilter::Debug);
         assert_eq!(parse_level("off").unwrap(), LevelFilter::Off);
         assert!(parse_level("loud").is_err());
+    }
+
+    #[test]
+    fn each_call_site_logs_a_burst_per_window_then_counts() {
+        let mut limiter = RateLimiter::default();
+        let start = Instant::now();
+        let site = ("devices/virtio/mmio.rs", 42);
+        for _ in 0..SITE_BURST {
+            assert_eq!(limiter.admit(site, start), Some(0));
+        }
+        for _ in 0..1000 {
+            assert_eq!(limiter.admit(site, start), None);
+        }
+        // Another site has its own budget.
+        assert_eq!(limiter.admit(("logger.rs", 1), start), Some(0));
+        // The next window lets lines through again and reports the gap.
+        let later = start + SITE_WINDOW;
+        assert_eq!(limiter.admit(site, later), Some(1000));
+        assert_eq!(limiter.admit(site, later), Some(0));
     }
 
     #[test]

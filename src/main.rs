@@ -1,5 +1,6 @@
 //! The `ember` binary: flags, then the event loop.
 
+use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::mpsc::channel;
@@ -155,7 +156,8 @@ fn run() -> i32 {
 
 fn fail(code: i32, message: &str) -> i32 {
     log::error!("{message}");
-    eprintln!("ember: {message}");
+    // stderr may be a full, non-blocking pipe by now: eprintln! would panic.
+    let _ = writeln!(std::io::stderr(), "ember: {message}");
     code
 }
 

@@ -8,6 +8,8 @@
 //! number of invocations in turn, so idle ones are kept for the next call,
 //! which then skips the handshake and its trip through the guest.
 
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,6 +23,9 @@ use crate::controller::InvocationTarget;
 pub const MAX_OUTPUT_BYTES: u32 = 64 << 20;
 /// Idle connections kept per ember process.
 const MAX_IDLE: usize = 8;
+/// Response bytes reserved before any arrive; past this, memory grows with
+/// what the guest actually sent, whatever length it announced.
+const OUTPUT_PREALLOC: usize = 64 * 1024;
 
 const STATUS_OK: u8 = 0;
 const STATUS_FAILED: u8 = 1;
@@ -38,6 +43,8 @@ pub enum Error {
     Panicked(String),
     #[error("the guest broke the invocation protocol: {0}")]
     Protocol(String),
+    #[error("too many invocations in progress: the limit is {0} (max_concurrent_invocations)")]
+    TooMany(usize),
 }
 
 struct Connection {
@@ -47,27 +54,83 @@ struct Connection {
     write: OwnedWriteHalf,
 }
 
-/// Idle connections to functions.
+impl Connection {
+    /// Whether nothing arrived since the last answer: bytes there would belong
+    /// to no call, and an end of file means the guest dropped the connection.
+    fn is_quiet(&self) -> bool {
+        if !self.read.buffer().is_empty() {
+            return false;
+        }
+        let fd = self.read.get_ref().as_ref().as_raw_fd();
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into `byte`, which outlives the call; `fd`
+        // is open while `self` lives.
+        let peeked = unsafe {
+            libc::recv(
+                fd,
+                std::ptr::addr_of_mut!(byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        peeked < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    }
+}
+
+/// Idle connections to functions, and the count of invocations in progress.
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<Connection>>,
+    in_flight: AtomicUsize,
 }
 
 impl Pool {
+    /// An idle connection to `target` with nothing unexpected on it; any other
+    /// is closed.
     fn take(&self, target: &InvocationTarget) -> Option<Connection> {
         let mut idle = self.idle.lock().ok()?;
-        let at = idle
+        while let Some(at) = idle
             .iter()
-            .position(|c| c.port == target.port && c.uds_path == target.uds_path)?;
-        Some(idle.swap_remove(at))
+            .position(|c| c.port == target.port && c.uds_path == target.uds_path)
+        {
+            let conn = idle.swap_remove(at);
+            if conn.is_quiet() {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     fn give_back(&self, conn: Connection) {
+        // Bytes read past the answer belong to no call: such a connection is closed.
+        if !conn.read.buffer().is_empty() {
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
             }
         }
+    }
+}
+
+/// An invocation's place among those in progress, given back when it ends.
+struct Slot<'p>(&'p AtomicUsize);
+
+impl<'p> Slot<'p> {
+    fn take(in_flight: &'p AtomicUsize, limit: usize) -> Option<Self> {
+        in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(in_flight))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -87,6 +150,9 @@ pub async fn invoke(
     target: &InvocationTarget,
     payload: &[u8],
 ) -> Result<Vec<u8>, Error> {
+    let Some(_slot) = Slot::take(&pool.in_flight, target.max_concurrent) else {
+        return Err(Error::TooMany(target.max_concurrent));
+    };
     let call = async {
         if let Some(conn) = pool.take(target) {
             match exchange(pool, conn, payload).await {
@@ -164,9 +230,19 @@ async fn exchange(pool: &Pool, mut conn: Connection, payload: &[u8]) -> Outcome 
             "a {out_len}-byte response exceeds ember's limit of {MAX_OUTPUT_BYTES}"
         )));
     }
-    let mut output = vec![0u8; out_len as usize];
-    if let Err(e) = conn.read.read_exact(&mut output).await {
-        return Outcome::Broken(Error::Protocol(e.to_string()));
+    let mut output = Vec::with_capacity((out_len as usize).min(OUTPUT_PREALLOC));
+    let received = (&mut conn.read)
+        .take(u64::from(out_len))
+        .read_to_end(&mut output)
+        .await;
+    match received {
+        Err(e) => return Outcome::Broken(Error::Protocol(e.to_string())),
+        Ok(n) if n < out_len as usize => {
+            return Outcome::Broken(Error::Protocol(format!(
+                "the connection ended after {n} of {out_len} response bytes"
+            )))
+        }
+        Ok(_) => {}
     }
     let result = match head[0] {
         STATUS_OK => Ok(output),
@@ -268,6 +344,7 @@ mod tests {
             uds_path,
             port: 1024,
             timeout: Duration::from_secs(5),
+            max_concurrent: 64,
         }
     }
 
@@ -329,5 +406,102 @@ mod tests {
                 Err(Error::Unreachable { .. })
             ));
         });
+    }
+
+    #[test]
+    fn a_pooled_connection_with_unexpected_bytes_is_never_reused() {
+        runtime().block_on(async {
+            let path = unique_path("extra");
+            let listener = UnixListener::bind(&path).unwrap();
+            tokio::spawn(async move {
+                // First connection: answers, then sends a frame nobody asked for.
+                let (stream, _) = listener.accept().await.unwrap();
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                let request = handshake_and_request(&mut read, &mut write).await;
+                write.write_all(&framed(0, &request)).await.unwrap();
+                write.write_all(&framed(0, b"stale")).await.unwrap();
+                // Second connection: an honest echo.
+                let (stream, _) = listener.accept().await.unwrap();
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                let request = handshake_and_request(&mut read, &mut write).await;
+                write.write_all(&framed(0, &request)).await.unwrap();
+                std::future::pending::<()>().await;
+            });
+            let pool = Pool::default();
+            let t = target(path.to_string_lossy().into_owned());
+            assert_eq!(invoke(&pool, &t, b"a").await, Ok(b"a".to_vec()));
+            // Let the stray frame arrive before the next call looks at the pool.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(invoke(&pool, &t, b"b").await, Ok(b"b".to_vec()));
+        });
+    }
+
+    #[test]
+    fn invocations_past_the_limit_are_refused_and_slots_come_back() {
+        runtime().block_on(async {
+            let (path, _) = fake_guest(Vec::new()).await;
+            let pool = std::sync::Arc::new(Pool::default());
+            let mut t = target(path);
+            t.max_concurrent = 1;
+            t.timeout = Duration::from_millis(300);
+            let first = tokio::spawn({
+                let (pool, t) = (pool.clone(), t.clone());
+                async move { invoke(&pool, &t, b"x").await }
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(invoke(&pool, &t, b"y").await, Err(Error::TooMany(1)));
+            assert_eq!(first.await.unwrap(), Err(Error::Timeout(t.timeout)));
+            assert_eq!(pool.in_flight.load(Ordering::SeqCst), 0);
+        });
+    }
+
+    #[test]
+    fn a_response_shorter_than_announced_is_a_protocol_error() {
+        runtime().block_on(async {
+            let mut reply = vec![0u8];
+            reply.extend_from_slice(&MAX_OUTPUT_BYTES.to_le_bytes());
+            reply.extend_from_slice(b"only this");
+            let path = unique_path("short");
+            let listener = UnixListener::bind(&path).unwrap();
+            tokio::spawn(async move {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                handshake_and_request(&mut read, &mut write).await;
+                write.write_all(&reply).await.unwrap();
+            });
+            let t = target(path.to_string_lossy().into_owned());
+            let result = invoke(&Pool::default(), &t, b"x").await;
+            assert!(
+                matches!(&result, Err(Error::Protocol(m)) if m.contains("after 9 of 67108864")),
+                "{result:?}"
+            );
+        });
+    }
+
+    fn unique_path(tag: &str) -> std::path::PathBuf {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path =
+            std::env::temp_dir().join(format!("ember-{tag}-{}-{n}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    /// The guest's side of a handshake and of one request.
+    async fn handshake_and_request(
+        read: &mut BufReader<OwnedReadHalf>,
+        write: &mut OwnedWriteHalf,
+    ) -> Vec<u8> {
+        let mut line = String::new();
+        read.read_line(&mut line).await.unwrap();
+        write.write_all(b"OK 1073741824\n").await.unwrap();
+        let mut len = [0u8; 4];
+        read.read_exact(&mut len).await.unwrap();
+        let mut request = vec![0u8; u32::from_le_bytes(len) as usize];
+        read.read_exact(&mut request).await.unwrap();
+        request
     }
 }

@@ -25,6 +25,9 @@ use crate::controller::{self, InvocationTarget, Request, Response};
 use crate::seccomp::{Filters, ThreadKind};
 use routes::{body_limit, route};
 
+/// How long the API rests after a failed accept.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A request on its way to the main thread, with where its answer goes.
 pub struct ApiCall {
     pub request: Request,
@@ -145,6 +148,7 @@ async fn serve(
                 Err(e) => {
                     let status = match e {
                         invoke::Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                        invoke::Error::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
                         _ => StatusCode::BAD_GATEWAY,
                     };
                     log::warn!("invocation failed: {e}");
@@ -189,7 +193,11 @@ pub fn spawn(
                     let stream = match listener.accept().await {
                         Ok((stream, _)) => stream,
                         Err(e) => {
+                            // Out of descriptors, most likely: the connection
+                            // stays in the backlog, and accepting again at once
+                            // would fail the same way. Rest, then retry.
                             log::warn!("API accept failed: {e}");
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
                             continue;
                         }
                     };

@@ -1,6 +1,7 @@
 //! COM1: vm-superio's 16550A UART on port 0x3f8 / IRQ 4, wired to ember's
 //! stdout (unbuffered, so a prompt without a newline shows at once) and stdin.
 
+use std::fs::File;
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,45 @@ impl SerialEvents for InputDrained {
     fn in_buffer_empty(&self) {
         // A failed write means the counter is already non-zero: the loop wakes anyway.
         let _ = self.0.write(1);
+    }
+}
+
+/// The guest's console output, written without ever blocking the vCPU that
+/// runs the guest's `OUT`: what a full pipe does not take is dropped and
+/// counted, so a reader that stops reading loses only its own view of the
+/// console, and Pause, snapshots and the API go on.
+pub struct ConsoleOut {
+    out: File,
+    dropped: u64,
+}
+
+impl ConsoleOut {
+    /// `out` is made non-blocking if it is a pipe or a socket.
+    pub fn new(out: File) -> Self {
+        use std::os::fd::AsFd;
+        if let Err(e) = crate::stdio::never_block(out.as_fd()) {
+            log::warn!("serial console: output may block: {e}");
+        }
+        ConsoleOut { out, dropped: 0 }
+    }
+}
+
+impl Write for ConsoleOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // A full pipe, or a closed stdout, takes nothing; neither stops the guest.
+        let written = self.out.write(buf).unwrap_or_default();
+        if written < buf.len() {
+            self.dropped += (buf.len() - written) as u64;
+            log::warn!(
+                "serial console: output is not being read; {} bytes dropped so far",
+                self.dropped
+            );
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -92,7 +132,7 @@ impl BusDevice for SerialDevice {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let ([byte], Ok(offset)) = (data, u8::try_from(offset)) {
-            // A closed stdout must not stop the guest: its output is dropped.
+            // The console output never fails; nothing else here does either.
             let _ = self.uart.write(offset, *byte);
         }
     }
@@ -117,6 +157,24 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn console_output_to_a_full_pipe_is_dropped_not_blocked_on() {
+        let (read_end, write_end) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut out = ConsoleOut::new(File::from(std::os::fd::OwnedFd::from(write_end)));
+        // Far more than a socket buffer holds, with nobody reading.
+        let line = [b'x'; 4096];
+        for _ in 0..1024 {
+            assert_eq!(out.write(&line).unwrap(), line.len());
+        }
+        assert!(out.dropped > 0);
+        drop(read_end);
+        assert_eq!(
+            out.write(b"gone").unwrap(),
+            4,
+            "a closed reader is no error"
+        );
     }
 
     #[test]

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use crate::vstate::memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
-    VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Interrupt, VirtioDevice, INT_VRING, VIRTIO_F_VERSION_1};
+use super::{Activity, Interrupt, VirtioDevice, INT_VRING, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
 
 const MAGIC: u32 = 0x7472_6976;
@@ -217,10 +217,10 @@ impl MmioTransport {
         if !self.activated || index >= self.queues.len() {
             return;
         }
-        let used = self
+        let activity = self
             .device
             .process_queue(index, &mut self.queues, &self.mem);
-        self.notify(used);
+        self.after(activity);
     }
 
     /// The device's host-side fd, if it has one.
@@ -231,8 +231,18 @@ impl MmioTransport {
     /// Runs the device's host side after activity on its fd.
     pub fn process_backend(&mut self) {
         let queues = self.activated.then_some(self.queues.as_mut_slice());
-        let used = self.device.process_backend(queues, &self.mem);
-        self.notify(used);
+        let activity = self.device.process_backend(queues, &self.mem);
+        self.after(activity);
+    }
+
+    /// Interrupts the guest for used buffers, and brings the event loop back
+    /// for work a device left at its budget.
+    fn after(&mut self, activity: Activity) {
+        self.notify(activity.used);
+        if let Some(evt) = activity.rerun.and_then(|q| self.queue_events.get(q)) {
+            // A failed write means the counter is already non-zero: it fires anyway.
+            let _ = evt.write(1);
+        }
     }
 
     /// Interrupts the guest for used buffers, unless it asked not to be.
@@ -256,6 +266,7 @@ impl MmioTransport {
         self.queues.get_mut(self.queue_select as usize)
     }
 
+    /// Back to the state at power-on, the device's host side included.
     fn reset(&mut self) {
         self.status = 0;
         self.driver_features = 0;
@@ -265,36 +276,51 @@ impl MmioTransport {
         self.activated = false;
         self.interrupt.clear();
         self.queues.iter_mut().for_each(Queue::reset);
+        self.device.reset();
     }
 
+    /// Applies a write of the status register. Only the steps of the driver's
+    /// initialization (virtio 1.2 §3.1.1) are taken, one bit at a time and in
+    /// order, plus FAILED at any time and 0 (reset): anything else, such as
+    /// taking DRIVER_OK back to reprogram queues of a live device, is ignored.
     fn set_status(&mut self, value: u32) {
-        if value == 0 {
-            self.reset();
-            return;
-        }
-        let new = value & !self.status;
-        let mut status = value;
-        if new & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
-            let offered = self.device.features();
-            let valid = self.driver_features & !offered == 0
-                && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0;
-            if !valid {
-                status &= !VIRTIO_CONFIG_S_FEATURES_OK;
+        const ACK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
+        const DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
+        const FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
+        let added = value & !self.status;
+        let keeps_bits = value & self.status == self.status;
+        match (self.status, added) {
+            _ if value == 0 => self.reset(),
+            (current, bit) if keeps_bits && bit == VIRTIO_CONFIG_S_FAILED => {
+                self.status = current | bit;
+            }
+            (0, ACK) if value == ACK => self.status = ACK,
+            (ACK, DRIVER) if keeps_bits => self.status = value,
+            (s, FEATURES_OK) if s == ACK | DRIVER && keeps_bits => {
+                let offered = self.device.features();
+                let valid = self.driver_features & !offered == 0
+                    && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0;
+                if valid {
+                    self.status = value;
+                }
+            }
+            (s, VIRTIO_CONFIG_S_DRIVER_OK) if s == ACK | DRIVER | FEATURES_OK && keeps_bits => {
+                let queues_valid = self
+                    .queues
+                    .iter()
+                    .all(|q| !q.ready() || q.is_valid(&self.mem));
+                if queues_valid {
+                    self.status = value;
+                    self.activated = true;
+                } else {
+                    log::warn!("virtio: driver set DRIVER_OK with invalid queues");
+                    self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+                }
+            }
+            (current, _) => {
+                log::debug!("virtio: ignored status change from {current:#x} to {value:#x}")
             }
         }
-        if new & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.activated {
-            let queues_valid = self
-                .queues
-                .iter()
-                .all(|q| !q.ready() || q.is_valid(&self.mem));
-            if status & VIRTIO_CONFIG_S_FEATURES_OK == 0 || !queues_valid {
-                log::warn!("virtio: driver set DRIVER_OK with invalid features or queues");
-                status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-            } else {
-                self.activated = true;
-            }
-        }
-        self.status = status;
     }
 
     fn read_register(&self, offset: u32) -> u32 {
@@ -415,6 +441,7 @@ mod tests {
 
     struct Dummy {
         processed: usize,
+        resets: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl VirtioDevice for Dummy {
@@ -430,18 +457,36 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8 + 1);
         }
-        fn process_queue(&mut self, _: usize, _: &mut [Queue], _: &GuestMemoryMmap) -> bool {
+        fn reset(&mut self) {
+            self.resets
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn process_queue(&mut self, _: usize, _: &mut [Queue], _: &GuestMemoryMmap) -> Activity {
             self.processed += 1;
-            true
+            Activity {
+                used: true,
+                rerun: None,
+            }
         }
     }
 
     fn transport() -> (MmioTransport, EventFd) {
+        let (t, irq, _) = counting_transport();
+        (t, irq)
+    }
+
+    /// A transport over a device that counts its resets.
+    fn counting_transport() -> (MmioTransport, EventFd, Arc<std::sync::atomic::AtomicUsize>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
-        let t = MmioTransport::new(Box::new(Dummy { processed: 0 }), mem, interrupt).unwrap();
-        (t, irq)
+        let resets = Arc::<std::sync::atomic::AtomicUsize>::default();
+        let dummy = Dummy {
+            processed: 0,
+            resets: resets.clone(),
+        };
+        let t = MmioTransport::new(Box::new(dummy), mem, interrupt).unwrap();
+        (t, irq, resets)
     }
 
     fn read(t: &mut MmioTransport, offset: u32) -> u32 {
@@ -534,5 +579,77 @@ mod tests {
         assert_eq!(read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), INT_VRING);
         write(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, INT_VRING);
         assert_eq!(read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+    }
+
+    fn activate(t: &mut MmioTransport) {
+        negotiate(t, 1);
+        write(t, VIRTIO_MMIO_QUEUE_NUM, 16);
+        write(t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000);
+        write(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x2000);
+        write(t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x3000);
+        write(t, VIRTIO_MMIO_QUEUE_READY, 1);
+        write(t, VIRTIO_MMIO_STATUS, 0xf);
+    }
+
+    #[test]
+    fn a_live_device_cannot_be_taken_back_and_reprogrammed() {
+        let (mut t, _) = transport();
+        activate(&mut t);
+        // Drop DRIVER_OK, point the queue outside memory, set DRIVER_OK again.
+        write(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0xffff_f000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0xffff_ffff);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 4);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0xf);
+        let queue = t.queues[0].state();
+        assert_eq!((queue.desc_table, queue.size), (0x1000, 16));
+        assert!(t.queues[0].is_valid(&t.mem));
+    }
+
+    #[test]
+    fn status_bits_come_one_at_a_time_in_order() {
+        let (mut t, _) = transport();
+        for skipped in [VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_DRIVER, 0xf] {
+            write(&mut t, VIRTIO_MMIO_STATUS, skipped);
+            assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0, "{skipped:#x} accepted");
+        }
+        write(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_DRIVER);
+        assert_eq!(
+            read(&mut t, VIRTIO_MMIO_STATUS),
+            1,
+            "ACKNOWLEDGE cannot be cleared"
+        );
+        write(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_FAILED,
+        );
+        assert_eq!(
+            read(&mut t, VIRTIO_MMIO_STATUS),
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_FAILED
+        );
+    }
+
+    #[test]
+    fn a_reset_returns_the_device_to_power_on() {
+        let (mut t, irq, resets) = counting_transport();
+        activate(&mut t);
+        t.process_queue(0);
+        assert_eq!(irq.read().unwrap(), 1);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+        assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 1);
+        t.process_queue(0);
+        assert!(irq.read().is_err(), "a reset device processes nothing");
+        activate(&mut t);
+        assert_eq!(
+            read(&mut t, VIRTIO_MMIO_STATUS),
+            0xf,
+            "it initializes again"
+        );
     }
 }

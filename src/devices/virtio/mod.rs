@@ -19,7 +19,20 @@ use vmm_sys_util::eventfd::EventFd;
 /// Feature bit every modern (virtio 1.x) device offers.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
 
-/// What the transport needs from a device.
+/// What one call into a device did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Buffers were used: the guest may need an interrupt.
+    pub used: bool,
+    /// The call stopped at its work budget with work left: the transport
+    /// signals this queue again, so the event loop comes back to the device
+    /// after serving everything else that is ready.
+    pub rerun: Option<usize>,
+}
+
+/// What the transport needs from a device. No call may do unbounded work: a
+/// guest decides how full its queues are, so each call stops at a budget and
+/// asks to be run again through [`Activity::rerun`].
 pub trait VirtioDevice: Send {
     /// The virtio device id (2 for block, ...).
     fn device_type(&self) -> u32;
@@ -29,17 +42,28 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Reads the device-specific configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Handles a notification of queue `index`; true if any buffer was used.
-    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool;
+    /// Handles a notification of queue `index`.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> Activity;
     /// An fd the device's host side wants watched (vsock's sockets, say).
     fn backend_fd(&self) -> Option<RawFd> {
         None
     }
     /// Handles activity on `backend_fd`; `queues` is `None` until the driver
-    /// is ready. True if any buffer was used.
-    fn process_backend(&mut self, _queues: Option<&mut [Queue]>, _mem: &GuestMemoryMmap) -> bool {
-        false
+    /// is ready.
+    fn process_backend(
+        &mut self,
+        _queues: Option<&mut [Queue]>,
+        _mem: &GuestMemoryMmap,
+    ) -> Activity {
+        Activity::default()
     }
+    /// The driver reset the device: forget everything it set up.
+    fn reset(&mut self) {}
     /// Runs once after the device was restored from a snapshot, with the
     /// driver ready; true if any buffer was used.
     fn restored(&mut self, _queues: &mut [Queue], _mem: &GuestMemoryMmap) -> bool {

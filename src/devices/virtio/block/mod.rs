@@ -16,10 +16,13 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use self::request::{Request, RequestType, ID_BYTES, SECTOR_SIZE};
-use super::{read_config_space, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{read_config_space, Activity, VirtioDevice, VIRTIO_F_VERSION_1};
 
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 const QUEUE_SIZE: u16 = 256;
+/// Requests served per wake-up: a guest that refills its ring as fast as
+/// ember empties it still lets the event loop serve everything else.
+const WORK_BUDGET: usize = QUEUE_SIZE as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -189,12 +192,15 @@ impl VirtioDevice for Block {
         _index: usize,
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
-    ) -> bool {
+    ) -> Activity {
         let (Some(queue), Ok(mut disk)) = (queues.first_mut(), self.disk.lock()) else {
-            return false;
+            return Activity::default();
         };
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let mut activity = Activity::default();
+        for _ in 0..WORK_BUDGET {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                return activity;
+            };
             let head = chain.head_index();
             let (status_addr, status, len) = match request::parse(mem, chain) {
                 Ok(req) => {
@@ -213,11 +219,12 @@ impl VirtioDevice for Block {
             };
             if queue.add_used(mem, head, written).is_err() {
                 log::warn!("virtio-blk: cannot add to the used ring");
-                break;
+                return activity;
             }
-            used_any = true;
+            activity.used = true;
         }
-        used_any
+        activity.rerun = Some(0);
+        activity
     }
 }
 
@@ -319,9 +326,11 @@ mod tests {
         )));
         queue.build_desc_chain(&descs).unwrap();
         let mut q: Queue = queue.create_queue().unwrap();
-        assert!(fx
-            .block
-            .process_queue(0, std::slice::from_mut(&mut q), &fx.mem));
+        assert!(
+            fx.block
+                .process_queue(0, std::slice::from_mut(&mut q), &fx.mem)
+                .used
+        );
         let used = queue.used().ring().ref_at(0).unwrap().load();
         (fx.mem.read_obj(GuestAddress(0x3000)).unwrap(), used.len())
     }

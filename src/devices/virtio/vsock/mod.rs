@@ -1,6 +1,7 @@
 //! virtio-vsock (device id 19) with Firecracker's hybrid Unix-socket backend.
 
-pub mod hybrid;
+pub mod connection;
+pub mod muxer;
 pub mod packet;
 
 use std::os::fd::RawFd;
@@ -9,8 +10,8 @@ use std::path::Path;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
-use self::hybrid::HybridBackend;
-use super::{read_config_space, VirtioDevice, VIRTIO_F_VERSION_1};
+use self::muxer::{Muxer, WORK_BUDGET};
+use super::{read_config_space, Activity, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::vstate::memory::GuestMemoryMmap;
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -21,11 +22,11 @@ const EVENT: usize = 2;
 const EVENT_TRANSPORT_RESET: u32 = 0;
 const QUEUE_SIZE: u16 = 256;
 
-pub use hybrid::Error;
+pub use muxer::Error;
 
 pub struct Vsock {
     guest_cid: u64,
-    backend: HybridBackend,
+    muxer: Muxer,
     queue_sizes: [u16; 3],
 }
 
@@ -34,34 +35,49 @@ impl Vsock {
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, Error> {
         Ok(Vsock {
             guest_cid,
-            backend: HybridBackend::new(guest_cid, uds_path)?,
+            muxer: Muxer::new(guest_cid, uds_path)?,
             queue_sizes: [QUEUE_SIZE; 3],
         })
     }
 
-    fn process_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    /// Takes packets from the tx queue while the muxer can hold their
+    /// answers, at most a budget's worth. Returns whether buffers were used
+    /// and whether it stopped with packets possibly left.
+    fn process_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> (bool, bool) {
         let Some(tx) = queues.get_mut(TX) else {
-            return false;
+            return (false, false);
         };
         let mut used = false;
-        while self.backend.accepts_tx() {
+        for _ in 0..WORK_BUDGET {
+            if !self.muxer.accepts_tx() {
+                return (used, true);
+            }
             let Some(chain) = tx.pop_descriptor_chain(mem) else {
-                break;
+                return (used, false);
             };
             let head = chain.head_index();
             match packet::parse_tx(mem, chain) {
-                Ok(packet) => self.backend.handle_tx(mem, &packet),
+                Ok(packet) => self.muxer.handle_tx(mem, &packet),
                 Err(e) => log::debug!("vsock: malformed tx packet: {e}"),
             }
             used |= tx.add_used(mem, head, 0).is_ok();
         }
-        used
+        (used, true)
     }
 
-    fn fill_rx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
-        match queues.get_mut(RX) {
-            Some(rx) if rx.ready() => self.backend.fill_rx(rx, mem),
-            _ => false,
+    /// One bounded round over the queues: the guest's packets, then its rx
+    /// buffers (answers first, then host data). Asks to be run again if a
+    /// budget ran out, or if answers drained and tx packets were left waiting.
+    fn run(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Activity {
+        let (tx_used, tx_left) = self.process_tx(queues, mem);
+        let (rx_used, rx_left) = match queues.get_mut(RX) {
+            Some(rx) if rx.ready() => self.muxer.fill_rx(rx, mem),
+            _ => (false, false),
+        };
+        let again = rx_left || (tx_left && self.muxer.accepts_tx());
+        Activity {
+            used: tx_used || rx_used,
+            rerun: again.then_some(TX),
         }
     }
 }
@@ -89,31 +105,29 @@ impl VirtioDevice for Vsock {
         _index: usize,
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
-    ) -> bool {
-        // Whatever the guest sent may need answers; new rx buffers may unblock
-        // data and, once answers drain, tx packets left waiting.
-        let mut used = self.process_tx(queues, mem);
-        used |= self.fill_rx(queues, mem);
-        if self.backend.accepts_tx() {
-            used |= self.process_tx(queues, mem);
-            used |= self.fill_rx(queues, mem);
-        }
-        used
+    ) -> Activity {
+        self.run(queues, mem)
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
-        Some(self.backend.epoll_fd())
+        Some(self.muxer.epoll_fd())
     }
 
-    fn process_backend(&mut self, queues: Option<&mut [Queue]>, mem: &GuestMemoryMmap) -> bool {
-        self.backend.process_host_events();
-        queues.is_some_and(|q| self.fill_rx(q, mem))
+    fn process_backend(&mut self, queues: Option<&mut [Queue]>, mem: &GuestMemoryMmap) -> Activity {
+        self.muxer.process_host_events();
+        // Host sockets that drained may let waiting tx packets through, and
+        // host data may wait for rx buffers.
+        queues.map_or_else(Activity::default, |q| self.run(q, mem))
+    }
+
+    fn reset(&mut self) {
+        self.muxer.reset_all();
     }
 
     /// The host ends of the guest's connections did not survive the snapshot:
     /// tell the driver, as Firecracker does, so the guest drops them and listens anew.
     fn restored(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
-        self.backend.reset_all();
+        self.muxer.reset_all();
         let Some(events) = queues.get_mut(EVENT) else {
             return false;
         };

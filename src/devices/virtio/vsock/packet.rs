@@ -4,7 +4,10 @@
 //! between guest buffers and host sockets.
 
 use vm_memory::bitmap::{AtomicBitmap, BS};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, VolatileSlice};
+use vm_memory::{
+    Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, Permissions,
+    VolatileSlice,
+};
 
 use crate::vstate::memory::GuestMemoryMmap;
 
@@ -59,6 +62,8 @@ pub enum Error {
     Memory,
     #[error("the rx buffer is smaller than a packet header or not writable")]
     RxTooSmall,
+    #[error("a descriptor lies outside guest memory")]
+    OutsideMemory,
 }
 
 /// A packet the guest sent: its header and where its payload lies.
@@ -68,7 +73,8 @@ pub struct TxPacket {
     pub payload: Vec<(GuestAddress, usize)>,
 }
 
-/// Gathers `len` bytes starting at byte `skip` of the buffers `descs`.
+/// Gathers `len` bytes starting at byte `skip` of the buffers `descs`, which
+/// were checked to lie in guest memory (so no address here overflows).
 fn ranges(
     descs: &[(GuestAddress, usize)],
     mut skip: usize,
@@ -84,11 +90,39 @@ fn ranges(
             continue;
         }
         let take = (size - skip).min(len);
-        out.push((GuestAddress(addr.0 + skip as u64), take));
+        if let Some(start) = addr.checked_add(skip as u64) {
+            out.push((start, take));
+        }
         len -= take;
         skip = 0;
     }
     out
+}
+
+/// A chain's buffers, each checked to lie wholly in guest memory.
+fn buffers<M: GuestMemory>(
+    mem: &M,
+    chain: impl Iterator<Item = Descriptor>,
+    device_writes: bool,
+    wrong_direction: Error,
+) -> Result<Vec<(GuestAddress, usize)>, Error> {
+    let mut descs = Vec::new();
+    for desc in chain {
+        if desc.is_write_only() != device_writes {
+            return Err(wrong_direction);
+        }
+        let len = desc.len() as usize;
+        let access = if device_writes {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        if !mem.check_range(desc.addr(), len, access) {
+            return Err(Error::OutsideMemory);
+        }
+        descs.push((desc.addr(), len));
+    }
+    Ok(descs)
 }
 
 /// Reads the header that may be split over the first descriptors.
@@ -111,13 +145,7 @@ pub fn parse_tx<M: GuestMemory>(
     mem: &M,
     chain: impl Iterator<Item = Descriptor>,
 ) -> Result<TxPacket, Error> {
-    let mut descs = Vec::new();
-    for desc in chain {
-        if desc.is_write_only() {
-            return Err(Error::WritableTxDescriptor);
-        }
-        descs.push((desc.addr(), desc.len() as usize));
-    }
+    let descs = buffers(mem, chain, false, Error::WritableTxDescriptor)?;
     let header = read_header(mem, &descs)?;
     let available: usize = descs.iter().map(|d| d.1).sum::<usize>() - HEADER_LEN;
     if header.len as usize > available {
@@ -135,14 +163,11 @@ pub struct RxBuffer {
 }
 
 impl RxBuffer {
-    pub fn new(chain: impl Iterator<Item = Descriptor>) -> Result<Self, Error> {
-        let mut descs = Vec::new();
-        for desc in chain {
-            if !desc.is_write_only() {
-                return Err(Error::RxTooSmall);
-            }
-            descs.push((desc.addr(), desc.len() as usize));
-        }
+    pub fn new<M: GuestMemory>(
+        mem: &M,
+        chain: impl Iterator<Item = Descriptor>,
+    ) -> Result<Self, Error> {
+        let descs = buffers(mem, chain, true, Error::RxTooSmall)?;
         if descs.iter().map(|d| d.1).sum::<usize>() < HEADER_LEN {
             return Err(Error::RxTooSmall);
         }
@@ -272,7 +297,21 @@ mod tests {
         );
         assert_eq!(
             parse_tx(&mem, chain(&queue, &[(0xffff_0000, 64, false)])),
-            Err(Error::Memory)
+            Err(Error::OutsideMemory)
+        );
+        // A payload descriptor at the top of the address space, where adding
+        // an offset would wrap.
+        mem.write_obj(header(OP_RW, 8), GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            parse_tx(
+                &mem,
+                chain(
+                    &queue,
+                    &[(0x1000, 44, false), (0xffff_ffff_ffff_fffc, 8, false)]
+                )
+            ),
+            Err(Error::OutsideMemory)
         );
     }
 
@@ -280,7 +319,11 @@ mod tests {
     fn rx_buffer_takes_header_then_payload() {
         let mem = memory();
         let queue = MockSplitQueue::new(&mem, 16);
-        let rx = RxBuffer::new(chain(&queue, &[(0x4000, 30, true), (0x5000, 100, true)])).unwrap();
+        let rx = RxBuffer::new(
+            &mem,
+            chain(&queue, &[(0x4000, 30, true), (0x5000, 100, true)]),
+        )
+        .unwrap();
         assert_eq!(rx.payload_capacity(), 86);
         let used = rx.write_header(&mem, &header(OP_RW, 3)).unwrap();
         assert_eq!(used, 47);
@@ -290,7 +333,17 @@ mod tests {
         mem.read_slice(&mut back, GuestAddress(0x5000 + 14))
             .unwrap();
         assert_eq!(&back, b"abc");
-        assert!(RxBuffer::new(chain(&queue, &[(0x4000, 30, true)])).is_err());
-        assert!(RxBuffer::new(chain(&queue, &[(0x4000, 64, false)])).is_err());
+        assert!(RxBuffer::new(&mem, chain(&queue, &[(0x4000, 30, true)])).is_err());
+        assert!(RxBuffer::new(&mem, chain(&queue, &[(0x4000, 64, false)])).is_err());
+        for outside in [0x40_0000_0000, 0xffff_ffff_ffff_f000, 0xffff_ffff_ffff_ffd4] {
+            assert_eq!(
+                RxBuffer::new(
+                    &mem,
+                    chain(&queue, &[(0x4000, 44, true), (outside, 100, true)])
+                )
+                .err(),
+                Some(Error::OutsideMemory)
+            );
+        }
     }
 }
