@@ -243,8 +243,13 @@ fn every_ember_thread_runs_under_seccomp_unless_disabled() {
         let mut modes = Vec::new();
         for task in std::fs::read_dir(format!("/proc/{}/task", ember.pid())).unwrap() {
             let task = task.unwrap().path();
-            let name = std::fs::read_to_string(task.join("comm")).unwrap();
-            let status = std::fs::read_to_string(task.join("status")).unwrap();
+            // A short-lived thread (dropping a VM, say) may end while we look.
+            let (Ok(name), Ok(status)) = (
+                std::fs::read_to_string(task.join("comm")),
+                std::fs::read_to_string(task.join("status")),
+            ) else {
+                continue;
+            };
             modes.push((
                 name.trim().to_string(),
                 field(&status, "Seccomp").to_string(),

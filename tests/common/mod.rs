@@ -102,6 +102,8 @@ pub struct Ember {
     pub socket: Option<PathBuf>,
     pub spawned_at: Instant,
     stdin: Option<ChildStdin>,
+    /// ember's stdout while nobody reads it (`spawn_undrained`).
+    undrained: Option<std::process::ChildStdout>,
     console: Arc<(Mutex<Console>, Condvar)>,
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<std::thread::JoinHandle<()>>,
@@ -196,6 +198,18 @@ mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@
 
     /// Spawns `program` (ember, or the jailer that becomes ember) with `args`.
     pub fn spawn_program(program: &Path, args: &[&str], socket: Option<&Path>) -> Ember {
+        let mut ember = Ember::spawn_quiet(program, args, socket);
+        ember.drain_console();
+        ember
+    }
+
+    /// Spawns ember with `args` but leaves its stdout unread, as a console
+    /// nobody drains, until `drain_console`.
+    pub fn spawn_undrained(args: &[&str], socket: Option<&Path>) -> Ember {
+        Ember::spawn_quiet(Path::new(EMBER), args, socket)
+    }
+
+    fn spawn_quiet(program: &Path, args: &[&str], socket: Option<&Path>) -> Ember {
         let spawned_at = Instant::now();
         let mut child = Command::new(program)
             .args(args)
@@ -205,19 +219,7 @@ mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@
             .spawn()
             .expect("spawn ember");
         let console = Arc::new((Mutex::new(Console::default()), Condvar::new()));
-        let stdout = child.stdout.take().expect("stdout");
-        let sink = console.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let (lock, cv) = &*sink;
-                lock.lock().unwrap().lines.push((Instant::now(), line));
-                cv.notify_all();
-            }
-            let (lock, cv) = &*sink;
-            lock.lock().unwrap().closed = true;
-            cv.notify_all();
-        });
+        let undrained = child.stdout.take();
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("stderr");
         let err_sink = stderr.clone();
@@ -239,6 +241,7 @@ mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@
             socket: socket.map(Path::to_path_buf),
             spawned_at,
             stdin,
+            undrained,
             console,
             stderr,
             stderr_reader: Some(stderr_reader),
@@ -248,6 +251,34 @@ mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@
             ember.wait_for_socket(socket);
         }
         ember
+    }
+
+    /// Starts collecting the console's lines.
+    pub fn drain_console(&mut self) {
+        let Some(stdout) = self.undrained.take() else {
+            return;
+        };
+        let sink = self.console.clone();
+        std::thread::spawn(move || {
+            // Bytes, not text: a guest may print anything.
+            let mut reader = BufReader::new(stdout);
+            let mut line = Vec::new();
+            while let Ok(n) = reader.read_until(b'\n', &mut line) {
+                if n == 0 {
+                    break;
+                }
+                let end = line.strip_suffix(b"\n").unwrap_or(&line);
+                let end = end.strip_suffix(b"\r").unwrap_or(end);
+                let text = String::from_utf8_lossy(end).into_owned();
+                line.clear();
+                let (lock, cv) = &*sink;
+                lock.lock().unwrap().lines.push((Instant::now(), text));
+                cv.notify_all();
+            }
+            let (lock, cv) = &*sink;
+            lock.lock().unwrap().closed = true;
+            cv.notify_all();
+        });
     }
 
     /// Spawns ember with its API on a fresh socket in `dir`.
@@ -439,6 +470,44 @@ fn guest_cache_dir() -> PathBuf {
             Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
                 .join(".cache/ember")
         })
+}
+
+/// One request that gives up after `timeout` instead of waiting for ever:
+/// (status, body), or what went wrong.
+pub fn try_http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body))
+        .map_err(|e| format!("send: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("no answer within {timeout:?}: {e}"))?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP header end in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP status in {head:?}"))?;
+    Ok((status, body.to_string()))
 }
 
 /// A minimal HTTP/1.1 client for one request over a Unix socket.

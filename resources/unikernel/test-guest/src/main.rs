@@ -1,13 +1,18 @@
 //! Test guest for ember: prints, in a fixed line format that ember's tests parse,
 //! what the VMM gave it (boot protocol, command line, memory map, CPUs, block
 //! devices), exercises each block device, optionally echoes the serial console,
-//! then resets.
+//! then resets. With `ember.attack=<mode>` it attacks the VMM instead (see
+//! [`attack`]).
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
+mod attack;
+
 use core::fmt::{self, Write};
 
-use rt::cmdline::{has_token, virtio_mmio_devices};
+use rt::cmdline::{has_token, value, virtio_mmio_devices};
 use rt::io::{Serial, reset, signal_boot_timer};
 use rt::virtio::Transport;
 use rt::virtio::blk::{self, Block};
@@ -37,6 +42,10 @@ fn main(boot: &BootInfo) -> ! {
         Ok(Some(cpus)) => println!("cpus: {cpus}"),
         Ok(None) => println!("cpus: none"),
         Err(err) => println!("cpus: error {err}"),
+    }
+
+    if let Some(mode) = value(boot.cmdline, b"ember.attack=") {
+        attack::run(boot, mode);
     }
 
     block_devices(boot.cmdline);

@@ -509,7 +509,7 @@ impl Muxer {
         }
         let state = self.conns.get(&key).map(|c| c.state);
         match (h.op, state) {
-            (OP_REQUEST, None) => self.connect_to_host(key),
+            (OP_REQUEST, None) => self.connect_to_host(key, &h),
             (OP_RESPONSE, Some(ConnState::LocalInit { .. })) => {
                 self.set_state(key, ConnState::Established);
                 let Some(conn) = self.conns.get_mut(&key) else {
@@ -564,7 +564,8 @@ impl Muxer {
 
     /// A guest connects to host port `key.0`: the listener at `<uds_path>_<port>`.
     /// The connect never blocks: a listener that is not accepting gets an RST.
-    fn connect_to_host(&mut self, key: Key) {
+    /// The guest's credit comes with its REQUEST.
+    fn connect_to_host(&mut self, key: Key, request: &Header) {
         self.sweep();
         if self.handshakes.len() + self.conns.len() >= MAX_CONNECTIONS {
             log::debug!("vsock: too many connections; refusing guest port {}", key.1);
@@ -574,7 +575,10 @@ impl Muxer {
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", key.0));
         let connected = connect_nonblocking(&path).is_ok_and(|stream| {
-            self.add_conn(key, Connection::new(stream, ConnState::Established))
+            let mut conn = Connection::new(stream, ConnState::Established);
+            conn.peer_buf_alloc = request.buf_alloc;
+            conn.peer_fwd_cnt = request.fwd_cnt;
+            self.add_conn(key, conn)
         });
         if connected {
             self.send_control(key, OP_RESPONSE, 0);
@@ -1171,5 +1175,69 @@ mod tests {
         assert!(muxer.control.is_empty());
         let mut buf = [0u8; 1];
         assert_eq!(host.read(&mut buf).unwrap(), 0, "the host end is closed");
+    }
+
+    #[test]
+    fn guest_bytes_held_for_slow_hosts_stay_bounded() {
+        let (mut muxer, path) = new_muxer("bounded");
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let chunk = 64 * 1024;
+        // Hosts that never read: each connection takes its credit's worth.
+        let mut hosts = Vec::new();
+        while muxer.accepts_tx() {
+            let (host, key) = established(&mut muxer, &path, &mem);
+            hosts.push(host);
+            for _ in 0..CONN_BUF_ALLOC as usize / chunk {
+                let mut rw = from_guest(OP_RW, 1024, key.0);
+                rw.header.len = chunk as u32;
+                rw.payload = vec![(GuestAddress(0x10000), chunk)];
+                muxer.handle_tx(&mem, &rw);
+            }
+            assert!(hosts.len() < 512, "ember kept taking guest bytes");
+        }
+        let held: usize = muxer.conns.values().map(|c| c.pending.len()).sum();
+        assert_eq!(held, muxer.pending_bytes);
+        assert!(held <= MAX_PENDING_BYTES + CONN_BUF_ALLOC as usize);
+        // Once the hosts read, the guest's packets are taken again.
+        for host in &mut hosts {
+            host.set_nonblocking(true).unwrap();
+            let mut sink = vec![0u8; 1 << 20];
+            while host.read(&mut sink).is_ok_and(|n| n > 0) {}
+        }
+        for _ in 0..64 {
+            muxer.process_host_events();
+        }
+        assert!(muxer.accepts_tx());
+    }
+
+    #[test]
+    fn a_host_service_that_hangs_up_at_once_gets_the_guest_a_shutdown() {
+        let (mut muxer, path) = new_muxer("hangup");
+        let mem = memory();
+        let mut host_path = path.clone().into_os_string();
+        host_path.push("_7000");
+        let _ = std::fs::remove_file(&host_path);
+        let listener = UnixListener::bind(&host_path).unwrap();
+        // The guest says nothing after its REQUEST: its credit is in the REQUEST.
+        muxer.handle_tx(&mem, &from_guest(OP_REQUEST, 31, 7000));
+        drop(listener.accept().unwrap());
+        for _ in 0..4 {
+            muxer.process_host_events();
+        }
+        let queue = MockSplitQueue::new(&mem, 16);
+        let buffers: Vec<RawDescriptor> = (0..2)
+            .map(|i| desc(0x8000 + i * 0x1000, 0x1000, WRITE, 0))
+            .collect();
+        queue.add_desc_chains(&buffers, 0).unwrap();
+        let mut q: Queue = queue.create_queue().unwrap();
+        muxer.fill_rx(&mut q, &mem);
+        let ops: Vec<u16> = (0..2)
+            .map(|i| {
+                let header: Header = mem.read_obj(GuestAddress(0x8000 + i * 0x1000)).unwrap();
+                header.op
+            })
+            .collect();
+        assert_eq!(ops, vec![OP_RESPONSE, OP_SHUTDOWN]);
+        let _ = std::fs::remove_file(&host_path);
     }
 }
