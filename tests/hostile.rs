@@ -346,6 +346,8 @@ fn register_garbage() {
 fn status_games_cannot_reprogram_a_live_device() {
     let vm = simple_attack("status-games", DRIVE);
     vm.expect("first read status=0");
+    // The device kept serving the rings it was activated with.
+    vm.expect("completed during games=100/100");
     vm.expect("read after reset status=0");
 }
 

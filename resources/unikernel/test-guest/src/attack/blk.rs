@@ -24,6 +24,9 @@ const QUEUE_SIZE: u16 = 16;
 const VALID_HEAD: u16 = 13;
 
 const STATUS_ROUNDS: usize = 100;
+/// How long status-games waits for each request, in spins (about 0.1 s natively):
+/// a device that took the bogus rings never completes it.
+const COMPLETION_SPINS: u32 = 100_000_000;
 /// Ring address no device may use: the last page of the address space.
 const BOGUS_RING: u64 = 0xffff_ffff_ffff_f000;
 const BAD_AVAIL_NOTIFIES: u32 = 10_000;
@@ -200,20 +203,29 @@ pub fn status_games(cmdline: &[u8]) -> Result<(), Error> {
         [DRIVER_OK, FEATURES_OK],
         [DRIVER_OK, FEATURES_OK | DRIVER_OK],
     ];
+    let mut completed = 0;
     for round in 0..STATUS_ROUNDS {
         let device = &blk.device;
         device.write(STATUS, configured);
         device.set_queue(0, 256, (BOGUS_RING, BOGUS_RING, BOGUS_RING));
         device.write(STATUS, configured | DRIVER_OK);
-        // The request goes into the real ring, the only one the guest can write.
+        // The request goes into the real ring, the only one the guest can write:
+        // a device that kept its rings completes it.
         blk.write_read(0, 1);
         blk.queue.publish(0);
         blk.device.notify(0);
+        if (0..COMPLETION_SPINS).any(|_| {
+            core::hint::spin_loop();
+            blk.queue.pop_used().is_some()
+        }) {
+            completed += 1;
+        }
         for status in orders[round % orders.len()] {
             blk.device.write(STATUS, status);
         }
         blk.device.notify(0);
     }
+    println!("attack: status-games completed during games={completed}/{STATUS_ROUNDS}");
     blk.reinit()?;
     let status = blk.valid_read();
     println!("attack: status-games read after reset status={status}");
