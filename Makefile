@@ -1,5 +1,5 @@
 # The two commands README.md gives, and their parts.
-.PHONY: demo test guests bench check deps build
+.PHONY: demo test guests bench check deps build fuzz-build fuzz fuzz-short
 
 # Builds ember and its guests, boots a microVM and prints its console and stage timings,
 # then boots a function unikernel, invokes it several times and prints the timings,
@@ -10,7 +10,7 @@ demo: guests build
 	cargo bench --bench snapshot -- --demo
 
 # Everything CI runs: lints, the whole test suite, the VM tests again with every ember
-# under ember-jailer, and the benchmarks in their short modes.
+# under ember-jailer, the benchmarks in their short modes and a short pass of every fuzzer.
 test: guests check build
 	cargo test --workspace --release
 	EMBER_TEST_JAILED=1 cargo test --release --test api --test boot --test function --test snapshot --test linux
@@ -19,6 +19,7 @@ test: guests check build
 	cargo bench --bench function -- --short
 	cargo bench --bench snapshot -- --short
 	cargo bench --bench jail -- --short
+	$(MAKE) fuzz-short
 
 # ember, ember-snapshot and ember-jailer, which the tests and benchmarks run, and the
 # statically linked ember that runs inside a jail (where there is no libc to load).
@@ -45,3 +46,27 @@ bench: guests build
 	cargo bench --bench function
 	cargo bench --bench snapshot
 	cargo bench --bench jail
+
+# Coverage-guided fuzzing (fuzz/README.md): cargo-fuzz on the nightly toolchain, which is
+# for fuzzing only. Each run starts from a copy of the committed corpus in
+# target/fuzz-corpus/<target>, so fuzz/corpus keeps only the seeds; crashes are saved
+# under fuzz/artifacts/<target>.
+FUZZ_TARGETS := api_route config_file ember_cli jailer_cli vsock_tx vsock_rx mmio_transport \
+	block_request snapshot_state memory_merge uffd_handshake invocation_framing
+FUZZ_SECONDS ?= 600
+
+fuzz-build: deps
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	cargo +nightly fuzz build
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		rm -rf target/fuzz-corpus/$$t && mkdir -p target/fuzz-corpus && \
+		cp -r fuzz/corpus/$$t target/fuzz-corpus/$$t && \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s" && \
+		cargo +nightly fuzz run $$t $(CURDIR)/target/fuzz-corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 || exit 1; \
+	done
+
+fuzz-short:
+	$(MAKE) fuzz FUZZ_SECONDS=5

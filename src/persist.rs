@@ -67,9 +67,10 @@ fn io_err<'a>(what: &'static str, path: &'a str) -> impl FnOnce(std::io::Error) 
     }
 }
 
-/// What a state file holds.
+/// What a state file holds. Public (its fields are not) so that the fuzz
+/// targets can decode state files as `load` does.
 #[derive(Serialize, Deserialize)]
-struct MicrovmState {
+pub struct MicrovmState {
     /// The configuration as `GET /vm/config` shows it. JSON inside the
     /// binary payload: its optional fields are skipped when absent, which a
     /// compact non-self-describing encoding cannot do.

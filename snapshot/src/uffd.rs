@@ -127,7 +127,9 @@ impl WorkingSet {
     }
 
     pub fn pages(&self) -> u64 {
-        self.runs.iter().map(|&(_, count)| count).sum()
+        self.runs
+            .iter()
+            .fold(0, |total: u64, &(_, count)| total.saturating_add(count))
     }
 
     /// Reads a working set file: one `<first page> <count>` run per line.
@@ -204,6 +206,15 @@ impl Vm {
         let file = file.ok_or_else(|| Error::Handshake("no userfaultfd attached".into()))?;
         let regions: Vec<Region> = serde_json::from_slice(&buf[..len])
             .map_err(|e| Error::Handshake(format!("regions: {e}")))?;
+        // Address and offset arithmetic below relies on regions ending in range.
+        if let Some(r) = regions.iter().find(|r| {
+            r.base_host_virt_addr.checked_add(r.size).is_none()
+                || r.offset.checked_add(r.size).is_none()
+        }) {
+            return Err(Error::Handshake(format!(
+                "region {r:?} runs past the end of the address space"
+            )));
+        }
         // SAFETY: the fd arrived with SCM_RIGHTS and is ours alone; the VMM sends a userfaultfd.
         let uffd = unsafe { Uffd::from_raw_fd(file.into_raw_fd()) };
         Ok(Vm {
@@ -285,8 +296,9 @@ impl Vm {
     fn prefetch(&self, mem: &MemoryFile, set: &WorkingSet) -> Option<u64> {
         let mut pages = 0;
         for &(start, count) in &set.runs {
-            let mut offset = start * PAGE;
-            let mut left = count * PAGE;
+            // A run whose bytes are past any file's end is in no region.
+            let mut offset = start.checked_mul(PAGE)?;
+            let mut left = count.checked_mul(PAGE)?;
             // A run may cross regions: copy each part where it is mapped.
             while left > 0 {
                 let (addr, room) = self.host_address(offset)?;
@@ -511,5 +523,54 @@ mod tests {
             Err(Error::WorkingSet { line: 2, .. })
         ));
         std::fs::remove_file(path).unwrap();
+    }
+
+    /// What a VM sends at its handshake: `regions` and an fd (an eventfd
+    /// standing in for its userfaultfd).
+    fn handshake(regions: &str) -> Result<Vm, Error> {
+        let (vm_end, handler_end) = UnixStream::pair().unwrap();
+        let fd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        vm_end
+            .send_with_fd(regions.as_bytes(), fd.as_raw_fd())
+            .unwrap();
+        Vm::handshake(handler_end)
+    }
+
+    // Found by the uffd_handshake fuzz target: each of these overflowed.
+
+    #[test]
+    fn a_working_sets_page_count_saturates() {
+        let set = WorkingSet {
+            runs: vec![(1, u64::MAX), (1, 1)],
+        };
+        assert_eq!(set.pages(), u64::MAX);
+    }
+
+    #[test]
+    fn regions_past_the_end_of_the_address_space_are_refused() {
+        let ok = r#"[{"base_host_virt_addr": 4096, "size": 8192, "offset": 0}]"#;
+        assert!(handshake(ok).is_ok());
+        for bad in [
+            r#"[{"base_host_virt_addr": 18446744073709547520, "size": 8192, "offset": 0}]"#,
+            r#"[{"base_host_virt_addr": 4096, "size": 8192, "offset": 18446744073709547520}]"#,
+        ] {
+            assert!(
+                matches!(handshake(bad), Err(Error::Handshake(m)) if m.contains("past the end")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_working_set_past_any_file_is_not_prefetched() {
+        let path = std::env::temp_dir().join(format!("ember-ws-mem-{}", std::process::id()));
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let mem = MemoryFile::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let vm =
+            handshake(r#"[{"base_host_virt_addr": 4096, "size": 4096, "offset": 0}]"#).unwrap();
+        for runs in [vec![(1 << 52, 1)], vec![(0, 1 << 52)]] {
+            assert_eq!(vm.prefetch(&mem, &WorkingSet { runs }), None);
+        }
     }
 }

@@ -1,0 +1,60 @@
+//! `api::routes::route` over any method, path and body: a 400 or a typed
+//! request, never a panic. What the controller then checks without state
+//! (each body's `validate`) runs too.
+//!
+//! Input: `<method>\n<path>\n<body>`; the method and path are taken lossily
+//! as UTF-8, the body as bytes.
+
+#![no_main]
+
+use ember::api::routes::{body_limit, route};
+use ember::controller::Request;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut parts = data.splitn(3, |&b| b == b'\n');
+    let method = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let path = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let body = parts.next().unwrap_or_default();
+
+    let limit = body_limit(&method, &path);
+    assert!(limit >= ember::api::routes::MAX_BODY_BYTES);
+    let Ok(request) = route(&method, &path, body) else {
+        return;
+    };
+    match request {
+        Request::PutMachineConfig(machine) => {
+            // `route` only hands over configurations that validate.
+            assert_eq!(machine.validate(), Ok(()));
+        }
+        Request::PatchMachineConfig(update) => {
+            let _ = ember::config::MachineConfig::default().updated(&update);
+        }
+        Request::PutDrive(drive) => {
+            let _ = drive.validate();
+            let _ = drive.path();
+        }
+        Request::PatchDrive(update) => {
+            let _ = update.validate();
+        }
+        Request::PutLogger(logger) => {
+            if let Some(level) = &logger.level {
+                let _ = ember::logger::parse_level(level);
+            }
+        }
+        Request::PutVsock(vsock) => {
+            let _ = vsock.validate();
+        }
+        Request::PutFunction(function) => {
+            let _ = function.validate();
+        }
+        Request::CreateSnapshot(params) => {
+            let _ = params.validate();
+        }
+        Request::LoadSnapshot(params) => {
+            let _ = params.validate();
+            let _ = params.backend();
+        }
+        _ => {}
+    }
+});

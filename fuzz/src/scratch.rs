@@ -1,0 +1,31 @@
+//! A directory of this process's own for the files and sockets targets create.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+static DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// `$TMPDIR/ember-fuzz-<pid>`, created on first use and removed when the
+/// process exits normally (a crash leaves it behind).
+pub fn dir() -> &'static Path {
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ember-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cannot create the fuzz scratch directory");
+        // SAFETY: registers a plain function with no arguments.
+        unsafe { libc::atexit(remove_dir) };
+        dir
+    })
+}
+
+extern "C" fn remove_dir() {
+    if let Some(dir) = DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A path in the scratch directory, with nothing there yet.
+pub fn fresh(name: &str) -> PathBuf {
+    let path = dir().join(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
