@@ -230,20 +230,10 @@ async fn exchange(pool: &Pool, mut conn: Connection, payload: &[u8]) -> Outcome 
             "a {out_len}-byte response exceeds ember's limit of {MAX_OUTPUT_BYTES}"
         )));
     }
-    let mut output = Vec::with_capacity((out_len as usize).min(OUTPUT_PREALLOC));
-    let received = (&mut conn.read)
-        .take(u64::from(out_len))
-        .read_to_end(&mut output)
-        .await;
-    match received {
-        Err(e) => return Outcome::Broken(Error::Protocol(e.to_string())),
-        Ok(n) if n < out_len as usize => {
-            return Outcome::Broken(Error::Protocol(format!(
-                "the connection ended after {n} of {out_len} response bytes"
-            )))
-        }
-        Ok(_) => {}
-    }
+    let output = match read_output(&mut conn.read, out_len as usize).await {
+        Ok(output) => output,
+        Err(e) => return Outcome::Broken(Error::Protocol(e)),
+    };
     let result = match head[0] {
         STATUS_OK => Ok(output),
         STATUS_FAILED => Err(Error::Failed(String::from_utf8_lossy(&output).into_owned())),
@@ -254,6 +244,31 @@ async fn exchange(pool: &Pool, mut conn: Connection, payload: &[u8]) -> Outcome 
     };
     pool.give_back(conn);
     Outcome::Answered(result)
+}
+
+/// Reads a `len`-byte output as it arrives. Memory follows the bytes received,
+/// doubling as they come, so a length the guest announces but never sends
+/// costs nothing; each read goes straight into the output, past the reader's
+/// own buffer.
+async fn read_output(read: &mut BufReader<OwnedReadHalf>, len: usize) -> Result<Vec<u8>, String> {
+    let mut output = Vec::with_capacity(len.min(OUTPUT_PREALLOC));
+    while output.len() < len {
+        if output.len() == output.capacity() {
+            output.reserve_exact(output.len().min(len - output.len()));
+        }
+        let room = (output.capacity() - output.len()).min(len - output.len());
+        match (&mut *read).take(room as u64).read_buf(&mut output).await {
+            Ok(0) => {
+                return Err(format!(
+                    "the connection ended after {} of {len} response bytes",
+                    output.len()
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(output)
 }
 
 #[cfg(test)]
