@@ -9,53 +9,56 @@ use core::sync::atomic::{AtomicUsize, Ordering, fence};
 use super::{Error, Transport};
 
 /// Descriptors per queue (the device may allow fewer).
-const QUEUE_SIZE: usize = 64;
+pub const QUEUE_SIZE: usize = 64;
 /// Ring pages in the static pool: queues live for the whole run, never freed.
 const POOL_QUEUES: usize = 8;
 
-const DESC_F_NEXT: u16 = 1;
-const DESC_F_WRITE: u16 = 2;
+pub const DESC_F_NEXT: u16 = 1;
+pub const DESC_F_WRITE: u16 = 2;
 /// Asks the device not to interrupt after using buffers.
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
+pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// The device asks not to be notified of new buffers.
 const USED_F_NO_NOTIFY: u16 = 1;
 
+/// The split-ring layout (virtio 1.2 §2.7), public for guests that drive raw
+/// rings (the test guest's attacks).
 #[repr(C)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
+#[derive(Clone, Copy)]
+pub struct Desc {
+    pub addr: u64,
+    pub len: u32,
+    pub flags: u16,
+    pub next: u16,
 }
 
 #[repr(C)]
-struct Avail {
-    flags: u16,
-    idx: u16,
-    ring: [u16; QUEUE_SIZE],
-    used_event: u16,
+pub struct Avail {
+    pub flags: u16,
+    pub idx: u16,
+    pub ring: [u16; QUEUE_SIZE],
+    pub used_event: u16,
 }
 
 #[repr(C)]
-struct UsedElem {
-    id: u32,
-    len: u32,
+pub struct UsedElem {
+    pub id: u32,
+    pub len: u32,
 }
 
 #[repr(C)]
-struct Used {
-    flags: u16,
-    idx: u16,
-    ring: [UsedElem; QUEUE_SIZE],
-    avail_event: u16,
+pub struct Used {
+    pub flags: u16,
+    pub idx: u16,
+    pub ring: [UsedElem; QUEUE_SIZE],
+    pub avail_event: u16,
 }
 
 /// The three rings of one queue in one page (alignment 16/2/4 holds by layout).
 #[repr(C, align(4096))]
-struct Rings {
-    desc: [Desc; QUEUE_SIZE],
-    avail: Avail,
-    used: Used,
+pub struct Rings {
+    pub desc: [Desc; QUEUE_SIZE],
+    pub avail: Avail,
+    pub used: Used,
 }
 
 const _: () = assert!(size_of::<Rings>() == 4096);

@@ -7,18 +7,18 @@ use core::cell::UnsafeCell;
 use core::ptr::{read_volatile, write_bytes, write_volatile};
 use core::sync::atomic::{AtomicUsize, Ordering, fence};
 
-/// Descriptors (and ring entries) a ring page holds; a queue may be smaller.
-pub const CAPACITY: usize = 64;
+/// The ring layout is rt's; `CAPACITY` descriptors (and ring entries) a ring
+/// page holds, though a queue may be smaller.
+pub use rt::virtio::queue::{
+    AVAIL_F_NO_INTERRUPT, DESC_F_NEXT as F_NEXT, DESC_F_WRITE as F_WRITE, Desc,
+    QUEUE_SIZE as CAPACITY, Rings,
+};
+
 /// Ring pages in the static pool: the most any attack uses is one per queue of
 /// every device (notify-storm), and a few devices is all a test VM has.
 const POOL_PAGES: usize = 16;
-
-pub const F_NEXT: u16 = 1;
-pub const F_WRITE: u16 = 2;
 /// An indirect table (VIRTIO_F_INDIRECT_DESC, which the attacks never negotiate).
 pub const F_INDIRECT: u16 = 4;
-/// Asks the device not to interrupt after using buffers.
-pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// Memory shared with devices, in `.bss`: the attacks never use the heap, which
 /// belongs to the calm phase's function runtime once it starts.
@@ -67,47 +67,6 @@ impl<T: Copy, const N: usize> Shared<[T; N]> {
 pub fn addr<T>(pointer: *const T) -> u64 {
     pointer as u64
 }
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Desc {
-    pub addr: u64,
-    pub len: u32,
-    pub flags: u16,
-    pub next: u16,
-}
-
-#[repr(C)]
-struct Avail {
-    flags: u16,
-    idx: u16,
-    ring: [u16; CAPACITY],
-    used_event: u16,
-}
-
-#[repr(C)]
-struct UsedElem {
-    id: u32,
-    len: u32,
-}
-
-#[repr(C)]
-struct Used {
-    flags: u16,
-    idx: u16,
-    ring: [UsedElem; CAPACITY],
-    avail_event: u16,
-}
-
-/// The three rings of one queue in one page (alignment 16/2/4 holds by layout).
-#[repr(C, align(4096))]
-struct Rings {
-    desc: [Desc; CAPACITY],
-    avail: Avail,
-    used: Used,
-}
-
-const _: () = assert!(size_of::<Rings>() == 4096);
 
 // SAFETY: all-zero bytes are valid for the plain-integer ring structures.
 static POOL: Shared<[Rings; POOL_PAGES]> = Shared::new(unsafe { core::mem::zeroed() });
