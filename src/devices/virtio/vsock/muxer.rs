@@ -444,8 +444,10 @@ impl Muxer {
         let _ = self
             .epoll
             .ctl(ControlOperation::Delete, fd, EpollEvent::default());
-        // A malformed request just closes the host socket.
-        let Some(guest_port) = outcome else {
+        // A malformed request just closes the host socket, and so does any
+        // while the guest leaves its answers unread (its vsock may not even be
+        // set up): host connections cannot grow the queue of answers either.
+        let Some(guest_port) = outcome.filter(|_| self.control.len() < MAX_PENDING_CONTROL) else {
             return;
         };
         let key = (self.allocate_local_port(guest_port), guest_port);
@@ -963,7 +965,7 @@ mod tests {
 
     #[test]
     fn requests_to_closed_ports_are_reset_and_floods_stay_bounded() {
-        let (mut muxer, _path) = new_muxer("flood");
+        let (mut muxer, path) = new_muxer("flood");
         let mem = memory();
         muxer.handle_tx(&mem, &from_guest(OP_REQUEST, 5000, 7777));
         let rst = muxer.control.front().copied().unwrap();
@@ -975,6 +977,13 @@ mod tests {
             port += 1;
         }
         assert_eq!(muxer.control.len(), MAX_PENDING_CONTROL);
+        // Nor can host connections while the guest reads nothing.
+        let mut host = UnixStream::connect(&path).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        muxer.process_host_events();
+        muxer.process_host_events();
+        assert_eq!(muxer.control.len(), MAX_PENDING_CONTROL);
+        assert_eq!(host.read(&mut [0u8; 1]).unwrap(), 0, "refused");
         // Packets from another CID get no connection.
         let (mut muxer, _path) = new_muxer("cid");
         let mut wrong_cid = from_guest(OP_REQUEST, 1, 2);
