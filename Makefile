@@ -50,10 +50,14 @@ bench: guests build
 # Coverage-guided fuzzing (fuzz/README.md): cargo-fuzz on the nightly toolchain, which is
 # for fuzzing only. Each run starts from a copy of the committed corpus in
 # target/fuzz-corpus/<target>, so fuzz/corpus keeps only the seeds; crashes are saved
-# under fuzz/artifacts/<target>.
+# under fuzz/artifacts/<target>. A full run gives every target FUZZ_RUNS inputs; with
+# FUZZ_SECONDS set, each runs that long instead.
 FUZZ_TARGETS := api_route config_file ember_cli jailer_cli vsock_tx vsock_rx mmio_transport \
-	block_request snapshot_state memory_merge uffd_handshake invocation_framing
-FUZZ_SECONDS ?= 600
+	block_request snapshot_state memory_merge uffd_handshake invocation_framing rt_server \
+	rt_framing
+FUZZ_RUNS ?= 1000000
+FUZZ_SECONDS ?=
+FUZZ_STOP = $(if $(FUZZ_SECONDS),-max_total_time=$(FUZZ_SECONDS),-runs=$(FUZZ_RUNS))
 
 fuzz-build: deps
 	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
@@ -63,9 +67,9 @@ fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \
 		rm -rf target/fuzz-corpus/$$t && mkdir -p target/fuzz-corpus && \
 		cp -r fuzz/corpus/$$t target/fuzz-corpus/$$t && \
-		echo "fuzz: $$t for $(FUZZ_SECONDS) s" && \
+		echo "fuzz: $$t ($(FUZZ_STOP))" && \
 		cargo +nightly fuzz run $$t $(CURDIR)/target/fuzz-corpus/$$t -- \
-			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 || exit 1; \
+			$(FUZZ_STOP) -timeout=10 -print_final_stats=1 || exit 1; \
 	done
 
 fuzz-short:

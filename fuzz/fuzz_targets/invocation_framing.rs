@@ -1,7 +1,9 @@
 //! The host side of an invocation (`api::invoke::invoke`) against a fake
 //! guest on a Unix socket that answers the hybrid-vsock handshake and then
 //! writes the input as its response, on a current-thread tokio runtime as
-//! the API thread runs it, with a 20 ms time limit. The client must come
+//! the API thread runs it, with a 20 ms time limit on a paused tokio clock
+//! (it jumps ahead whenever every task waits, so the limit costs no real
+//! time and the target runs at full speed). The client must come
 //! back with an error or an output no longer than what the guest sent,
 //! whatever the bytes (bad status, lengths past the limit, short frames,
 //! stray bytes after a frame, no `OK` line).
@@ -11,7 +13,7 @@
 //! which may reuse the connection; bit 3: the guest writes its response twice
 //! per connection; bits 1, 4 and 5 all set: the guest keeps its end open
 //! instead of closing it after writing, so a short response runs into the
-//! time limit, which takes 20 ms, so only one input in eight does), a chunk
+//! time limit), a chunk
 //! that is the request payload, then the guest's response.
 
 #![no_main]
@@ -38,6 +40,7 @@ fn runtime() -> &'static Runtime {
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(true)
             .build()
             .expect("cannot build a tokio runtime")
     })

@@ -819,6 +819,92 @@ fn invocation_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+fn framed_request(body: &[u8]) -> Vec<u8> {
+    [&(body.len() as u32).to_le_bytes()[..], body].concat()
+}
+
+fn rt_server_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::guest_runtime::{op, receive, PORT};
+    use rt::virtio::vsock::packet::{Op, SHUTDOWN_RCV, SHUTDOWN_SEND};
+    const HOST: (u32, u32) = (5000, PORT);
+    let both = SHUTDOWN_RCV | SHUTDOWN_SEND;
+
+    let mut w = Writer::new();
+    w.u16(4096);
+    receive(&mut w, Op::Request, HOST, 0, b"");
+    w.u8(op::SEND);
+    receive(&mut w, Op::Rw, HOST, 0, &framed_request(b"hello"));
+    w.u8(op::TAKE_REQUEST).u8(op::RESPOND).u8(0).u8(0).u16(5);
+    w.u8(op::SEND);
+    receive(&mut w, Op::Shutdown, HOST, both, b"");
+    w.u8(op::SEND);
+    receive(&mut w, Op::Rst, HOST, 0, b"");
+    let invocation = w.finish();
+
+    w.u16(4096);
+    receive(&mut w, Op::Request, HOST, 0, b"");
+    let two = [framed_request(b"one"), framed_request(b"two")].concat();
+    receive(&mut w, Op::Rw, HOST, 0, &two);
+    for i in 0..2 {
+        w.u8(op::TAKE_REQUEST).u8(op::RESPOND).u8(i).u8(0).u16(3);
+        w.u8(op::SEND);
+    }
+    let pipelined = w.finish();
+
+    w.u16(8);
+    receive(&mut w, Op::Request, HOST, 0, b"");
+    receive(&mut w, Op::Rw, HOST, 0, &framed_request(&[7; 20]));
+    w.u8(op::TAKE_REQUEST);
+    let too_large = w.finish();
+
+    // The function's own stream to host port 7000, from the first client port.
+    const CLIENT: (u32, u32) = (7000, 49152);
+    w.u16(4096).u8(op::CONNECT).u32(7000).u8(op::SEND);
+    receive(&mut w, Op::Response, CLIENT, 0, b"");
+    w.u8(op::CLIENT_WRITE).u8(0).u16(100).u8(op::SEND);
+    receive(&mut w, Op::Rw, CLIENT, 0, b"reply");
+    w.u8(op::CLIENT).u8(0).u8(1);
+    w.u8(op::CLIENT).u8(0).u8(2).u8(op::SEND);
+    receive(&mut w, Op::Rst, CLIENT, 0, b"");
+    let client = w.finish();
+
+    w.u16(4096);
+    receive(&mut w, Op::Request, HOST, 0, b"");
+    receive(&mut w, Op::Rw, HOST, 0, &framed_request(b"lost"));
+    w.u8(op::TAKE_REQUEST).u8(op::TRANSPORT_RESET).u8(0).u64(9);
+    w.u8(op::RESPOND).u8(0).u8(0).u16(4).u8(op::SEND);
+    let transport_reset = w.finish();
+
+    vec![
+        ("invocation", invocation),
+        ("pipelined", pipelined),
+        ("too-large", too_large),
+        ("client", client),
+        ("transport-reset", transport_reset),
+    ]
+}
+
+fn rt_framing_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let stream = [
+        framed_request(b"first"),
+        framed_request(b""),
+        framed_request(&[1; 40]),
+    ]
+    .concat();
+    let mut w = Writer::new();
+    w.u16(64).u8(0).u8(1).bytes(&stream);
+    let bytewise = w.finish();
+    w.u16(64).u8(2).u8(3).u8(7).bytes(&stream);
+    let uneven = w.finish();
+    w.u16(16).u8(0).u8(200).bytes(&stream);
+    let too_large = w.finish();
+    vec![
+        ("bytewise", bytewise),
+        ("uneven", uneven),
+        ("too-large", too_large),
+    ]
+}
+
 fn uffd_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let regions = br#"[{"base_host_virt_addr": 140000000000000, "size": 4096, "offset": 0}, {"base_host_virt_addr": 140000000008192, "size": 8192, "offset": 4096}]"#;
     let mut w = Writer::new();
@@ -948,6 +1034,8 @@ fn write_seeds() {
         ("memory_merge", memory_seeds()),
         ("invocation_framing", invocation_seeds()),
         ("uffd_handshake", uffd_seeds()),
+        ("rt_server", rt_server_seeds()),
+        ("rt_framing", rt_framing_seeds()),
     ];
     for (target, seeds) in binary {
         for (name, data) in seeds {
@@ -1009,6 +1097,25 @@ fn vsock_rx_seeds_deliver_host_data_to_the_guest() {
             (OP_RW, 3000)
         ]
     );
+}
+
+#[test]
+fn rt_server_seeds_serve_invocations_and_clients() {
+    use rt::function::framing::Request;
+    let seeds: std::collections::HashMap<_, _> = rt_server_seeds().into_iter().collect();
+    let run = |name: &str| crate::guest_runtime::run(&seeds[name]);
+
+    let invocation = run("invocation");
+    assert_eq!(invocation.requests, [Request::Data(b"hello".to_vec())]);
+    assert_eq!(invocation.body_bytes_sent, 5);
+    let pipelined = run("pipelined");
+    assert_eq!(pipelined.requests.len(), 2);
+    assert_eq!(pipelined.body_bytes_sent, 6);
+    assert_eq!(run("too-large").requests, [Request::TooLarge(20)]);
+    assert_eq!(run("client").body_bytes_sent, 100);
+    let lost = run("transport-reset");
+    assert_eq!(lost.requests.len(), 1);
+    assert_eq!(lost.body_bytes_sent, 0);
 }
 
 #[test]

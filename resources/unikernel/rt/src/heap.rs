@@ -8,7 +8,7 @@ const PAGE: u64 = 4096;
 /// The e820/PVH type of usable RAM.
 const USABLE: u32 = 1;
 
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "hosted")))]
 #[global_allocator]
 static HEAP: talc::TalcLock<spinning_top::RawSpinlock, talc::source::Manual> =
     talc::TalcLock::new(talc::source::Manual);
@@ -31,7 +31,7 @@ pub fn usable_ranges(
 /// `regions` must be the VMM's memory map, nothing in the usable RAM above the image
 /// may be in use (the boot structures must have been read), and this must be
 /// called once.
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "hosted")))]
 pub unsafe fn init(regions: impl Iterator<Item = MemRegion>) -> usize {
     unsafe extern "C" {
         /// End of the loaded image (`.bss` included), from the linker script.

@@ -81,7 +81,7 @@ fn ioapic_write(index: u32, value: u32) {
 }
 
 /// Sleeps until an interrupt arrives (at once if one is pending).
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "hosted")))]
 pub fn wait() {
     unsafe extern "C" {
         /// The wait gate in boot.rs: a `ud2` that the #UD handler turns into a wait.

@@ -10,11 +10,15 @@
 //! A guest binary links with `link.ld` (its manifest points `build` at
 //! `guest-build.rs`) and names its main function with [`entry!`], or is an ember
 //! function and names a [`function::Function`] with [`function!`].
-#![cfg_attr(not(test), no_std)]
+//!
+//! Its unit tests, and host programs that enable the `hosted` feature (ember's
+//! fuzz targets), build it with std and without what only a guest has: the boot
+//! code, the global allocator and the function runtime.
+#![cfg_attr(not(any(test, feature = "hosted")), no_std)]
 
 extern crate alloc;
 
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "hosted")))]
 mod boot;
 pub mod bootinfo;
 pub mod cmdline;

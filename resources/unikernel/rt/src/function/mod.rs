@@ -75,12 +75,12 @@ macro_rules! function {
     };
 }
 
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "hosted")))]
 mod runtime;
 
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "hosted")))]
 pub use runtime::{HostStream, run};
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "hosted")))]
 pub(crate) use runtime::{in_function, recover};
 
 #[cfg(test)]

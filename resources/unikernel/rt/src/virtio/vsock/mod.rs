@@ -11,6 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
+pub use self::packet::Received;
 use self::packet::{HEADER_LEN, Header};
 use super::{Buffer, Error, F_VERSION_1, Queue, Transport};
 
@@ -43,14 +44,6 @@ const EVENT_TRANSPORT_RESET: u32 = 0;
 struct TxSlot {
     header: [u8; HEADER_LEN],
     inline: [u8; INLINE_LEN],
-}
-
-/// A packet from the receive queue.
-pub enum Received<'a> {
-    /// The header and its `len` bytes of payload.
-    Packet(Header, &'a [u8]),
-    /// The header announces more payload than the device wrote.
-    Truncated(Header),
 }
 
 /// A socket device after initialization.
@@ -180,12 +173,8 @@ impl Vsock {
                     written,
                 )
             };
-            // Without a whole header there is nobody to answer.
-            if let Some(header) = Header::decode(bytes) {
-                match bytes[HEADER_LEN..].get(..header.len as usize) {
-                    Some(payload) => handle(Received::Packet(header, payload)),
-                    None => handle(Received::Truncated(header)),
-                }
+            if let Some(packet) = packet::parse(bytes) {
+                handle(packet);
             }
             self.rx_held |= 1 << index;
         }
