@@ -6,7 +6,7 @@ use log::LevelFilter;
 
 use crate::config::is_valid_id;
 use crate::logger::parse_level;
-use crate::seccomp::ThreadKind;
+use crate::seccomp::Selftest;
 
 pub const DEFAULT_API_SOCK: &str = "/run/ember.socket";
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
@@ -42,7 +42,7 @@ pub struct Args {
     pub boot_timer: bool,
     pub seccomp: Seccomp,
     /// Test hook: the kind of thread that breaks its seccomp filter on purpose.
-    pub seccomp_selftest: Option<ThreadKind>,
+    pub seccomp_selftest: Option<Selftest>,
 }
 
 /// Which seccomp filters to install.
@@ -78,7 +78,7 @@ pub enum Error {
     NoApiWithoutConfig,
     #[error("--no-seccomp and --seccomp-filter exclude each other")]
     SeccompConflict,
-    #[error("invalid --seccomp-selftest '{0}': use vmm, api or vcpu")]
+    #[error("invalid --seccomp-selftest '{0}': use vmm, api or vcpu, optionally followed by :acct, :execve, :fork, :mprotect-exec or :signal-other")]
     SelftestKind(String),
 }
 
@@ -173,7 +173,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Error>
         (false, None) => Seccomp::Builtin,
     };
     let seccomp_selftest = value("--seccomp-selftest")
-        .map(|kind| ThreadKind::from_name(&kind).ok_or(Error::SelftestKind(kind)))
+        .map(|text| Selftest::parse(&text).ok_or(Error::SelftestKind(text)))
         .transpose()?;
     Ok(Command::Run(Args {
         api_sock,
@@ -192,6 +192,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seccomp::{Probe, ThreadKind};
 
     fn run(args: &[&str]) -> Result<Args, Error> {
         match parse(args.iter().map(OsString::from))? {
@@ -253,6 +254,10 @@ mod tests {
             run(&["--seccomp-selftest", "gpu"]),
             Err(Error::SelftestKind("gpu".into()))
         );
+        assert_eq!(
+            run(&["--seccomp-selftest", "vmm:open"]),
+            Err(Error::SelftestKind("vmm:open".into()))
+        );
     }
 
     #[test]
@@ -263,11 +268,20 @@ mod tests {
             run(&["--seccomp-filter", "f.json"]).unwrap().seccomp,
             Seccomp::Custom("f.json".into())
         );
+        let selftest = |text| run(&["--seccomp-selftest", text]).unwrap().seccomp_selftest;
         assert_eq!(
-            run(&["--seccomp-selftest", "vcpu"])
-                .unwrap()
-                .seccomp_selftest,
-            Some(ThreadKind::Vcpu)
+            selftest("vcpu"),
+            Some(Selftest {
+                kind: ThreadKind::Vcpu,
+                probe: Probe::Acct
+            })
+        );
+        assert_eq!(
+            selftest("vmm:mprotect-exec"),
+            Some(Selftest {
+                kind: ThreadKind::Vmm,
+                probe: Probe::MprotectExec
+            })
         );
     }
 

@@ -108,6 +108,7 @@ fn open_sink(path: Option<&str>) -> Result<Box<dyn Write + Send>, Error> {
         Some(path) => OpenOptions::new()
             .append(true)
             .create(true)
+            .mode(0o600)
             // A named pipe without a reader must not block the VMM.
             .custom_flags(libc::O_NONBLOCK)
             .open(path)

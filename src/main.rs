@@ -26,6 +26,10 @@ fn main() {
 }
 
 fn run() -> i32 {
+    // Guest memory, snapshots, logs and sockets are this process's alone,
+    // whatever umask it was started with.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
     let args = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(args)) => args,
         Ok(Command::Help) => {

@@ -4,11 +4,12 @@
 //! The container (magic, version, architecture, checksum) and the memory
 //! files are `ember-snapshot`'s; this module decides what goes in them.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
+use ember_snapshot::aside::Aside;
 use ember_snapshot::{format, memory as memfile};
 use serde::{Deserialize, Serialize};
 
@@ -98,42 +99,43 @@ pub fn create(vmm: &Vmm, config: &VmConfig, params: &SnapshotCreateConfig) -> Re
         what: e.to_string(),
     })?;
 
-    // Both files are written aside and renamed into place once complete, so
-    // a failure never leaves a torn snapshot where a good one was.
-    let mem_partial = format!("{}.partial", params.mem_file_path);
-    let state_partial = format!("{}.partial", params.snapshot_path);
+    // Both files are written aside (under random names only ember can own)
+    // and renamed into place once complete, so a failure never leaves a torn
+    // snapshot where a good one was.
     let dirty = take_dirty_pages(vmm)?;
-    let result = write_memory(
-        vmm.mem(),
-        params.snapshot_type,
-        dirty.as_deref(),
-        &mem_partial,
-    )
-    .and_then(|mem_offsets| {
-        let state = MicrovmState {
-            config,
-            mem_offsets,
-            vm,
-            vcpus,
-            devices,
-        };
-        let file = File::create(&state_partial).map_err(io_err("create", &state_partial))?;
-        format::save(&file, &state).map_err(|source| Error::State {
-            path: state_partial.clone(),
-            source,
-        })?;
-        std::fs::rename(&mem_partial, &params.mem_file_path)
-            .map_err(io_err("write", &params.mem_file_path))?;
-        std::fs::rename(&state_partial, &params.snapshot_path)
-            .map_err(io_err("write", &params.snapshot_path))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&mem_partial);
-        let _ = std::fs::remove_file(&state_partial);
-        // The next diff must still hold what this failed snapshot would have.
-        if let Some(dirty) = &dirty {
-            memory::mark_dirty(vmm.mem(), dirty);
-        }
+    let result = Aside::create(Path::new(&params.mem_file_path))
+        .map_err(io_err("create", &params.mem_file_path))
+        .and_then(|mem_file| {
+            let mem_offsets = write_memory(
+                vmm.mem(),
+                params.snapshot_type,
+                dirty.as_deref(),
+                mem_file.file(),
+                &params.mem_file_path,
+            )?;
+            let state_file = Aside::create(Path::new(&params.snapshot_path))
+                .map_err(io_err("create", &params.snapshot_path))?;
+            let state = MicrovmState {
+                config,
+                mem_offsets,
+                vm,
+                vcpus,
+                devices,
+            };
+            format::save(state_file.file(), &state).map_err(|source| Error::State {
+                path: params.snapshot_path.clone(),
+                source,
+            })?;
+            mem_file
+                .commit()
+                .map_err(io_err("write", &params.mem_file_path))?;
+            state_file
+                .commit()
+                .map_err(io_err("write", &params.snapshot_path))
+        });
+    // The next diff must still hold what a failed snapshot would have.
+    if let (Err(_), Some(dirty)) = (&result, &dirty) {
+        memory::mark_dirty(vmm.mem(), dirty);
     }
     result
 }
@@ -156,12 +158,14 @@ fn take_dirty_pages(vmm: &Vmm) -> Result<Option<Vec<Vec<u64>>>, Error> {
     ))
 }
 
-/// Writes guest memory to `path`, all of it or only the `dirty` pages.
+/// Writes guest memory to `file` (to be found at `path`), all of it or only
+/// the `dirty` pages.
 /// Returns each region's offset in the file.
 fn write_memory(
     mem: &GuestMemoryMmap,
     kind: SnapshotType,
     dirty: Option<&[Vec<u64>]>,
+    file: &File,
     path: &str,
 ) -> Result<Vec<u64>, Error> {
     let mem_err = |source| Error::MemoryFile {
@@ -169,13 +173,6 @@ fn write_memory(
         source,
     };
     let regions = guest_bytes(mem);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(io_err("create", path))?;
     match (kind, dirty) {
         (SnapshotType::Diff, Some(dirty)) => {
             let diff: Vec<memfile::DirtyRegion> = regions
@@ -183,10 +180,10 @@ fn write_memory(
                 .zip(dirty)
                 .map(|(data, bitmap)| memfile::DirtyRegion { data, bitmap })
                 .collect();
-            memfile::write_diff(&file, &diff).map_err(mem_err)
+            memfile::write_diff(file, &diff).map_err(mem_err)
         }
         (SnapshotType::Diff, None) => Err(Error::NoDirtyTracking),
-        (SnapshotType::Full, _) => memfile::write_full(&file, &regions).map_err(mem_err),
+        (SnapshotType::Full, _) => memfile::write_full(file, &regions).map_err(mem_err),
     }
 }
 

@@ -11,7 +11,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Once};
 
-use seccompiler::{BpfProgram, TargetArch};
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadKind {
@@ -34,6 +39,108 @@ impl ThreadKind {
 
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// What `--seccomp-selftest KIND[:PROBE]` makes the thread try, each a
+/// syscall (or argument) no filter allows and that would be harmless if it
+/// went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// `acct(NULL)`, a syscall no thread needs.
+    Acct,
+    /// `execve("/")`.
+    Execve,
+    /// A new process (`clone` with fork's flags), which exits at once.
+    Fork,
+    /// Making a fresh page executable.
+    MprotectExec,
+    /// Signal 0 to another process.
+    SignalOther,
+}
+
+impl Probe {
+    pub const ALL: [Probe; 5] = [
+        Probe::Acct,
+        Probe::Execve,
+        Probe::Fork,
+        Probe::MprotectExec,
+        Probe::SignalOther,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Probe::Acct => "acct",
+            Probe::Execve => "execve",
+            Probe::Fork => "fork",
+            Probe::MprotectExec => "mprotect-exec",
+            Probe::SignalOther => "signal-other",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Makes the forbidden call; returns only if the filter let it through.
+    fn run(self) {
+        // SAFETY: each call is harmless when allowed: acct(NULL) turns
+        // accounting off, execve of a directory fails, the forked child exits
+        // at once without touching anything, the page is fresh and unused,
+        // and signal 0 only checks that the other process exists.
+        unsafe {
+            match self {
+                Probe::Acct => {
+                    libc::acct(std::ptr::null());
+                }
+                Probe::Execve => {
+                    let argv = [std::ptr::null::<libc::c_char>()];
+                    libc::execve(c"/".as_ptr(), argv.as_ptr(), argv.as_ptr());
+                }
+                Probe::Fork => {
+                    let flags = libc::SIGCHLD as libc::c_ulong;
+                    if libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) == 0 {
+                        libc::_exit(0);
+                    }
+                }
+                Probe::MprotectExec => {
+                    let page = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    );
+                    if page != libc::MAP_FAILED {
+                        libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC);
+                    }
+                }
+                Probe::SignalOther => {
+                    // init, or in a PID namespace of ember's own, its parent's side.
+                    let other = if libc::getpid() == 1 { 2 } else { 1 };
+                    libc::syscall(libc::SYS_tgkill, other, other, 0);
+                }
+            }
+        }
+    }
+}
+
+/// `--seccomp-selftest`: a thread of `kind` breaks its filter with `probe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selftest {
+    pub kind: ThreadKind,
+    pub probe: Probe,
+}
+
+impl Selftest {
+    /// `KIND` or `KIND:PROBE` (the probe is `acct` if not named).
+    pub fn parse(text: &str) -> Option<Selftest> {
+        let (kind, probe) = text.split_once(':').unwrap_or((text, "acct"));
+        Some(Selftest {
+            kind: ThreadKind::from_name(kind)?,
+            probe: Probe::from_name(probe)?,
+        })
     }
 }
 
@@ -68,8 +175,11 @@ pub enum Error {
 #[derive(Clone, Default)]
 pub struct Filters {
     programs: Option<Arc<[BpfProgram; 3]>>,
-    /// `--seccomp-selftest`: the kind of thread that breaks its filter on purpose.
-    selftest: Option<ThreadKind>,
+    /// With the built-in filters, those only known at run time, stacked on
+    /// the `vmm` filter (see [`own_process_filters`]).
+    own_process: Option<Arc<[BpfProgram; 2]>>,
+    /// `--seccomp-selftest`: the thread that breaks its filter on purpose, and how.
+    selftest: Option<Selftest>,
 }
 
 const BUILTIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_filters.bpf"));
@@ -102,6 +212,7 @@ impl Filters {
         match programs {
             [Some(vmm), Some(api), Some(vcpu)] if rest.is_empty() => Ok(Filters {
                 programs: Some(Arc::new([vmm, api, vcpu])),
+                own_process: Some(Arc::new(own_process_filters(std::process::id())?)),
                 selftest: None,
             }),
             _ => Err(Error::Builtin),
@@ -134,14 +245,15 @@ impl Filters {
                 take(ThreadKind::Api)?,
                 take(ThreadKind::Vcpu)?,
             ])),
+            own_process: None,
             selftest: None,
         })
     }
 
-    /// Test hook (`--seccomp-selftest KIND`): right after a thread of `kind`
-    /// installs its filter, it makes a syscall no filter allows.
-    pub fn with_selftest(mut self, kind: Option<ThreadKind>) -> Self {
-        self.selftest = kind;
+    /// Test hook (`--seccomp-selftest KIND[:PROBE]`): right after a thread of
+    /// that kind installs its filter, it makes a call no filter allows.
+    pub fn with_selftest(mut self, selftest: Option<Selftest>) -> Self {
+        self.selftest = selftest;
         self
     }
 
@@ -154,16 +266,25 @@ impl Filters {
         let install = match &self.programs {
             Some(programs) => {
                 let programs = programs.clone();
+                let own_process = self.own_process.clone();
                 let handle = std::thread::Builder::new()
                     .name("ember_seccomp".into())
                     .spawn(move || {
                         install_sigsys_handler();
-                        // TSYNC gives the filter (and no_new_privs) to every thread.
-                        seccompiler::apply_filter_all_threads(&programs[ThreadKind::Vmm as usize])
-                            .map_err(|source| Error::Install {
-                                kind: ThreadKind::Vmm.name(),
-                                source,
-                            })
+                        let stacked = own_process.iter().flat_map(|p| p.iter());
+                        // TSYNC gives the filters (and no_new_privs) to every thread.
+                        for program in [&programs[ThreadKind::Vmm as usize]]
+                            .into_iter()
+                            .chain(stacked)
+                        {
+                            seccompiler::apply_filter_all_threads(program).map_err(|source| {
+                                Error::Install {
+                                    kind: ThreadKind::Vmm.name(),
+                                    source,
+                                }
+                            })?;
+                        }
+                        Ok(())
                     })
                     .map_err(Error::Helper)?;
                 Some(handle)
@@ -203,12 +324,43 @@ impl Filters {
 
     /// `--seccomp-selftest`: breaks the filter, if this thread is of the kind asked for.
     pub fn selftest(&self, kind: ThreadKind) {
-        if self.selftest == Some(kind) {
-            // SAFETY: `acct(NULL)` turns process accounting off; no filter
-            // allows it, so it traps before it runs.
-            unsafe { libc::acct(std::ptr::null()) };
+        match self.selftest {
+            Some(test) if test.kind == kind => test.probe.run(),
+            _ => {}
         }
     }
+}
+
+/// The filters stacked on the built-in `vmm` one (every thread runs under
+/// them), for what a filter compiled at build time cannot say:
+/// - `clone3` fails with `ENOSYS`: its flags are behind a pointer, out of a
+///   filter's reach, and the C library then falls back to `clone`, whose
+///   flags the `vmm` filter checks (threads only);
+/// - `tgkill` reaches this process's own threads only (its pid is known at
+///   run time), so a signal can never leave the process.
+fn own_process_filters(pid: u32) -> Result<[BpfProgram; 2], Error> {
+    let compile = |rules: Vec<SeccompRule>, syscall: libc::c_long, action| {
+        SeccompFilter::new(
+            BTreeMap::from([(syscall, rules)]),
+            SeccompAction::Allow,
+            action,
+            TargetArch::x86_64,
+        )
+        .and_then(BpfProgram::try_from)
+        .map_err(|_| Error::Builtin)
+    };
+    let other_process =
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, pid.into())
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(|_| Error::Builtin)?;
+    Ok([
+        compile(
+            vec![],
+            libc::SYS_clone3,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+        )?,
+        compile(vec![other_process], libc::SYS_tgkill, SeccompAction::Trap)?,
+    ])
 }
 
 /// The `vmm` filter on its way in; see [`Filters::enter_vmm_in_background`].

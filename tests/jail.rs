@@ -75,7 +75,7 @@ fn jailed_ember_is_confined_and_serves_a_function() {
     let status = jail.status(None);
     assert_eq!(field(&status, "Uid"), "123\t123\t123\t123");
     assert_eq!(field(&status, "Gid"), "100\t100\t100\t100");
-    for caps in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         assert_eq!(field(&status, caps), "0000000000000000", "{caps}");
     }
     assert_eq!(field(&status, "NoNewPrivs"), "1");
@@ -134,6 +134,102 @@ fn jailed_ember_is_confined_and_serves_a_function() {
     }
     let _ = holder.kill();
     let _ = holder.wait();
+}
+
+/// Under a umask that hides nothing, a jail holding a running VM, its
+/// snapshot and its log has nothing another user could read or enter: every
+/// directory is 0700 and every file the jailer or ember made is its owner's
+/// alone. Not checked: the kernel the test (as a platform would) linked in,
+/// and the exec file when the jailer links it, the host's own binary, both
+/// world-readable outside as well, behind the 0700 root.
+#[test]
+fn every_file_a_jail_holds_is_its_users_alone_even_under_a_permissive_umask() {
+    use std::os::unix::fs::MetadataExt;
+    let jail = Jail::start_under_umask(
+        "modes-1",
+        &["--new-pid-ns", "--daemonize"],
+        &["--log-path", "/run/ember.log"],
+        Some(0),
+        |_| {},
+    );
+    boot_function(&jail);
+    jail.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    jail.ok(
+        "PUT",
+        "/snapshot/create",
+        r#"{"snapshot_path": "/fn.snap", "mem_file_path": "/fn.mem"}"#,
+    );
+    let host_binary = std::fs::metadata(common::static_ember()).unwrap();
+    let root = jail.root();
+    let jail_dir = root.parent().unwrap();
+    assert_eq!(
+        std::fs::metadata(jail_dir).unwrap().mode() & 0o7777,
+        0o700,
+        "the jail's own directory"
+    );
+    let mut seen = Vec::new();
+    let mut pending = vec![root.clone()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let shown = path.strip_prefix(&root).unwrap().display().to_string();
+        seen.push(shown.clone());
+        if meta.is_dir() {
+            assert_eq!(meta.mode() & 0o7777, 0o700, "/{shown}");
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (common::JAIL_UID, common::JAIL_GID),
+                "/{shown}"
+            );
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        } else if meta.ino() == host_binary.ino() {
+            assert_eq!(shown, "ember");
+        } else if shown != "echo.elf" {
+            assert_eq!(meta.mode() & 0o077, 0, "/{shown}: {:o}", meta.mode());
+        }
+    }
+    seen.sort();
+    for expected in [
+        "fn.mem",
+        "fn.snap",
+        "run/ember.log",
+        "run/api.sock",
+        "dev/kvm",
+        "ember.pid",
+    ] {
+        assert!(seen.iter().any(|s| s == expected), "{expected} in {seen:?}");
+    }
+}
+
+/// What an ember that a guest took over would try first, each from its
+/// `vmm` thread in a jail (through the self-test flag): run a program,
+/// start a process, make memory executable, signal another process. The
+/// filter kills it for each, and says which syscall.
+#[test]
+fn a_jailed_vmm_thread_cannot_exec_fork_map_code_or_signal_others() {
+    require_kvm();
+    common::require_root();
+    for (probe, syscall) in [
+        ("execve", libc::SYS_execve),
+        ("fork", libc::SYS_clone),
+        ("mprotect-exec", libc::SYS_mprotect),
+        ("signal-other", libc::SYS_tgkill),
+    ] {
+        let base = TempDir::new("jail-probe");
+        let id = format!("probe-{probe}");
+        let selftest = format!("vmm:{probe}");
+        let args = Jail::jailer_args(
+            &id,
+            &base.0,
+            "ember-test-probes",
+            &[],
+            &["--seccomp-selftest", &selftest],
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut ember = Ember::spawn_program(&common::jailer_bin(), &args, None);
+        expect_sigsys(&mut ember, "vmm", syscall);
+    }
 }
 
 #[test]

@@ -52,7 +52,10 @@ pub struct ResourceLimit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JailArgs {
     pub id: String,
+    /// `--exec-file` as given: its name names the jail and the binary in it.
     pub exec_file: PathBuf,
+    /// The file it resolves to, symbolic links followed: what goes in the jail.
+    pub exec_source: PathBuf,
     pub uid: u32,
     pub gid: u32,
     pub chroot_base: PathBuf,
@@ -75,6 +78,11 @@ impl JailArgs {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("")
+    }
+
+    /// `<exec-name>.pid`, in the jail's root.
+    pub fn pid_file_name(&self) -> String {
+        format!("{}.pid", self.exec_file_name())
     }
 
     /// The cgroup path below each hierarchy root: `<parent or exec-name>/<id>`.
@@ -112,9 +120,9 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks the exec file: exists, is a regular file, and its name contains
-/// "ember" or "firecracker".
-pub fn validate_exec_file(path: &Path) -> Result<()> {
+/// Checks the exec file: its name contains "ember" or "firecracker", and it
+/// resolves to a regular file, whose canonical path it returns.
+pub fn validate_exec_file(path: &Path) -> Result<PathBuf> {
     let name = match path.file_name().and_then(|n| n.to_str()) {
         Some(n) => n,
         None => return err(format!("invalid --exec-file '{}'", path.display())),
@@ -125,7 +133,8 @@ pub fn validate_exec_file(path: &Path) -> Result<()> {
             path.display()
         ));
     }
-    let meta = std::fs::metadata(path).map_err(JailError::io("args", "exec file", path))?;
+    let source = std::fs::canonicalize(path).map_err(JailError::io("args", "exec file", path))?;
+    let meta = std::fs::metadata(&source).map_err(JailError::io("args", "exec file", path))?;
     if !meta.is_file() {
         return Err(JailError::Invalid {
             step: "args",
@@ -133,7 +142,7 @@ pub fn validate_exec_file(path: &Path) -> Result<()> {
             path: path.to_owned(),
         });
     }
-    Ok(())
+    Ok(source)
 }
 
 fn parse_u32(flag: &str, v: &str) -> Result<u32> {
@@ -215,6 +224,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command> {
     let mut netns = None;
     let mut daemonize = false;
     let mut new_pid_ns = false;
+    let mut allow_root = false;
     let mut cgroups = Vec::new();
     let mut cgroup_version = None;
     let mut parent_cgroup = None;
@@ -297,11 +307,12 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command> {
                 }
                 resource_limits.push(l)
             }
-            "--daemonize" | "--new-pid-ns" if inline.is_some() => {
+            "--daemonize" | "--new-pid-ns" | "--allow-root" if inline.is_some() => {
                 return err(format!("{flag} takes no value"))
             }
             "--daemonize" => daemonize = true,
             "--new-pid-ns" => new_pid_ns = true,
+            "--allow-root" => allow_root = true,
             _ => return err(format!("unknown argument '{arg}'")),
         }
     }
@@ -319,10 +330,18 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command> {
         return err("missing --gid");
     };
     validate_id(&id)?;
-    validate_exec_file(&exec_file)?;
+    // Root in the jail owns what the jailer hands over and keeps root's
+    // file access rules; only a caller who asks for it gets that.
+    if (uid == 0 || gid == 0) && !allow_root {
+        return err(
+            "--uid 0 or --gid 0 runs the jailed process as root: add --allow-root to mean it",
+        );
+    }
+    let exec_source = validate_exec_file(&exec_file)?;
     Ok(Command::Jail(Box::new(JailArgs {
         id,
         exec_file,
+        exec_source,
         uid,
         gid,
         chroot_base: chroot_base.unwrap_or_else(|| DEFAULT_CHROOT_BASE.into()),

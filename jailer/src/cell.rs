@@ -1,14 +1,15 @@
 //! The last steps, inside the jail: a mount namespace rooted at the chroot,
-//! optionally a PID namespace, daemonizing, closing inherited descriptors,
-//! dropping privileges, and exec'ing ember.
+//! daemonizing, the PID file (and a PID namespace), closing inherited
+//! descriptors, dropping privileges, and exec'ing ember.
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use crate::args::JailArgs;
+use crate::dir::Dir;
 use crate::error::{JailError, Result};
 
 fn c_path(step: &'static str, path: &Path) -> Result<CString> {
@@ -30,7 +31,7 @@ fn sys(step: &'static str, what: &'static str, ret: libc::c_int) -> Result<()> {
     Ok(())
 }
 
-/// Step 6: a private mount namespace whose root is `root`; the host's file
+/// Step 8: a private mount namespace whose root is `root`; the host's file
 /// system is unmounted from it, so nothing outside the chroot is reachable.
 pub fn pivot_into(root: &Path) -> Result<()> {
     const STEP: &str = "pivot_root";
@@ -85,39 +86,27 @@ pub fn pivot_into(root: &Path) -> Result<()> {
     }
 }
 
-/// Step 8a: `--new-pid-ns`: forks a child that is PID 1 of a new PID
-/// namespace and carries on; the parent writes the child's host PID to
-/// `<chroot>/<exec-name>.pid` and exits, as Firecracker's jailer does.
-pub fn enter_pid_namespace(args: &JailArgs, root: &Path) -> Result<()> {
-    const STEP: &str = "new-pid-ns";
-    // SAFETY: unshare only affects children created afterwards.
-    sys(STEP, "unshare the PID namespace", unsafe {
-        libc::unshare(libc::CLONE_NEWPID)
-    })?;
-    // SAFETY: the jailer is single-threaded, so the child may run any code.
-    let child = unsafe { libc::fork() };
-    sys(STEP, "fork", child)?;
-    if child == 0 {
-        return Ok(());
-    }
-    let pid_file = root.join(format!("{}.pid", args.exec_file_name()));
-    let written = std::fs::write(&pid_file, child.to_string());
-    std::process::exit(match written {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("ember-jailer: {STEP}: write '{}': {e}", pid_file.display());
-            1
-        }
-    });
-}
-
-/// Step 8b: `--daemonize`: a session of its own and stdio on /dev/null
-/// (opened before the pivot, as `dev_null`).
+/// Step 9: `--daemonize`, as Firecracker's jailer does it: forks twice, the
+/// first fork's parent exiting at once (the caller's wait returns) and the
+/// second child, in a session of its own but not its leader, carrying on
+/// with stdio on /dev/null (opened before the pivot, as `dev_null`); it can
+/// never acquire a controlling terminal.
 pub fn daemonize(dev_null: &File) -> Result<()> {
     const STEP: &str = "daemonize";
-    // SAFETY: setsid and dup2 on descriptors this process owns.
+    // SAFETY: the jailer is single-threaded, so each child may run any code;
+    // the parents leave with _exit, running nothing of the jailer's.
     unsafe {
+        let first = libc::fork();
+        sys(STEP, "fork", first)?;
+        if first > 0 {
+            libc::_exit(0);
+        }
         sys(STEP, "setsid", libc::setsid())?;
+        let second = libc::fork();
+        sys(STEP, "fork", second)?;
+        if second > 0 {
+            libc::_exit(0);
+        }
         for fd in 0..3 {
             sys(
                 STEP,
@@ -129,7 +118,52 @@ pub fn daemonize(dev_null: &File) -> Result<()> {
     Ok(())
 }
 
-/// Step 9: closes every descriptor above stdio except `keep`, which is
+/// Step 10: writes `<exec-name>.pid` in the jail's root: ember's PID as the
+/// host sees it. With `--new-pid-ns` this process first forks a child that is
+/// PID 1 of a new PID namespace and carries on, while the parent writes the
+/// child's PID and exits, as Firecracker's jailer does. The file is root's,
+/// 0600, created afresh: whatever the jailed user left under that name is
+/// removed (never followed), and one planted meanwhile makes the run fail.
+pub fn write_pid_file(args: &JailArgs, root: &Dir) -> Result<()> {
+    const STEP: &str = "pid file";
+    let name = args.pid_file_name();
+    let write = |pid: libc::pid_t| -> Result<()> {
+        let path = root.join(&name);
+        match root.remove_file(&name) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(JailError::io(STEP, "remove", path)(e))
+            }
+            _ => {}
+        }
+        let mut file = root
+            .create_file(&name, 0o600)
+            .map_err(JailError::io(STEP, "create", &path))?;
+        file.write_all(pid.to_string().as_bytes())
+            .map_err(JailError::io(STEP, "write", &path))
+    };
+    if !args.new_pid_ns {
+        return write(std::process::id() as libc::pid_t);
+    }
+    // SAFETY: unshare only affects children created afterwards.
+    sys(STEP, "unshare the PID namespace", unsafe {
+        libc::unshare(libc::CLONE_NEWPID)
+    })?;
+    // SAFETY: the jailer is single-threaded, so the child may run any code.
+    let child = unsafe { libc::fork() };
+    sys(STEP, "fork", child)?;
+    if child == 0 {
+        return Ok(());
+    }
+    if let Err(e) = write(child) {
+        // SAFETY: kill has no memory-safety preconditions; the child is ours.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+        return Err(e);
+    }
+    // SAFETY: leaves without running destructors the child still relies on.
+    unsafe { libc::_exit(0) }
+}
+
+/// Step 11: closes every descriptor above stdio except `keep`, which is
 /// close-on-exec and reports failures to the watcher until the exec.
 pub fn close_inherited_fds(keep: RawFd) -> Result<()> {
     const STEP: &str = "close fds";
@@ -148,24 +182,93 @@ pub fn close_inherited_fds(keep: RawFd) -> Result<()> {
     }
 }
 
-/// Step 10: becomes uid:gid with no supplementary groups; with a non-root
-/// uid no capability survives. `no_new_privs` keeps it that way across exec.
+/// `struct __user_cap_header_struct` and `__user_cap_data_struct` (three
+/// 32-bit words per half of the 64 capabilities) for capget/capset.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Step 12: becomes uid:gid with no supplementary groups and no capability
+/// in any set (effective, permitted, inheritable, ambient, bounding), which it
+/// then checks; `no_new_privs` keeps it that way across exec.
 pub fn drop_privileges(uid: u32, gid: u32) -> Result<()> {
     const STEP: &str = "drop privileges";
-    // SAFETY: credential syscalls with plain integer arguments.
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: credential syscalls with plain integer arguments, and capget and
+    // capset with a valid header and room for the two data words they use.
     unsafe {
+        sys(
+            STEP,
+            "clear the ambient capabilities",
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ),
+        )?;
+        // Dropping from the bounding set needs CAP_SETPCAP: before the uid.
+        for cap in 0.. {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
+                // EINVAL: past the kernel's last capability.
+                break;
+            }
+        }
         sys(STEP, "setgroups", libc::setgroups(0, std::ptr::null()))?;
         sys(STEP, "setresgid", libc::setresgid(gid, gid, gid))?;
         sys(STEP, "setresuid", libc::setresuid(uid, uid, uid))?;
+        // A non-root uid has lost them already; root (--allow-root) has not.
+        sys(
+            STEP,
+            "clear the capabilities",
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int,
+        )?;
         sys(
             STEP,
             "set no_new_privs",
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-        )
+        )?;
+        sys(
+            STEP,
+            "read the capabilities",
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) as libc::c_int,
+        )?;
+        let left = data
+            .iter()
+            .any(|d| d.effective | d.permitted | d.inheritable != 0)
+            || (0..64).any(|cap| {
+                libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) > 0
+                    || libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_IS_SET, cap, 0, 0) > 0
+            });
+        if left {
+            return Err(JailError::Sys {
+                step: STEP,
+                what: "a capability survived",
+                source: io::Error::from_raw_os_error(libc::EPERM),
+            });
+        }
     }
+    Ok(())
 }
 
-/// Step 11: execs `/<exec-name> --id <id> <args after -->` with an empty
+/// Step 13: execs `/<exec-name> --id <id> <args after -->` with an empty
 /// environment. Returns only on failure.
 pub fn exec(args: &JailArgs) -> JailError {
     const STEP: &str = "exec";

@@ -1,7 +1,12 @@
 //! What this run created, so a failure can remove it again.
 
+use std::ffi::OsString;
 use std::fs;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
+use std::rc::Rc;
+
+use crate::dir::Dir;
 
 /// A cgroup this run created and maybe moved itself into.
 #[derive(Debug)]
@@ -16,14 +21,16 @@ pub struct CreatedCgroup {
 }
 
 /// A file or directory this run created.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Made {
-    File(PathBuf),
-    /// A directory others may share (the chroot base, `<exec-name>`):
-    /// removed only if it is empty.
+    /// A directory of the host's that others may share (the chroot base and
+    /// its parents, `<exec-name>`): removed only if it is empty. Its path is
+    /// the operator's and root's alone, so it is safe to resolve again.
     SharedDir(PathBuf),
-    /// A directory of this jail alone: removed with whatever it holds.
-    Tree(PathBuf),
+    /// Entry `name` of the open directory `dir`, in or above the jail: removed
+    /// with whatever it holds, never following a symbolic link, so nothing the
+    /// jailed user swapped in meanwhile leads the removal out of the jail.
+    Entry { dir: Rc<Dir>, name: OsString },
 }
 
 /// Everything to undo on failure, in creation order.
@@ -34,6 +41,25 @@ pub struct Created {
 }
 
 impl Created {
+    /// Records that this run made entry `name` of `dir`.
+    pub fn entry(&mut self, dir: &Rc<Dir>, name: impl Into<OsString>) {
+        self.paths.push(Made::Entry {
+            dir: dir.clone(),
+            name: name.into(),
+        });
+    }
+
+    /// The descriptors of the directories the undo works in.
+    pub fn fds(&self) -> Vec<RawFd> {
+        self.paths
+            .iter()
+            .filter_map(|made| match made {
+                Made::Entry { dir, .. } => Some(dir.as_raw_fd()),
+                Made::SharedDir(_) => None,
+            })
+            .collect()
+    }
+
     /// Removes what this run created, newest first. Best effort: errors are
     /// ignored, since we are already reporting the first failure.
     pub fn undo(&mut self) {
@@ -53,9 +79,8 @@ impl Created {
         }
         for made in self.paths.drain(..).rev() {
             let _ = match made {
-                Made::File(p) => fs::remove_file(p),
                 Made::SharedDir(p) => fs::remove_dir(p),
-                Made::Tree(p) => fs::remove_dir_all(p),
+                Made::Entry { dir, name } => dir.remove_tree(name),
             };
         }
     }

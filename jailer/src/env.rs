@@ -3,11 +3,13 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{chown, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{fchown, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use crate::args::{CgroupVersion, JailArgs, Resource, ResourceLimit};
 use crate::cleanup::{create_dirs, Created, CreatedCgroup, Made};
+use crate::dir::Dir;
 use crate::error::{JailError, Result};
 
 /// Where cgroup hierarchies are mounted on the host.
@@ -28,50 +30,146 @@ pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
 /// Step 2: makes `<base>/<exec-name>/<id>/root` and puts the exec file in
 /// it. The root may exist already, holding what the platform put there for
 /// the VM (kernel, drives, snapshot), as with Firecracker's jailer; the id is
-/// taken if the exec file is already in it. Returns the root.
-pub fn setup_chroot(args: &JailArgs, created: &mut Created) -> Result<PathBuf> {
+/// taken if the exec file is already in it. Returns the root, open, and still
+/// root's own (mode 0700) until [`hand_over`] gives it to the jailed user:
+/// until then no process of that user can add, swap or remove anything in it.
+pub fn setup_chroot(args: &JailArgs, created: &mut Created) -> Result<Rc<Dir>> {
     const STEP: &str = "chroot";
-    let exec_dir = args.chroot_base.join(args.exec_file_name());
-    let made =
-        create_dirs(&exec_dir).map_err(JailError::io(STEP, "create directory", &exec_dir))?;
+    let made = create_dirs(&args.chroot_base).map_err(JailError::io(
+        STEP,
+        "create directory",
+        &args.chroot_base,
+    ))?;
     created.paths.extend(made.into_iter().map(Made::SharedDir));
-    let jail_dir = exec_dir.join(&args.id);
-    let root = jail_dir.join("root");
-    let made = create_dirs(&root).map_err(JailError::io(STEP, "create directory", &root))?;
-    // Everything below `<exec-name>` belongs to this jail alone.
-    created
-        .paths
-        .extend(made.into_iter().take(1).map(Made::Tree));
-    let dest = root.join(args.exec_file_name());
-    if dest.symlink_metadata().is_ok() {
+    // The base is the operator's; resolved once, everything below it is
+    // reached one component at a time through open directories.
+    let base = fs::canonicalize(&args.chroot_base)
+        .and_then(|path| Dir::open(&path))
+        .map_err(JailError::io(STEP, "open directory", &args.chroot_base))?;
+    let exec_name = args.exec_file_name();
+    let (exec_dir, made) = base.make_dir(exec_name, 0o700).map_err(JailError::io(
+        STEP,
+        "create directory",
+        base.join(exec_name),
+    ))?;
+    if made {
+        created
+            .paths
+            .push(Made::SharedDir(exec_dir.path().to_owned()));
+    }
+    let exec_dir = Rc::new(exec_dir);
+    let (jail_dir, made) = exec_dir.make_dir(&args.id, 0o700).map_err(JailError::io(
+        STEP,
+        "create directory",
+        exec_dir.join(&args.id),
+    ))?;
+    if made {
+        created.entry(&exec_dir, &args.id);
+    } else {
+        // Whoever could write here could swap `root` itself.
+        jail_dir
+            .set_owner_and_mode(0, 0, 0o700)
+            .map_err(JailError::io(STEP, "take back", jail_dir.path()))?;
+    }
+    let jail_dir = Rc::new(jail_dir);
+    let (root, made) = jail_dir.make_dir("root", 0o700).map_err(JailError::io(
+        STEP,
+        "create directory",
+        jail_dir.join("root"),
+    ))?;
+    let root = Rc::new(root);
+    if made {
+        created.entry(&jail_dir, "root");
+    } else {
+        take_prepared_root(&root, exec_name)?;
+    }
+    put_exec_file(args, &root, created)?;
+    Ok(root)
+}
+
+/// Takes a root the platform prepared (or a jail left behind) back from the
+/// jailed user before working in it, and refuses one whose entries are symbolic
+/// links or that already holds the exec file (a jail that may be running).
+fn take_prepared_root(root: &Dir, exec_name: &str) -> Result<()> {
+    const STEP: &str = "chroot";
+    let links = root
+        .symlinks()
+        .map_err(JailError::io(STEP, "list", root.path()))?;
+    if let Some(link) = links.first() {
+        return Err(JailError::Invalid {
+            step: STEP,
+            what: "the prepared root holds a symbolic link",
+            path: root.join(link),
+        });
+    }
+    if root.contains(exec_name) {
         return Err(JailError::Invalid {
             step: STEP,
             what: "id already in use, the jail already holds",
+            path: root.join(exec_name),
+        });
+    }
+    root.set_owner_and_mode(0, 0, 0o700)
+        .map_err(JailError::io(STEP, "take back", root.path()))
+}
+
+/// Puts the exec file (the canonical `--exec-file`) in the root: hard-linked
+/// when nothing in the jail can change it, else copied.
+fn put_exec_file(args: &JailArgs, root: &Rc<Dir>, created: &mut Created) -> Result<()> {
+    const STEP: &str = "chroot";
+    let name = args.exec_file_name();
+    let dest = root.join(name);
+    let taken = |e: io::Error| match e.kind() {
+        io::ErrorKind::AlreadyExists => JailError::Invalid {
+            step: STEP,
+            what: "id already in use, the jail already holds",
+            path: dest.clone(),
+        },
+        _ => JailError::io(STEP, "copy exec file to", &dest)(e),
+    };
+    // A link shares the host binary's inode with the jail, which is safe only
+    // if no one in the jail can change that inode: it is root's, writable by
+    // root alone, without set-id bits, and the jailed user is not root (who
+    // would own it), and has no capability left to override its mode. The
+    // jailed user can then only run it or unlink its own name for it. A link
+    // takes microseconds where a copy takes milliseconds.
+    let shareable = args.uid != 0
+        && fs::metadata(&args.exec_source)
+            .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o7022 == 0 && m.mode() & 0o005 == 0o005);
+    if shareable {
+        match root.link(&args.exec_source, name) {
+            Ok(()) => {
+                created.entry(root, name);
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(taken(e)),
+            // Another file system: copy.
+            Err(_) => {}
+        }
+    }
+    let mut source = fs::File::open(&args.exec_source).map_err(JailError::io(
+        STEP,
+        "open exec file",
+        &args.exec_source,
+    ))?;
+    let mut copy = root.create_file(name, 0o700).map_err(taken)?;
+    created.entry(root, name);
+    io::copy(&mut source, &mut copy).map_err(JailError::io(STEP, "copy exec file to", &dest))?;
+    let links = copy
+        .metadata()
+        .map_err(JailError::io(STEP, "check", &dest))?
+        .nlink();
+    if links != 1 {
+        return Err(JailError::Invalid {
+            step: STEP,
+            what: "the exec file's copy gained another link",
             path: dest,
         });
     }
-    chown(&root, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &root))?;
-
-    let dest = root.join(args.exec_file_name());
-    // A root-owned binary anyone may run, and nobody else may write, is
-    // hard-linked: nothing about it needs changing, and a link takes
-    // microseconds where a copy takes milliseconds. Anything else is copied,
-    // and the copy made the jailed user's.
-    let shareable = fs::metadata(&args.exec_file)
-        .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o7022 == 0 && m.mode() & 0o005 == 0o005);
-    if shareable && fs::hard_link(&args.exec_file, &dest).is_ok() {
-        created.paths.push(Made::File(dest));
-        return Ok(root);
-    }
-    let copied = fs::copy(&args.exec_file, &dest);
-    if dest.exists() {
-        created.paths.push(Made::File(dest.clone()));
-    }
-    copied.map_err(JailError::io(STEP, "copy exec file to", &dest))?;
-    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))
-        .map_err(JailError::io(STEP, "chmod", &dest))?;
-    chown(&dest, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &dest))?;
-    Ok(root)
+    // Read and run by the jailed user alone; not writable even by it.
+    fchown(&copy, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &dest))?;
+    copy.set_permissions(fs::Permissions::from_mode(0o500))
+        .map_err(JailError::io(STEP, "chmod", &dest))
 }
 
 /// The device nodes ember may need, by their host path; only `/dev/kvm` must exist.
@@ -81,11 +179,38 @@ const DEVICES: [(&str, bool); 3] = [
     ("/dev/userfaultfd", false),
 ];
 
-/// Step 2b: creates the jail's `/dev` nodes, with the host's device numbers,
-/// owned by uid:gid and readable and writable by them only. Also `/run`,
-/// owned by uid:gid, for ember's sockets.
-pub fn create_dev_nodes(args: &JailArgs, root: &Path, created: &mut Created) -> Result<()> {
+/// A directory of the root for ember: made, or one already there taken back
+/// (root-owned, 0700) until [`hand_over`].
+fn jail_dir(parent: &Rc<Dir>, name: &str, created: &mut Created) -> Result<Rc<Dir>> {
     const STEP: &str = "dev";
+    let (dir, made) = parent.make_dir(name, 0o700).map_err(JailError::io(
+        STEP,
+        "create directory",
+        parent.join(name),
+    ))?;
+    if made {
+        created.entry(parent, name);
+    } else {
+        dir.set_owner_and_mode(0, 0, 0o700).map_err(JailError::io(
+            STEP,
+            "take back",
+            dir.path(),
+        ))?;
+    }
+    Ok(Rc::new(dir))
+}
+
+/// Step 3: creates the jail's `/dev` nodes, with the host's device numbers,
+/// owned by uid:gid and readable and writable by them only, and `/run` for
+/// ember's sockets. Returns the directories to hand over.
+pub fn create_dev_nodes(
+    args: &JailArgs,
+    root: &Rc<Dir>,
+    created: &mut Created,
+) -> Result<Vec<Rc<Dir>>> {
+    const STEP: &str = "dev";
+    let dev = jail_dir(root, "dev", created)?;
+    let net = jail_dir(&dev, "net", created)?;
     for (host, required) in DEVICES {
         let rdev = match fs::metadata(host) {
             Ok(m) if m.file_type().is_char_device() => m.rdev(),
@@ -99,34 +224,31 @@ pub fn create_dev_nodes(args: &JailArgs, root: &Path, created: &mut Created) -> 
             Err(_) if !required => continue,
             Err(e) => return Err(JailError::io(STEP, "find device", host)(e)),
         };
-        let node = root.join(host.trim_start_matches('/'));
-        if let Some(dir) = node.parent() {
-            let made = create_dirs(dir).map_err(JailError::io(STEP, "create directory", dir))?;
-            created.paths.extend(made.into_iter().map(Made::Tree));
-        }
-        let c_node = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).map_err(|_| {
-            JailError::Invalid {
-                step: STEP,
-                what: "path has a NUL byte",
-                path: node.clone(),
-            }
-        })?;
-        // SAFETY: `c_node` is a NUL-terminated path that outlives the call.
-        if unsafe { libc::mknod(c_node.as_ptr(), libc::S_IFCHR | 0o600, rdev) } != 0 {
-            return Err(JailError::io(STEP, "mknod", &node)(
-                io::Error::last_os_error(),
-            ));
-        }
-        chown(&node, Some(args.uid), Some(args.gid))
-            .map_err(JailError::io(STEP, "chown", &node))?;
+        let (dir, name) = match host.strip_prefix("/dev/net/") {
+            Some(name) => (&net, name),
+            None => (&dev, host.trim_start_matches("/dev/")),
+        };
+        dir.make_char_device(name, 0o600, rdev)
+            .map_err(JailError::io(STEP, "mknod", dir.join(name)))?;
+        created.entry(dir, name);
+        // The directory is root's until the hand-over: `name` is the node just made.
+        dir.chown_entry(name, args.uid, args.gid)
+            .map_err(JailError::io(STEP, "chown", dir.join(name)))?;
     }
-    let run = root.join("run");
-    let made = create_dirs(&run).map_err(JailError::io(STEP, "create directory", &run))?;
-    created.paths.extend(made.into_iter().map(Made::Tree));
-    chown(&run, Some(args.uid), Some(args.gid)).map_err(JailError::io(STEP, "chown", &run))
+    let run = jail_dir(root, "run", created)?;
+    Ok(vec![net, dev, run])
 }
 
-/// Step 3: for each controller named by `--cgroup`, creates
+/// Step 3, last: gives the jail's directories, the root last, to uid:gid, mode 0700.
+pub fn hand_over(args: &JailArgs, root: &Dir, dirs: &[Rc<Dir>]) -> Result<()> {
+    for dir in dirs.iter().map(Rc::as_ref).chain([root]) {
+        dir.set_owner_and_mode(args.uid, args.gid, 0o700)
+            .map_err(JailError::io("chroot", "chown", dir.path()))?;
+    }
+    Ok(())
+}
+
+/// Step 4: for each controller named by `--cgroup`, creates
 /// `<parent-cgroup or exec-name>/<id>` under its hierarchy in `cgroup_root`,
 /// writes the values, then moves this process in (`tasks` for v1,
 /// `cgroup.procs` for v2). `cgroup_root` is `CGROUP_ROOT` outside tests.
@@ -255,7 +377,7 @@ fn setup_cgroups_v2(args: &JailArgs, root: &Path, created: &mut Created) -> Resu
     )
 }
 
-/// The limits step 4 applies: the given ones, plus `no-file` = 2048 when
+/// The limits step 5 applies: the given ones, plus `no-file` = 2048 when
 /// it is not given.
 pub fn effective_limits(given: &[ResourceLimit]) -> Vec<ResourceLimit> {
     let mut v = given.to_vec();
@@ -268,7 +390,7 @@ pub fn effective_limits(given: &[ResourceLimit]) -> Vec<ResourceLimit> {
     v
 }
 
-/// Step 4: sets soft and hard limits with setrlimit.
+/// Step 5: sets soft and hard limits with setrlimit.
 pub fn set_resource_limits(given: &[ResourceLimit]) -> Result<()> {
     for l in effective_limits(given) {
         let (res, what) = match l.resource {
@@ -291,7 +413,7 @@ pub fn set_resource_limits(given: &[ResourceLimit]) -> Result<()> {
     Ok(())
 }
 
-/// Step 5: joins the network namespace at `--netns` (setns), if given.
+/// Step 6: joins the network namespace at `--netns` (setns), if given.
 pub fn join_netns(netns: Option<&Path>) -> Result<()> {
     const STEP: &str = "netns";
     let Some(path) = netns else {
@@ -309,9 +431,13 @@ pub fn join_netns(netns: Option<&Path>) -> Result<()> {
 
 /// Runs the steps that act on the host, in order; returns the chroot
 /// directory. The caller undoes `created` on error.
-pub fn run(args: &JailArgs, cgroup_root: &Path, created: &mut Created) -> Result<PathBuf> {
+pub fn run(args: &JailArgs, cgroup_root: &Path, created: &mut Created) -> Result<Rc<Dir>> {
     let root = setup_chroot(args, created)?;
-    create_dev_nodes(args, &root, created)?;
+    // Written after the pivot (step 10), where nothing more can be recorded;
+    // a PID file left in a prepared root is replaced then anyway.
+    created.entry(&root, args.pid_file_name());
+    let dirs = create_dev_nodes(args, &root, created)?;
+    hand_over(args, &root, &dirs)?;
     setup_cgroups(args, cgroup_root, created)?;
     set_resource_limits(&args.resource_limits)?;
     join_netns(args.netns.as_deref())?;
@@ -346,6 +472,7 @@ mod tests {
         };
         JailArgs {
             id: id.into(),
+            exec_source: exec.clone(),
             exec_file: exec,
             uid,
             gid,
@@ -368,28 +495,49 @@ mod tests {
         }
     }
 
+    fn mode_and_owner(path: &Path) -> (u32, u32, u32) {
+        let m = fs::symlink_metadata(path).unwrap();
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    }
+
     #[test]
     fn chroot_created_with_exec_copy_and_undone() {
         let t = TempDir::new("chroot");
         let a = args(t.path(), "vm-1");
         let mut created = Created::default();
         let root = setup_chroot(&a, &mut created).unwrap();
-        assert_eq!(root, t.path().join("base/ember/vm-1/root"));
-        let m = fs::metadata(&root).unwrap();
-        assert_eq!((m.uid(), m.gid()), (a.uid, a.gid));
-        let copy = root.join("ember");
-        let m = fs::metadata(&copy).unwrap();
-        assert_eq!(m.mode() & 0o7777, 0o755);
-        assert_eq!((m.uid(), m.gid()), (a.uid, a.gid));
+        assert_eq!(root.path(), t.path().join("base/ember/vm-1/root"));
+        // Root's own until the hand-over.
+        assert_eq!(mode_and_owner(root.path()).0, 0o700);
+        let copy = root.path().join("ember");
+        assert_eq!(mode_and_owner(&copy), (0o500, a.uid, a.gid));
         assert_eq!(fs::read(&copy).unwrap(), b"#!/bin/true\n");
         // The original is a separate file, untouched.
         let orig = fs::metadata(&a.exec_file).unwrap();
-        assert_ne!(orig.ino(), m.ino());
+        assert_ne!(orig.ino(), fs::metadata(&copy).unwrap().ino());
         assert_eq!(orig.mode() & 0o7777, 0o700);
+        hand_over(&a, &root, &[]).unwrap();
+        assert_eq!(mode_and_owner(root.path()), (0o700, a.uid, a.gid));
 
         created.undo();
         // base/ and base/ember/ were made by this run: all gone.
         assert!(!t.path().join("base").exists());
+    }
+
+    #[test]
+    fn a_symlinked_exec_file_puts_the_file_itself_in_the_jail() {
+        let t = TempDir::new("exec-link");
+        let mut a = args(t.path(), "vm-l");
+        let link = t.path().join("bin/ember-link");
+        std::os::unix::fs::symlink(&a.exec_file, &link).unwrap();
+        a.exec_source = crate::args::validate_exec_file(&link).unwrap();
+        a.exec_file = link;
+        let mut created = Created::default();
+        let root = setup_chroot(&a, &mut created).unwrap();
+        let inside = root.path().join("ember-link");
+        assert!(fs::symlink_metadata(&inside).unwrap().is_file());
+        assert_eq!(fs::read(&inside).unwrap(), b"#!/bin/true\n");
+        created.undo();
     }
 
     #[test]
@@ -400,9 +548,10 @@ mod tests {
         let orig = fs::metadata(&a.exec_file).unwrap();
         let mut created = Created::default();
         let root = setup_chroot(&a, &mut created).unwrap();
-        let inside = fs::metadata(root.join("ember")).unwrap();
-        // Only a root-owned original is shared; the tests may run as another user.
-        assert_eq!(inside.ino() == orig.ino(), orig.uid() == 0);
+        let inside = fs::metadata(root.path().join("ember")).unwrap();
+        // Only a root-owned original is shared, with a jailed user other than
+        // root; the tests may run as another user.
+        assert_eq!(inside.ino() == orig.ino(), orig.uid() == 0 && a.uid != 0);
         let after = fs::metadata(&a.exec_file).unwrap();
         assert_eq!(
             (after.uid(), after.mode() & 0o7777),
@@ -420,6 +569,7 @@ mod tests {
         let existing = t.path().join("base/ember/vm-1/root/ember");
         fs::create_dir_all(existing.parent().unwrap()).unwrap();
         fs::write(&existing, b"running").unwrap();
+        let before = mode_and_owner(existing.parent().unwrap());
         let mut created = Created::default();
         let e = setup_chroot(&a, &mut created).unwrap_err().to_string();
         assert_eq!(
@@ -431,6 +581,7 @@ mod tests {
         );
         created.undo();
         assert_eq!(fs::read(&existing).unwrap(), b"running");
+        assert_eq!(mode_and_owner(existing.parent().unwrap()), before);
     }
 
     #[test]
@@ -439,13 +590,66 @@ mod tests {
         let a = args(t.path(), "vm-2");
         let root = t.path().join("base/ember/vm-2/root");
         fs::create_dir_all(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
         fs::write(root.join("kernel.elf"), b"kernel").unwrap();
         let mut created = Created::default();
-        assert_eq!(setup_chroot(&a, &mut created).unwrap(), root);
+        let dir = setup_chroot(&a, &mut created).unwrap();
+        assert_eq!(dir.path(), root);
+        // Taken back from everyone until the hand-over.
+        assert_eq!(mode_and_owner(&root).0, 0o700);
         assert!(root.join("ember").exists());
         created.undo();
         assert!(!root.join("ember").exists());
         assert_eq!(fs::read(root.join("kernel.elf")).unwrap(), b"kernel");
+    }
+
+    #[test]
+    fn a_prepared_root_with_a_symbolic_link_is_refused_untouched() {
+        let t = TempDir::new("prepared-link");
+        let a = args(t.path(), "vm-s");
+        let host = t.path().join("host-etc");
+        fs::create_dir(&host).unwrap();
+        let root = t.path().join("base/ember/vm-s/root");
+        fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(&host, root.join("run")).unwrap();
+        let before = mode_and_owner(&host);
+        let mut created = Created::default();
+        let e = setup_chroot(&a, &mut created).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "chroot: the prepared root holds a symbolic link '{}'",
+                root.join("run").display()
+            )
+        );
+        created.undo();
+        assert_eq!(mode_and_owner(&host), before);
+        assert!(fs::symlink_metadata(root.join("run")).unwrap().is_symlink());
+    }
+
+    #[test]
+    fn undo_removes_through_descriptors_not_through_a_swapped_dev() {
+        let t = TempDir::new("swapped-dev");
+        let a = args(t.path(), "vm-d");
+        let root_path = t.path().join("base/ember/vm-d/root");
+        fs::create_dir_all(&root_path).unwrap();
+        let mut created = Created::default();
+        let root = setup_chroot(&a, &mut created).unwrap();
+        // What step 3 records for `dev/net`, made by hand (mknod needs root).
+        let (dev, _) = root.make_dir("dev", 0o700).unwrap();
+        let dev = Rc::new(dev);
+        created.entry(&root, "dev");
+        dev.make_dir("net", 0o700).unwrap();
+        created.entry(&dev, "net");
+        // The jailed user swaps `dev` for a link to the host's /dev.
+        let host_dev = t.path().join("host-dev");
+        fs::create_dir_all(host_dev.join("net")).unwrap();
+        fs::write(host_dev.join("net/tun"), b"host").unwrap();
+        fs::rename(root_path.join("dev"), t.path().join("moved-dev")).unwrap();
+        std::os::unix::fs::symlink(&host_dev, root_path.join("dev")).unwrap();
+        created.undo();
+        assert_eq!(fs::read(host_dev.join("net/tun")).unwrap(), b"host");
+        assert!(!root_path.join("dev").exists(), "the link itself goes");
     }
 
     #[test]

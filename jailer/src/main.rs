@@ -5,6 +5,7 @@
 mod args;
 mod cell;
 mod cleanup;
+mod dir;
 mod env;
 mod error;
 #[cfg(test)]
@@ -18,13 +19,14 @@ usage: ember-jailer --id <id> --exec-file <path> --uid <uid> --gid <gid>
          [--chroot-base-dir <dir>] [--cgroup <file>=<value>]...
          [--cgroup-version 1|2] [--parent-cgroup <path>]
          [--resource-limit no-file=<n>|fsize=<n>]...
-         [--netns <path>] [--daemonize] [--new-pid-ns] [-- <ember args>...]
+         [--netns <path>] [--daemonize] [--new-pid-ns] [--allow-root]
+         [-- <ember args>...]
 
 Runs <exec-file> as uid:gid in <chroot-base>/<exec-name>/<id>/root, as
 '/<exec-name> --id <id> <ember args>', in its own mount namespace (and PID
 namespace with --new-pid-ns), in cgroups <parent-cgroup or exec-name>/<id>,
 with /dev/kvm, /dev/net/tun and /dev/userfaultfd, and no capabilities.
-Any failure prints one line naming the step and path, exits non-zero and
+uid or gid 0 needs --allow-root. Any failure prints one line naming the step and path, exits non-zero and
 removes what the run created.
 ";
 
@@ -44,6 +46,9 @@ fn main() {
         }
         args::Command::Jail(j) => j,
     };
+    // What the jailer makes is its own and ember's alone, whatever the caller's umask.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
     let mut created = cleanup::Created::default();
     let cgroup_root = match jail.cgroup_version {
         args::CgroupVersion::V1 => PathBuf::from(env::CGROUP_ROOT),
@@ -72,14 +77,13 @@ fn main() {
     };
     // From here on the host is out of reach: the watcher cleans up.
     let entered = (|| {
-        if jail.new_pid_ns {
-            cell::enter_pid_namespace(&jail, &root)?;
-        }
-        cell::pivot_into(&root)?;
+        cell::pivot_into(root.path())?;
         if jail.daemonize {
             cell::daemonize(&dev_null)?;
         }
         drop(dev_null);
+        cell::write_pid_file(&jail, &root)?;
+        drop(root);
         cell::close_inherited_fds(report.fd())?;
         cell::drop_privileges(jail.uid, jail.gid)
     })();

@@ -81,16 +81,25 @@ fn watch(mut verdict: File, mut created: Created) -> ! {
             let _ = std::fs::write(back, std::process::id().to_string());
         }
     }
-    // Keeps stderr for the error line; nothing else of the jailer's.
-    // SAFETY: closes stdin, stdout and descriptors above stderr other than the pipe.
+    // Keeps stderr for the error line, the pipe, and the directories the
+    // cleanup works in; nothing else of the jailer's.
+    let mut keep = created.fds();
+    keep.push(verdict.as_raw_fd());
+    keep.sort_unstable();
+    // SAFETY: closes stdin, stdout and descriptors above stderr not in `keep`,
+    // which no live Rust object of this process uses.
     unsafe {
         libc::close(0);
         libc::close(1);
-        let keep = verdict.as_raw_fd() as libc::c_uint;
-        if keep > 3 {
-            libc::close_range(3, keep - 1, 0);
+        let mut from = 3;
+        for fd in keep.into_iter().filter(|&fd| fd >= 3) {
+            let fd = fd as libc::c_uint;
+            if fd > from {
+                libc::close_range(from, fd - 1, 0);
+            }
+            from = from.max(fd + 1);
         }
-        libc::close_range(keep + 1, libc::c_uint::MAX, 0);
+        libc::close_range(from, libc::c_uint::MAX, 0);
     }
     // Read until every write end is gone: at exec (close-on-exec) or at the
     // failing process's exit, after its message.

@@ -4,6 +4,7 @@
 //! after the pivot into the jail, which the watcher process cleans up.
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -59,7 +60,7 @@ fn pids_controller() -> &'static Path {
     pids
 }
 
-/// Runs the jailer for `id` and `exec`, with root's ids, the chroot base
+/// Runs the jailer for `id` and `exec`, as 123:100, with the chroot base
 /// `<t>/base` and `extra` flags.
 fn jail_in(t: &TempDir, id: &str, exec: &str, extra: &[&str]) -> Output {
     let base = t.0.join("base");
@@ -69,9 +70,9 @@ fn jail_in(t: &TempDir, id: &str, exec: &str, extra: &[&str]) -> Output {
         "--exec-file",
         exec,
         "--uid",
-        "0",
+        "123",
         "--gid",
-        "0",
+        "100",
         "--chroot-base-dir",
         base.to_str().unwrap(),
     ];
@@ -122,12 +123,19 @@ fn bad_argument_is_one_line() {
 
 #[test]
 fn a_failed_exec_inside_the_jail_is_reported_and_cleaned_up() {
-    let (o, _t, base) = jail(
-        "chroot",
-        "cli-1",
-        &["--resource-limit", "fsize=1000000", "--daemonize"],
-    );
+    let (o, _t, base) = jail("chroot", "cli-1", &["--resource-limit", "fsize=1000000"]);
     assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), EXEC_FAILED);
+    assert!(!base.exists());
+}
+
+/// Daemonized, the jailer's first process exits 0 at once, as Firecracker's
+/// does; the watcher still prints the line (on the caller's stderr, which
+/// `output` reads to its end) once it has cleaned up.
+#[test]
+fn a_failed_exec_after_daemonizing_is_reported_and_cleaned_up() {
+    let (o, _t, base) = jail("daemon", "cli-9", &["--daemonize"]);
+    assert_eq!(o.status.code(), Some(0));
     assert_eq!(stderr(&o), EXEC_FAILED);
     assert!(!base.exists());
 }
@@ -264,5 +272,242 @@ fn bad_id_and_missing_exec_file_fail_before_creating_anything() {
         let err = stderr(&o);
         assert!(err.contains(expected) && err.lines().count() == 2, "{err}");
         assert!(!base.exists());
+    }
+}
+
+#[test]
+fn root_ids_are_refused_unless_asked_for() {
+    let t = TempDir::new("root-ids");
+    let exec = exec_file(&t);
+    for (uid, gid) in [("0", "100"), ("123", "0")] {
+        let o = jailer(&[
+            "--id",
+            "r-1",
+            "--exec-file",
+            &exec,
+            "--uid",
+            uid,
+            "--gid",
+            gid,
+        ]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(
+            stderr(&o).starts_with(
+                "ember-jailer: args: --uid 0 or --gid 0 runs the jailed process as root: \
+                 add --allow-root to mean it\n"
+            ),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let base = t.0.join("base");
+    let o = jailer(&[
+        "--id",
+        "r-2",
+        "--exec-file",
+        &exec,
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        "--allow-root",
+        "--chroot-base-dir",
+        base.to_str().unwrap(),
+    ]);
+    assert_eq!(stderr(&o), EXEC_FAILED);
+}
+
+/// A host file or directory an attack aims at: root's, mode 0600/0700.
+fn host_target(t: &TempDir) -> (PathBuf, PathBuf) {
+    let dir = t.0.join("host-dev");
+    fs::create_dir_all(dir.join("net")).unwrap();
+    let file = dir.join("net/tun");
+    fs::write(&file, b"the host's").unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    (dir, file)
+}
+
+/// Owner, group and mode.
+fn owner_and_mode(path: &Path) -> (u32, u32, u32) {
+    let m = fs::symlink_metadata(path).unwrap();
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
+/// A prepared root whose `run` or PID file is a link to a host directory or
+/// file: the jailer refuses it, naming the link, and leaves the target alone.
+#[test]
+fn links_planted_in_a_prepared_root_are_refused() {
+    require_root();
+    for (entry, flags) in [("run", &[][..]), ("ember.pid", &["--new-pid-ns"][..])] {
+        let t = TempDir::new("planted");
+        let exec = exec_file(&t);
+        let (dir, file) = host_target(&t);
+        let root = t.0.join("base/ember/cli-p/root");
+        fs::create_dir_all(&root).unwrap();
+        let target = if entry == "run" { &dir } else { &file };
+        std::os::unix::fs::symlink(target, root.join(entry)).unwrap();
+        let before = (owner_and_mode(&dir), owner_and_mode(&file));
+        let o = jail_in(&t, "cli-p", &exec, flags);
+        assert_eq!(
+            stderr(&o),
+            format!(
+                "ember-jailer: chroot: the prepared root holds a symbolic link '{}'\n",
+                root.join(entry).display()
+            )
+        );
+        assert_eq!((owner_and_mode(&dir), owner_and_mode(&file)), before);
+        assert_eq!(fs::read(&file).unwrap(), b"the host's");
+    }
+}
+
+/// A process of the jailed user racing the jailer, as a tenant who already
+/// runs under that uid would: it holds `dir` open (as a process whose working
+/// directory it is does, so no lock on a directory above it keeps it out),
+/// watches it with inotify and, from the first event in `mask` on, keeps
+/// trying to replace entry `name` with a symbolic link to `target` (moving
+/// what is there aside) for up to 2 s.
+struct Racer {
+    pid: libc::pid_t,
+}
+
+impl Racer {
+    fn start(dir: &Path, mask: u32, name: &str, target: &Path) -> Racer {
+        use std::ffi::CString;
+        let c = |s: &std::ffi::OsStr| CString::new(s.as_encoded_bytes()).unwrap();
+        let (c_dir, c_target) = (c(dir.as_os_str()), c(target.as_os_str()));
+        let (c_entry, c_aside, c_link) = (
+            c(name.as_ref()),
+            c(format!("{name}.aside").as_ref()),
+            c(format!("{name}.link").as_ref()),
+        );
+        let mut ready = [0; 2];
+        // SAFETY: `ready` has room for the two descriptors pipe writes.
+        assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
+        // SAFETY: the child only makes raw syscalls on memory prepared before
+        // the fork (no allocation, no locks), then leaves with _exit.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                let verdict = (|| {
+                    if libc::setresgid(100, 100, 100) != 0 || libc::setresuid(123, 123, 123) != 0 {
+                        return 3;
+                    }
+                    let held = libc::open(c_dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                    let watch = libc::inotify_init1(0);
+                    if held < 0
+                        || watch < 0
+                        || libc::inotify_add_watch(watch, c_dir.as_ptr(), mask) < 0
+                    {
+                        return 3;
+                    }
+                    libc::write(ready[1], b"r".as_ptr().cast(), 1);
+                    let mut event = [0u8; 4096];
+                    if libc::read(watch, event.as_mut_ptr().cast(), event.len()) <= 0 {
+                        return 3;
+                    }
+                    let mut start = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 0,
+                    };
+                    libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut start);
+                    loop {
+                        libc::renameat(held, c_entry.as_ptr(), held, c_aside.as_ptr());
+                        libc::unlinkat(held, c_link.as_ptr(), 0);
+                        if libc::symlinkat(c_target.as_ptr(), held, c_link.as_ptr()) == 0
+                            && libc::renameat(held, c_link.as_ptr(), held, c_entry.as_ptr()) == 0
+                        {
+                            return 1;
+                        }
+                        let mut now = libc::timespec {
+                            tv_sec: 0,
+                            tv_nsec: 0,
+                        };
+                        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+                        if now.tv_sec - start.tv_sec >= 2 {
+                            return 0;
+                        }
+                    }
+                })();
+                libc::_exit(verdict);
+            }
+            libc::close(ready[1]);
+            let mut byte = 0u8;
+            assert_eq!(
+                libc::read(ready[0], (&mut byte as *mut u8).cast(), 1),
+                1,
+                "racer ready"
+            );
+            libc::close(ready[0]);
+            Racer { pid }
+        }
+    }
+
+    /// Whether the swap went through (false: every try was refused).
+    fn swapped(self) -> bool {
+        let mut status = 0;
+        // SAFETY: waits for the child this value owns.
+        assert_eq!(unsafe { libc::waitpid(self.pid, &mut status, 0) }, self.pid);
+        match libc::WEXITSTATUS(status) {
+            0 => false,
+            1 => true,
+            other => panic!("the racer could not start: {other}"),
+        }
+    }
+}
+
+/// A root the jailed user owns, as one left from an earlier run is.
+fn users_root(t: &TempDir, id: &str) -> PathBuf {
+    let root = t.0.join("base/ember").join(id).join("root");
+    fs::create_dir_all(&root).unwrap();
+    std::os::unix::fs::chown(&root, Some(123), Some(100)).unwrap();
+    root
+}
+
+/// The copy of the exec file races a tenant who swaps it for a link to a host
+/// file the moment it appears (defeating a copy made, then chmod'ed and
+/// chown'ed, by path): the root is the jailer's own while it works, so the
+/// swap is refused until the hand-over (after which the root is the user's to
+/// change, and the jailer touches nothing in it by path), and the host file
+/// keeps its owner and mode.
+#[test]
+fn a_tenant_racing_the_exec_file_copy_cannot_touch_the_host() {
+    require_root();
+    let t = TempDir::new("race-copy");
+    let exec = exec_file(&t);
+    let (_, file) = host_target(&t);
+    let root = users_root(&t, "cli-r");
+    let before = owner_and_mode(&file);
+    let racer = Racer::start(&root, libc::IN_CREATE, "ember", &file);
+    let o = jail_in(&t, "cli-r", &exec, &[]);
+    racer.swapped();
+    assert_eq!(stderr(&o), EXEC_FAILED);
+    assert_eq!(owner_and_mode(&file), before);
+    assert_eq!(fs::read(&file).unwrap(), b"the host's");
+}
+
+/// Once the jail is handed over, its user may swap `dev` for a link to the
+/// host's /dev; when the exec then fails, the cleanup removes the link, not
+/// the host's `/dev/net`. (The swap must land before the cleanup: a run where
+/// it did not is tried again.)
+#[test]
+fn cleanup_after_a_failure_never_follows_a_swapped_dev() {
+    require_root();
+    for attempt in 0.. {
+        let t = TempDir::new(&format!("race-dev-{attempt}"));
+        let exec = exec_file(&t);
+        let (dir, file) = host_target(&t);
+        let root = users_root(&t, "cli-d");
+        let racer = Racer::start(&root, libc::IN_ATTRIB, "dev", &dir);
+        let o = jail_in(&t, "cli-d", &exec, &[]);
+        let swapped = racer.swapped();
+        assert_eq!(stderr(&o), EXEC_FAILED);
+        assert_eq!(fs::read(&file).unwrap(), b"the host's", "attempt {attempt}");
+        assert!(dir.join("net").is_dir());
+        if swapped {
+            assert!(!root.join("dev").exists(), "the link itself went");
+            break;
+        }
+        assert!(attempt < 5, "the racer never swapped dev in time");
     }
 }

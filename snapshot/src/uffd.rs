@@ -157,16 +157,18 @@ impl WorkingSet {
         Ok(WorkingSet { runs })
     }
 
-    /// Writes the set beside where it will be read, then renames it in place.
+    /// Writes the set aside (see [`crate::aside`]), then renames it in place.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        let partial = path.with_extension("partial");
         let text: String = self
             .runs
             .iter()
             .map(|(start, count)| format!("{start} {count}\n"))
             .collect();
-        std::fs::write(&partial, text)
-            .and_then(|()| std::fs::rename(&partial, path))
+        crate::aside::Aside::create(path)
+            .and_then(|aside| {
+                aside.file().write_all(text.as_bytes())?;
+                aside.commit()
+            })
             .map_err(|source| Error::Io {
                 what: "write",
                 path: path.to_path_buf(),

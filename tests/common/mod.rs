@@ -186,6 +186,7 @@ mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@
             "0",
             "--gid",
             "0",
+            "--allow-root",
             "--chroot-base-dir",
             base.to_str().unwrap(),
             "--",
@@ -883,13 +884,18 @@ impl Jail {
         ember_args: &[&str],
         prepare: impl FnOnce(&Path),
     ) -> Jail {
-        require_root();
-        require_kvm();
-        let base = TempDir::new(&format!("jail-{id}"));
-        let root = base.0.join("ember").join(id).join("root");
-        std::fs::create_dir_all(&root).expect("create the jail's root");
-        prepare(&root);
-        let cgroup_parent = format!("ember-test-{}", std::process::id());
+        Jail::start_under_umask(id, extra, ember_args, None, prepare)
+    }
+
+    /// The jailer's arguments for `id` under `base`, as 123:100 with
+    /// `extra` jailer flags and `ember_args` after ember's API socket.
+    pub fn jailer_args(
+        id: &str,
+        base: &Path,
+        cgroup_parent: &str,
+        extra: &[&str],
+        ember_args: &[&str],
+    ) -> Vec<String> {
         let mut args: Vec<String> = [
             "--id",
             id,
@@ -900,24 +906,53 @@ impl Jail {
             "--gid",
             &JAIL_GID.to_string(),
             "--chroot-base-dir",
-            base.0.to_str().unwrap(),
+            base.to_str().unwrap(),
             "--parent-cgroup",
-            &cgroup_parent,
+            cgroup_parent,
             "--resource-limit",
             "no-file=1024",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        // A v1 `pids` limit unless the caller chose its cgroups.
-        if !extra.contains(&"--cgroup") {
-            args.extend(["--cgroup", "pids.max=100"].map(String::from));
-        }
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(["--", "--api-sock", "/run/api.sock", "--level", "Info"].map(String::from));
         args.extend(ember_args.iter().map(|a| a.to_string()));
+        args
+    }
+
+    /// As `start_with`, with the jailer started under `umask` if given.
+    pub fn start_under_umask(
+        id: &str,
+        extra: &[&str],
+        ember_args: &[&str],
+        umask: Option<u32>,
+        prepare: impl FnOnce(&Path),
+    ) -> Jail {
+        require_root();
+        require_kvm();
+        let base = TempDir::new(&format!("jail-{id}"));
+        let root = base.0.join("ember").join(id).join("root");
+        std::fs::create_dir_all(&root).expect("create the jail's root");
+        prepare(&root);
+        let cgroup_parent = format!("ember-test-{}", std::process::id());
+        // A v1 `pids` limit unless the caller chose its cgroups.
+        let mut extra = extra.to_vec();
+        if !extra.contains(&"--cgroup") {
+            extra.extend(["--cgroup", "pids.max=100"]);
+        }
+        let args = Jail::jailer_args(id, &base.0, &cgroup_parent, &extra, ember_args);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let ember = Ember::spawn_program(&jailer_bin(), &args, None);
+        let jailer = jailer_bin();
+        let ember = match umask {
+            None => Ember::spawn_program(&jailer, &args, None),
+            Some(mask) => {
+                let script = format!("umask {mask:03o} && exec \"$0\" \"$@\"");
+                let mut command = vec!["-c", script.as_str(), jailer.to_str().unwrap()];
+                command.extend(&args);
+                Ember::spawn_program(Path::new("sh"), &command, None)
+            }
+        };
         let mut jail = Jail {
             pid: ember.pid(),
             spawned_at: ember.spawned_at,
@@ -930,7 +965,9 @@ impl Jail {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(jail.socket()).is_err() {
             if let Ok(Some(status)) = jail.ember.child.try_wait() {
-                if !extra.contains(&"--new-pid-ns") || !status.success() {
+                // With either flag the jailer's own process leaves, successfully.
+                let leaves = extra.contains(&"--new-pid-ns") || extra.contains(&"--daemonize");
+                if !leaves || !status.success() {
                     panic!("the jailer exited: {status}: {}", jail.ember.stderr());
                 }
             }
@@ -938,14 +975,13 @@ impl Jail {
             std::thread::sleep(Duration::from_micros(100));
         }
         jail.api_ready_at = Instant::now();
-        if extra.contains(&"--new-pid-ns") {
-            let pid_file = jail.root().join("ember.pid");
-            jail.pid = std::fs::read_to_string(&pid_file)
-                .expect("pid file")
-                .trim()
-                .parse()
-                .expect("pid");
-        }
+        // ember's pid as the host sees it, whatever the jailer's own became.
+        let pid_file = jail.root().join("ember.pid");
+        jail.pid = std::fs::read_to_string(&pid_file)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid");
         jail
     }
 

@@ -80,6 +80,10 @@ fn merge(args: &[String]) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // The handler's socket and the working sets it records hold what a guest
+    // touched: its own alone, whatever umask it was started with.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("handler") => handler(&args[1..]),
