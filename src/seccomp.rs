@@ -175,8 +175,8 @@ pub enum Error {
 #[derive(Clone, Default)]
 pub struct Filters {
     programs: Option<Arc<[BpfProgram; 3]>>,
-    /// With the built-in filters, those only known at run time, stacked on
-    /// the `vmm` filter (see [`own_process_filters`]).
+    /// Those only known at run time, stacked on the `vmm` filter, whichever
+    /// lists are in use (see [`own_process_filters`]).
     own_process: Option<Arc<[BpfProgram; 2]>>,
     /// `--seccomp-selftest`: the thread that breaks its filter on purpose, and how.
     selftest: Option<Selftest>,
@@ -245,7 +245,7 @@ impl Filters {
                 take(ThreadKind::Api)?,
                 take(ThreadKind::Vcpu)?,
             ])),
-            own_process: None,
+            own_process: Some(Arc::new(own_process_filters(std::process::id())?)),
             selftest: None,
         })
     }
@@ -447,11 +447,21 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         }
     }
     // The next SIGSYS kills: from raise() below where the thread's filter
-    // allows it, or else from the kernel forcing the trap of raise's own
-    // syscalls, which it does with the default action while SIGSYS is blocked.
-    // SAFETY: restoring the default action and raising are async-signal-safe.
+    // allows it (delivered once this handler unblocks it), or else from the
+    // kernel forcing the trap of raise's own syscalls, which it does with the
+    // default action while SIGSYS is blocked. As PID 1 of a PID namespace (the
+    // jailer's --new-pid-ns) a signal with its default action is ignored, so
+    // exit_group follows, with the status a shell gives death by SIGSYS.
+    // SAFETY: restoring the default action, raising, unblocking a signal and
+    // exiting are async-signal-safe; the set is a local, initialized by
+    // sigemptyset before use.
     unsafe {
         libc::signal(libc::SIGSYS, libc::SIG_DFL);
         libc::raise(libc::SIGSYS);
+        let mut sigsys: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut sigsys);
+        libc::sigaddset(&mut sigsys, libc::SIGSYS);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &sigsys, std::ptr::null_mut());
+        libc::syscall(libc::SYS_exit_group, 128 + libc::SIGSYS);
     }
 }

@@ -376,21 +376,28 @@ fn notify_storm() {
 fn a_console_nobody_reads_never_blocks_the_vcpu() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = Attacked::boot("serial-flood", VSOCK, false);
-    // The guest writes 256 KiB; a pipe holds 64 KiB. Pausing waits for the
-    // vCPU, which a blocking console write would hold for good.
-    std::thread::sleep(Duration::from_secs(2));
+    // The guest writes 256 KiB; a pipe holds 64 KiB. Once ember says it drops
+    // output, the pipe is full: pausing then waits for the vCPU, which a
+    // blocking console write would hold for good.
+    let dropped = |vm: &Attacked| {
+        std::fs::read_to_string(&vm.log)
+            .unwrap_or_default()
+            .contains("serial console: output is not being read")
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !dropped(&vm) {
+        assert!(
+            Instant::now() < deadline,
+            "ember did not say it dropped console output"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     vm.pause_snapshot_resume();
     vm.ember.drain_console();
     // The function answers once the flood is over (whatever of its last
     // lines the full pipe dropped).
     vm.invoke_echo();
     vm.check_after();
-    assert!(
-        std::fs::read_to_string(&vm.log)
-            .unwrap()
-            .contains("serial console: output is not being read"),
-        "ember did not say it dropped console output"
-    );
 }
 
 #[test]

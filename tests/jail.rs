@@ -230,6 +230,31 @@ fn a_jailed_vmm_thread_cannot_exec_fork_map_code_or_signal_others() {
         let mut ember = Ember::spawn_program(&common::jailer_bin(), &args, None);
         expect_sigsys(&mut ember, "vmm", syscall);
     }
+    // As PID 1 of its own PID namespace, where a signal's default action is
+    // ignored, the violation still ends ember.
+    let base = TempDir::new("jail-probe-pidns");
+    let args = Jail::jailer_args(
+        "probe-pidns",
+        &base.0,
+        "ember-test-probes",
+        &["--new-pid-ns"],
+        &["--seccomp-selftest", "vmm:execve"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut jailer = Ember::spawn_program(&common::jailer_bin(), &args, None);
+    assert!(jailer.wait_exit(TIMEOUT).success());
+    let pid_file = base.0.join("ember/probe-pidns/root/ember.pid");
+    let pid = std::fs::read_to_string(pid_file).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "ember (pid {pid}) lives on");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let expected = format!(
+        "ember: seccomp: a vmm thread made syscall {} outside its allowlist",
+        libc::SYS_execve
+    );
+    assert!(jailer.stderr().contains(&expected), "{}", jailer.stderr());
 }
 
 #[test]

@@ -87,20 +87,35 @@ pub fn pivot_into(root: &Path) -> Result<()> {
 }
 
 /// Step 9: `--daemonize`, as Firecracker's jailer does it: forks twice, the
-/// first fork's parent exiting at once (the caller's wait returns) and the
 /// second child, in a session of its own but not its leader, carrying on
 /// with stdio on /dev/null (opened before the pivot, as `dev_null`); it can
-/// never acquire a controlling terminal.
+/// never acquire a controlling terminal. The first process exits 0 once the
+/// daemon has written the PID file (or failed): it waits for the end of a
+/// pipe that the daemon holds until step 11 closes it, so a caller that reads
+/// the PID file when the jailer returns reads ember's.
 pub fn daemonize(dev_null: &File) -> Result<()> {
     const STEP: &str = "daemonize";
-    // SAFETY: the jailer is single-threaded, so each child may run any code;
-    // the parents leave with _exit, running nothing of the jailer's.
+    let mut done = [0; 2];
+    // SAFETY: `done` has room for the two descriptors pipe2 writes; the
+    // jailer is single-threaded, so each child may run any code; the parents
+    // leave with _exit, running nothing of the jailer's.
     unsafe {
+        sys(
+            STEP,
+            "pipe",
+            libc::pipe2(done.as_mut_ptr(), libc::O_CLOEXEC),
+        )?;
         let first = libc::fork();
         sys(STEP, "fork", first)?;
         if first > 0 {
+            libc::close(done[1]);
+            let mut byte = 0u8;
+            while libc::read(done[0], (&mut byte as *mut u8).cast(), 1) < 0
+                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+            {}
             libc::_exit(0);
         }
+        libc::close(done[0]);
         sys(STEP, "setsid", libc::setsid())?;
         let second = libc::fork();
         sys(STEP, "fork", second)?;
@@ -200,37 +215,70 @@ struct CapData {
 
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
+/// `prctl` with unsigned long arguments, as the kernel reads them (the
+/// capability calls refuse stray upper bits).
+fn prctl(option: libc::c_int, a: libc::c_ulong, b: libc::c_ulong) -> io::Result<libc::c_int> {
+    let zero: libc::c_ulong = 0;
+    // SAFETY: the prctl options used here take plain integers, no pointers.
+    let ret = unsafe { libc::prctl(option, a, b, zero, zero) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Runs `per_cap` for capability 0, 1, ... until the kernel says there is no
+/// such capability (EINVAL); any other error is a failure.
+fn each_capability(mut per_cap: impl FnMut(libc::c_ulong) -> io::Result<bool>) -> io::Result<bool> {
+    let mut any = false;
+    for cap in 0.. {
+        match per_cap(cap) {
+            Ok(set) => any |= set,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && cap > 0 => return Ok(any),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(any)
+}
+
 /// Step 12: becomes uid:gid with no supplementary groups and no capability
 /// in any set (effective, permitted, inheritable, ambient, bounding), which it
-/// then checks; `no_new_privs` keeps it that way across exec.
+/// then checks; `no_new_privs` keeps it that way across exec. The execution
+/// domain goes back to plain Linux: an inherited `READ_IMPLIES_EXEC` would make
+/// readable mappings executable behind the seccomp filter's back.
 pub fn drop_privileges(uid: u32, gid: u32) -> Result<()> {
     const STEP: &str = "drop privileges";
+    let fail = |what| {
+        move |source| JailError::Sys {
+            step: STEP,
+            what,
+            source,
+        }
+    };
     let mut header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
     };
     let mut data = [CapData::default(); 2];
-    // SAFETY: credential syscalls with plain integer arguments, and capget and
-    // capset with a valid header and room for the two data words they use.
+    // SAFETY: personality with a plain persona value.
+    if unsafe { libc::personality(0) } < 0 {
+        return Err(fail("reset the execution domain")(
+            io::Error::last_os_error(),
+        ));
+    }
+    prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+        0,
+    )
+    .map_err(fail("clear the ambient capabilities"))?;
+    // Dropping from the bounding set needs CAP_SETPCAP: before the uid.
+    each_capability(|cap| prctl(libc::PR_CAPBSET_DROP, cap, 0).map(|_| false))
+        .map_err(fail("drop the bounding capabilities"))?;
+    // SAFETY: credential syscalls with plain integer arguments, and capset
+    // and capget with a valid header and room for the two data words they use.
     unsafe {
-        sys(
-            STEP,
-            "clear the ambient capabilities",
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            ),
-        )?;
-        // Dropping from the bounding set needs CAP_SETPCAP: before the uid.
-        for cap in 0.. {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
-                // EINVAL: past the kernel's last capability.
-                break;
-            }
-        }
         sys(STEP, "setgroups", libc::setgroups(0, std::ptr::null()))?;
         sys(STEP, "setresgid", libc::setresgid(gid, gid, gid))?;
         sys(STEP, "setresuid", libc::setresuid(uid, uid, uid))?;
@@ -242,28 +290,29 @@ pub fn drop_privileges(uid: u32, gid: u32) -> Result<()> {
         )?;
         sys(
             STEP,
-            "set no_new_privs",
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-        )?;
-        sys(
-            STEP,
             "read the capabilities",
             libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) as libc::c_int,
         )?;
-        let left = data
-            .iter()
-            .any(|d| d.effective | d.permitted | d.inheritable != 0)
-            || (0..64).any(|cap| {
-                libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) > 0
-                    || libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_IS_SET, cap, 0, 0) > 0
-            });
-        if left {
-            return Err(JailError::Sys {
-                step: STEP,
-                what: "a capability survived",
-                source: io::Error::from_raw_os_error(libc::EPERM),
-            });
-        }
+    }
+    prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).map_err(fail("set no_new_privs"))?;
+    let bounding = each_capability(|cap| prctl(libc::PR_CAPBSET_READ, cap, 0).map(|r| r > 0))
+        .map_err(fail("read the bounding capabilities"))?;
+    let ambient = each_capability(|cap| {
+        prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_IS_SET as libc::c_ulong,
+            cap,
+        )
+        .map(|r| r > 0)
+    })
+    .map_err(fail("read the ambient capabilities"))?;
+    let sets = data
+        .iter()
+        .any(|d| d.effective | d.permitted | d.inheritable != 0);
+    if sets || bounding || ambient {
+        return Err(fail("a capability survived")(io::Error::from_raw_os_error(
+            libc::EPERM,
+        )));
     }
     Ok(())
 }

@@ -43,6 +43,10 @@ fn component(name: &OsStr) -> io::Result<CString> {
     cstr(name)
 }
 
+/// How deep [`Dir::remove_tree`] goes: every level holds a descriptor, and a
+/// tenant may nest directories without end.
+const MAX_DEPTH: usize = 64;
+
 const DIR_FLAGS: libc::c_int =
     libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
 
@@ -123,19 +127,18 @@ impl Dir {
         Ok(unsafe { File::from_raw_fd(fd) })
     }
 
-    /// Hard-links the file at the absolute, canonical `target` as entry `name`.
-    pub fn link(&self, target: &Path, name: impl AsRef<OsStr>) -> io::Result<()> {
-        let c_target = cstr(target.as_os_str())?;
+    /// Hard-links the open `file` as entry `name` (`AT_EMPTY_PATH`: the file
+    /// checked is the file linked, whatever happens to its path meanwhile).
+    pub fn link(&self, file: &File, name: impl AsRef<OsStr>) -> io::Result<()> {
         let c_name = component(name.as_ref())?;
-        // SAFETY: NUL-terminated paths and a directory descriptor, all alive;
-        // without AT_SYMLINK_FOLLOW a symbolic link target is linked as itself.
+        // SAFETY: two open descriptors and NUL-terminated names, all alive.
         check(unsafe {
             libc::linkat(
-                libc::AT_FDCWD,
-                c_target.as_ptr(),
+                file.as_raw_fd(),
+                c"".as_ptr(),
                 self.fd.as_raw_fd(),
                 c_name.as_ptr(),
-                0,
+                libc::AT_EMPTY_PATH,
             )
         })?;
         Ok(())
@@ -203,6 +206,22 @@ impl Dir {
         self.stat(name.as_ref()).is_ok()
     }
 
+    /// This directory's status.
+    fn own_stat(&self) -> io::Result<libc::stat> {
+        // SAFETY: an all-zero stat is a valid out-buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: an open descriptor and a stat buffer, both alive for the call.
+        check(unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) })?;
+        Ok(st)
+    }
+
+    /// Whether this directory is root's and writable by nobody else, so only
+    /// root can change what its entries are.
+    pub fn is_roots_alone(&self) -> io::Result<bool> {
+        let st = self.own_stat()?;
+        Ok(st.st_uid == 0 && st.st_mode & 0o022 == 0)
+    }
+
     /// Entry `name`'s own status (a symbolic link's, not its target's).
     fn stat(&self, name: &OsStr) -> io::Result<libc::stat> {
         let c_name = component(name)?;
@@ -255,14 +274,23 @@ impl Dir {
     }
 
     /// Removes entry `name` and, if it is a directory, everything in it. A
-    /// symbolic link at any depth is removed itself, never followed.
+    /// symbolic link at any depth is removed itself, never followed; a mount
+    /// point (another device) and what lies deeper than [`MAX_DEPTH`] stay.
     pub fn remove_tree(&self, name: impl AsRef<OsStr>) -> io::Result<()> {
-        let name = name.as_ref();
+        let device = self.own_stat()?.st_dev;
+        self.remove_tree_below(name.as_ref(), device, MAX_DEPTH)
+    }
+
+    fn remove_tree_below(&self, name: &OsStr, device: libc::dev_t, depth: usize) -> io::Result<()> {
         let c_name = component(name)?;
         match self.open_dir(name) {
             Ok(dir) => {
+                if dir.own_stat()?.st_dev != device || depth == 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EXDEV));
+                }
                 for (entry, _) in dir.entries()? {
-                    dir.remove_tree(&entry)?;
+                    // Best effort: what cannot go stays, and so does its directory.
+                    let _ = dir.remove_tree_below(&entry, device, depth - 1);
                 }
                 self.unlink(&c_name, libc::AT_REMOVEDIR)
             }

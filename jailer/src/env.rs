@@ -3,7 +3,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{fchown, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{fchown, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -56,6 +56,13 @@ pub fn setup_chroot(args: &JailArgs, created: &mut Created) -> Result<Rc<Dir>> {
         created
             .paths
             .push(Made::SharedDir(exec_dir.path().to_owned()));
+    } else if !exec_dir.is_roots_alone().unwrap_or(false) {
+        // Whoever else could write in it could swap `<id>` as it is made.
+        return Err(JailError::Invalid {
+            step: STEP,
+            what: "not root's alone (owned by root, writable by no one else)",
+            path: exec_dir.path().to_owned(),
+        });
     }
     let exec_dir = Rc::new(exec_dir);
     let (jail_dir, made) = exec_dir.make_dir(&args.id, 0o700).map_err(JailError::io(
@@ -81,17 +88,29 @@ pub fn setup_chroot(args: &JailArgs, created: &mut Created) -> Result<Rc<Dir>> {
     if made {
         created.entry(&jail_dir, "root");
     } else {
-        take_prepared_root(&root, exec_name)?;
+        take_prepared_root(args, &root)?;
     }
     put_exec_file(args, &root, created)?;
     Ok(root)
 }
 
 /// Takes a root the platform prepared (or a jail left behind) back from the
-/// jailed user before working in it, and refuses one whose entries are symbolic
-/// links or that already holds the exec file (a jail that may be running).
-fn take_prepared_root(root: &Dir, exec_name: &str) -> Result<()> {
+/// jailed user before working in it, and refuses one that already holds the
+/// exec file (a jail that may be running: left alone) or whose entries, looked
+/// at once no one else can change them, are symbolic links. A PID file left
+/// behind goes: until step 10 writes the new one, none is there to mislead.
+fn take_prepared_root(args: &JailArgs, root: &Dir) -> Result<()> {
     const STEP: &str = "chroot";
+    let exec_name = args.exec_file_name();
+    if root.contains(exec_name) {
+        return Err(JailError::Invalid {
+            step: STEP,
+            what: "id already in use, the jail already holds",
+            path: root.join(exec_name),
+        });
+    }
+    root.set_owner_and_mode(0, 0, 0o700)
+        .map_err(JailError::io(STEP, "take back", root.path()))?;
     let links = root
         .symlinks()
         .map_err(JailError::io(STEP, "list", root.path()))?;
@@ -102,15 +121,13 @@ fn take_prepared_root(root: &Dir, exec_name: &str) -> Result<()> {
             path: root.join(link),
         });
     }
-    if root.contains(exec_name) {
-        return Err(JailError::Invalid {
-            step: STEP,
-            what: "id already in use, the jail already holds",
-            path: root.join(exec_name),
-        });
+    let pid_file = args.pid_file_name();
+    match root.remove_file(&pid_file) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(JailError::io(STEP, "remove", root.join(&pid_file))(e))
+        }
+        _ => Ok(()),
     }
-    root.set_owner_and_mode(0, 0, 0o700)
-        .map_err(JailError::io(STEP, "take back", root.path()))
 }
 
 /// Puts the exec file (the canonical `--exec-file`) in the root: hard-linked
@@ -133,11 +150,17 @@ fn put_exec_file(args: &JailArgs, root: &Rc<Dir>, created: &mut Created) -> Resu
     // would own it), and has no capability left to override its mode. The
     // jailed user can then only run it or unlink its own name for it. A link
     // takes microseconds where a copy takes milliseconds.
+    let mut source = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&args.exec_source)
+        .map_err(JailError::io(STEP, "open exec file", &args.exec_source))?;
     let shareable = args.uid != 0
-        && fs::metadata(&args.exec_source)
+        && source
+            .metadata()
             .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o7022 == 0 && m.mode() & 0o005 == 0o005);
     if shareable {
-        match root.link(&args.exec_source, name) {
+        match root.link(&source, name) {
             Ok(()) => {
                 created.entry(root, name);
                 return Ok(());
@@ -147,11 +170,6 @@ fn put_exec_file(args: &JailArgs, root: &Rc<Dir>, created: &mut Created) -> Resu
             Err(_) => {}
         }
     }
-    let mut source = fs::File::open(&args.exec_source).map_err(JailError::io(
-        STEP,
-        "open exec file",
-        &args.exec_source,
-    ))?;
     let mut copy = root.create_file(name, 0o700).map_err(taken)?;
     created.entry(root, name);
     io::copy(&mut source, &mut copy).map_err(JailError::io(STEP, "copy exec file to", &dest))?;

@@ -49,6 +49,18 @@ fn main() {
     // What the jailer makes is its own and ember's alone, whatever the caller's umask.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0o077) };
+    // Descriptors 0 to 2 are stdio: a caller that closed one would see the
+    // next file the jailer opens (a directory of the jail, say) take its
+    // place, and ember inherit it.
+    // SAFETY: fcntl probes a descriptor number; open returns the lowest free one.
+    unsafe {
+        while libc::fcntl(2, libc::F_GETFD) < 0 {
+            if libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) < 0 {
+                eprintln!("ember-jailer: cannot open /dev/null");
+                std::process::exit(1);
+            }
+        }
+    }
     let mut created = cleanup::Created::default();
     let cgroup_root = match jail.cgroup_version {
         args::CgroupVersion::V1 => PathBuf::from(env::CGROUP_ROOT),

@@ -60,13 +60,21 @@ pub fn spawn(created: &mut Created) -> Result<Report> {
         // SAFETY: as above.
         match unsafe { libc::fork() } {
             0 => watch(File::from(read), std::mem::take(created)),
-            // SAFETY: leaves without running the parent's destructors or atexit hooks.
-            _ => unsafe { libc::_exit(0) },
+            // SAFETY: leaves without running the parent's destructors or
+            // atexit hooks; 1 tells the jailer there is no watcher.
+            pid => unsafe { libc::_exit(i32::from(pid < 0)) },
         }
     }
     let mut status = 0;
     // SAFETY: waits for the intermediate child this process just forked.
     sys("wait", unsafe { libc::waitpid(middle, &mut status, 0) })?;
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(JailError::Sys {
+            step: "watcher",
+            what: "fork",
+            source: std::io::Error::from_raw_os_error(libc::EAGAIN),
+        });
+    }
     drop(read);
     // Cleanup is the watcher's job from here on.
     *created = Created::default();
