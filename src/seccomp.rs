@@ -175,9 +175,6 @@ pub enum Error {
 #[derive(Clone, Default)]
 pub struct Filters {
     programs: Option<Arc<[BpfProgram; 3]>>,
-    /// Those only known at run time, stacked on the `vmm` filter, whichever
-    /// lists are in use (see [`own_process_filters`]).
-    own_process: Option<Arc<[BpfProgram; 2]>>,
     /// `--seccomp-selftest`: the thread that breaks its filter on purpose, and how.
     selftest: Option<Selftest>,
 }
@@ -212,7 +209,6 @@ impl Filters {
         match programs {
             [Some(vmm), Some(api), Some(vcpu)] if rest.is_empty() => Ok(Filters {
                 programs: Some(Arc::new([vmm, api, vcpu])),
-                own_process: Some(Arc::new(own_process_filters(std::process::id())?)),
                 selftest: None,
             }),
             _ => Err(Error::Builtin),
@@ -245,7 +241,6 @@ impl Filters {
                 take(ThreadKind::Api)?,
                 take(ThreadKind::Vcpu)?,
             ])),
-            own_process: Some(Arc::new(own_process_filters(std::process::id())?)),
             selftest: None,
         })
     }
@@ -257,7 +252,8 @@ impl Filters {
         self
     }
 
-    /// Starts putting every thread of the process under the `vmm` filter,
+    /// Starts putting every thread of the process under the `vmm` filter and
+    /// the two stacked on it ([`own_process_filters`], compiled there too),
     /// from a helper thread: the kernel spends a few hundred microseconds
     /// preparing a filter (it evaluates it for every syscall number to cache
     /// the always-allowed ones), which then overlaps the main thread's
@@ -266,16 +262,15 @@ impl Filters {
         let install = match &self.programs {
             Some(programs) => {
                 let programs = programs.clone();
-                let own_process = self.own_process.clone();
                 let handle = std::thread::Builder::new()
                     .name("ember_seccomp".into())
                     .spawn(move || {
                         install_sigsys_handler();
-                        let stacked = own_process.iter().flat_map(|p| p.iter());
+                        let stacked = own_process_filters(std::process::id())?;
                         // TSYNC gives the filters (and no_new_privs) to every thread.
                         for program in [&programs[ThreadKind::Vmm as usize]]
                             .into_iter()
-                            .chain(stacked)
+                            .chain(&stacked)
                         {
                             seccompiler::apply_filter_all_threads(program).map_err(|source| {
                                 Error::Install {

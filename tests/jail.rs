@@ -56,6 +56,18 @@ fn boot_function(jail: &Jail) {
     }
 }
 
+/// Boots the echo function in `jail`, pauses it and snapshots it to
+/// `/fn.snap` and `/fn.mem` in the jail.
+fn snapshot_function(jail: &Jail) {
+    boot_function(jail);
+    jail.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    jail.ok(
+        "PUT",
+        "/snapshot/create",
+        r#"{"snapshot_path": "/fn.snap", "mem_file_path": "/fn.mem"}"#,
+    );
+}
+
 #[test]
 fn jailed_ember_is_confined_and_serves_a_function() {
     // A network namespace of its own, kept alive by a sleeping process.
@@ -152,13 +164,7 @@ fn every_file_a_jail_holds_is_its_users_alone_even_under_a_permissive_umask() {
         Some(0),
         |_| {},
     );
-    boot_function(&jail);
-    jail.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
-    jail.ok(
-        "PUT",
-        "/snapshot/create",
-        r#"{"snapshot_path": "/fn.snap", "mem_file_path": "/fn.mem"}"#,
-    );
+    snapshot_function(&jail);
     let host_binary = std::fs::metadata(common::static_ember()).unwrap();
     let root = jail.root();
     let jail_dir = root.parent().unwrap();
@@ -260,13 +266,7 @@ fn a_jailed_vmm_thread_cannot_exec_fork_map_code_or_signal_others() {
 #[test]
 fn a_jailed_ember_restores_a_snapshot_served_by_the_uffd_handler() {
     let jail = Jail::start("snap-1", &[]);
-    boot_function(&jail);
-    jail.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
-    jail.ok(
-        "PUT",
-        "/snapshot/create",
-        r#"{"snapshot_path": "/fn.snap", "mem_file_path": "/fn.mem"}"#,
-    );
+    snapshot_function(&jail);
 
     let restored = Jail::start("snap-2", &[]);
     let snap = restored.provide(&jail.root().join("fn.snap"), "fn.snap");

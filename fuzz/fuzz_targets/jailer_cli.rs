@@ -7,9 +7,6 @@
 
 #![no_main]
 
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
-
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
@@ -29,13 +26,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = std::fs::create_dir_all(EXEC_DIR);
         let _ = std::fs::write(format!("{EXEC_DIR}/ember"), b"");
     });
-    let args: Vec<OsString> = if data.is_empty() {
-        Vec::new()
-    } else {
-        data.split(|&b| b == 0)
-            .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string())
-            .collect()
-    };
+    let args = ember_fuzz::bytes::nul_separated_args(data);
     if let Ok(args::Command::Jail(jail)) = args::parse(args) {
         assert!(args::validate_id(&jail.id).is_ok());
         let _ = jail.cgroup_rel();

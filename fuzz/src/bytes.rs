@@ -1,5 +1,19 @@
 //! Fuzz input as a stream of little-endian values, and its inverse.
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+/// A command line: the input's NUL-separated pieces (none for no input),
+/// non-UTF-8 ones included.
+pub fn nul_separated_args(data: &[u8]) -> Vec<OsString> {
+    if data.is_empty() {
+        return Vec::new();
+    }
+    data.split(|&b| b == 0)
+        .map(|a| OsStr::from_bytes(a).to_os_string())
+        .collect()
+}
+
 /// Reads values off the front of the input; past its end every read is zero.
 pub struct Reader<'a> {
     data: &'a [u8],

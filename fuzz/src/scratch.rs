@@ -23,9 +23,13 @@ extern "C" fn remove_dir() {
     }
 }
 
-/// A path in the scratch directory, with nothing there yet.
+/// A path in the scratch directory, with nothing there yet: `name` and the
+/// calling thread's id, so that tests running side by side never share one
+/// while a fuzz target, on one thread, reuses it from input to input.
 pub fn fresh(name: &str) -> PathBuf {
-    let path = dir().join(name);
+    // SAFETY: gettid has no preconditions.
+    let thread = unsafe { libc::gettid() };
+    let path = dir().join(format!("{name}.{thread}"));
     let _ = std::fs::remove_file(&path);
     path
 }
