@@ -21,7 +21,9 @@ fn main() {
         let program = filters
             .get(kind)
             .unwrap_or_else(|| panic!("{}: no filter for the '{kind}' threads", source.display()));
-        out.extend_from_slice(&(program.len() as u32).to_le_bytes());
+        let len = u32::try_from(program.len())
+            .unwrap_or_else(|_| panic!("{}: the '{kind}' filter is too long", source.display()));
+        out.extend_from_slice(&len.to_le_bytes());
         for insn in program {
             out.extend_from_slice(&insn.code.to_le_bytes());
             out.push(insn.jt);

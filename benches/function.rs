@@ -158,7 +158,7 @@ fn main() {
         big.values.push(micros(timed_invoke(&ember, &mib).0));
     }
     let input: Vec<u8> = (0..16u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 11) & 0xff) as u8)
         .collect();
     let mut echo_16 = Samples::new("echo 16 MiB round trip", "us");
     for _ in 0..5 {

@@ -4,90 +4,61 @@
 //! guest needs before its first instruction: guest memory is mapped lazily,
 //! files are opened once, and the vCPUs start as soon as they are configured.
 
-use std::fs::File;
-use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::vstate::memory::GuestMemoryMmap;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::IoEventAddress;
 use linux_loader::loader::Cmdline;
-use serde::{Deserialize, Serialize};
-use vm_memory::GuestAddress;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::boot;
-use crate::arch::x86_64::layout::{
-    virtio_slot, BOOT_TIMER_START, CMDLINE_MAX_SIZE, VIRTIO_MMIO_SIZE,
-};
-use crate::config::{
-    BootSourceConfig, CacheType, DriveConfig, MachineConfig, VsockConfig, DEFAULT_BOOT_ARGS,
-};
-use crate::devices::boot_timer::BootTimer;
-use crate::devices::bus::{self, Bus};
-use crate::devices::legacy::i8042::{self, I8042State, I8042};
-use crate::devices::legacy::serial::{
-    self, ConsoleOut, InputDrained, SerialDevice, SerialSnapshot,
-};
-use crate::devices::virtio::block::{self as block, Block, Disk};
-use crate::devices::virtio::mmio::{self, MmioTransport, TransportState, NOTIFY_REG_OFFSET};
-use crate::devices::virtio::vsock::{self, Vsock};
-use crate::devices::virtio::{Interrupt, VirtioDevice};
-use crate::devices::IrqLine;
+use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
+use crate::config::{MachineConfig, DEFAULT_BOOT_ARGS};
+use crate::devices::manager::{self, Backends, DeviceLayout, DeviceStates, Devices};
 use crate::exit::ExitSignal;
+use crate::resources::VmResources;
 use crate::seccomp::Filters;
-use crate::vmm::{Devices, Drive, Vmm};
-use crate::vstate::memory::{self, MemoryBackend};
+use crate::vmm::Vmm;
+use crate::vstate::memory::{self, GuestMemoryMmap, MemoryBackend};
 use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuHandle, VcpuState, VcpuThread};
 use crate::vstate::vm::{self, VmState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// InstanceStart with nothing to boot.
     #[error("no boot source: PUT /boot-source with a kernel_image_path first")]
     NoBootSource,
+    /// The VM, its memory slots or its interrupt controllers.
     #[error(transparent)]
     Vm(#[from] vm::Error),
+    /// Mapping the guest memory.
     #[error(transparent)]
     Memory(#[from] memory::Error),
+    /// Loading the kernel or initrd, or writing the boot parameters.
     #[error(transparent)]
     Boot(#[from] boot::Error),
+    /// Creating, configuring or starting a vCPU.
     #[error(transparent)]
     Vcpu(#[from] vcpu::Error),
+    /// Laying out, opening or creating the devices.
     #[error(transparent)]
-    Drive(#[from] block::Error),
-    #[error(transparent)]
-    Transport(#[from] mmio::Error),
-    #[error("cannot lay out devices: {0}")]
-    Bus(#[from] bus::Error),
-    #[error("too many virtio devices: ember has IRQs for {0}")]
-    TooManyDevices(usize),
+    Devices(#[from] manager::Error),
+    /// A command line that is too long or malformed.
     #[error("invalid kernel command line: {0}")]
     Cmdline(linux_loader::cmdline::Error),
-    #[error("cannot set up {what}: {source}")]
-    Setup {
-        what: &'static str,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Vsock(#[from] vsock::Error),
+    /// The thread that readies the VM ahead could not start.
+    #[error("cannot start the VM preparation thread: {0}")]
+    PrepThread(std::io::Error),
+    /// The thread that readies the VM ahead panicked.
     #[error("the VM preparation thread panicked")]
     PrepPanicked,
-    #[error("the snapshot's device state is invalid: {0}")]
-    BadDeviceState(&'static str),
-    #[error("a device lock is poisoned")]
-    Poisoned,
-    #[error("KVM refused to wire {what}: {source}")]
-    Wire {
-        what: &'static str,
-        source: kvm_ioctls::Error,
-    },
-}
-
-fn setup_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Setup { what, source }
+    /// A snapshot whose vCPU states do not fit its machine configuration.
+    #[error("the snapshot's state is invalid: {0}")]
+    BadState(&'static str),
+    /// The host CPUID the vCPUs are configured from.
+    #[error("KVM cannot tell the CPUID it supports: {0}")]
+    Cpuid(kvm_ioctls::Error),
 }
 
 /// What the builder needs beyond the configuration.
@@ -131,13 +102,10 @@ impl VmPrep {
                 let cpuid = vm
                     .kvm()
                     .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-                    .map_err(|source| Error::Wire {
-                        what: "CPUID",
-                        source,
-                    })?;
+                    .map_err(Error::Cpuid)?;
                 Ok((vm, cpuid))
             })
-            .map_err(setup_err("the VM preparation thread"))?;
+            .map_err(Error::PrepThread)?;
         let vcpu_threads = vcpu_threads(Vec::new(), machine.vcpu_count, exit, seccomp)?;
         Ok(VmPrep {
             mem_size_mib: machine.mem_size_mib,
@@ -194,234 +162,15 @@ fn vcpu_threads(
         .collect::<Result<_, _>>()?)
 }
 
-/// Where each virtio device sits: the root drive is the guest's first
-/// (/dev/vda), as in Firecracker, then the other drives, then vsock. A boot
-/// and every restore of it lay devices out the same way.
-struct DeviceLayout<'a> {
-    drives: Vec<(&'a DriveConfig, u64, u32)>,
-    vsock: Option<(&'a VsockConfig, u64, u32)>,
-}
-
-fn device_layout<'a>(
-    drives: &'a [DriveConfig],
-    vsock: Option<&'a VsockConfig>,
-) -> Result<DeviceLayout<'a>, Error> {
-    let slot = |index: usize| virtio_slot(index).ok_or(Error::TooManyDevices(index));
-    let drives = drives
-        .iter()
-        .filter(|d| d.is_root_device)
-        .chain(drives.iter().filter(|d| !d.is_root_device))
-        .enumerate()
-        .map(|(index, drive)| {
-            let (address, irq) = slot(index)?;
-            Ok((drive, address, irq))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let vsock = vsock
-        .map(|config| {
-            let (address, irq) = slot(drives.len())?;
-            Ok::<_, Error>((config, address, irq))
-        })
-        .transpose()?;
-    Ok(DeviceLayout { drives, vsock })
-}
-
-/// Every device's state, in layout order for the virtio ones.
-#[derive(Serialize, Deserialize)]
-pub struct DeviceStates {
-    serial: SerialSnapshot,
-    i8042: I8042State,
-    virtio: Vec<TransportState>,
-}
-
-impl DeviceStates {
-    pub fn save(devices: &Devices) -> Result<Self, Error> {
-        Ok(DeviceStates {
-            serial: devices
-                .serial
-                .lock()
-                .map_err(|_| Error::Poisoned)?
-                .save_state(),
-            i8042: devices
-                .i8042
-                .lock()
-                .map_err(|_| Error::Poisoned)?
-                .save_state(),
-            virtio: devices
-                .transports
-                .iter()
-                .map(|t| Ok(t.lock().map_err(|_| Error::Poisoned)?.save_state()))
-                .collect::<Result<_, Error>>()?,
-        })
-    }
-}
-
-/// The host side of the virtio devices, the drives' files and the vsock
-/// socket: opened before the VM exists, so a bad path fails fast and leaves
-/// no VM to tear down.
-struct Backends {
-    disks: Vec<Arc<Mutex<Disk>>>,
-    vsock: Option<Vsock>,
-}
-
-fn open_backends(layout: &DeviceLayout) -> Result<Backends, Error> {
-    let disks = layout
-        .drives
-        .iter()
-        .map(|&(drive, _, _)| {
-            Ok(Arc::new(Mutex::new(Disk::open(
-                Path::new(drive.path()),
-                drive.is_read_only,
-            )?)))
-        })
-        .collect::<Result<_, Error>>()?;
-    let vsock = layout
-        .vsock
-        .map(|(config, _, _)| Vsock::new(u64::from(config.guest_cid), Path::new(&config.uds_path)))
-        .transpose()?;
-    Ok(Backends { disks, vsock })
-}
-
-/// Creates the devices of `layout` on `vm`, at power-on or as `saved` left them.
-fn create_devices(
-    vm: &vm::Vm,
-    mem: &GuestMemoryMmap,
-    layout: &DeviceLayout,
-    backends: Backends,
-    boot_timer: Option<Instant>,
-    exit: &Arc<ExitSignal>,
-    saved: Option<&DeviceStates>,
-) -> Result<(Buses, Devices), Error> {
-    let mut pio = Bus::default();
-    let mut mmio = Bus::default();
-    let irq_line = |irq: u32, what: &'static str| -> Result<EventFd, Error> {
-        let evt = EventFd::new(EFD_NONBLOCK).map_err(setup_err(what))?;
-        vm.fd()
-            .register_irqfd(&evt, irq)
-            .map_err(|source| Error::Wire { what, source })?;
-        Ok(evt)
-    };
-
-    let stdout = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(setup_err("the serial console"))?;
-    let serial_drained = EventFd::new(EFD_NONBLOCK).map_err(setup_err("the serial console"))?;
-    let serial = SerialDevice::new(
-        IrqLine(irq_line(serial::COM1_IRQ, "the serial IRQ")?),
-        InputDrained(
-            serial_drained
-                .try_clone()
-                .map_err(setup_err("the serial console"))?,
-        ),
-        Box::new(ConsoleOut::new(File::from(stdout))),
-        saved.map(|s| &s.serial),
-    )
-    .map_err(|_| Error::BadDeviceState("the serial console's input is over its FIFO size"))?;
-    let serial = Arc::new(Mutex::new(serial));
-    pio.insert(serial::COM1_PORT, serial::PORT_COUNT, serial.clone())?;
-
-    let mut i8042 = I8042::new(
-        exit.clone(),
-        IrqLine(irq_line(i8042::KBD_IRQ, "the keyboard IRQ")?),
-    );
-    if let Some(saved) = saved {
-        i8042.restore_state(&saved.i8042);
-    }
-    let i8042 = Arc::new(Mutex::new(i8042));
-    pio.insert(i8042::I8042_PORT, i8042::PORT_COUNT, i8042.clone())?;
-
-    if let Some(start) = boot_timer {
-        let timer = Arc::new(Mutex::new(BootTimer::new(start)));
-        mmio.insert(BOOT_TIMER_START, VIRTIO_MMIO_SIZE, timer)?;
-    }
-
-    let device_count = layout.drives.len() + usize::from(layout.vsock.is_some());
-    if saved.is_some_and(|s| s.virtio.len() != device_count) {
-        return Err(Error::BadDeviceState(
-            "the snapshot's virtio devices do not match its configuration",
-        ));
-    }
-    let mut saved_virtio = saved.map(|s| s.virtio.iter());
-    let mut transports = Vec::with_capacity(device_count);
-    let mut queue_events = Vec::new();
-    let mut backend_events = Vec::new();
-    let mut attach = |device: Box<dyn VirtioDevice>, address: u64, irq: u32| {
-        let interrupt = Arc::new(Interrupt::new(irq_line(irq, "a virtio IRQ")?));
-        let transport = match saved_virtio.as_mut().and_then(Iterator::next) {
-            Some(state) => MmioTransport::restore(device, mem.clone(), interrupt.clone(), state)?,
-            None => MmioTransport::new(device, mem.clone(), interrupt.clone())?,
-        };
-        let mut events = Vec::new();
-        for (queue, evt) in transport.queue_events().iter().enumerate() {
-            vm.fd()
-                .register_ioevent(
-                    evt,
-                    &IoEventAddress::Mmio(address + NOTIFY_REG_OFFSET),
-                    queue as u32,
-                )
-                .map_err(|source| Error::Wire {
-                    what: "a virtio queue notification",
-                    source,
-                })?;
-            events.push((evt.try_clone().map_err(setup_err("a virtio queue"))?, queue));
-        }
-        let backend_fd = transport.backend_fd();
-        let transport = Arc::new(Mutex::new(transport));
-        queue_events.extend(
-            events
-                .into_iter()
-                .map(|(evt, queue)| (evt, transport.clone(), queue)),
-        );
-        if let Some(fd) = backend_fd {
-            backend_events.push((fd, transport.clone()));
-        }
-        mmio.insert(address, VIRTIO_MMIO_SIZE, transport.clone())?;
-        transports.push(transport);
-        Ok::<_, Error>(interrupt)
-    };
-    let mut drives = Vec::with_capacity(layout.drives.len());
-    for (&(drive, address, irq), disk) in layout.drives.iter().zip(backends.disks) {
-        let cache = match drive.cache_type {
-            CacheType::Unsafe => block::CacheType::Unsafe,
-            CacheType::Writeback => block::CacheType::Writeback,
-        };
-        let device = Block::new(disk.clone(), drive.is_read_only, cache);
-        let interrupt = attach(Box::new(device), address, irq)?;
-        drives.push(Drive {
-            id: drive.drive_id.clone(),
-            disk,
-            interrupt,
-        });
-    }
-    if let (Some((_, address, irq)), Some(device)) = (layout.vsock, backends.vsock) {
-        attach(Box::new(device), address, irq)?;
-    }
-    Ok((
-        Buses { pio, mmio },
-        Devices {
-            serial,
-            serial_drained,
-            i8042,
-            drives,
-            transports,
-            queue_events,
-            backend_events,
-        },
-    ))
-}
-
 /// Builds and starts the microVM described by the configuration, on the VM `prep` made ready.
 pub fn build(
     prep: VmPrep,
-    boot_source: Option<&BootSourceConfig>,
-    machine: &MachineConfig,
-    drives: &[DriveConfig],
-    vsock: Option<&VsockConfig>,
+    resources: &VmResources,
     options: &BuildOptions,
     exit: Arc<ExitSignal>,
 ) -> Result<Vmm, Error> {
-    let boot_source = boot_source.ok_or(Error::NoBootSource)?;
+    let boot_source = resources.boot_source.as_ref().ok_or(Error::NoBootSource)?;
+    let machine = &resources.machine;
     let mut stages = Stages::new();
     let mem = prep.mem.clone();
     let mem_size = machine.mem_size_mib << 20;
@@ -435,31 +184,14 @@ pub fn build(
         .transpose()?;
     stages.mark("kernel");
 
-    let layout = device_layout(drives, vsock)?;
+    let layout = DeviceLayout::plan(resources)?;
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
     let boot_args = boot_source
         .boot_args
         .as_deref()
         .unwrap_or(DEFAULT_BOOT_ARGS);
     cmdline.insert_str(boot_args).map_err(Error::Cmdline)?;
-    let addresses = layout
-        .drives
-        .iter()
-        .map(|&(drive, address, irq)| (Some(drive), address, irq))
-        .chain(layout.vsock.map(|(_, address, irq)| (None, address, irq)));
-    for (drive, address, irq) in addresses {
-        if let Some(drive) = drive.filter(|d| d.is_root_device) {
-            let mode = if drive.is_read_only { "ro" } else { "rw" };
-            let root = match &drive.partuuid {
-                Some(uuid) => format!("root=PARTUUID={uuid} {mode}"),
-                None => format!("root=/dev/vda {mode}"),
-            };
-            cmdline.insert_str(root).map_err(Error::Cmdline)?;
-        }
-        cmdline
-            .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(address), irq, None)
-            .map_err(Error::Cmdline)?;
-    }
+    layout.add_to_cmdline(&mut cmdline)?;
     boot::configure_system(
         &mem,
         &kernel,
@@ -468,7 +200,7 @@ pub fn build(
         mem_size,
         machine.vcpu_count,
     )?;
-    let backends = open_backends(&layout)?;
+    let backends = layout.open_backends()?;
     stages.mark("boot params");
 
     // ...then what needs the VM.
@@ -476,7 +208,7 @@ pub fn build(
     stages.mark("vm ready");
 
     let boot_timer = options.boot_timer.then_some(options.start);
-    let (buses, devices) = create_devices(&vm, &mem, &layout, backends, boot_timer, &exit, None)?;
+    let (buses, devices) = Devices::create(&vm, &mem, backends, boot_timer, &exit, None)?;
     stages.mark("devices");
 
     let vcpus = (0..machine.vcpu_count)
@@ -511,54 +243,76 @@ fn start_vcpus(
 
 /// A saved microVM, as [`restore`] needs it.
 pub struct SavedVm<'a> {
-    pub machine: &'a MachineConfig,
-    pub drives: &'a [DriveConfig],
-    pub vsock: Option<&'a VsockConfig>,
+    pub resources: &'a VmResources,
     pub vm: &'a VmState,
     pub vcpus: &'a [VcpuState],
     pub devices: &'a DeviceStates,
 }
 
+/// How a restored microVM comes back.
+pub struct RestoreOptions<'a> {
+    /// What serves guest memory, kept for as long as the VM runs.
+    pub memory_backend: Option<MemoryBackend>,
+    /// Whether the vCPUs wait for a Resume rather than run at once.
+    pub paused: bool,
+    /// Whether the guest's clock jumps to the host's real time.
+    pub clock_realtime: bool,
+    pub exit: Arc<ExitSignal>,
+    pub seccomp: &'a Filters,
+    /// vCPU threads started ahead, used if there are as many as vCPUs.
+    pub ready_threads: Vec<VcpuThread>,
+}
+
 /// Brings a saved microVM back on guest memory `mem`, which already holds
-/// (or, with userfaultfd, will serve) the saved pages; its vCPUs run at once
-/// unless `paused`.
-#[allow(clippy::too_many_arguments)]
+/// (or, with userfaultfd, will serve) the saved pages.
 pub fn restore(
     saved: SavedVm,
     mem: GuestMemoryMmap,
-    memory_backend: Option<MemoryBackend>,
-    paused: bool,
-    clock_realtime: bool,
-    exit: Arc<ExitSignal>,
-    seccomp: &Filters,
-    ready_threads: Vec<VcpuThread>,
+    options: RestoreOptions,
 ) -> Result<Vmm, Error> {
     let mut stages = Stages::new();
-    if saved.vcpus.len() != usize::from(saved.machine.vcpu_count) {
-        return Err(Error::BadDeviceState(
+    let machine = &saved.resources.machine;
+    if saved.vcpus.len() != usize::from(machine.vcpu_count) {
+        return Err(Error::BadState(
             "the snapshot's vCPU states do not match its vCPU count",
         ));
     }
-    let layout = device_layout(saved.drives, saved.vsock)?;
-    let backends = open_backends(&layout)?;
-    let threads = vcpu_threads(ready_threads, saved.machine.vcpu_count, &exit, seccomp)?;
-    let vm = vm::Vm::new(&mem, saved.machine.track_dirty_pages)?;
+    let layout = DeviceLayout::plan(saved.resources)?;
+    let backends = layout.open_backends()?;
+    let threads = vcpu_threads(
+        options.ready_threads,
+        machine.vcpu_count,
+        &options.exit,
+        options.seccomp,
+    )?;
+    let vm = vm::Vm::new(&mem, machine.track_dirty_pages)?;
     stages.mark("vm");
-    match restore_on(
+    let clock_realtime = options.clock_realtime;
+    let restored = restore_on(
         &vm,
         &mem,
         &saved,
-        &layout,
         backends,
-        paused,
         clock_realtime,
-        &exit,
-        threads,
+        &options.exit,
         &mut stages,
-    ) {
+    )
+    .and_then(|(vcpus, buses, devices)| {
+        Ok((start_vcpus(vcpus, threads, buses, options.paused)?, devices))
+    });
+    match restored {
         Ok((handles, devices)) => {
+            stages.mark("vcpus");
             stages.log("snapshot restore");
-            Ok(Vmm::new(vm, mem, handles, devices, paused, memory_backend))
+            let paused = options.paused;
+            Ok(Vmm::new(
+                vm,
+                mem,
+                handles,
+                devices,
+                paused,
+                options.memory_backend,
+            ))
         }
         Err(e) => {
             // Destroying a VM takes milliseconds: keep it off the error reply.
@@ -570,37 +324,30 @@ pub fn restore(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The saved VM's state, devices and vCPUs, on `vm`.
 fn restore_on(
     vm: &vm::Vm,
     mem: &GuestMemoryMmap,
     saved: &SavedVm,
-    layout: &DeviceLayout,
     backends: Backends,
-    paused: bool,
     clock_realtime: bool,
     exit: &Arc<ExitSignal>,
-    threads: Vec<VcpuThread>,
     stages: &mut Stages,
-) -> Result<(Vec<VcpuHandle>, Devices), Error> {
+) -> Result<(Vec<Vcpu>, Buses, Devices), Error> {
     vm.restore_state(saved.vm, clock_realtime)?;
     stages.mark("vm state");
-    let (buses, devices) =
-        create_devices(vm, mem, layout, backends, None, exit, Some(saved.devices))?;
+    let (buses, devices) = Devices::create(vm, mem, backends, None, exit, Some(saved.devices))?;
     stages.mark("devices");
-    let vcpus = saved
-        .vcpus
-        .iter()
-        .enumerate()
+    // `restore` checked that there is one state per vCPU.
+    let vcpus = (0..saved.resources.machine.vcpu_count)
+        .zip(saved.vcpus)
         .map(|(index, state)| {
-            let vcpu = Vcpu::new(vm, index as u8)?;
+            let vcpu = Vcpu::new(vm, index)?;
             vcpu.restore_state(state)?;
             Ok(vcpu)
         })
         .collect::<Result<Vec<_>, vcpu::Error>>()?;
-    let handles = start_vcpus(vcpus, threads, buses, paused)?;
-    stages.mark("vcpus");
-    Ok((handles, devices))
+    Ok((vcpus, buses, devices))
 }
 
 /// Times the steps of a start for the log, so "where the time goes" is one

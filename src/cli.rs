@@ -62,22 +62,31 @@ pub enum Command {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// A flag neither ember nor Firecracker has.
     #[error("unknown argument '{0}' (see --help)")]
     Unknown(String),
+    /// A flag that takes a value, given none (or an empty one).
     #[error("argument '{0}' needs a value")]
     MissingValue(&'static str),
+    /// A flag given twice: which one should win is not obvious, so neither does.
     #[error("argument '{0}' was given twice")]
     Repeated(&'static str),
+    /// Paths and ids are UTF-8 in the API too.
     #[error("argument '{0}' is not valid UTF-8")]
     NotUtf8(String),
+    /// An instance id Firecracker would refuse.
     #[error("invalid --id '{0}': use 1 to 64 characters from [a-zA-Z0-9_-]")]
     Id(String),
+    /// A --level that is not a log level.
     #[error("{0}")]
     Level(String),
+    /// Without an API and a config file nothing could start a VM.
     #[error("--no-api requires --config-file")]
     NoApiWithoutConfig,
+    /// Two contradicting filter choices.
     #[error("--no-seccomp and --seccomp-filter exclude each other")]
     SeccompConflict,
+    /// A --seccomp-selftest the test hook does not know.
     #[error("invalid --seccomp-selftest '{0}': use vmm, api or vcpu, optionally followed by :acct, :execve, :fork, :mprotect-exec or :signal-other")]
     SelftestKind(String),
 }
@@ -101,92 +110,125 @@ const SWITCHES: [&str; 6] = [
 ];
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Error> {
-    let mut values: Vec<(&'static str, String)> = Vec::new();
-    let mut switches: Vec<&'static str> = Vec::new();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let arg = arg
-            .into_string()
-            .map_err(|a| Error::NotUtf8(a.to_string_lossy().into_owned()))?;
-        if arg == "--version" {
-            return Ok(Command::Version);
-        }
-        // Both `--flag value` and `--flag=value`.
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (arg.clone(), None),
-        };
-        if let Some(&flag) = VALUE_FLAGS.iter().find(|f| **f == name) {
-            let value = match inline {
-                Some(v) => v,
-                None => args
-                    .next()
-                    .ok_or(Error::MissingValue(flag))?
-                    .into_string()
-                    .map_err(|a| Error::NotUtf8(a.to_string_lossy().into_owned()))?,
-            };
-            if value.is_empty() {
-                return Err(Error::MissingValue(flag));
-            }
-            if values.iter().any(|(f, _)| *f == flag) {
-                return Err(Error::Repeated(flag));
-            }
-            values.push((flag, value));
-        } else if let Some(&switch) = SWITCHES.iter().find(|s| **s == arg) {
-            if switch == "--help" {
-                return Ok(Command::Help);
-            }
-            switches.push(switch);
-        } else {
-            return Err(Error::Unknown(arg));
-        }
+    match Flags::read(args)? {
+        Ok(flags) => flags.into_args().map(Command::Run),
+        Err(command) => Ok(command),
     }
-    let value = |flag: &str| {
-        values
+}
+
+fn utf8(arg: OsString) -> Result<String, Error> {
+    arg.into_string()
+        .map_err(|a| Error::NotUtf8(a.to_string_lossy().into_owned()))
+}
+
+/// The flags as given, each checked against the known ones.
+#[derive(Default)]
+struct Flags {
+    values: Vec<(&'static str, String)>,
+    switches: Vec<&'static str>,
+}
+
+impl Flags {
+    /// The flags, or the command `--help` or `--version` asked for instead.
+    fn read(args: impl IntoIterator<Item = OsString>) -> Result<Result<Flags, Command>, Error> {
+        let mut flags = Flags::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let arg = utf8(arg)?;
+            if arg == "--version" {
+                return Ok(Err(Command::Version));
+            }
+            // Both `--flag value` and `--flag=value`.
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (arg.clone(), None),
+            };
+            if let Some(&flag) = VALUE_FLAGS.iter().find(|f| **f == name) {
+                let value = match inline {
+                    Some(v) => v,
+                    None => utf8(args.next().ok_or(Error::MissingValue(flag))?)?,
+                };
+                flags.add_value(flag, value)?;
+            } else if let Some(&switch) = SWITCHES.iter().find(|s| **s == arg) {
+                if switch == "--help" {
+                    return Ok(Err(Command::Help));
+                }
+                flags.switches.push(switch);
+            } else {
+                return Err(Error::Unknown(arg));
+            }
+        }
+        Ok(Ok(flags))
+    }
+
+    fn add_value(&mut self, flag: &'static str, value: String) -> Result<(), Error> {
+        if value.is_empty() {
+            return Err(Error::MissingValue(flag));
+        }
+        if self.values.iter().any(|(f, _)| *f == flag) {
+            return Err(Error::Repeated(flag));
+        }
+        self.values.push((flag, value));
+        Ok(())
+    }
+
+    fn value(&self, flag: &str) -> Option<String> {
+        self.values
             .iter()
             .find(|(f, _)| *f == flag)
             .map(|(_, v)| v.clone())
-    };
-    let has = |switch: &str| switches.contains(&switch);
-
-    let id = value("--id").unwrap_or_else(|| DEFAULT_INSTANCE_ID.to_string());
-    if !is_valid_id(&id) {
-        return Err(Error::Id(id));
     }
-    let level = match value("--level") {
-        Some(l) => parse_level(&l).map_err(|e| Error::Level(e.to_string()))?,
-        None => LevelFilter::Warn,
-    };
-    let config_file = value("--config-file");
-    let api_sock = if has("--no-api") {
-        if config_file.is_none() {
-            return Err(Error::NoApiWithoutConfig);
+
+    fn has(&self, switch: &str) -> bool {
+        self.switches.contains(&switch)
+    }
+
+    fn into_args(self) -> Result<Args, Error> {
+        let id = self
+            .value("--id")
+            .unwrap_or_else(|| DEFAULT_INSTANCE_ID.to_string());
+        if !is_valid_id(&id) {
+            return Err(Error::Id(id));
         }
-        None
-    } else {
-        Some(value("--api-sock").unwrap_or_else(|| DEFAULT_API_SOCK.to_string()))
-    };
-    let seccomp = match (has("--no-seccomp"), value("--seccomp-filter")) {
-        (true, Some(_)) => return Err(Error::SeccompConflict),
-        (true, None) => Seccomp::Disabled,
-        (false, Some(path)) => Seccomp::Custom(path),
-        (false, None) => Seccomp::Builtin,
-    };
-    let seccomp_selftest = value("--seccomp-selftest")
-        .map(|text| Selftest::parse(&text).ok_or(Error::SelftestKind(text)))
-        .transpose()?;
-    Ok(Command::Run(Args {
-        api_sock,
-        config_file,
-        id,
-        level,
-        log_path: value("--log-path"),
-        show_level: has("--show-level"),
-        show_log_origin: has("--show-log-origin"),
-        boot_timer: has("--boot-timer"),
-        seccomp,
-        seccomp_selftest,
-    }))
+        let level = match self.value("--level") {
+            Some(l) => parse_level(&l).map_err(|e| Error::Level(e.to_string()))?,
+            None => LevelFilter::Warn,
+        };
+        let config_file = self.value("--config-file");
+        let api_sock = if self.has("--no-api") {
+            if config_file.is_none() {
+                return Err(Error::NoApiWithoutConfig);
+            }
+            None
+        } else {
+            Some(
+                self.value("--api-sock")
+                    .unwrap_or_else(|| DEFAULT_API_SOCK.to_string()),
+            )
+        };
+        let seccomp = match (self.has("--no-seccomp"), self.value("--seccomp-filter")) {
+            (true, Some(_)) => return Err(Error::SeccompConflict),
+            (true, None) => Seccomp::Disabled,
+            (false, Some(path)) => Seccomp::Custom(path),
+            (false, None) => Seccomp::Builtin,
+        };
+        let seccomp_selftest = self
+            .value("--seccomp-selftest")
+            .map(|text| Selftest::parse(&text).ok_or(Error::SelftestKind(text)))
+            .transpose()?;
+        Ok(Args {
+            api_sock,
+            config_file,
+            id,
+            level,
+            log_path: self.value("--log-path"),
+            show_level: self.has("--show-level"),
+            show_log_origin: self.has("--show-log-origin"),
+            boot_timer: self.has("--boot-timer"),
+            seccomp,
+            seccomp_selftest,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -12,42 +12,60 @@ pub const DEFAULT_BOOT_ARGS: &str =
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
+    /// Outside what the MP table and ember support.
     #[error("vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
     VcpuCount(u64),
+    /// No guest memory.
     #[error("mem_size_mib must be at least 1, got 0")]
     MemSize,
+    /// More guest memory than ember maps.
     #[error("mem_size_mib {0} is larger than ember supports ({max} MiB)", max = MAX_MEM_MIB)]
     MemTooLarge(u64),
+    /// SMT would need sibling threads in the CPU topology ember gives guests.
     #[error("smt is not supported by ember: each vCPU is a core of its own")]
     Smt,
+    /// CPU templates are not implemented.
     #[error("cpu_template '{0}' is not supported by ember; omit it or use \"None\"")]
     CpuTemplate(String),
+    /// Huge pages are not implemented.
     #[error("huge_pages '{0}' is not supported by ember yet; omit it or use \"None\"")]
     HugePages(String),
+    /// A drive without a host file (a vhost-user socket instead).
     #[error(
         "drive '{0}': path_on_host is required (vhost-user drives are not supported by ember)"
     )]
     DrivePath(String),
+    /// Rate limiters are not implemented.
     #[error("drive '{0}': rate_limiter is not supported by ember yet")]
     RateLimiter(String),
+    /// Only synchronous I/O is implemented.
     #[error("drive '{0}': io_engine '{1}' is not supported by ember; use \"Sync\"")]
     IoEngine(String, String),
+    /// A drive id Firecracker would refuse.
     #[error("drive id '{0}' is invalid: use 1 to 64 characters from [a-zA-Z0-9_-]")]
     DriveId(String),
+    /// A guest CID the vsock specification reserves.
     #[error("guest_cid must be at least 3 (0-2 are reserved), got {0}")]
     GuestCid(u32),
+    /// A vsock without a host socket path.
     #[error("uds_path must not be empty")]
     UdsPath,
+    /// An invocation time limit of zero.
     #[error("timeout_ms must be at least 1")]
     Timeout,
+    /// More concurrent invocations than the guest has connections for.
     #[error("max_concurrent_invocations must be between 1 and {max}, got {got}")]
     Concurrency { got: usize, max: usize },
+    /// A snapshot path that is empty.
     #[error("{0} must not be empty")]
     EmptyPath(&'static str),
+    /// The guest memory named twice on snapshot load.
     #[error("give the guest memory as either mem_backend or mem_file_path, not both")]
     TwoMemBackends,
+    /// The guest memory not named on snapshot load.
     #[error("the guest memory is missing: give mem_backend (or the deprecated mem_file_path)")]
     NoMemBackend,
+    /// `network_overrides` for a snapshot without network interfaces.
     #[error(
         "network_overrides: the snapshot has no network interfaces (ember has no net device yet)"
     )]

@@ -1,52 +1,65 @@
-//! The main thread's epoll loop: API requests, the guest's exit signal,
-//! virtio queue notifications and the serial console's stdin.
+//! The main thread's epoll loop: API requests, the guest's exit signal, and
+//! the devices' host-side events, which each device handles itself.
 
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::ApiCall;
-use crate::controller::Controller;
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::controller::VmmController;
+use crate::devices::EventSubscriber;
 use crate::exit::{ExitReason, ExitSignal};
 
 /// What an epoll token stands for.
+#[derive(Clone, Copy)]
 enum Source {
     Exit,
     Api,
-    Stdin(File),
-    SerialDrained(EventFd),
-    Queue(EventFd, Arc<Mutex<MmioTransport>>, usize),
-    Backend(Arc<Mutex<MmioTransport>>),
+    /// Fd `fd_index` of device subscriber `subscriber`.
+    Device {
+        subscriber: usize,
+        fd_index: usize,
+    },
+}
+
+/// A watched fd and whether epoll reports it now.
+struct Registration {
+    fd: RawFd,
+    source: Source,
+    watched: bool,
+}
+
+/// Where API calls arrive, and the eventfd that signals them.
+struct ApiInbox {
+    calls: Receiver<ApiCall>,
+    wake: Arc<EventFd>,
 }
 
 pub struct EventLoop {
     epoll: Epoll,
-    sources: Vec<(RawFd, Source)>,
+    registrations: Vec<Registration>,
+    subscribers: Vec<Box<dyn EventSubscriber>>,
     exit: Arc<ExitSignal>,
-    api: Option<(Receiver<ApiCall>, Arc<EventFd>)>,
+    api: Option<ApiInbox>,
     vm_sources_added: bool,
-    /// Whether the VM's sources are watched: not while the VM is paused, so
+    /// Whether the VM's sources are served: not while the VM is paused, so
     /// that nothing changes guest memory or device state then.
-    vm_sources_watched: bool,
-    stdin_open: bool,
+    vm_running: bool,
 }
 
 impl EventLoop {
     pub fn new(exit: Arc<ExitSignal>) -> std::io::Result<Self> {
         let mut event_loop = EventLoop {
             epoll: Epoll::new()?,
-            sources: Vec::new(),
+            registrations: Vec::new(),
+            subscribers: Vec::new(),
             exit: exit.clone(),
             api: None,
             vm_sources_added: false,
-            vm_sources_watched: true,
-            stdin_open: true,
+            vm_running: true,
         };
         event_loop.add(exit.event_fd().as_raw_fd(), Source::Exit)?;
         Ok(event_loop)
@@ -54,100 +67,99 @@ impl EventLoop {
 
     pub fn add_api(&mut self, calls: Receiver<ApiCall>, wake: Arc<EventFd>) -> std::io::Result<()> {
         self.add(wake.as_raw_fd(), Source::Api)?;
-        self.api = Some((calls, wake));
+        self.api = Some(ApiInbox { calls, wake });
         Ok(())
     }
 
     fn add(&mut self, fd: RawFd, source: Source) -> std::io::Result<()> {
-        let token = self.sources.len() as u64;
+        let token = self.registrations.len() as u64;
         self.epoll.ctl(
             ControlOperation::Add,
             fd,
             EpollEvent::new(EventSet::IN, token),
         )?;
-        self.sources.push((fd, source));
+        self.registrations.push(Registration {
+            fd,
+            source,
+            watched: true,
+        });
         Ok(())
     }
 
-    fn set_watched(&self, token: usize, watched: bool) {
-        let Some((fd, _)) = self.sources.get(token) else {
-            return;
-        };
-        let events = if watched {
-            EventSet::IN
-        } else {
-            EventSet::empty()
-        };
-        let _ = self.epoll.ctl(
-            ControlOperation::Modify,
-            *fd,
-            EpollEvent::new(events, token as u64),
-        );
-    }
-
-    fn set_stdin_watched(&mut self, watched: bool) {
-        if let Some(token) = self
-            .sources
-            .iter()
-            .position(|(_, s)| matches!(s, Source::Stdin(_)))
-        {
-            self.set_watched(token, watched);
+    /// Mirrors into epoll whether each of `subscriber`'s fds is to be
+    /// watched: only while the VM runs, and only if the device wants it.
+    fn sync_watches(&mut self, subscriber: Option<usize>) {
+        for (token, registration) in self.registrations.iter_mut().enumerate() {
+            let Source::Device {
+                subscriber: owner,
+                fd_index,
+            } = registration.source
+            else {
+                continue;
+            };
+            if subscriber.is_some_and(|s| s != owner) {
+                continue;
+            }
+            let wanted = self.vm_running && self.subscribers[owner].wants(fd_index);
+            if wanted == registration.watched {
+                continue;
+            }
+            let events = if wanted {
+                EventSet::IN
+            } else {
+                EventSet::empty()
+            };
+            let event = EpollEvent::new(events, token as u64);
+            if self
+                .epoll
+                .ctl(ControlOperation::Modify, registration.fd, event)
+                .is_ok()
+            {
+                registration.watched = wanted;
+            }
         }
     }
 
     /// Stops serving the VM's devices while it is paused, and starts again
     /// when it resumes: queue notifications and host data wait in their fds.
-    fn follow_pause(&mut self, controller: &Controller) {
-        let watched = controller.vmm().is_some_and(|vmm| !vmm.is_paused());
-        if !self.vm_sources_added || watched == self.vm_sources_watched {
+    fn follow_pause(&mut self, controller: &VmmController) {
+        let running = controller.vm().is_some_and(|vmm| !vmm.is_paused());
+        if !self.vm_sources_added || running == self.vm_running {
             return;
         }
-        self.vm_sources_watched = watched;
-        for token in 0..self.sources.len() {
-            let on = match &self.sources[token].1 {
-                Source::Queue(..) | Source::Backend(_) | Source::SerialDrained(_) => watched,
-                Source::Stdin(_) => watched && self.stdin_open,
-                Source::Exit | Source::Api => continue,
-            };
-            self.set_watched(token, on);
-        }
+        self.vm_running = running;
+        self.sync_watches(None);
     }
 
-    /// Watches the running VM's queues and console once it has started.
-    fn add_vm_sources(&mut self, controller: &Controller) -> std::io::Result<()> {
-        let Some(vmm) = controller.vmm() else {
-            return Ok(());
+    /// Watches the devices' events once the VM has started.
+    fn add_vm_sources(&mut self, controller: &mut VmmController) {
+        let Some(vmm) = controller.vmm_mut() else {
+            return;
         };
         if self.vm_sources_added {
-            return Ok(());
+            return;
         }
         self.vm_sources_added = true;
-        for (evt, transport, queue) in vmm.queue_events() {
-            let evt = evt.try_clone()?;
-            self.add(
-                evt.as_raw_fd(),
-                Source::Queue(evt, transport.clone(), *queue),
-            )?;
+        self.subscribers = vmm.take_subscribers();
+        for subscriber in 0..self.subscribers.len() {
+            for (fd_index, fd) in self.subscribers[subscriber].fds().into_iter().enumerate() {
+                let source = Source::Device {
+                    subscriber,
+                    fd_index,
+                };
+                // stdin may be a file or /dev/null, which epoll refuses: the
+                // device then goes without that source.
+                if let Err(e) = self.add(fd, source) {
+                    log::debug!("a device's fd cannot be watched: {e}");
+                }
+            }
         }
-        for (fd, transport) in vmm.backend_events() {
-            self.add(*fd, Source::Backend(transport.clone()))?;
-        }
-        let drained = vmm.serial_drained().try_clone()?;
-        self.add(drained.as_raw_fd(), Source::SerialDrained(drained))?;
-        // Unbuffered: bytes epoll reported must reach the guest, not sit in a reader's buffer.
-        let stdin = File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
-        // stdin may be a file or /dev/null, which epoll refuses: then there is no console input.
-        if self.add(stdin.as_raw_fd(), Source::Stdin(stdin)).is_err() {
-            self.stdin_open = false;
-        }
-        Ok(())
+        self.sync_watches(None);
     }
 
     /// Runs until the guest or a fault ends the VM.
-    pub fn run(&mut self, controller: &mut Controller) -> ExitReason {
-        if let Err(e) = self.add_vm_sources(controller) {
-            return ExitReason::Fault(format!("cannot watch the VM's devices: {e}"));
-        }
+    pub fn run(&mut self, controller: &mut VmmController) -> ExitReason {
+        self.add_vm_sources(controller);
         self.follow_pause(controller);
         let mut events = vec![EpollEvent::default(); 32];
         loop {
@@ -157,100 +169,43 @@ impl EventLoop {
                 Err(e) => return ExitReason::Fault(format!("epoll failed: {e}")),
             };
             for event in &events[..ready] {
-                let token = event.data() as usize;
-                let source = self.sources.get(token).map(|(_, s)| s);
-                // A pause served earlier in this batch holds the rest of it.
-                let vm_source = !matches!(source, Some(Source::Exit | Source::Api) | None);
-                if vm_source && !self.vm_sources_watched {
-                    continue;
-                }
-                match source {
+                let registration = usize::try_from(event.data())
+                    .ok()
+                    .and_then(|token| self.registrations.get(token));
+                match registration.map(|r| r.source) {
                     Some(Source::Exit) => {
                         if let Some(reason) = self.exit.reason() {
                             return reason;
                         }
                     }
-                    Some(Source::Queue(evt, transport, queue)) => {
-                        // Reset the counter so level-triggered epoll stops reporting it.
-                        let _ = evt.read();
-                        if let Ok(mut t) = transport.lock() {
-                            t.process_queue(*queue);
-                        }
-                    }
-                    Some(Source::Backend(transport)) => {
-                        if let Ok(mut t) = transport.lock() {
-                            t.process_backend();
-                        }
-                    }
                     Some(Source::Api) => {
                         self.serve_api(controller);
-                        if let Err(e) = self.add_vm_sources(controller) {
-                            return ExitReason::Fault(format!(
-                                "cannot watch the VM's devices: {e}"
-                            ));
-                        }
+                        self.add_vm_sources(controller);
                         self.follow_pause(controller);
                     }
-                    Some(Source::Stdin(_)) => self.read_stdin(controller, token),
-                    Some(Source::SerialDrained(evt)) => {
-                        let _ = evt.read();
-                        if self.stdin_open && self.vm_sources_watched {
-                            self.set_stdin_watched(true);
-                        }
+                    // A pause served earlier in this batch holds the rest of it.
+                    Some(Source::Device {
+                        subscriber,
+                        fd_index,
+                    }) if self.vm_running => {
+                        self.subscribers[subscriber].on_ready(fd_index);
+                        self.sync_watches(Some(subscriber));
                     }
-                    None => {}
+                    Some(Source::Device { .. }) | None => {}
                 }
             }
         }
     }
 
-    fn serve_api(&mut self, controller: &mut Controller) {
-        let Some((calls, wake)) = &self.api else {
+    fn serve_api(&mut self, controller: &mut VmmController) {
+        let Some(api) = &self.api else {
             return;
         };
-        let _ = wake.read();
-        while let Ok(call) = calls.try_recv() {
+        let _ = api.wake.read();
+        while let Ok(call) = api.calls.try_recv() {
             let result = controller.handle(call.request);
             // The client may have hung up; its answer then has nowhere to go.
             let _ = call.reply.send(result);
-        }
-    }
-
-    fn read_stdin(&mut self, controller: &Controller, token: usize) {
-        let Some(serial) = controller.vmm().map(|v| v.serial().clone()) else {
-            return;
-        };
-        let Ok(mut serial) = serial.lock() else {
-            return;
-        };
-        let room = serial.input_room();
-        if room == 0 {
-            // The guest has not read what it has: wait until it drains the FIFO.
-            drop(serial);
-            self.set_stdin_watched(false);
-            return;
-        }
-        let mut buf = [0u8; 64];
-        let want = room.min(buf.len());
-        let Some((_, Source::Stdin(stdin))) = self.sources.get_mut(token) else {
-            return;
-        };
-        match stdin.read(&mut buf[..want]) {
-            Ok(0) => {
-                drop(serial);
-                self.stdin_open = false;
-                self.set_stdin_watched(false);
-            }
-            Ok(n) => {
-                serial.enqueue_input(&buf[..n]);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                log::warn!("serial console: cannot read stdin: {e}");
-                drop(serial);
-                self.stdin_open = false;
-                self.set_stdin_watched(false);
-            }
         }
     }
 }

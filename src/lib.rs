@@ -16,6 +16,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod logger;
 pub mod persist;
+pub mod resources;
 pub mod seccomp;
 pub mod stdio;
 pub mod vmm;

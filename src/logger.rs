@@ -253,7 +253,8 @@ fn timestamp(now: SystemTime) -> String {
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil-from-days.
-    let z = days as i64 + 719_468;
+    // Below 2^49 (u64::MAX seconds / 86,400), so the sign bit is clear.
+    let z = days.cast_signed() + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;

@@ -7,9 +7,9 @@ use std::sync::mpsc::channel;
 use std::sync::Arc;
 
 use ember::api::{self, ToVmm};
-use ember::cli::{self, Command, Seccomp, USAGE};
+use ember::cli::{self, Args, Command, Seccomp, USAGE};
 use ember::config::VmConfig;
-use ember::controller::{Controller, Request, VERSION};
+use ember::controller::{Controller, KvmLauncher, Request, VmmController, VERSION};
 use ember::event_loop::EventLoop;
 use ember::exit::ExitSignal;
 use ember::logger;
@@ -25,24 +25,69 @@ fn main() {
     std::process::exit(run());
 }
 
+/// Why ember stops before its event loop runs: an exit code and what to say.
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: i32, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
 fn run() -> i32 {
     // Guest memory, snapshots, logs and sockets are this process's alone,
     // whatever umask it was started with.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0o077) };
+    let args = match parse_args() {
+        Ok(Some(args)) => args,
+        Ok(None) => return 0,
+        Err(code) => return code,
+    };
+    // One malloc arena for all threads: glibc's extra arenas read
+    // /proc/sys/vm/overcommit_memory when they shrink, which no thread's
+    // seccomp filter should have to allow.
+    // SAFETY: mallopt only tunes the allocator; it is called before any thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+
+    let mut socket_path = None;
+    match start(&args, &mut socket_path) {
+        Ok((mut event_loop, mut controller)) => {
+            let reason = event_loop.run(&mut controller);
+            log::info!("ember exiting: {reason:?}");
+            remove_socket(&socket_path);
+            remove_socket(&controller.vsock_socket().map(str::to_string));
+            reason.exit_code()
+        }
+        Err(failure) => {
+            remove_socket(&socket_path);
+            fail(failure.code, &failure.message)
+        }
+    }
+}
+
+/// The flags, with the logger they ask for installed; `None` when the
+/// command was `--help` or `--version`, answered here.
+fn parse_args() -> Result<Option<Args>, i32> {
     let args = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(args)) => args,
         Ok(Command::Help) => {
             println!("{USAGE}");
-            return 0;
+            return Ok(None);
         }
         Ok(Command::Version) => {
             println!("ember v{VERSION}");
-            return 0;
+            return Ok(None);
         }
         Err(e) => {
             eprintln!("ember: {e}");
-            return EXIT_ARG_PARSING;
+            return Err(EXIT_ARG_PARSING);
         }
     };
     if let Err(e) = logger::init(
@@ -53,109 +98,102 @@ fn run() -> i32 {
         args.show_log_origin,
     ) {
         eprintln!("ember: {e}");
-        return EXIT_ARG_PARSING;
+        return Err(EXIT_ARG_PARSING);
     }
+    Ok(Some(args))
+}
 
-    // One malloc arena for all threads: glibc's extra arenas read
-    // /proc/sys/vm/overcommit_memory when they shrink, which no thread's
-    // seccomp filter should have to allow.
-    // SAFETY: mallopt only tunes the allocator; it is called before any thread exists.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-
+/// Everything before the event loop: seccomp, the API, the VM readied ahead
+/// and, with `--config-file`, the boot. `socket_path` is set once the API
+/// socket exists, so that it is removed whatever happens next.
+fn start(
+    args: &Args,
+    socket_path: &mut Option<String>,
+) -> Result<(EventLoop, VmmController), Failure> {
     // The vmm filter is prepared on a helper thread while start-up goes on,
     // and is on every thread before a request is served or a file is read.
     let filters = match &args.seccomp {
         Seccomp::Builtin => Filters::builtin(),
         Seccomp::Custom(path) => Filters::from_json_file(Path::new(path)),
         Seccomp::Disabled => Ok(Filters::none()),
-    };
-    let filters = match filters {
-        Ok(filters) => filters.with_selftest(args.seccomp_selftest),
-        Err(e) => return fail(EXIT_BAD_CONFIGURATION, &e.to_string()),
-    };
-    let mut vmm_filter = match filters.enter_vmm_in_background() {
-        Ok(pending) => Some(pending),
-        Err(e) => return fail(EXIT_GENERIC, &e.to_string()),
-    };
-    let mut filtered = || match vmm_filter.take().map(PendingVmmFilter::wait) {
-        Some(Err(e)) => Err(fail(EXIT_GENERIC, &e.to_string())),
-        _ => Ok(()),
-    };
+    }
+    .map_err(|e| Failure::new(EXIT_BAD_CONFIGURATION, e.to_string()))?
+    .with_selftest(args.seccomp_selftest);
+    let mut vmm_filter = Some(
+        filters
+            .enter_vmm_in_background()
+            .map_err(|e| Failure::new(EXIT_GENERIC, e.to_string()))?,
+    );
 
-    let exit = match ExitSignal::new() {
-        Ok(e) => Arc::new(e),
-        Err(e) => {
-            return fail(
-                EXIT_GENERIC,
-                &format!("cannot create the exit eventfd: {e}"),
-            )
-        }
-    };
-    let mut event_loop = match EventLoop::new(exit.clone()) {
-        Ok(l) => l,
-        Err(e) => return fail(EXIT_GENERIC, &format!("cannot create the event loop: {e}")),
-    };
-    let mut controller = Controller::new(args.id.clone(), args.boot_timer, filters.clone(), exit);
+    let exit = ExitSignal::new()
+        .map(Arc::new)
+        .map_err(|e| generic("cannot create the exit eventfd", e))?;
+    let mut event_loop =
+        EventLoop::new(exit.clone()).map_err(|e| generic("cannot create the event loop", e))?;
+    let launcher = KvmLauncher::new(args.boot_timer, filters.clone(), exit);
+    let mut controller = Controller::new(args.id.clone(), launcher);
 
     // The socket comes first: a client may connect while a config file boots.
-    let mut socket_path = None;
     if let Some(path) = &args.api_sock {
-        let listener = match UnixListener::bind(path) {
-            Ok(l) => l,
-            Err(e) => {
-                return fail(
-                    EXIT_GENERIC,
-                    &format!("cannot bind the API socket '{path}': {e}"),
-                )
-            }
-        };
-        socket_path = Some(path.clone());
-        let (calls_tx, calls_rx) = channel();
-        let wake = match EventFd::new(EFD_NONBLOCK) {
-            Ok(w) => Arc::new(w),
-            Err(e) => return fail(EXIT_GENERIC, &format!("cannot create the API eventfd: {e}")),
-        };
-        if let Err(e) = event_loop.add_api(calls_rx, wake.clone()) {
-            return fail(EXIT_GENERIC, &format!("cannot watch the API: {e}"));
-        }
-        if let Err(code) = filtered() {
-            return code;
-        }
-        if let Err(e) = api::spawn(listener, ToVmm::new(calls_tx, wake), filters) {
-            return fail(EXIT_GENERIC, &format!("cannot start the API thread: {e}"));
-        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| generic(&format!("cannot bind the API socket '{path}'"), e))?;
+        *socket_path = Some(path.clone());
+        serve_api(listener, &mut event_loop, &mut vmm_filter, filters)?;
     }
-
-    if let Err(code) = filtered() {
-        return code;
-    }
+    wait_for_filter(&mut vmm_filter)?;
     // With the API up (or without one), make the VM ready while configuration goes on.
     controller.prepare();
-
     if let Some(path) = &args.config_file {
-        let config = std::fs::read(path)
-            .map_err(|e| format!("cannot read config file '{path}': {e}"))
-            .and_then(|bytes| {
-                serde_json::from_slice::<VmConfig>(&bytes)
-                    .map_err(|e| format!("invalid config file '{path}': {e}"))
-            })
-            .and_then(|config| controller.apply_config(config).map_err(|e| e.to_string()))
-            .and_then(|()| {
-                controller
-                    .handle(Request::StartInstance)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(message) = config {
-            remove_socket(&socket_path);
-            return fail(EXIT_BAD_CONFIGURATION, &message);
-        }
+        boot_from_file(&mut controller, path)
+            .map_err(|message| Failure::new(EXIT_BAD_CONFIGURATION, message))?;
     }
+    Ok((event_loop, controller))
+}
 
-    let reason = event_loop.run(&mut controller);
-    log::info!("ember exiting: {reason:?}");
-    remove_socket(&socket_path);
-    remove_socket(&controller.vsock_socket().map(str::to_string));
-    reason.exit_code()
+/// Connects the API to the event loop and, once every thread is filtered,
+/// starts the API thread.
+fn serve_api(
+    listener: UnixListener,
+    event_loop: &mut EventLoop,
+    vmm_filter: &mut Option<PendingVmmFilter>,
+    filters: Filters,
+) -> Result<(), Failure> {
+    let (calls_tx, calls_rx) = channel();
+    let wake = EventFd::new(EFD_NONBLOCK)
+        .map(Arc::new)
+        .map_err(|e| generic("cannot create the API eventfd", e))?;
+    event_loop
+        .add_api(calls_rx, wake.clone())
+        .map_err(|e| generic("cannot watch the API", e))?;
+    wait_for_filter(vmm_filter)?;
+    api::spawn(listener, ToVmm::new(calls_tx, wake), filters)
+        .map_err(|e| generic("cannot start the API thread", e))?;
+    Ok(())
+}
+
+/// Waits, once, until the vmm filter is on every thread.
+fn wait_for_filter(vmm_filter: &mut Option<PendingVmmFilter>) -> Result<(), Failure> {
+    match vmm_filter.take().map(PendingVmmFilter::wait) {
+        Some(Err(e)) => Err(Failure::new(EXIT_GENERIC, e.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Applies a `--config-file` and starts the VM it describes.
+fn boot_from_file(controller: &mut VmmController, path: &str) -> Result<(), String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read config file '{path}': {e}"))?;
+    let config = serde_json::from_slice::<VmConfig>(&bytes)
+        .map_err(|e| format!("invalid config file '{path}': {e}"))?;
+    controller.apply_config(config).map_err(|e| e.to_string())?;
+    controller
+        .handle(Request::StartInstance)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn generic(what: &str, e: std::io::Error) -> Failure {
+    Failure::new(EXIT_GENERIC, format!("{what}: {e}"))
 }
 
 fn fail(code: i32, message: &str) -> i32 {

@@ -14,48 +14,70 @@ use ember_snapshot::{format, memory as memfile};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::layout::ram_ranges;
-use crate::builder::{self, DeviceStates, SavedVm};
+use crate::builder::{self, RestoreOptions, SavedVm};
 use crate::config::{
-    MemBackendType, SnapshotCreateConfig, SnapshotLoadConfig, SnapshotType, VmConfig,
+    MemBackend, MemBackendType, SnapshotCreateConfig, SnapshotLoadConfig, SnapshotType, VmConfig,
 };
+use crate::devices::manager::{self, DeviceStates};
 use crate::exit::ExitSignal;
+use crate::resources::VmResources;
 use crate::seccomp::Filters;
 use crate::vmm::{self, Vmm};
-use crate::vstate::memory::{self, GuestMemoryMmap};
+use crate::vstate::memory::{self, GuestMemoryMmap, MemoryBackend};
 use crate::vstate::vcpu::{VcpuState, VcpuThread};
 use crate::vstate::vm::{self, VmState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Firecracker, too, snapshots only a paused VM: the state must not move while it is saved.
     #[error("the microVM must be paused first: PATCH /vm {{\"state\": \"Paused\"}}")]
     NotPaused,
+    /// A Diff snapshot on a VM that does not know which pages changed.
     #[error(
         "a Diff snapshot needs dirty-page tracking: set track_dirty_pages in machine-config, or when loading the snapshot"
     )]
     NoDirtyTracking,
+    /// Opening, creating or writing a snapshot file.
     #[error("cannot {what} '{path}': {source}")]
     Io {
         what: &'static str,
         path: String,
         source: std::io::Error,
     },
+    /// A state file that is not one, or was written by another version or architecture.
     #[error("snapshot '{path}': {source}")]
     State { path: String, source: format::Error },
+    /// A memory file that is not one, or has the wrong size.
     #[error("memory file '{path}': {source}")]
     MemoryFile {
         path: String,
         source: memfile::Error,
     },
+    /// A state file whose parts do not fit together (or the load request does not fit it).
     #[error("snapshot '{path}' is inconsistent: {what}")]
     Inconsistent { path: String, what: String },
+    /// A `vsock_override` for a snapshot without a vsock device.
     #[error("vsock_override: the snapshot has no vsock device")]
     NoVsockToOverride,
+    /// Saving the VM-wide state (clock, irqchip, PIT) or its dirty log.
     #[error(transparent)]
     Vm(#[from] vm::Error),
+    /// Saving the vCPUs.
     #[error(transparent)]
     Vmm(#[from] vmm::Error),
+    /// Mapping the guest memory, or the userfaultfd handshake.
     #[error(transparent)]
     Memory(#[from] memory::Error),
+    /// Saving the device states on snapshot create.
+    #[error("cannot save the device states: {0}")]
+    SaveDevices(manager::Error),
+    /// The configuration could not be written as JSON into the state file.
+    #[error("cannot encode the configuration for '{path}': {source}")]
+    EncodeConfig {
+        path: String,
+        source: serde_json::Error,
+    },
+    /// Rebuilding the VM, its devices and vCPUs on snapshot load.
     #[error("cannot restore the microVM: {0}")]
     Restore(#[from] builder::Error),
 }
@@ -93,10 +115,10 @@ pub fn create(vmm: &Vmm, config: &VmConfig, params: &SnapshotCreateConfig) -> Re
     }
     let vcpus = vmm.save_vcpus()?;
     let vm = vmm.vm().save_state()?;
-    let devices = DeviceStates::save(vmm.devices()).map_err(Error::Restore)?;
-    let config = serde_json::to_string(config).map_err(|e| Error::Inconsistent {
+    let devices = vmm.devices().save_state().map_err(Error::SaveDevices)?;
+    let config = serde_json::to_string(config).map_err(|source| Error::EncodeConfig {
         path: params.snapshot_path.clone(),
-        what: e.to_string(),
+        source,
     })?;
 
     // Both files are written aside (under random names only ember can own)
@@ -228,55 +250,67 @@ pub fn load(
         let vsock = config.vsock.as_mut().ok_or(Error::NoVsockToOverride)?;
         vsock.uds_path = vsock_override.uds_path.clone();
     }
-    let regions = ram_ranges(machine.mem_size_mib << 20);
-    if state.mem_offsets.len() != regions.len() {
+    let regions = ram_ranges(machine.mem_size_mib << 20).len();
+    if state.mem_offsets.len() != regions {
         return Err(inconsistent(format!(
             "{} memory regions for {} MiB, which has {}",
             state.mem_offsets.len(),
             machine.mem_size_mib,
-            regions.len()
+            regions
         )));
     }
 
     let backend = params.backend().map_err(|e| inconsistent(e.to_string()))?;
-    let backend_path = &backend.backend_path;
-    let (mem, memory_backend) = match backend.backend_type {
-        MemBackendType::File => {
-            let file = File::open(backend_path).map_err(io_err("open", backend_path))?;
-            let size: u64 = regions.iter().map(|&(_, len)| len).sum();
-            memfile::check_size(&file, size).map_err(|source| Error::MemoryFile {
-                path: backend_path.clone(),
-                source,
-            })?;
-            let mem = memory::from_file(&file, machine.mem_size_mib, &state.mem_offsets)?;
-            (mem, None)
-        }
-        MemBackendType::Uffd => {
-            let mem = memory::create(machine.mem_size_mib)?;
-            let served =
-                memory::serve_with_uffd(&mem, &state.mem_offsets, Path::new(backend_path))?;
-            (mem, Some(served))
-        }
-    };
+    let (mem, memory_backend) = map_memory(&backend, machine.mem_size_mib, &state.mem_offsets)?;
 
+    let resources = VmResources::from_config(VmConfig {
+        machine_config: Some(machine.clone()),
+        ..config.clone()
+    });
     let saved = SavedVm {
-        machine: &machine,
-        drives: &config.drives,
-        vsock: config.vsock.as_ref(),
+        resources: &resources,
         vm: &state.vm,
         vcpus: &state.vcpus,
         devices: &state.devices,
     };
-    let vmm = builder::restore(
-        saved,
-        mem,
+    let options = RestoreOptions {
         memory_backend,
-        !params.resume_vm,
-        params.clock_realtime,
+        paused: !params.resume_vm,
+        clock_realtime: params.clock_realtime,
         exit,
         seccomp,
-        vcpu_threads,
-    )?;
+        ready_threads: vcpu_threads,
+    };
+    let vmm = builder::restore(saved, mem, options)?;
     config.machine_config = Some(machine);
     Ok((vmm, config))
+}
+
+/// Guest memory of `mem_size_mib` from `backend`, each region found at its
+/// offset in the memory file; with userfaultfd, also what serves it.
+fn map_memory(
+    backend: &MemBackend,
+    mem_size_mib: u64,
+    mem_offsets: &[u64],
+) -> Result<(GuestMemoryMmap, Option<MemoryBackend>), Error> {
+    let backend_path = &backend.backend_path;
+    match backend.backend_type {
+        MemBackendType::File => {
+            let file = File::open(backend_path).map_err(io_err("open", backend_path))?;
+            let size: u64 = ram_ranges(mem_size_mib << 20)
+                .iter()
+                .map(|&(_, len)| len)
+                .sum();
+            memfile::check_size(&file, size).map_err(|source| Error::MemoryFile {
+                path: backend_path.clone(),
+                source,
+            })?;
+            Ok((memory::from_file(&file, mem_size_mib, mem_offsets)?, None))
+        }
+        MemBackendType::Uffd => {
+            let mem = memory::create(mem_size_mib)?;
+            let served = memory::serve_with_uffd(&mem, mem_offsets, Path::new(backend_path))?;
+            Ok((mem, Some(served)))
+        }
+    }
 }

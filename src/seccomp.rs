@@ -146,24 +146,31 @@ impl Selftest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A --seccomp-filter file that cannot be read.
     #[error("cannot read seccomp filter file '{path}': {source}")]
     Read {
         path: String,
         source: std::io::Error,
     },
+    /// A --seccomp-filter file seccompiler cannot compile.
     #[error("seccomp filter file '{path}': {source}")]
     Compile {
         path: String,
         source: seccompiler::Error,
     },
+    /// A filter file must cover every kind of thread: an unfiltered thread is a hole.
     #[error("seccomp filter file '{path}' has no filter for the '{kind}' threads")]
     MissingKind { path: String, kind: &'static str },
+    /// The filters compiled in at build time do not decode: a build error.
     #[error("the built-in seccomp filters are malformed")]
     Builtin,
+    /// The thread that filters every thread at once (TSYNC) could not start.
     #[error("cannot start the thread that installs the seccomp filters: {0}")]
     Helper(std::io::Error),
+    /// The thread that filters every thread at once (TSYNC) panicked.
     #[error("the thread that installs the seccomp filters panicked")]
     HelperPanicked,
+    /// The kernel refused a filter: a thread left unfiltered must not go on.
     #[error("cannot install the '{kind}' seccomp filter: {source}")]
     Install {
         kind: &'static str,

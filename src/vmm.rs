@@ -1,17 +1,13 @@
-//! A running microVM: its vCPU threads and the device handles the event
-//! loop and the controller act on.
+//! A running microVM: its vCPU threads, its memory and its devices, and
+//! the runtime actions the controller takes on them.
 
-use std::os::fd::RawFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
-use vmm_sys_util::eventfd::EventFd;
-
-use crate::devices::legacy::i8042::{self, I8042};
-use crate::devices::legacy::serial::SerialDevice;
+use crate::devices::legacy::i8042;
+use crate::devices::manager::Devices;
 use crate::devices::virtio::block::{self, Disk};
-use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::{Interrupt, INT_CONFIG};
+use crate::devices::virtio::INT_CONFIG;
+use crate::devices::EventSubscriber;
 use crate::vstate::memory::GuestMemoryMmap;
 use crate::vstate::memory::MemoryBackend;
 use crate::vstate::vcpu::{self, VcpuHandle, VcpuState};
@@ -19,40 +15,21 @@ use crate::vstate::vm::Vm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Pausing, resuming or saving a vCPU.
     #[error(transparent)]
     Vcpu(#[from] vcpu::Error),
+    /// The i8042 could not take the key presses.
     #[error("cannot send Ctrl+Alt+Del: {0}")]
     Keyboard(#[from] i8042::Error),
+    /// A drive update names a drive the VM does not have.
     #[error("no drive with id '{0}'")]
     NoSuchDrive(String),
+    /// The new backing file of a drive could not be opened.
     #[error(transparent)]
     Drive(#[from] block::Error),
+    /// A thread panicked while holding a device: its state can no longer be trusted.
     #[error("a device lock is poisoned")]
     Poisoned,
-}
-
-/// A block device as the controller sees it after boot.
-pub struct Drive {
-    pub id: String,
-    pub disk: Arc<Mutex<Disk>>,
-    pub interrupt: Arc<Interrupt>,
-}
-
-/// A queue's notification eventfd and the transport to run when it fires.
-pub type QueueEvent = (EventFd, Arc<Mutex<MmioTransport>>, usize);
-/// A device's host-side fd and the transport to run when it is readable.
-pub type BackendEvent = (RawFd, Arc<Mutex<MmioTransport>>);
-
-/// The devices of a running microVM, as the event loop and the controller reach them.
-pub struct Devices {
-    pub serial: Arc<Mutex<SerialDevice>>,
-    pub serial_drained: EventFd,
-    pub i8042: Arc<Mutex<I8042>>,
-    pub drives: Vec<Drive>,
-    /// Every virtio transport, in layout order.
-    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
-    pub queue_events: Vec<QueueEvent>,
-    pub backend_events: Vec<BackendEvent>,
 }
 
 pub struct Vmm {
@@ -141,19 +118,8 @@ impl Vmm {
         Ok(())
     }
 
-    pub fn serial(&self) -> &Arc<Mutex<SerialDevice>> {
-        &self.devices.serial
-    }
-
-    pub fn serial_drained(&self) -> &EventFd {
-        &self.devices.serial_drained
-    }
-
-    pub fn queue_events(&self) -> &[QueueEvent] {
-        &self.devices.queue_events
-    }
-
-    pub fn backend_events(&self) -> &[BackendEvent] {
-        &self.devices.backend_events
+    /// The devices' host-side events, for the event loop to serve from now on.
+    pub fn take_subscribers(&mut self) -> Vec<Box<dyn EventSubscriber>> {
+        self.devices.take_subscribers()
     }
 }

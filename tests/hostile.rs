@@ -191,6 +191,8 @@ impl Attacked {
         let p = |q: f64| {
             let mut sorted = latencies.clone();
             sorted.sort();
+            // Float-to-int `as` saturates; `get` below copes with any index.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let at = ((sorted.len() as f64 - 1.0) * q).round() as usize;
             sorted.get(at).copied().unwrap_or_default()
         };
@@ -480,16 +482,16 @@ fn fill_backlog(path: &Path) -> Vec<UnixStream> {
         let stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         // SAFETY: an all-zero sockaddr_un is valid; the path fits (asserted).
         let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).expect("AF_UNIX is 1");
         let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
         assert!(bytes.len() < addr.sun_path.len());
         for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
-            *d = b as libc::c_char;
+            *d = libc::c_char::from_ne_bytes([b]);
         }
-        let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len();
+        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sa_family_t>() + bytes.len())
+            .expect("asserted shorter than sun_path");
         // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-        let rc =
-            unsafe { libc::connect(fd, std::ptr::addr_of!(addr).cast(), len as libc::socklen_t) };
+        let rc = unsafe { libc::connect(fd, std::ptr::addr_of!(addr).cast(), len) };
         if rc < 0 {
             return queued;
         }

@@ -20,8 +20,8 @@ fn c_path(step: &'static str, path: &Path) -> Result<CString> {
     })
 }
 
-fn sys(step: &'static str, what: &'static str, ret: libc::c_int) -> Result<()> {
-    if ret < 0 {
+fn sys(step: &'static str, what: &'static str, ret: impl Into<libc::c_long>) -> Result<()> {
+    if ret.into() < 0 {
         return Err(JailError::Sys {
             step,
             what,
@@ -75,7 +75,7 @@ pub fn pivot_into(root: &Path) -> Result<()> {
         sys(
             STEP,
             "pivot_root",
-            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
         )?;
         sys(
             STEP,
@@ -157,7 +157,13 @@ pub fn write_pid_file(args: &JailArgs, root: &Dir) -> Result<()> {
             .map_err(JailError::io(STEP, "write", &path))
     };
     if !args.new_pid_ns {
-        return write(std::process::id() as libc::pid_t);
+        // PIDs stay below the kernel's pid_max (at most 2^22), so this fits.
+        let pid = libc::pid_t::try_from(std::process::id()).map_err(|_| JailError::Sys {
+            step: STEP,
+            what: "read our PID",
+            source: io::ErrorKind::InvalidData.into(),
+        })?;
+        return write(pid);
     }
     // SAFETY: unshare only affects children created afterwards.
     sys(STEP, "unshare the PID namespace", unsafe {
@@ -182,7 +188,11 @@ pub fn write_pid_file(args: &JailArgs, root: &Dir) -> Result<()> {
 /// close-on-exec and reports failures to the watcher until the exec.
 pub fn close_inherited_fds(keep: RawFd) -> Result<()> {
     const STEP: &str = "close fds";
-    let keep = keep as libc::c_uint;
+    let keep = libc::c_uint::try_from(keep).map_err(|_| JailError::Sys {
+        step: STEP,
+        what: "close_range",
+        source: io::Error::from_raw_os_error(libc::EBADF),
+    })?;
     // SAFETY: closes descriptors only; none is used by Rust objects still alive
     // here except `keep`, which is left open.
     unsafe {
@@ -286,12 +296,12 @@ pub fn drop_privileges(uid: u32, gid: u32) -> Result<()> {
         sys(
             STEP,
             "clear the capabilities",
-            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int,
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
         )?;
         sys(
             STEP,
             "read the capabilities",
-            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) as libc::c_int,
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
         )?;
     }
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).map_err(fail("set no_new_privs"))?;

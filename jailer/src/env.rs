@@ -482,10 +482,10 @@ mod tests {
         let exec = bin.join("ember");
         fs::write(&exec, b"#!/bin/true\n").unwrap();
         fs::set_permissions(&exec, fs::Permissions::from_mode(0o700)).unwrap();
-        // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = if is_root() {
             (123, 100)
         } else {
+            // SAFETY: getuid/getgid have no preconditions.
             unsafe { (libc::getuid(), libc::getgid()) }
         };
         JailArgs {

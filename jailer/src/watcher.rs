@@ -100,8 +100,11 @@ fn watch(mut verdict: File, mut created: Created) -> ! {
         libc::close(0);
         libc::close(1);
         let mut from = 3;
-        for fd in keep.into_iter().filter(|&fd| fd >= 3) {
-            let fd = fd as libc::c_uint;
+        for fd in keep
+            .into_iter()
+            .filter_map(|fd| libc::c_uint::try_from(fd).ok())
+            .filter(|&fd| fd >= 3)
+        {
             if fd > from {
                 libc::close_range(from, fd - 1, 0);
             }

@@ -44,10 +44,8 @@ fn exec_file(t: &TempDir) -> String {
 /// These tests need root (CI runs as root) and fail loudly without it.
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "ember-jailer's tests must run as root"
-    );
+    let euid = unsafe { libc::geteuid() };
+    assert!(euid == 0, "ember-jailer's tests must run as root");
 }
 
 /// The cgroup v1 `pids` controller; the tests fail loudly where it is not mounted.

@@ -30,7 +30,7 @@ fn random_suffix() -> io::Result<u64> {
     let mut bytes = [0u8; 8];
     // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
+    if usize::try_from(n).ok() != Some(bytes.len()) {
         return Err(io::Error::last_os_error());
     }
     Ok(u64::from_ne_bytes(bytes))

@@ -556,7 +556,7 @@ mod tests {
             self.0
         }
         fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
+            usize::try_from(self.next() % n as u64).expect("below n, a usize")
         }
     }
 
@@ -569,7 +569,7 @@ mod tests {
             // of up to 64 bits, and the unchecked fields fail on their own.
             let mut b = bytes.clone();
             let at = rng.below(b.len());
-            let mask = (rng.below(255) + 1) as u8;
+            let mask = u8::try_from(rng.below(255) + 1).expect("1 to 255");
             b[at] ^= mask;
             assert!(load_state(&b).is_err(), "byte {at} ^ {mask:#x} accepted");
             let _ = read_header(&b[..]);
@@ -584,7 +584,7 @@ mod tests {
         let mut rng = Rng(42);
         for _ in 0..2000 {
             let len = rng.below(200);
-            let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mut b: Vec<u8> = (0..len).map(|_| (rng.next() & 0xff) as u8).collect();
             let keep = b.len().min(VERSION_END);
             b[..keep].copy_from_slice(&[&MAGIC[..], &[1, 0]].concat()[..keep]);
             if b.len() > HEADER_LEN + CHECKSUM_LEN && rng.below(2) == 0 {

@@ -20,8 +20,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 /// The page size of KVM's dirty log on the architectures ember supports.
-pub const PAGE_SIZE: u64 = 4096;
-const COPY_CHUNK: u64 = 1 << 20;
+pub const PAGE_SIZE: u64 = PAGE_BYTES as u64;
+/// [`PAGE_SIZE`] as a length in memory.
+const PAGE_BYTES: usize = 4096;
+const COPY_CHUNK: usize = 1 << 20;
 
 /// What is wrong with a memory file or the regions written to one. Messages
 /// read well after a prefix such as "memory file 'x': ".
@@ -76,7 +78,7 @@ pub fn write_full(file: &File, regions: &[&[u8]]) -> Result<Vec<u64>, Error> {
     file.set_len(0)
         .and_then(|()| file.set_len(total))
         .map_err(io_error("sizing the memory file"))?;
-    let page = PAGE_SIZE as usize;
+    let page = PAGE_BYTES;
     for (region, &offset) in regions.iter().zip(&offsets) {
         let mut at = 0;
         while at < region.len() {
@@ -123,14 +125,15 @@ pub fn write_diff(file: &File, regions: &[DirtyRegion]) -> Result<Vec<u64>, Erro
     let mut written: Vec<Range<u64>> = Vec::new();
     for ((region, runs), &offset) in regions.iter().zip(&dirty_runs).zip(&offsets) {
         for pages in runs {
-            let start = pages.start * PAGE_SIZE;
-            let end = pages.end * PAGE_SIZE;
+            let start = pages.start * PAGE_BYTES;
+            let end = pages.end * PAGE_BYTES;
             // In bounds: `dirty_pages` checked every page against the
             // region's length.
-            let data = &region.data[start as usize..end as usize];
-            file.write_all_at(data, offset + start)
+            let data = &region.data[start..end];
+            let (start, end) = (offset + start as u64, offset + end as u64);
+            file.write_all_at(data, start)
                 .map_err(io_error("writing the diff file"))?;
-            push_range(&mut written, offset + start..offset + end);
+            push_range(&mut written, start..end);
         }
     }
 
@@ -156,12 +159,12 @@ pub fn write_diff(file: &File, regions: &[DirtyRegion]) -> Result<Vec<u64>, Erro
 pub fn merge(base: &File, diff: &File) -> Result<u64, Error> {
     let diff_len = file_len(diff)?;
     check_size(base, diff_len)?;
-    let mut buf = vec![0u8; COPY_CHUNK as usize];
+    let mut buf = vec![0u8; COPY_CHUNK];
     let mut copied = 0;
     for extent in data_extents(diff)? {
         let mut pos = extent.start;
         while pos < extent.end {
-            let n = (extent.end - pos).min(COPY_CHUNK) as usize;
+            let n = usize::try_from(extent.end - pos).map_or(COPY_CHUNK, |n| n.min(COPY_CHUNK));
             diff.read_exact_at(&mut buf[..n], pos)
                 .map_err(io_error("reading the diff file"))?;
             base.write_all_at(&buf[..n], pos)
@@ -201,25 +204,29 @@ fn layout(sizes: impl Iterator<Item = usize>) -> Result<(Vec<u64>, u64), Error> 
 }
 
 /// Runs of consecutive dirty pages of one region, as page indices.
-fn dirty_pages(index: usize, region: &DirtyRegion) -> Result<Vec<Range<u64>>, Error> {
-    let pages = region.data.len() as u64 / PAGE_SIZE;
+fn dirty_pages(index: usize, region: &DirtyRegion) -> Result<Vec<Range<usize>>, Error> {
+    let pages = region.data.len() / PAGE_BYTES;
     let expected = pages.div_ceil(64);
-    if region.bitmap.len() as u64 != expected {
+    if region.bitmap.len() != expected {
         return Err(Error::BitmapLength {
             index,
             words: region.bitmap.len(),
-            pages,
-            expected,
+            pages: pages as u64,
+            expected: expected as u64,
         });
     }
     let mut runs = Vec::new();
     for (word_index, &word) in region.bitmap.iter().enumerate() {
         let mut bits = word;
         while bits != 0 {
-            let page = word_index as u64 * 64 + u64::from(bits.trailing_zeros());
+            let page = word_index * 64 + bits.trailing_zeros() as usize;
             bits &= bits - 1;
             if page >= pages {
-                return Err(Error::BitPastRegion { index, page, pages });
+                return Err(Error::BitPastRegion {
+                    index,
+                    page: page as u64,
+                    pages: pages as u64,
+                });
             }
             push_range(&mut runs, page..page + 1);
         }
@@ -228,7 +235,7 @@ fn dirty_pages(index: usize, region: &DirtyRegion) -> Result<Vec<Range<u64>>, Er
 }
 
 /// Appends `range`, extending the last range instead when they touch.
-fn push_range(ranges: &mut Vec<Range<u64>>, range: Range<u64>) {
+fn push_range<T: PartialEq>(ranges: &mut Vec<Range<T>>, range: Range<T>) {
     match ranges.last_mut() {
         Some(last) if last.end == range.start => last.end = range.end,
         _ => ranges.push(range),
@@ -262,15 +269,15 @@ fn seek(file: &File, offset: u64, whence: libc::c_int) -> Result<Option<u64>, Er
     // SAFETY: lseek only moves the file position of the descriptor, which
     // `file` keeps open for the whole call; it touches none of our memory.
     let found = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
-    if found < 0 {
+    // Negative (-1) exactly when it failed.
+    let Ok(found) = u64::try_from(found) else {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ENXIO) {
             return Ok(None);
         }
         return Err(io_error("finding the data in the diff file")(e));
-    }
-    // Non-negative, checked above.
-    Ok(Some(found as u64))
+    };
+    Ok(Some(found))
 }
 
 fn file_len(file: &File) -> Result<u64, Error> {
@@ -290,7 +297,7 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    const P: usize = PAGE_SIZE as usize;
+    const P: usize = PAGE_BYTES;
 
     /// A file in the temp dir, removed when dropped.
     struct Temp {
@@ -329,7 +336,10 @@ mod tests {
     /// `pages` pages, page `i` filled with `seed + i` (never zero).
     fn memory(pages: usize, seed: u8) -> Vec<u8> {
         (0..pages)
-            .flat_map(|i| vec![seed.wrapping_add(i as u8).max(1); P])
+            .flat_map(|i| {
+                let i = u8::try_from(i % 256).expect("below 256");
+                vec![seed.wrapping_add(i).max(1); P]
+            })
             .collect()
     }
 

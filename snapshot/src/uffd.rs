@@ -72,6 +72,8 @@ impl MemoryFile {
         };
         let file = File::open(path).map_err(io_err("open"))?;
         let len = file.metadata().map_err(io_err("read"))?.len();
+        let size = usize::try_from(len)
+            .map_err(|_| io_err("map")(std::io::ErrorKind::FileTooLarge.into()))?;
         if len == 0 {
             return Ok(MemoryFile {
                 base: std::ptr::null(),
@@ -83,7 +85,7 @@ impl MemoryFile {
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len as usize,
+                size,
                 libc::PROT_READ,
                 libc::MAP_PRIVATE | libc::MAP_NORESERVE,
                 file.as_raw_fd(),
@@ -102,9 +104,24 @@ impl MemoryFile {
     /// The file's bytes at `offset..offset + len`, if the file has them.
     fn at(&self, offset: u64, len: u64) -> Option<*const u8> {
         let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // Below the mapping's length, itself a `usize`.
+        let offset = usize::try_from(offset).ok()?;
         // SAFETY: in bounds of the mapping, checked just above.
-        (end <= self.len).then(|| unsafe { self.base.add(offset as usize) })
+        Some(unsafe { self.base.add(offset) })
     }
+}
+
+/// `len` bytes at host `addr` as the length a uffd call takes; `None`, after
+/// saying so, when this host cannot address that much.
+fn host_len(addr: u64, len: u64) -> Option<usize> {
+    let host = usize::try_from(len).ok();
+    if host.is_none() {
+        eprintln!("ember-snapshot: serving {addr:#x}: {len} bytes is more than this host can map");
+    }
+    host
 }
 
 /// Runs of pages, as `(first page, page count)` in memory-file pages.
@@ -255,25 +272,28 @@ impl Vm {
             );
             return self.zero(addr, len);
         };
+        let Some(len) = host_len(addr, len) else {
+            return false;
+        };
         // SAFETY: `src..src+len` is inside the file mapping; `addr..addr+len`
         // is inside a region this VM registered with the uffd, and UFFDIO_COPY
         // only fills pages that are missing there.
-        let result = unsafe {
-            self.uffd
-                .copy(src.cast(), addr as *mut _, len as usize, true)
-        };
+        let result = unsafe { self.uffd.copy(src.cast(), addr as *mut _, len, true) };
         self.settle(result, addr, len)
     }
 
     fn zero(&self, addr: u64, len: u64) -> bool {
+        let Some(len) = host_len(addr, len) else {
+            return false;
+        };
         // SAFETY: `addr..addr+len` is inside a region this VM registered.
-        let result = unsafe { self.uffd.zeropage(addr as *mut _, len as usize, true) };
+        let result = unsafe { self.uffd.zeropage(addr as *mut _, len, true) };
         self.settle(result, addr, len)
     }
 
     /// A page someone else filled first only needs its waiters woken; a VM
     /// that exited cannot take pages any more.
-    fn settle(&self, result: userfaultfd::Result<usize>, addr: u64, len: u64) -> bool {
+    fn settle(&self, result: userfaultfd::Result<usize>, addr: u64, len: usize) -> bool {
         use userfaultfd::Error as E;
         let errno = match result {
             Ok(_) => return true,
@@ -285,7 +305,7 @@ impl Vm {
             }
         };
         match errno {
-            libc::EEXIST => self.uffd.wake(addr as *mut _, len as usize).is_ok(),
+            libc::EEXIST => self.uffd.wake(addr as *mut _, len).is_ok(),
             libc::ESRCH | libc::ENOENT => false,
             _ => {
                 eprintln!("ember-snapshot: serving {addr:#x}: errno {errno}");

@@ -29,7 +29,9 @@ impl Handler {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // Page i of the memory file is filled with i + 1.
-        let mem: Vec<u8> = (0..PAGES).flat_map(|i| vec![i as u8 + 1; PAGE]).collect();
+        let mem: Vec<u8> = (0..PAGES)
+            .flat_map(|i| vec![u8::try_from(i + 1).expect("a few pages"); PAGE])
+            .collect();
         std::fs::write(dir.join("mem"), mem).unwrap();
         let socket = dir.join("uffd.sock");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ember-snapshot"))

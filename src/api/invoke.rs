@@ -365,7 +365,8 @@ mod tests {
 
     fn framed(status: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![status];
-        v.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        let len = u32::try_from(body.len()).expect("small test bodies");
+        v.extend_from_slice(&len.to_le_bytes());
         v.extend_from_slice(body);
         v
     }

@@ -111,6 +111,17 @@ fn reply(status: StatusCode, body: Option<String>) -> hyper::Response<Full<Bytes
     response
 }
 
+/// A 200 with `value` as its JSON body.
+fn json_reply(value: &impl serde::Serialize) -> hyper::Response<Full<Bytes>> {
+    match serde_json::to_string(value) {
+        Ok(body) => reply(StatusCode::OK, Some(body)),
+        Err(e) => fault(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode the response: {e}"),
+        ),
+    }
+}
+
 async fn serve(
     to_vmm: ToVmm,
     request: hyper::Request<Incoming>,
@@ -134,7 +145,10 @@ async fn serve(
     log::debug!("API request: {method} {path}");
     Ok(match to_vmm.handle(request).await {
         Ok(Response::NoContent) => reply(StatusCode::NO_CONTENT, None),
-        Ok(Response::Json(value)) => reply(StatusCode::OK, Some(value.to_string())),
+        Ok(Response::InstanceInfo(info)) => json_reply(&info),
+        Ok(Response::Version(version)) => json_reply(&version),
+        Ok(Response::MachineConfig(machine)) => json_reply(&machine),
+        Ok(Response::VmConfig(config)) => json_reply(&config),
         Ok(Response::Invocation(target)) => {
             match invoke::invoke(&to_vmm.functions, &target, &body).await {
                 Ok(output) => {

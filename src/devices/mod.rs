@@ -4,9 +4,28 @@
 pub mod boot_timer;
 pub mod bus;
 pub mod legacy;
+pub mod manager;
 pub mod virtio;
 
+use std::os::fd::RawFd;
+
 use vmm_sys_util::eventfd::EventFd;
+
+/// A device's host side, as the main thread's event loop serves it: the fds
+/// it wants watched and its work when one is readable. Each device handles
+/// its own events, so the event loop knows none of them.
+pub trait EventSubscriber: Send {
+    /// The fds to watch; `on_ready` gets the index of the one that fired.
+    fn fds(&self) -> Vec<RawFd>;
+    /// Does the work for fd `index` being readable.
+    fn on_ready(&mut self, index: usize);
+    /// Whether fd `index` is worth watching now: a device holds off a source
+    /// it cannot take more from, as the serial console does with stdin while
+    /// the guest's input FIFO is full.
+    fn wants(&self, _index: usize) -> bool {
+        true
+    }
+}
 
 /// An interrupt line: an eventfd KVM turns into a guest IRQ (irqfd).
 pub struct IrqLine(pub EventFd);

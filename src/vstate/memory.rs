@@ -44,6 +44,8 @@ pub enum Error {
     },
     #[error("guest memory regions overlap or are empty")]
     Layout,
+    #[error("{size_mib} MiB of guest memory do not fit in the host's address space")]
+    TooLarge { size_mib: u64 },
     #[error("cannot create a userfaultfd: {0}")]
     Uffd(userfaultfd::Error),
     #[error("cannot reach the page-fault handler at '{path}': {source}")]
@@ -56,10 +58,10 @@ pub enum Error {
 /// Maps `size_mib` MiB of anonymous guest RAM. Pages are only touched when the
 /// guest (or a loader) first uses them, so the cost does not grow with the size.
 pub fn create(size_mib: u64) -> Result<GuestMemoryMmap, Error> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size_mib << 20)
+    let ranges = ram_ranges(size_mib << 20)
         .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
+        .map(|(start, len)| Ok((GuestAddress(start), host_len(size_mib, len)?)))
+        .collect::<Result<Vec<_>, Error>>()?;
     GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Map { size_mib, source })
 }
 
@@ -70,11 +72,12 @@ pub fn from_file(file: &File, size_mib: u64, offsets: &[u64]) -> Result<GuestMem
         .into_iter()
         .zip(offsets)
         .map(|((start, len), &offset)| {
+            let len = host_len(size_mib, len)?;
             let file = file.try_clone().map_err(|e| Error::Region {
                 start,
                 source: vm_memory::mmap::MmapRegionError::Mmap(e),
             })?;
-            let mapping = MmapRegionBuilder::new_with_bitmap(len as usize, bitmap(len as usize))
+            let mapping = MmapRegionBuilder::new_with_bitmap(len, bitmap(len))
                 .with_file_offset(FileOffset::new(file, offset))
                 .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
@@ -84,6 +87,11 @@ pub fn from_file(file: &File, size_mib: u64, offsets: &[u64]) -> Result<GuestMem
         })
         .collect::<Result<Vec<_>, _>>()?;
     GuestMemoryMmap::from_regions(regions).map_err(|_| Error::Layout)
+}
+
+/// The length of a region of `size_mib` MiB of guest memory, as a host mapping's.
+fn host_len(size_mib: u64, len: u64) -> Result<usize, Error> {
+    usize::try_from(len).map_err(|_| Error::TooLarge { size_mib })
 }
 
 fn bitmap(len: usize) -> AtomicBitmap {
@@ -170,7 +178,7 @@ pub fn host_ranges(mem: &GuestMemoryMmap) -> Vec<(*mut u8, usize)> {
             let host = mem
                 .get_host_address(r.start_addr())
                 .unwrap_or(std::ptr::null_mut());
-            (host, r.len() as usize)
+            (host, std::ops::Deref::deref(r).size())
         })
         .collect()
 }

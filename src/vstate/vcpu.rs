@@ -27,22 +27,34 @@ use crate::seccomp::{Filters, ThreadKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A vCPU ioctl failed: `what` it was for, on which vCPU.
     #[error("KVM refused to {what} for vCPU {index}: {source}")]
     Kvm {
         what: &'static str,
         index: u8,
         source: kvm_ioctls::Error,
     },
+    /// A system ioctl about every vCPU failed (the list of MSRs to save).
+    #[error("KVM refused to {what}: {source}")]
+    KvmSystem {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    /// The boot registers, page tables or descriptor tables could not be written.
     #[error("cannot write vCPU boot state: {0}")]
     BootState(#[from] regs::Error),
+    /// KVM took only some of the MSRs a boot or a restore sets.
     #[error("KVM accepted {set} of {total} boot MSRs for vCPU {index}")]
     Msrs { index: u8, set: usize, total: usize },
     #[error("cannot start the thread of vCPU {index}: {source}")]
     Spawn { index: u8, source: std::io::Error },
+    /// The signal that kicks a vCPU out of KVM_RUN for a pause.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    /// The vCPU's thread ended or dropped its channel.
     #[error("vCPU {0} stopped answering")]
     Gone(u8),
+    /// A snapshot with more MSRs than one KVM_SET_MSRS call takes.
     #[error("the snapshot holds {0} MSRs, more than KVM takes at once")]
     TooManyMsrs(usize),
 }
@@ -84,15 +96,18 @@ const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 
 /// The MSRs a snapshot saves: all KVM can save and restore, the TSC deadline last.
 pub fn msrs_to_save(vm: &Vm) -> Result<Arc<[u32]>, Error> {
-    let list = vm.kvm().get_msr_index_list().map_err(|source| Error::Kvm {
-        what: "list the MSRs",
-        index: 0,
-        source,
-    })?;
+    let list = vm
+        .kvm()
+        .get_msr_index_list()
+        .map_err(|source| Error::KvmSystem {
+            what: "list the MSRs to save",
+            source,
+        })?;
     let mut indices = list.as_slice().to_vec();
     indices.sort_by_key(|&index| index == MSR_IA32_TSC_DEADLINE);
     Ok(indices.into())
 }
+
 /// The ports and MMIO windows a vCPU thread dispatches exits to.
 pub struct Buses {
     pub pio: Bus,

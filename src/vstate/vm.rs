@@ -68,7 +68,7 @@ impl Vm {
             return Err(Error::MissingCap(cap));
         }
         let fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
+        fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("set the TSS address"))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(kvm_err("set the identity map address"))?;
@@ -91,7 +91,7 @@ impl Vm {
 
     /// Gives every region of `mem` to the guest as one memory slot each.
     fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), Error> {
-        for (slot, region) in mem.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(mem.iter()) {
             let host = mem
                 .get_host_address(region.start_addr())
                 .map_err(|_| Error::Kvm {
@@ -99,7 +99,7 @@ impl Vm {
                     source: kvm_ioctls::Error::new(libc::EFAULT),
                 })?;
             let region = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 flags: if self.track_dirty_pages {
                     KVM_MEM_LOG_DIRTY_PAGES
                 } else {
@@ -124,11 +124,11 @@ impl Vm {
     /// Per memory slot, the pages the guest wrote since the last call (one bit
     /// per page); reading clears them.
     pub fn take_dirty_log(&self, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>, Error> {
-        mem.iter()
-            .enumerate()
+        (0u32..)
+            .zip(mem.iter())
             .map(|(slot, region)| {
                 self.fd
-                    .get_dirty_log(slot as u32, region.len() as usize)
+                    .get_dirty_log(slot, std::ops::Deref::deref(region).size())
                     .map_err(kvm_err("read the dirty-page log"))
             })
             .collect()

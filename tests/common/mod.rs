@@ -659,6 +659,9 @@ impl Samples {
     /// The `p`-th percentile (nearest rank); 0 is the minimum, 100 the maximum.
     pub fn percentile(&self, p: f64) -> f64 {
         let s = self.sorted();
+        // Float-to-int `as` saturates (a negative rank becomes 0); the clamp
+        // below keeps the rank within the samples.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
         s[rank.clamp(1, s.len()) - 1]
     }
@@ -830,10 +833,8 @@ pub const JAIL_GID: u32 = 100;
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "the jail tests must run as root (CI does)"
-    );
+    let euid = unsafe { libc::geteuid() };
+    assert!(euid == 0, "the jail tests must run as root (CI does)");
 }
 
 pub fn jailer_bin() -> PathBuf {
@@ -1018,8 +1019,10 @@ impl Jail {
 
 impl Drop for Jail {
     fn drop(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        if let Ok(pid) = libc::pid_t::try_from(self.pid) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         let _ = self.ember.child.kill();
         let _ = self.ember.child.wait();
         // The cgroup empties once the kernel has finished with the killed process.

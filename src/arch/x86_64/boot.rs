@@ -48,6 +48,13 @@ pub enum Error {
     BootParams(#[from] linux_loader::configurator::Error),
     #[error("cannot write the MP table: {0}")]
     MpTable(String),
+    #[error("{what} ({value:#x}) does not fit its boot protocol field")]
+    FieldOverflow { what: &'static str, value: u64 },
+}
+
+/// `value` as the (narrower) boot protocol field it goes in.
+fn field<T: TryFrom<u64>>(what: &'static str, value: u64) -> Result<T, Error> {
+    T::try_from(value).map_err(|_| Error::FieldOverflow { what, value })
 }
 
 /// What loading the kernel told us.
@@ -141,7 +148,13 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, mem_size: u64) -> Result<
             size,
             limit: top,
         })?;
-    mem.read_exact_volatile_from(GuestAddress(address), &mut file, size as usize)
+    // Below `top`, checked above, so it fits.
+    let len = usize::try_from(size).map_err(|_| Error::InitrdTooLarge {
+        path: shown.clone(),
+        size,
+        limit: top,
+    })?;
+    mem.read_exact_volatile_from(GuestAddress(address), &mut file, len)
         .map_err(|source| Error::ReadInitrd {
             path: shown,
             source,
@@ -180,18 +193,19 @@ pub fn configure_system(
             params.hdr.boot_flag = 0xaa55;
             params.hdr.header = 0x5372_6448;
             params.hdr.kernel_alignment = 0x0100_0000;
-            params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-            params.hdr.cmdline_size = cmdline_len as u32;
+            params.hdr.cmd_line_ptr = field("command line address", CMDLINE_START)?;
+            params.hdr.cmdline_size = field("command line length", cmdline_len as u64)?;
             if let Some(initrd) = initrd {
-                params.hdr.ramdisk_image = initrd.address as u32;
-                params.hdr.ramdisk_size = initrd.size as u32;
+                // `load_initrd` placed it below the MMIO gap, so both fit.
+                params.hdr.ramdisk_image = field("initrd address", initrd.address)?;
+                params.hdr.ramdisk_size = field("initrd size", initrd.size)?;
             }
             for (slot, &(addr, size, type_)) in params.e820_table.iter_mut().zip(&e820) {
                 slot.addr = addr;
                 slot.size = size;
                 slot.r#type = type_;
             }
-            params.e820_entries = e820.len() as u8;
+            params.e820_entries = field("e820 entry count", e820.len() as u64)?;
             LinuxBootConfigurator::write_bootparams(
                 &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
                 mem,
@@ -223,8 +237,8 @@ pub fn configure_system(
                 version: 1,
                 cmdline_paddr: CMDLINE_START,
                 memmap_paddr: PVH_MEMMAP_START,
-                memmap_entries: memmap.len() as u32,
-                nr_modules: modules.len() as u32,
+                memmap_entries: field("memory map entry count", memmap.len() as u64)?,
+                nr_modules: field("module count", modules.len() as u64)?,
                 modlist_paddr: if modules.is_empty() { 0 } else { modlist_start },
                 ..Default::default()
             };

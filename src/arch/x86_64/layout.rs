@@ -47,7 +47,8 @@ pub const IRQ_MAX: u32 = 23;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 /// KVM needs three pages for the TSS and one for the identity map, placed in the gap.
-pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+/// (A `usize`, as `KVM_SET_TSS_ADDR` takes it.)
+pub const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
 /// An e820 memory type.

@@ -37,6 +37,13 @@ pub const MAX_CPUS: u8 = 32;
 pub enum Error {
     #[error("the MP table supports 1 to {MAX_CPUS} vCPUs, not {0}")]
     TooManyCpus(u8),
+    #[error("{what} ({value:#x}) does not fit its MP table field")]
+    FieldOverflow { what: &'static str, value: u64 },
+}
+
+/// `value` as the (narrower) table field it goes in.
+fn field<T: TryFrom<u64>>(what: &'static str, value: u64) -> Result<T, Error> {
+    T::try_from(value).map_err(|_| Error::FieldOverflow { what, value })
 }
 
 /// The floating pointer followed by the configuration table, for a table
@@ -60,9 +67,9 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, Error> {
     }
     entries.extend_from_slice(&[ENTRY_BUS, 0, b'I', b'S', b'A', b' ', b' ', b' ']);
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
-    entries.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
+    entries.extend_from_slice(&field::<u32>("IOAPIC address", IOAPIC_START)?.to_le_bytes());
     entry_count += 2;
-    for irq in 0..=IRQ_MAX as u8 {
+    for irq in 0..=field::<u8>("last IOAPIC pin", u64::from(IRQ_MAX))? {
         entries.extend_from_slice(&[
             ENTRY_IO_INTERRUPT,
             INT_TYPE_INT,
@@ -84,20 +91,20 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, Error> {
     let mut table = Vec::with_capacity(FLOATING_POINTER_LEN + table_len);
 
     table.extend_from_slice(b"_MP_");
-    table.extend_from_slice(&(config_base as u32).to_le_bytes());
+    table.extend_from_slice(&field::<u32>("table address", config_base)?.to_le_bytes());
     table.extend_from_slice(&[1, SPEC_REV, 0, 0, 0, 0, 0, 0]);
     table[10] = checksum(&table[..FLOATING_POINTER_LEN]);
 
     let header_at = table.len();
     table.extend_from_slice(b"PCMP");
-    table.extend_from_slice(&(table_len as u16).to_le_bytes());
+    table.extend_from_slice(&field::<u16>("table length", table_len as u64)?.to_le_bytes());
     table.extend_from_slice(&[SPEC_REV, 0]);
     table.extend_from_slice(b"EMBER   ");
     table.extend_from_slice(b"MICROVM     ");
     table.extend_from_slice(&0u32.to_le_bytes());
     table.extend_from_slice(&0u16.to_le_bytes());
     table.extend_from_slice(&entry_count.to_le_bytes());
-    table.extend_from_slice(&(APIC_START as u32).to_le_bytes());
+    table.extend_from_slice(&field::<u32>("local APIC address", APIC_START)?.to_le_bytes());
     table.extend_from_slice(&0u32.to_le_bytes());
     table.extend_from_slice(&entries);
     table[header_at + 7] = checksum(&table[header_at..]);
@@ -124,8 +131,8 @@ mod tests {
     fn guest_view(table: &[u8], base: u64) -> Vec<u8> {
         assert_eq!(&table[..4], b"_MP_");
         assert_eq!(sum(&table[..16]), 0, "floating pointer checksum");
-        let config = u32::from_le_bytes(table[4..8].try_into().unwrap()) as u64;
-        let header = &table[(config - base) as usize..];
+        let config = u64::from(u32::from_le_bytes(table[4..8].try_into().unwrap()));
+        let header = &table[usize::try_from(config - base).expect("table is in memory")..];
         assert_eq!(&header[..4], b"PCMP");
         let len = u16::from_le_bytes([header[4], header[5]]) as usize;
         assert_eq!(sum(&header[..len]), 0, "configuration table checksum");

@@ -30,6 +30,8 @@ pub struct BootEntry {
 pub enum Error {
     #[error("cannot write boot structures to guest memory: {0}")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
+    #[error("a boot GDT of {0} bytes does not fit the 16-bit GDTR limit")]
+    GdtTooLarge(usize),
 }
 
 const CR0_PE: u64 = 1;
@@ -65,7 +67,8 @@ fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 fn segment(entry: u64, index: u16) -> kvm_segment {
     let bit = |n: u32| ((entry >> n) & 1) as u8;
     let granular = bit(55) == 1;
-    let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
+    // Limit bits 15:0 sit in descriptor bits 15:0, bits 19:16 in bits 51:48.
+    let raw_limit = (entry & 0xffff) as u32 | ((entry >> 32) & 0xf_0000) as u32;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
         limit: if granular {
@@ -109,7 +112,8 @@ pub fn setup_sregs(
     mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))?;
 
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (gdt_bytes.len() - 1) as u16;
+    sregs.gdt.limit =
+        u16::try_from(gdt_bytes.len() - 1).map_err(|_| Error::GdtTooLarge(gdt_bytes.len()))?;
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = segment(gdt[1], 1);
@@ -227,10 +231,16 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 pub fn setup_lint(lapic: &mut kvm_lapic_state) {
     for (offset, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
         let reg = &mut lapic.regs[offset..offset + 4];
-        let bytes: [u8; 4] = [reg[0] as u8, reg[1] as u8, reg[2] as u8, reg[3] as u8];
+        // The register page is `c_char`s: reinterpret each byte, bit for bit.
+        let bytes: [u8; 4] = [
+            reg[0].cast_unsigned(),
+            reg[1].cast_unsigned(),
+            reg[2].cast_unsigned(),
+            reg[3].cast_unsigned(),
+        ];
         let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
         for (dst, src) in reg.iter_mut().zip(value.to_le_bytes()) {
-            *dst = src as _;
+            *dst = src.cast_signed();
         }
     }
 }
@@ -273,10 +283,8 @@ mod tests {
     fn lint_modes_are_extint_and_nmi() {
         let mut lapic = kvm_lapic_state::default();
         setup_lint(&mut lapic);
-        assert_eq!(
-            (lapic.regs[APIC_LVT0 + 1] as u8) & 7,
-            APIC_MODE_EXTINT as u8
-        );
-        assert_eq!((lapic.regs[APIC_LVT1 + 1] as u8) & 7, APIC_MODE_NMI as u8);
+        let mode = |reg: usize| u32::from(lapic.regs[reg + 1].cast_unsigned() & 7);
+        assert_eq!(mode(APIC_LVT0), APIC_MODE_EXTINT);
+        assert_eq!(mode(APIC_LVT1), APIC_MODE_NMI);
     }
 }

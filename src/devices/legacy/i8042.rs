@@ -39,8 +39,10 @@ const BUFFER_SIZE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
+    /// Ctrl+Alt+Del while the guest has not read earlier key presses.
     #[error("the guest has not read earlier keyboard input yet")]
     BufferFull,
+    /// The keyboard IRQ could not be raised.
     #[error("cannot raise the keyboard interrupt: {0}")]
     Interrupt(String),
 }

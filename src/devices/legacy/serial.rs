@@ -2,7 +2,9 @@
 //! stdout (unbuffered, so a prompt without a newline shows at once) and stdin.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::{SerialEvents, SerialState};
@@ -10,14 +12,14 @@ use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::bus::BusDevice;
-use super::super::IrqLine;
+use super::super::{EventSubscriber, IrqLine};
 
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 pub const PORT_COUNT: u64 = 8;
 
-/// Tells the event loop the guest drained the input FIFO, so it may read
-/// more of stdin (it stops reading while the FIFO is full).
+/// Tells the console the guest drained the input FIFO, so it may read more
+/// of stdin (it stops reading while the FIFO is full).
 pub struct InputDrained(pub EventFd);
 
 impl SerialEvents for InputDrained {
@@ -119,6 +121,78 @@ impl SerialDevice {
     /// Room left in the guest's input FIFO.
     pub fn input_room(&self) -> usize {
         self.uart.fifo_capacity()
+    }
+}
+
+/// The console's input side: stdin into the guest's FIFO, at the pace the
+/// guest reads it.
+pub struct ConsoleIn {
+    serial: Arc<Mutex<SerialDevice>>,
+    /// Unbuffered: bytes epoll reported must reach the guest, not sit in a
+    /// reader's buffer.
+    stdin: File,
+    drained: EventFd,
+    stdin_open: bool,
+    /// The guest's FIFO was full when stdin was last readable.
+    waiting_for_room: bool,
+}
+
+impl ConsoleIn {
+    const STDIN: usize = 0;
+    const DRAINED: usize = 1;
+
+    pub fn new(serial: Arc<Mutex<SerialDevice>>, stdin: File, drained: EventFd) -> Self {
+        ConsoleIn {
+            serial,
+            stdin,
+            drained,
+            stdin_open: true,
+            waiting_for_room: false,
+        }
+    }
+
+    fn read_stdin(&mut self) {
+        let Ok(mut serial) = self.serial.lock() else {
+            return;
+        };
+        let room = serial.input_room();
+        if room == 0 {
+            // The guest has not read what it has: wait until it drains the FIFO.
+            self.waiting_for_room = true;
+            return;
+        }
+        let mut buf = [0u8; 64];
+        match self.stdin.read(&mut buf[..room.min(64)]) {
+            Ok(0) => self.stdin_open = false,
+            Ok(n) => {
+                serial.enqueue_input(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::warn!("serial console: cannot read stdin: {e}");
+                self.stdin_open = false;
+            }
+        }
+    }
+}
+
+impl EventSubscriber for ConsoleIn {
+    fn fds(&self) -> Vec<RawFd> {
+        vec![self.stdin.as_raw_fd(), self.drained.as_raw_fd()]
+    }
+
+    fn on_ready(&mut self, index: usize) {
+        match index {
+            Self::STDIN => self.read_stdin(),
+            _ => {
+                let _ = self.drained.read();
+                self.waiting_for_room = false;
+            }
+        }
+    }
+
+    fn wants(&self, index: usize) -> bool {
+        index == Self::DRAINED || (self.stdin_open && !self.waiting_for_room)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The virtio-mmio transport (virtio 1.2 §4.2, version 2 register layout).
 
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
 
 use crate::vstate::memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{Activity, Interrupt, VirtioDevice, INT_VRING, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
+use crate::devices::EventSubscriber;
 
 const MAGIC: u32 = 0x7472_6976;
 const VERSION: u32 = 2;
@@ -42,6 +44,8 @@ pub enum Error {
     Queue(virtio_queue::Error),
     #[error("cannot create a queue eventfd: {0}")]
     Event(std::io::Error),
+    #[error("a virtio transport's lock is poisoned")]
+    Poisoned,
     #[error(
         "the saved device has {saved} queues where a device of type {device_type} has {expected}"
     )]
@@ -331,7 +335,7 @@ impl MmioTransport {
             VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
             VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
             VIRTIO_MMIO_DEVICE_FEATURES => match self.features_select {
-                0 => self.device.features() as u32,
+                0 => (self.device.features() & 0xffff_ffff) as u32,
                 1 => (self.device.features() >> 32) as u32,
                 _ => 0,
             },
@@ -383,7 +387,10 @@ impl MmioTransport {
             {
                 if let Some(queue) = self.selected_queue() {
                     match offset {
-                        VIRTIO_MMIO_QUEUE_NUM => queue.set_size(value as u16),
+                        VIRTIO_MMIO_QUEUE_NUM => match u16::try_from(value) {
+                            Ok(size) => queue.set_size(size),
+                            Err(_) => log::debug!("virtio: ignored queue size {value}"),
+                        },
                         VIRTIO_MMIO_QUEUE_READY => queue.set_ready(value == 1),
                         VIRTIO_MMIO_QUEUE_DESC_LOW => {
                             queue.set_desc_table_address(Some(value), None)
@@ -405,6 +412,57 @@ impl MmioTransport {
                 }
             }
             _ => log::debug!("virtio-mmio: ignored write of {value:#x} at {offset:#x}"),
+        }
+    }
+}
+
+/// A transport's events: its queue notifications, then its backend's fd.
+pub struct TransportEvents {
+    transport: Arc<Mutex<MmioTransport>>,
+    queue_events: Vec<EventFd>,
+    backend_fd: Option<RawFd>,
+}
+
+impl TransportEvents {
+    pub fn new(transport: Arc<Mutex<MmioTransport>>) -> Result<Self, Error> {
+        let (queue_events, backend_fd) = {
+            let t = transport.lock().map_err(|_| Error::Poisoned)?;
+            let events = t
+                .queue_events
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<_, _>>()
+                .map_err(Error::Event)?;
+            (events, t.backend_fd())
+        };
+        Ok(TransportEvents {
+            transport,
+            queue_events,
+            backend_fd,
+        })
+    }
+}
+
+impl EventSubscriber for TransportEvents {
+    fn fds(&self) -> Vec<RawFd> {
+        self.queue_events
+            .iter()
+            .map(AsRawFd::as_raw_fd)
+            .chain(self.backend_fd)
+            .collect()
+    }
+
+    fn on_ready(&mut self, index: usize) {
+        let Ok(mut transport) = self.transport.lock() else {
+            return;
+        };
+        match self.queue_events.get(index) {
+            Some(evt) => {
+                // Reset the counter so level-triggered epoll stops reporting it.
+                let _ = evt.read();
+                transport.process_queue(index);
+            }
+            None => transport.process_backend(),
         }
     }
 }
@@ -455,7 +513,7 @@ mod tests {
             &[16]
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8 + 1);
+            data.fill(u8::try_from(offset).expect("small test offsets") + 1);
         }
         fn reset(&mut self) {
             self.resets

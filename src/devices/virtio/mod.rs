@@ -132,3 +132,25 @@ impl Interrupt {
         self.status.store(0, Ordering::SeqCst);
     }
 }
+
+/// Narrowing of constants to the width of the field they fill, for `const`
+/// items and `const { }` blocks only: evaluated there, a value that does not
+/// fit stops the build instead of being truncated. (The virtio bindings give
+/// every constant as a `u32`, whatever the width of its field.)
+pub mod narrow {
+    /// `value` as a `u8`.
+    pub const fn to_u8(value: u32) -> u8 {
+        match value.to_le_bytes() {
+            [byte, 0, 0, 0] => byte,
+            _ => panic!("constant does not fit in a u8"),
+        }
+    }
+
+    /// `value` as a `u16`.
+    pub const fn to_u16(value: u32) -> u16 {
+        match value.to_le_bytes() {
+            [low, high, 0, 0] => u16::from_le_bytes([low, high]),
+            _ => panic!("constant does not fit in a u16"),
+        }
+    }
+}

@@ -14,8 +14,8 @@ use core::fmt::{self, Write};
 
 use rt::cmdline::{has_token, value, virtio_mmio_devices};
 use rt::io::{Serial, reset, signal_boot_timer};
-use rt::virtio::Transport;
-use rt::virtio::blk::{self, Block};
+use rt::virtio::MmioTransport;
+use rt::virtio::blk::{self, Block, RequestError};
 use rt::{BootInfo, mptable, print, println};
 
 rt::entry!(main);
@@ -76,7 +76,7 @@ fn block_devices(cmdline: &[u8]) {
         }
         // SAFETY: the VMM announced a virtio-mmio window at this identity-mapped
         // address, and each token is driven once.
-        let transport = unsafe { Transport::new(device.base) };
+        let transport = unsafe { MmioTransport::new(device.base) };
         match transport.probe() {
             Ok(blk::DEVICE_ID) => {
                 match Block::new(transport) {
@@ -97,8 +97,7 @@ fn block_devices(cmdline: &[u8]) {
 /// Reads, writes, flushes and reads back, then reads past the end.
 fn exercise(i: usize, block: &mut Block) {
     let mut id = [0u8; blk::ID_LEN];
-    let status = block.get_id(&mut id);
-    if status != 0 {
+    if let Err(RequestError(status)) = block.get_id(&mut id) {
         println!("blk{i}: error get-id status={status}");
     }
     let id_len = id.iter().position(|&b| b == 0).unwrap_or(id.len());
@@ -111,8 +110,7 @@ fn exercise(i: usize, block: &mut Block) {
     );
 
     let mut sector = [0u8; blk::SECTOR_SIZE];
-    let status = block.read(0, &mut sector);
-    if status != 0 {
+    if let Err(RequestError(status)) = block.read(0, &mut sector) {
         println!("blk{i}: error read status={status}");
     }
     println!("blk{i}: sector0={}", Printable(&sector[..32]));
@@ -123,17 +121,21 @@ fn exercise(i: usize, block: &mut Block) {
         SliceWriter(&mut data[..]),
         "ember-test-guest wrote blk{i} sector 1"
     );
-    println!("blk{i}: write status={}", block.write(1, &data));
-    println!("blk{i}: flush status={}", block.flush());
+    println!("blk{i}: write status={}", status(block.write(1, &data)));
+    println!("blk{i}: flush status={}", status(block.flush()));
 
-    let status = block.read(1, &mut sector);
-    if status != 0 {
+    if let Err(RequestError(status)) = block.read(1, &mut sector) {
         println!("blk{i}: error read status={status}");
     }
     println!("blk{i}: sector1={}", Printable(&sector[..32]));
 
-    let status = block.read(block.capacity(), &mut sector);
+    let status = status(block.read(block.capacity(), &mut sector));
     println!("blk{i}: beyond-end status={status}");
+}
+
+/// The status byte of a request, as the output shows it (0 for success).
+fn status(result: Result<(), RequestError>) -> u8 {
+    result.map_or_else(|RequestError(status)| status, |()| 0)
 }
 
 /// Echoes the serial input until a line reads `reset`.

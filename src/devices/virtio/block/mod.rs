@@ -16,10 +16,14 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use self::request::{Request, RequestType, ID_BYTES, SECTOR_SIZE};
-use super::{read_config_space, Activity, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{narrow, read_config_space, Activity, VirtioDevice, VIRTIO_F_VERSION_1};
 
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 const QUEUE_SIZE: u16 = 256;
+/// Request statuses, as the byte the device writes.
+const STATUS_OK: u8 = narrow::to_u8(VIRTIO_BLK_S_OK);
+const STATUS_IOERR: u8 = narrow::to_u8(VIRTIO_BLK_S_IOERR);
+const STATUS_UNSUPP: u8 = narrow::to_u8(VIRTIO_BLK_S_UNSUPP);
 /// Requests served per wake-up: a guest that refills its ring as fast as
 /// ember empties it still lets the event loop serve everything else.
 const WORK_BUDGET: usize = 64;
@@ -108,8 +112,8 @@ impl Block {
 
     /// Carries out one request; returns its status and the bytes written to the guest.
     fn execute(&self, disk: &mut Disk, req: &Request, mem: &GuestMemoryMmap) -> (u8, u32) {
-        let ok = VIRTIO_BLK_S_OK as u8;
-        let ioerr = (VIRTIO_BLK_S_IOERR as u8, 0);
+        let ok = STATUS_OK;
+        let ioerr = (STATUS_IOERR, 0);
         match req.kind {
             RequestType::In | RequestType::Out => {
                 let sectors = req.data_len() / SECTOR_SIZE;
@@ -138,7 +142,10 @@ impl Block {
                         log::warn!("virtio-blk: I/O error: {e}");
                         ioerr
                     }
-                    (Ok(()), RequestType::In) => (ok, req.data_len() as u32),
+                    // The used ring counts the bytes read in a u32.
+                    (Ok(()), RequestType::In) => {
+                        u32::try_from(req.data_len()).map_or(ioerr, |len| (ok, len))
+                    }
                     (Ok(()), _) => (ok, 0),
                 }
             }
@@ -154,11 +161,11 @@ impl Block {
                 };
                 let n = (len as usize).min(ID_BYTES);
                 match mem.write_slice(&disk.id[..n], addr) {
-                    Ok(()) => (ok, n as u32),
+                    Ok(()) => u32::try_from(n).map_or(ioerr, |n| (ok, n)),
                     Err(_) => ioerr,
                 }
             }
-            RequestType::Unsupported(_) => (VIRTIO_BLK_S_UNSUPP as u8, 0),
+            RequestType::Unsupported(_) => (STATUS_UNSUPP, 0),
         }
     }
 }
@@ -209,7 +216,7 @@ impl VirtioDevice for Block {
                 }
                 Err(e) => {
                     log::debug!("virtio-blk: malformed request: {}", e.error);
-                    (e.status, VIRTIO_BLK_S_IOERR as u8, 0)
+                    (e.status, STATUS_IOERR, 0)
                 }
             };
             // The used length counts the status byte when there was one to write.
@@ -241,6 +248,9 @@ mod tests {
     use vm_memory::{ByteValued, GuestAddress};
 
     use super::*;
+
+    const WRITE: u16 = narrow::to_u16(VRING_DESC_F_WRITE);
+    const NEXT: u16 = narrow::to_u16(VRING_DESC_F_NEXT);
 
     #[repr(C)]
     #[derive(Clone, Copy, Default)]
@@ -311,20 +321,13 @@ mod tests {
         let queue = MockSplitQueue::new(&fx.mem, 16);
         let mut descs = vec![RawDescriptor::from(SplitDescriptor::new(0x1000, 16, 0, 0))];
         if data_len > 0 {
-            let flags = if data_writable {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
+            let flags = if data_writable { WRITE } else { 0 };
             descs.push(RawDescriptor::from(SplitDescriptor::new(
                 0x2000, data_len, flags, 0,
             )));
         }
         descs.push(RawDescriptor::from(SplitDescriptor::new(
-            0x3000,
-            1,
-            VRING_DESC_F_WRITE as u16,
-            0,
+            0x3000, 1, WRITE, 0,
         )));
         queue.build_desc_chain(&descs).unwrap();
         let mut q: Queue = queue.create_queue().unwrap();
@@ -364,7 +367,7 @@ mod tests {
         fx.mem.write_slice(b"evil", GuestAddress(0x2000)).unwrap();
         assert_eq!(
             submit(&mut fx, VIRTIO_BLK_T_OUT, 0, 512, false).0,
-            VIRTIO_BLK_S_IOERR as u8
+            STATUS_IOERR
         );
         let mut file = Vec::new();
         File::open(&fx.path)
@@ -379,20 +382,17 @@ mod tests {
         let mut fx = fixture(false);
         assert_eq!(
             submit(&mut fx, VIRTIO_BLK_T_IN, 8, 512, true).0,
-            VIRTIO_BLK_S_IOERR as u8
+            STATUS_IOERR
         );
         assert_eq!(
             submit(&mut fx, VIRTIO_BLK_T_IN, u64::MAX, 512, true).0,
-            VIRTIO_BLK_S_IOERR as u8
+            STATUS_IOERR
         );
-        assert_eq!(
-            submit(&mut fx, 77, 0, 0, false).0,
-            VIRTIO_BLK_S_UNSUPP as u8
-        );
+        assert_eq!(submit(&mut fx, 77, 0, 0, false).0, STATUS_UNSUPP);
         // A malformed chain (wrong direction) still gets a status.
         assert_eq!(
             submit(&mut fx, VIRTIO_BLK_T_IN, 0, 512, false).0,
-            VIRTIO_BLK_S_IOERR as u8
+            STATUS_IOERR
         );
     }
 
@@ -434,18 +434,8 @@ mod tests {
         let descs: Vec<RawDescriptor> = (0..QUEUE_SIZE / 2)
             .flat_map(|i| {
                 [
-                    RawDescriptor::from(SplitDescriptor::new(
-                        0x8000,
-                        16,
-                        VRING_DESC_F_NEXT as u16,
-                        2 * i + 1,
-                    )),
-                    RawDescriptor::from(SplitDescriptor::new(
-                        0x9000 + u64::from(i),
-                        1,
-                        VRING_DESC_F_WRITE as u16,
-                        0,
-                    )),
+                    RawDescriptor::from(SplitDescriptor::new(0x8000, 16, NEXT, 2 * i + 1)),
+                    RawDescriptor::from(SplitDescriptor::new(0x9000 + u64::from(i), 1, WRITE, 0)),
                 ]
             })
             .collect();

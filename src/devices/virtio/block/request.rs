@@ -168,7 +168,11 @@ mod tests {
         let raw: Vec<RawDescriptor> = descs
             .iter()
             .map(|&(addr, len, write)| {
-                let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+                let flags = if write {
+                    const { crate::devices::virtio::narrow::to_u16(VRING_DESC_F_WRITE) }
+                } else {
+                    0
+                };
                 RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
             })
             .collect();

@@ -16,6 +16,13 @@ const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 2;
 /// A drained buffer keeps at most this much of its allocation for the next burst.
 const TX_BUF_KEEP: usize = 16 * 1024;
 
+/// Adds `bytes` to one of vsock's byte counters (`fwd_cnt`, `rx_cnt`), which
+/// count modulo 2^32 (virtio 1.2 §5.10.6.3).
+#[allow(clippy::cast_possible_truncation)] // modulo 2^32 only the low 32 bits count
+pub fn count_bytes(counter: u32, bytes: usize) -> u32 {
+    counter.wrapping_add(bytes as u32)
+}
+
 /// Where a connection is in its life; the deadline of the states that wait on
 /// the guest lets ember end a connection whose guest stopped answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +172,7 @@ impl Connection {
     /// Writes what it can of `pending` to the host socket, freeing guest credit.
     pub fn flush(&mut self) -> std::io::Result<()> {
         let written = self.pending.flush_to(&mut self.stream)?;
-        self.fwd_cnt = self.fwd_cnt.wrapping_add(written as u32);
+        self.fwd_cnt = count_bytes(self.fwd_cnt, written);
         if self.pending.is_empty() && self.guest_done_sending {
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
         }

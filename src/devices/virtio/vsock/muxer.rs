@@ -31,7 +31,7 @@ use vm_memory::{GuestMemoryBackend, ReadVolatile, WriteVolatile};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{ConnState, Connection, CONN_BUF_ALLOC};
+use super::connection::{count_bytes, ConnState, Connection, CONN_BUF_ALLOC};
 use super::packet::{
     Header, RxBuffer, TxPacket, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
     OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
@@ -61,6 +61,11 @@ pub const WORK_BUDGET: usize = 256;
 
 const LISTENER_TOKEN: u64 = u64::MAX;
 const TIMER_TOKEN: u64 = u64::MAX - 1;
+
+/// The epoll token of a host socket: its fd, which is never negative.
+fn fd_token(fd: RawFd) -> u64 {
+    u64::from(fd.cast_unsigned())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -289,7 +294,7 @@ impl Muxer {
             return;
         }
         let fd = conn.stream.as_raw_fd();
-        let event = EpollEvent::new(wanted, u64::from(fd as u32));
+        let event = EpollEvent::new(wanted, fd_token(fd));
         if self.epoll.ctl(ControlOperation::Modify, fd, event).is_ok() {
             conn.interest = wanted;
         }
@@ -307,7 +312,7 @@ impl Muxer {
 
     fn add_conn(&mut self, key: Key, conn: Connection) -> bool {
         let fd = conn.stream.as_raw_fd();
-        let event = EpollEvent::new(EventSet::empty(), u64::from(fd as u32));
+        let event = EpollEvent::new(EventSet::empty(), fd_token(fd));
         if self.epoll.ctl(ControlOperation::Add, fd, event).is_err() {
             return false;
         }
@@ -379,7 +384,10 @@ impl Muxer {
                     self.sweep();
                 }
                 data => {
-                    let fd = data as u32 as RawFd;
+                    // Every other token is a host socket's `fd_token`.
+                    let Ok(fd) = RawFd::try_from(data) else {
+                        continue;
+                    };
                     if self.handshakes.contains_key(&fd) {
                         self.read_connect_line(fd);
                     } else if let Some(&key) = self.by_fd.get(&fd) {
@@ -411,7 +419,7 @@ impl Muxer {
                 continue;
             }
             let fd = stream.as_raw_fd();
-            let event = EpollEvent::new(EventSet::IN, u64::from(fd as u32));
+            let event = EpollEvent::new(EventSet::IN, fd_token(fd));
             if stream.set_nonblocking(true).is_ok()
                 && self.epoll.ctl(ControlOperation::Add, fd, event).is_ok()
             {
@@ -650,7 +658,7 @@ impl Muxer {
             self.reset(key);
             return;
         }
-        conn.fwd_cnt = conn.fwd_cnt.wrapping_add(forwarded as u32);
+        conn.fwd_cnt = count_bytes(conn.fwd_cnt, forwarded);
         if conn.owes_credit_update() {
             self.send_control(key, OP_CREDIT_UPDATE, 0);
         }
@@ -780,9 +788,14 @@ impl Muxer {
             self.watch(key);
             return RxFill::Nothing;
         }
-        conn.rx_cnt = conn.rx_cnt.wrapping_add(total as u32);
+        // At most `max`, itself at most the guest's u32 credit.
+        let Ok(len) = u32::try_from(total) else {
+            self.reset(key);
+            return RxFill::Unusable;
+        };
+        conn.rx_cnt = conn.rx_cnt.wrapping_add(len);
         let mut header = self.header(key, OP_RW);
-        header.len = total as u32;
+        header.len = len;
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.credit_sent();
         }
@@ -834,14 +847,17 @@ fn nonblocking_timer() -> std::io::Result<TimerFd> {
 fn connect_nonblocking(path: &OsStr) -> std::io::Result<UnixStream> {
     // SAFETY: an all-zero sockaddr_un is a valid (empty) address.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family =
+        libc::sa_family_t::try_from(libc::AF_UNIX).map_err(|_| ErrorKind::InvalidInput)?;
     let bytes = path.as_bytes();
     if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
         return Err(ErrorKind::InvalidInput.into());
     }
     for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([src]);
     }
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sa_family_t>() + bytes.len())
+        .map_err(|_| ErrorKind::InvalidInput)?;
     // SAFETY: socket takes no pointers; the result is checked.
     let fd = unsafe {
         libc::socket(
@@ -855,15 +871,8 @@ fn connect_nonblocking(path: &OsStr) -> std::io::Result<UnixStream> {
     }
     // SAFETY: `fd` is a fresh socket that nothing else owns; the stream closes it.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len();
     // SAFETY: `addr` is a valid sockaddr_un and `len` covers its used part.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
-            len as libc::socklen_t,
-        )
-    };
+    let rc = unsafe { libc::connect(fd, std::ptr::addr_of!(addr).cast::<libc::sockaddr>(), len) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -890,11 +899,13 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
-    use super::super::packet::HEADER_LEN;
+    use super::super::packet::{HEADER_LEN, HEADER_LEN_U32};
     use super::*;
+    use crate::devices::virtio::narrow;
 
     const GUEST_CID: u64 = 3;
-    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+    const WRITE: u16 = narrow::to_u16(VRING_DESC_F_WRITE);
+    const NEXT: u16 = narrow::to_u16(VRING_DESC_F_NEXT);
 
     fn new_muxer(tag: &str) -> (Muxer, PathBuf) {
         let path =
@@ -1049,21 +1060,11 @@ mod tests {
             .add_desc_chains(
                 &[
                     // Header only: no room for a byte of payload.
-                    desc(0x8000, HEADER_LEN as u32, WRITE, 0),
+                    desc(0x8000, HEADER_LEN_U32, WRITE, 0),
                     // Payload outside guest memory, then at the top of the address space.
-                    desc(
-                        0x9000,
-                        HEADER_LEN as u32,
-                        WRITE | VRING_DESC_F_NEXT as u16,
-                        2,
-                    ),
+                    desc(0x9000, HEADER_LEN_U32, WRITE | NEXT, 2),
                     desc(0x40_0000_0000, 4096, WRITE, 0),
-                    desc(
-                        0xa000,
-                        HEADER_LEN as u32,
-                        WRITE | VRING_DESC_F_NEXT as u16,
-                        4,
-                    ),
+                    desc(0xa000, HEADER_LEN_U32, WRITE | NEXT, 4),
                     desc(0xffff_ffff_ffff_f000, 4096, WRITE, 0),
                     desc(0xffff_ffff_ffff_ff00, 4096, WRITE, 0),
                 ],
@@ -1079,7 +1080,7 @@ mod tests {
             .add_desc_chains(&[desc(0xb000, 8192, WRITE, 0)], 6)
             .unwrap();
         muxer.fill_rx(&mut q, &mem);
-        assert_eq!(used_lens(&queue, 5)[4], HEADER_LEN as u32 + 4096);
+        assert_eq!(used_lens(&queue, 5)[4], HEADER_LEN_U32 + 4096);
     }
 
     #[test]
@@ -1160,7 +1161,7 @@ mod tests {
 
         // The table full of connections whose guest never sent its RST: a new
         // guest connection still gets in, because the dead ones go first.
-        for port in 0..MAX_CONNECTIONS as u32 {
+        for port in (0u32..).take(MAX_CONNECTIONS) {
             let (a, _b) = UnixStream::pair().unwrap();
             let past = Instant::now();
             let conn = Connection::new(a, ConnState::Closing { deadline: past });
@@ -1190,16 +1191,16 @@ mod tests {
     fn guest_bytes_held_for_slow_hosts_stay_bounded() {
         let (mut muxer, path) = new_muxer("bounded");
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let chunk = 64 * 1024;
+        let chunk: u32 = 64 * 1024;
         // Hosts that never read: each connection takes its credit's worth.
         let mut hosts = Vec::new();
         while muxer.accepts_tx() {
             let (host, key) = established(&mut muxer, &path, &mem);
             hosts.push(host);
-            for _ in 0..CONN_BUF_ALLOC as usize / chunk {
+            for _ in 0..CONN_BUF_ALLOC / chunk {
                 let mut rw = from_guest(OP_RW, 1024, key.0);
-                rw.header.len = chunk as u32;
-                rw.payload = vec![(GuestAddress(0x10000), chunk)];
+                rw.header.len = chunk;
+                rw.payload = vec![(GuestAddress(0x10000), chunk as usize)];
                 muxer.handle_tx(&mem, &rw);
             }
             assert!(hosts.len() < 512, "ember kept taking guest bytes");

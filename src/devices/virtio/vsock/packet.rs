@@ -16,7 +16,9 @@ pub type GuestSlice<'m> = VolatileSlice<'m, BS<'m, AtomicBitmap>>;
 
 use virtio_queue::desc::split::Descriptor;
 
-pub const HEADER_LEN: usize = 44;
+/// Length of the header, as the used ring's lengths count it.
+pub const HEADER_LEN_U32: u32 = 44;
+pub const HEADER_LEN: usize = HEADER_LEN_U32 as usize;
 pub const TYPE_STREAM: u16 = 1;
 
 pub const OP_REQUEST: u16 = 1;
@@ -200,7 +202,7 @@ impl RxBuffer {
                 .map_err(|_| Error::Memory)?;
             at += len;
         }
-        Ok((HEADER_LEN as u32) + header.len)
+        Ok(HEADER_LEN_U32 + header.len)
     }
 }
 
@@ -223,7 +225,11 @@ mod tests {
         let raw: Vec<RawDescriptor> = descs
             .iter()
             .map(|&(addr, len, write)| {
-                let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+                let flags = if write {
+                    const { crate::devices::virtio::narrow::to_u16(VRING_DESC_F_WRITE) }
+                } else {
+                    0
+                };
                 RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
             })
             .collect();

@@ -1,25 +1,10 @@
-//! ember's invocation framing on a stream: a request is a 4-byte little-endian
-//! length N and N bytes; a response is a status byte, a 4-byte little-endian length
-//! M and M bytes.
+//! Reading ember's invocation requests from a stream delivered in arbitrary pieces.
+//! The framing itself (prefixes, status codes) is `ember_proto`'s, shared with the
+//! host.
 
 use alloc::vec::Vec;
 
-/// Bytes in front of a response's body.
-pub const RESPONSE_PREFIX_LEN: usize = 5;
-
-/// Response status: the function returned its output.
-pub const STATUS_OK: u8 = 0;
-/// Response status: the function (or the runtime, for a request it cannot take)
-/// returned an error; the body is the message.
-pub const STATUS_ERROR: u8 = 1;
-/// Response status: the function panicked; the body is the panic message.
-pub const STATUS_PANIC: u8 = 2;
-
-/// The bytes in front of a response body of `len` bytes.
-pub fn response_prefix(status: u8, len: u32) -> [u8; RESPONSE_PREFIX_LEN] {
-    let len = len.to_le_bytes();
-    [status, len[0], len[1], len[2], len[3]]
-}
+pub use ember_proto::invocation::{RESPONSE_PREFIX_LEN, Status, response_prefix};
 
 /// A complete request.
 #[derive(Debug, PartialEq, Eq)]
@@ -220,10 +205,5 @@ mod tests {
         assert_eq!(reader.take(), Some(Request::TooLarge(100)));
         assert_eq!(reader.feed(&stream[104..]), 6);
         assert_eq!(reader.take(), Some(Request::Data(b"ok".to_vec())));
-    }
-
-    #[test]
-    fn prefixes_responses() {
-        assert_eq!(response_prefix(STATUS_PANIC, 0x0102_0304), [2, 4, 3, 2, 1]);
     }
 }

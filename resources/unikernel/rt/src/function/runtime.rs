@@ -8,14 +8,14 @@ use core::fmt::{self, Write};
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use super::framing::{RESPONSE_PREFIX_LEN, Request, STATUS_ERROR, STATUS_OK, STATUS_PANIC};
+use super::framing::{RESPONSE_PREFIX_LEN, Request, Status};
 use super::poll::{Poller, Wait};
 use super::server::{ClientState, ConnId, Payload, Server};
 use super::{Error, Function};
 use crate::bootinfo::BootInfo;
 use crate::cmdline::{parse_number, value, virtio_mmio_devices};
 use crate::io::{rdtsc, reset, signal_boot_timer};
-use crate::virtio::Transport;
+use crate::virtio::MmioTransport;
 use crate::virtio::vsock::{self, Received, Vsock};
 use crate::{heap, irq, println};
 
@@ -106,25 +106,31 @@ fn fail(what: fmt::Arguments<'_>) -> ! {
 }
 
 /// The first virtio-vsock device on the command line and its IRQ.
-fn find_vsock(cmdline: &[u8]) -> Option<(Transport, u32)> {
+fn find_vsock(cmdline: &[u8]) -> Option<(MmioTransport, u32)> {
     virtio_mmio_devices(cmdline)
         .flatten()
         .filter(|device| device.base < 1 << 32)
         .find_map(|device| {
             // SAFETY: the VMM announced a virtio-mmio window at this identity-mapped
             // address; only the device returned here is driven.
-            let transport = unsafe { Transport::new(device.base) };
+            let transport = unsafe { MmioTransport::new(device.base) };
             (transport.probe() == Ok(vsock::DEVICE_ID)).then_some((transport, device.irq))
         })
 }
 
-/// The runtime.
+/// Runs `f` on the runtime, which [`run`] has set up.
 ///
-/// # Safety
-/// The caller must not use a reference from an earlier call after this one.
-unsafe fn runtime() -> &'static mut Runtime {
-    // SAFETY: one thread; the caller keeps references from overlapping.
-    unsafe { (*RUNTIME.0.get()).as_mut() }.expect("runtime set up before serving")
+/// The one place that makes a reference to it, and why that is sound: `f`
+/// cannot keep the reference (`R` cannot borrow from it); ring 3 has one thread,
+/// interrupted by no code that touches the runtime; and no `f` calls
+/// `with_runtime` again: this module's closures never call the function, the
+/// only caller of `HostStream`. The exception is [`recover`], which runs on the
+/// function's panic, maybe inside the `f` of a `HostStream` call: those frames,
+/// and the reference they hold, are abandoned for good.
+fn with_runtime<R>(f: impl FnOnce(&mut Runtime) -> R) -> R {
+    // SAFETY: as above, the reference is the only one for as long as `f` runs.
+    let runtime = unsafe { (*RUNTIME.0.get()).as_mut() };
+    f(runtime.expect("runtime set up before serving"))
 }
 
 /// Runs [`serve`] from the top of the serving stack, abandoning the current one.
@@ -144,39 +150,42 @@ unsafe fn restart() -> ! {
 
 /// The serving loop: next request, call the function, send the response.
 extern "C" fn serve() -> ! {
-    // Whatever a panic left behind goes. SAFETY (for each `runtime()` below): every
-    // reference ends before the next is taken.
-    let rt = unsafe { runtime() };
-    rt.request = Vec::new();
-    rt.server.close_clients();
+    // Whatever a panic left behind goes.
+    with_runtime(|rt| {
+        rt.request = Vec::new();
+        rt.server.close_clients();
+    });
     loop {
-        // SAFETY: as above.
-        let rt = unsafe { runtime() };
-        let (conn, request) = rt.next_request();
-        let Request::Data(request) = request else {
-            rt.respond(
-                conn,
-                STATUS_ERROR,
-                b"ember-fn: request does not fit in memory",
-            );
+        let next = with_runtime(|rt| {
+            let (conn, request) = rt.next_request();
+            let Request::Data(request) = request else {
+                rt.respond(
+                    conn,
+                    Status::Error,
+                    b"ember-fn: request does not fit in memory",
+                );
+                return None;
+            };
+            rt.request = request;
+            rt.conn = conn;
+            let input: *const [u8] = rt.request.as_slice();
+            Some((conn, input, rt.function))
+        });
+        let Some((conn, input, function)) = next else {
             continue;
         };
-        rt.request = request;
-        rt.conn = conn;
-        let input: *const [u8] = rt.request.as_slice();
-        let function = rt.function;
         IN_FUNCTION.store(true, Ordering::Relaxed);
         // SAFETY: the request is not touched until the function returns, or until
         // its panic has abandoned it.
         let result = function(unsafe { &*input });
         IN_FUNCTION.store(false, Ordering::Relaxed);
-        // SAFETY: as above; the function is done with the request.
-        let rt = unsafe { runtime() };
-        match &result {
-            Ok(output) => rt.respond(conn, STATUS_OK, output),
-            Err(err) => rt.respond(conn, STATUS_ERROR, err.message().as_bytes()),
-        }
-        rt.request = Vec::new();
+        with_runtime(|rt| {
+            match &result {
+                Ok(output) => rt.respond(conn, Status::Ok, output),
+                Err(err) => rt.respond(conn, Status::Error, err.message().as_bytes()),
+            }
+            rt.request = Vec::new();
+        });
     }
 }
 
@@ -195,10 +204,7 @@ pub(crate) fn recover(info: &PanicInfo) -> ! {
     // Truncation is the only failure, and it is wanted.
     let _ = write!(message, "{}", info.message());
     let len = message.len;
-    // SAFETY: the function's frames, the only other users of the runtime, are
-    // never returned to.
-    let rt = unsafe { runtime() };
-    rt.respond(rt.conn, STATUS_PANIC, &message.buffer[..len]);
+    with_runtime(|rt| rt.respond(rt.conn, Status::Panic, &message.buffer[..len]));
     // SAFETY: the panicking stack is abandoned.
     unsafe { restart() }
 }
@@ -237,9 +243,9 @@ impl Runtime {
 
     /// Sends a response, serving other connections' traffic meanwhile, and returns
     /// once the device has sent it (or the connection is gone).
-    fn respond(&mut self, conn: ConnId, status: u8, body: &[u8]) {
+    fn respond(&mut self, conn: ConnId, status: Status, body: &[u8]) {
         let Ok(len) = u32::try_from(body.len()) else {
-            return self.respond(conn, STATUS_ERROR, b"ember-fn: output longer than 4 GiB");
+            return self.respond(conn, Status::Error, b"ember-fn: output longer than 4 GiB");
         };
         self.server.start_response(conn, status, len);
         self.send(body);
@@ -358,50 +364,50 @@ pub struct HostStream {
 impl HostStream {
     /// Connects to `port` on the host, waiting until it accepts or refuses.
     pub fn connect(port: u32) -> Result<HostStream, Error> {
-        // SAFETY: the function, the only caller, holds no runtime reference.
-        let rt = unsafe { runtime() };
-        let id = rt
-            .server
-            .connect(port)
-            .ok_or(Error::new("ember-fn: too many connections"))?;
-        match rt.client(id, |s| *s != ClientState::Connecting) {
-            ClientState::Open { .. } => Ok(HostStream { id }),
-            _ => Err(Error::new("ember-fn: connection refused")),
-        }
+        with_runtime(|rt| {
+            let id = rt
+                .server
+                .connect(port)
+                .ok_or(Error::new("ember-fn: too many connections"))?;
+            match rt.client(id, |s| *s != ClientState::Connecting) {
+                ClientState::Open { .. } => Ok(HostStream { id }),
+                _ => Err(Error::new("ember-fn: connection refused")),
+            }
+        })
     }
 
     /// Sends all of `data`, returning once the device has taken it.
     pub fn write_all(&mut self, data: &[u8]) -> Result<(), Error> {
-        // SAFETY: as in `connect`.
-        let rt = unsafe { runtime() };
-        if !rt.server.start_send(self.id, data.len()) {
-            return Err(Error::new("ember-fn: connection closed"));
-        }
-        rt.send(data);
-        if rt.server.send_dropped() {
-            Err(Error::new("ember-fn: connection reset"))
-        } else {
-            Ok(())
-        }
+        with_runtime(|rt| {
+            if !rt.server.start_send(self.id, data.len()) {
+                return Err(Error::new("ember-fn: connection closed"));
+            }
+            rt.send(data);
+            if rt.server.send_dropped() {
+                Err(Error::new("ember-fn: connection reset"))
+            } else {
+                Ok(())
+            }
+        })
     }
 
     /// Appends what has arrived to `buf`, waiting for at least one byte; returns
     /// how many, 0 once the host has closed its side.
     pub fn read(&mut self, buf: &mut Vec<u8>) -> Result<usize, Error> {
-        // SAFETY: as in `connect`.
-        let rt = unsafe { runtime() };
-        match rt.client(self.id, |s| {
-            !matches!(
-                s,
-                ClientState::Open {
-                    readable: 0,
-                    eof: false
-                }
-            )
-        }) {
-            ClientState::Open { .. } => Ok(rt.server.read(self.id, buf)),
-            _ => Err(Error::new("ember-fn: connection reset")),
-        }
+        with_runtime(|rt| {
+            match rt.client(self.id, |s| {
+                !matches!(
+                    s,
+                    ClientState::Open {
+                        readable: 0,
+                        eof: false
+                    }
+                )
+            }) {
+                ClientState::Open { .. } => Ok(rt.server.read(self.id, buf)),
+                _ => Err(Error::new("ember-fn: connection reset")),
+            }
+        })
     }
 
     /// Appends everything until the host closes its side to `buf`.
@@ -418,10 +424,10 @@ impl HostStream {
 
 impl Drop for HostStream {
     fn drop(&mut self) {
-        // SAFETY: as in `connect`.
-        let rt = unsafe { runtime() };
-        rt.server.close(self.id);
-        // SAFETY: there is no response body in flight.
-        unsafe { rt.pump(&[]) };
+        with_runtime(|rt| {
+            rt.server.close(self.id);
+            // SAFETY: there is no response body in flight.
+            unsafe { rt.pump(&[]) };
+        });
     }
 }

@@ -1,39 +1,18 @@
-//! Modern (version 2) virtio-mmio transport, driven from ring 3.
+//! virtio, driven from ring 3: the [`Transport`] the drivers talk to, its modern
+//! (version 2) virtio-mmio implementation, the split [`Queue`] and the drivers.
 
 pub mod blk;
+#[cfg(test)]
+mod fake;
+mod mmio;
 pub mod queue;
 pub mod vsock;
 
 use core::fmt;
-use core::ptr::{read_volatile, write_volatile};
 
+pub use mmio::MmioTransport;
 pub use queue::{Buffer, Queue};
 
-const MAGIC: usize = 0x000;
-const VERSION: usize = 0x004;
-const DEVICE_ID: usize = 0x008;
-const DEVICE_FEATURES: usize = 0x010;
-const DEVICE_FEATURES_SEL: usize = 0x014;
-const DRIVER_FEATURES: usize = 0x020;
-const DRIVER_FEATURES_SEL: usize = 0x024;
-const QUEUE_SEL: usize = 0x030;
-const QUEUE_NUM_MAX: usize = 0x034;
-const QUEUE_NUM: usize = 0x038;
-const QUEUE_READY: usize = 0x044;
-const QUEUE_NOTIFY: usize = 0x050;
-const INTERRUPT_STATUS: usize = 0x060;
-const INTERRUPT_ACK: usize = 0x064;
-const STATUS: usize = 0x070;
-const QUEUE_DESC_LOW: usize = 0x080;
-const QUEUE_DESC_HIGH: usize = 0x084;
-const QUEUE_DRIVER_LOW: usize = 0x090;
-const QUEUE_DRIVER_HIGH: usize = 0x094;
-const QUEUE_DEVICE_LOW: usize = 0x0a0;
-const QUEUE_DEVICE_HIGH: usize = 0x0a4;
-const CONFIG_GENERATION: usize = 0x0fc;
-const CONFIG: usize = 0x100;
-
-const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
 const STATUS_ACKNOWLEDGE: u32 = 1;
 const STATUS_DRIVER: u32 = 2;
 const STATUS_DRIVER_OK: u32 = 4;
@@ -55,6 +34,8 @@ pub enum Error {
     FeaturesRejected,
     /// The queue does not exist (QueueNumMax 0) or is already live.
     QueueUnavailable(u32),
+    /// The queue allows fewer descriptors than one request of the driver takes.
+    QueueTooSmall(u32),
     /// The runtime's static pool of ring pages is used up.
     OutOfQueues,
 }
@@ -68,129 +49,175 @@ impl fmt::Display for Error {
             Error::MissingFeatures(bits) => write!(f, "missing features {bits:#x}"),
             Error::FeaturesRejected => f.write_str("device rejected features"),
             Error::QueueUnavailable(q) => write!(f, "queue {q} unavailable"),
+            Error::QueueTooSmall(q) => write!(f, "queue {q} too small"),
             Error::OutOfQueues => f.write_str("out of queue memory"),
         }
     }
 }
 
-/// The register window of one virtio-mmio device.
-pub struct Transport {
-    base: usize,
-}
-
-impl Transport {
-    /// # Safety
-    /// `base` must be the identity-mapped register window of a virtio-mmio device
-    /// (or unbacked MMIO), and no other `Transport` may drive the same device.
-    pub unsafe fn new(base: u64) -> Transport {
-        Transport {
-            base: base as usize,
-        }
-    }
-
-    /// The device ID (2 = block, 0 = no device behind this window) after checking
-    /// that this is a modern virtio-mmio device.
-    pub fn probe(&self) -> Result<u32, Error> {
-        match (self.read(MAGIC), self.read(VERSION)) {
-            (MAGIC_VALUE, 2) => Ok(self.read(DEVICE_ID)),
-            (MAGIC_VALUE, version) => Err(Error::BadVersion(version)),
-            (magic, _) => Err(Error::BadMagic(magic)),
-        }
-    }
+/// The register operations of a virtio transport (virtio 1.2 §4), which the
+/// drivers are generic over: [`MmioTransport`] in a guest, a fake in unit tests.
+/// Each call is one register access or a fixed few, which matters where every
+/// access is a VM exit. The driver side of device initialization is built on them
+/// once, in the provided methods.
+pub trait Transport {
+    fn status(&self) -> u32;
+    fn set_status(&self, status: u32);
+    /// All 64 feature bits the device offers.
+    fn device_features(&self) -> u64;
+    /// The feature bits the driver accepts.
+    fn set_driver_features(&self, features: u64);
+    /// Selects the queue that the `queue_*` and [`Transport::activate_queue`]
+    /// calls address.
+    fn select_queue(&self, index: u32);
+    /// The selected queue's largest size; 0 if it does not exist.
+    fn queue_max_size(&self) -> u32;
+    /// Whether the selected queue is live.
+    fn queue_ready(&self) -> bool;
+    /// Gives the selected queue `size` descriptors and the guest-physical
+    /// addresses of its descriptor table, driver (avail) and device (used) rings,
+    /// then makes it live.
+    fn activate_queue(&self, size: u16, desc: u64, driver: u64, device: u64);
+    /// Tells the device that queue `index` has new buffers.
+    fn notify(&self, index: u32);
+    /// Acknowledges whatever interrupt the device raised; polling drivers call this
+    /// so a level-triggered line does not stay asserted. Returns whether there was
+    /// one (then it took a second register access).
+    fn ack_interrupt(&self) -> bool;
+    /// Changes whenever the device config space changes.
+    fn config_generation(&self) -> u32;
+    /// The 32-bit field at `offset` in the device config space.
+    fn config_u32(&self, offset: usize) -> u32;
 
     /// Resets the device and negotiates features: takes `required` (failing without
     /// them) plus whatever of `optional` the device offers. Returns the features.
-    pub fn negotiate(&self, required: u64, optional: u64) -> Result<u64, Error> {
-        self.write(STATUS, 0);
-        if self.read(STATUS) != 0 {
+    fn negotiate(&self, required: u64, optional: u64) -> Result<u64, Error> {
+        self.set_status(0);
+        if self.status() != 0 {
             return Err(Error::ResetFailed);
         }
-        self.write(STATUS, STATUS_ACKNOWLEDGE);
-        self.write(STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        self.write(DEVICE_FEATURES_SEL, 0);
-        let low = self.read(DEVICE_FEATURES);
-        self.write(DEVICE_FEATURES_SEL, 1);
-        let offered = u64::from(self.read(DEVICE_FEATURES)) << 32 | u64::from(low);
+        self.set_status(STATUS_ACKNOWLEDGE);
+        self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        let offered = self.device_features();
         if offered & required != required {
             return Err(Error::MissingFeatures(required & !offered));
         }
         let features = required | (offered & optional);
-        self.write(DRIVER_FEATURES_SEL, 0);
-        self.write(DRIVER_FEATURES, features as u32);
-        self.write(DRIVER_FEATURES_SEL, 1);
-        self.write(DRIVER_FEATURES, (features >> 32) as u32);
-        let status = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
-        self.write(STATUS, status);
-        if self.read(STATUS) & STATUS_FEATURES_OK == 0 {
+        self.set_driver_features(features);
+        self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        if self.status() & STATUS_FEATURES_OK == 0 {
             return Err(Error::FeaturesRejected);
         }
         Ok(features)
     }
 
     /// Gives queue `index` the rings of `queue`, sized to what the device allows.
-    pub fn setup_queue(&self, index: u32, queue: &mut Queue) -> Result<(), Error> {
-        self.write(QUEUE_SEL, index);
-        let max = self.read(QUEUE_NUM_MAX);
-        if max == 0 || self.read(QUEUE_READY) != 0 {
+    fn setup_queue(&self, index: u32, queue: &mut Queue) -> Result<(), Error> {
+        self.select_queue(index);
+        let max = self.queue_max_size();
+        if max == 0 || self.queue_ready() {
             return Err(Error::QueueUnavailable(index));
         }
         queue.limit_size(u16::try_from(max).unwrap_or(u16::MAX));
-        self.write(QUEUE_NUM, u32::from(queue.size()));
         let (desc, driver, device) = queue.addresses();
-        for (low, high, value) in [
-            (QUEUE_DESC_LOW, QUEUE_DESC_HIGH, desc),
-            (QUEUE_DRIVER_LOW, QUEUE_DRIVER_HIGH, driver),
-            (QUEUE_DEVICE_LOW, QUEUE_DEVICE_HIGH, device),
-        ] {
-            self.write(low, value as u32);
-            self.write(high, (value >> 32) as u32);
-        }
-        self.write(QUEUE_READY, 1);
+        self.activate_queue(queue.size(), desc, driver, device);
         Ok(())
     }
 
     /// Marks the driver ready: the device may now process queues.
-    pub fn driver_ok(&self) {
-        let status = self.read(STATUS);
-        self.write(STATUS, status | STATUS_DRIVER_OK);
-    }
-
-    /// Tells the device that queue `index` has new buffers.
-    pub fn notify(&self, index: u32) {
-        self.write(QUEUE_NOTIFY, index);
-    }
-
-    /// Acknowledges whatever interrupt the device raised; polling drivers call this
-    /// so a level-triggered line does not stay asserted. Returns whether there was
-    /// one (then it took two register accesses, else one).
-    pub fn ack_interrupt(&self) -> bool {
-        let pending = self.read(INTERRUPT_STATUS);
-        if pending != 0 {
-            self.write(INTERRUPT_ACK, pending);
-        }
-        pending != 0
+    fn driver_ok(&self) {
+        self.set_status(self.status() | STATUS_DRIVER_OK);
     }
 
     /// A 64-bit field of the device config space, read as two 32-bit halves and
     /// retried until the config generation shows a consistent pair.
-    pub fn config_u64(&self, offset: usize) -> u64 {
+    fn config_u64(&self, offset: usize) -> u64 {
         loop {
-            let generation = self.read(CONFIG_GENERATION);
-            let low = self.read(CONFIG + offset);
-            let high = self.read(CONFIG + offset + 4);
-            if self.read(CONFIG_GENERATION) == generation {
+            let generation = self.config_generation();
+            let low = self.config_u32(offset);
+            let high = self.config_u32(offset + 4);
+            if self.config_generation() == generation {
                 return u64::from(high) << 32 | u64::from(low);
             }
         }
     }
+}
 
-    fn read(&self, offset: usize) -> u32 {
-        // SAFETY: `new`'s contract makes `base + offset` a register of our device.
-        unsafe { read_volatile((self.base + offset) as *const u32) }
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeTransport;
+    use super::*;
+
+    const F_OTHER: u64 = 1 << 7;
+    const F_WANTED: u64 = 1 << 5;
+    const F_UNOFFERED: u64 = 1 << 9;
+
+    #[test]
+    fn negotiates_required_and_offered_optional_features() {
+        let fake = FakeTransport::new(F_VERSION_1 | F_WANTED | F_OTHER, &[], &[]);
+        let features = fake.negotiate(F_VERSION_1, F_WANTED | F_UNOFFERED);
+        assert_eq!(features, Ok(F_VERSION_1 | F_WANTED));
+        assert_eq!(fake.accepted(), F_VERSION_1 | F_WANTED);
+        let negotiated = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        assert_eq!(fake.status(), negotiated);
+        fake.driver_ok();
+        assert_eq!(fake.status(), negotiated | STATUS_DRIVER_OK);
     }
 
-    fn write(&self, offset: usize, value: u32) {
-        // SAFETY: as in `read`; register writes only affect our device.
-        unsafe { write_volatile((self.base + offset) as *mut u32, value) }
+    #[test]
+    fn fails_negotiation_the_device_does_not_complete() {
+        let fake = FakeTransport::new(F_WANTED, &[], &[]);
+        assert_eq!(
+            fake.negotiate(F_VERSION_1 | F_WANTED, 0),
+            Err(Error::MissingFeatures(F_VERSION_1))
+        );
+
+        let fake = FakeTransport::new(F_VERSION_1, &[], &[]);
+        fake.refuse_features();
+        assert_eq!(fake.negotiate(F_VERSION_1, 0), Err(Error::FeaturesRejected));
+
+        let fake = FakeTransport::new(F_VERSION_1, &[], &[]);
+        fake.set_status(STATUS_ACKNOWLEDGE);
+        fake.break_reset();
+        assert_eq!(fake.negotiate(F_VERSION_1, 0), Err(Error::ResetFailed));
+    }
+
+    #[test]
+    fn sets_up_queues_within_the_devices_limits() {
+        let fake = FakeTransport::new(0, &[256, 48, 0], &[]);
+        let mut queue = Queue::new().unwrap();
+        fake.setup_queue(0, &mut queue).unwrap();
+        let regs = fake.queue(0);
+        assert_eq!((queue.size(), regs.size, regs.ready), (64, 64, true));
+        assert_eq!((regs.desc, regs.driver, regs.device), queue.addresses());
+        // A second setup of a live queue is refused.
+        let mut again = Queue::new().unwrap();
+        assert_eq!(
+            fake.setup_queue(0, &mut again),
+            Err(Error::QueueUnavailable(0))
+        );
+
+        // A power of two no larger than the device allows.
+        let mut queue = Queue::new().unwrap();
+        fake.setup_queue(1, &mut queue).unwrap();
+        assert_eq!((queue.size(), fake.queue(1).size), (32, 32));
+
+        for missing in [2, 3] {
+            assert_eq!(
+                fake.setup_queue(missing, &mut Queue::new().unwrap()),
+                Err(Error::QueueUnavailable(missing))
+            );
+        }
+    }
+
+    #[test]
+    fn rereads_a_config_field_that_changed_while_read() {
+        let mut config = [0; 8];
+        config[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let fake = FakeTransport::new(0, &[], &config);
+        assert_eq!(fake.config_u64(0), u64::from(u32::MAX));
+        // The low half is read before, the high half after the change: a torn pair.
+        fake.set_config_after_next_read(0, &(1u64 << 32).to_le_bytes());
+        assert_eq!(fake.config_u64(0), 1 << 32);
     }
 }

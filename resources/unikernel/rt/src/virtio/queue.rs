@@ -1,17 +1,15 @@
 //! Split virtqueue: descriptor chains go out with a caller's token and come back
 //! with it once the device has used them. Polled drivers ask the device not to
-//! interrupt; interrupt-driven ones turn interrupts on.
+//! interrupt; interrupt-driven ones turn interrupts on. What the device writes to
+//! the used ring is checked against what the driver published, never trusted.
 
-use core::cell::UnsafeCell;
 use core::ptr::{NonNull, addr_of, addr_of_mut, read_volatile, write_volatile};
-use core::sync::atomic::{AtomicUsize, Ordering, fence};
+use core::sync::atomic::{Ordering, fence};
 
 use super::{Error, Transport};
 
 /// Descriptors per queue (the device may allow fewer).
 pub const QUEUE_SIZE: usize = 64;
-/// Ring pages in the static pool: queues live for the whole run, never freed.
-const POOL_QUEUES: usize = 8;
 
 pub const DESC_F_NEXT: u16 = 1;
 pub const DESC_F_WRITE: u16 = 2;
@@ -23,7 +21,7 @@ const USED_F_NO_NOTIFY: u16 = 1;
 /// The split-ring layout (virtio 1.2 §2.7), public for guests that drive raw
 /// rings (the test guest's attacks).
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Desc {
     pub addr: u64,
     pub len: u32,
@@ -63,16 +61,41 @@ pub struct Rings {
 
 const _: () = assert!(size_of::<Rings>() == 4096);
 
-/// Zeroed ring pages in .bss; `NEXT` hands each out once.
-struct Pool(UnsafeCell<[Rings; POOL_QUEUES]>);
+/// A zeroed ring page that no one else uses, never to be freed: a device may
+/// write it until the end. A guest may have no heap, so they come from a static
+/// pool in .bss.
+#[cfg(not(test))]
+fn ring_page() -> Result<NonNull<Rings>, Error> {
+    use core::cell::UnsafeCell;
+    use core::sync::atomic::AtomicUsize;
 
-// SAFETY: each element is handed out at most once (atomic `NEXT`), so no two users
-// ever share one.
-unsafe impl Sync for Pool {}
+    /// Ring pages in the pool: queues live for the whole run.
+    const POOL_QUEUES: usize = 8;
+    struct Pool(UnsafeCell<[Rings; POOL_QUEUES]>);
+    // SAFETY: each element is handed out at most once (atomic `NEXT`), so no two
+    // users ever share one.
+    unsafe impl Sync for Pool {}
+    // SAFETY: all-zero bytes are valid for the plain-integer ring structures.
+    static POOL: Pool = Pool(UnsafeCell::new(unsafe { core::mem::zeroed() }));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: all-zero bytes are valid for the plain-integer ring structures.
-static POOL: Pool = Pool(UnsafeCell::new(unsafe { core::mem::zeroed() }));
-static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let index = NEXT.fetch_add(1, Ordering::Relaxed);
+    if index >= POOL_QUEUES {
+        return Err(Error::OutOfQueues);
+    }
+    // SAFETY: `index` is in bounds and handed out only once, so the caller owns the
+    // element exclusively.
+    Ok(unsafe { NonNull::new_unchecked((POOL.0.get() as *mut Rings).add(index)) })
+}
+
+/// Unit tests, running side by side, would use up the static pool: each queue
+/// gets a page of its own from the heap instead.
+#[cfg(test)]
+fn ring_page() -> Result<NonNull<Rings>, Error> {
+    // SAFETY: all-zero bytes are valid for the plain-integer ring structures.
+    let page: alloc::boxed::Box<Rings> = alloc::boxed::Box::new(unsafe { core::mem::zeroed() });
+    Ok(NonNull::from(alloc::boxed::Box::leak(page)))
+}
 
 /// A buffer in a descriptor chain, by guest-physical (= virtual) address.
 #[derive(Clone, Copy)]
@@ -99,23 +122,18 @@ pub struct Queue {
     num_free: u16,
     /// Free-list links, by descriptor.
     next: [u16; QUEUE_SIZE],
-    /// Per chain head: the caller's token and the chain's length.
+    /// Per chain head: the caller's token, the chain's length (0 for a head not
+    /// in flight) and how many bytes of it the device may write.
     token: [u32; QUEUE_SIZE],
     chain_len: [u16; QUEUE_SIZE],
+    writable: [u32; QUEUE_SIZE],
 }
 
 impl Queue {
     /// A queue with fresh rings from the static pool, with device interrupts off.
     pub fn new() -> Result<Queue, Error> {
-        let index = NEXT.fetch_add(1, Ordering::Relaxed);
-        if index >= POOL_QUEUES {
-            return Err(Error::OutOfQueues);
-        }
-        // SAFETY: `index` is in bounds and handed out only once, so this queue owns
-        // the element exclusively.
-        let rings = unsafe { NonNull::new_unchecked((POOL.0.get() as *mut Rings).add(index)) };
         let mut queue = Queue {
-            rings,
+            rings: ring_page()?,
             size: 0,
             next_avail: 0,
             last_used: 0,
@@ -124,6 +142,7 @@ impl Queue {
             next: [0; QUEUE_SIZE],
             token: [0; QUEUE_SIZE],
             chain_len: [0; QUEUE_SIZE],
+            writable: [0; QUEUE_SIZE],
         };
         queue.set_size(QUEUE_SIZE as u16);
         queue.set_avail_flags(AVAIL_F_NO_INTERRUPT);
@@ -197,7 +216,11 @@ impl Queue {
         let rings = self.rings.as_ptr();
         let head = self.free_head;
         let mut id = head;
+        let mut writable = 0u32;
         for (i, buf) in chain.iter().enumerate() {
+            if buf.device_writes {
+                writable = writable.saturating_add(buf.len);
+            }
             let next = self.next[usize::from(id)];
             let mut flags = if buf.device_writes { DESC_F_WRITE } else { 0 };
             if i + 1 < chain.len() {
@@ -220,6 +243,7 @@ impl Queue {
         self.num_free -= chain.len() as u16;
         self.token[usize::from(head)] = token;
         self.chain_len[usize::from(head)] = chain.len() as u16;
+        self.writable[usize::from(head)] = writable;
         let slot = usize::from(self.next_avail % self.size);
         self.next_avail = self.next_avail.wrapping_add(1);
         // SAFETY: the avail ring belongs to the driver; the fence orders the
@@ -234,7 +258,7 @@ impl Queue {
 
     /// Tells the device (through queue `index` of `transport`) about new chains,
     /// unless it said it does not need to hear.
-    pub fn notify(&self, transport: &Transport, index: u32) {
+    pub fn notify(&self, transport: &impl Transport, index: u32) {
         fence(Ordering::SeqCst);
         // SAFETY: the used flags are device-written; a volatile read sees them.
         let flags = unsafe { read_volatile(addr_of!((*self.rings.as_ptr()).used.flags)) };
@@ -250,53 +274,66 @@ impl Queue {
     }
 
     /// The next chain the device has used: its token and the length written.
+    ///
+    /// A used entry naming no chain in flight is skipped: freeing what it names
+    /// would corrupt the free list. A length beyond what the chain lets the device
+    /// write comes back as 0, as nothing written there can be trusted.
     pub fn pop_used(&mut self) -> Option<(u32, u32)> {
         let rings = self.rings.as_ptr();
-        // SAFETY: the used ring is device-written: read volatilely, and its entries
-        // only after seeing the index move (the fence orders the two reads).
-        let (id, len) = unsafe {
-            if read_volatile(addr_of!((*rings).used.idx)) == self.last_used {
-                return None;
+        loop {
+            // SAFETY: the used ring is device-written: read volatilely, and its
+            // entries only after seeing the index move (the fence orders the reads).
+            let (id, len) = unsafe {
+                if read_volatile(addr_of!((*rings).used.idx)) == self.last_used {
+                    return None;
+                }
+                fence(Ordering::SeqCst);
+                let elem = addr_of!((*rings).used.ring[usize::from(self.last_used % self.size)]);
+                (
+                    read_volatile(addr_of!((*elem).id)),
+                    read_volatile(addr_of!((*elem).len)),
+                )
+            };
+            self.last_used = self.last_used.wrapping_add(1);
+            let Some(head) = u16::try_from(id)
+                .ok()
+                .filter(|&h| h < self.size && self.chain_len[usize::from(h)] != 0)
+            else {
+                continue;
+            };
+            let count = core::mem::take(&mut self.chain_len[usize::from(head)]);
+            let mut last = head;
+            for _ in 1..count {
+                last = self.next[usize::from(last)];
             }
-            fence(Ordering::SeqCst);
-            let elem = addr_of!((*rings).used.ring[usize::from(self.last_used % self.size)]);
-            (
-                read_volatile(addr_of!((*elem).id)),
-                read_volatile(addr_of!((*elem).len)),
-            )
-        };
-        self.last_used = self.last_used.wrapping_add(1);
-        // A device returning an id it was not given would corrupt the free list.
-        let head = u16::try_from(id)
-            .ok()
-            .filter(|&h| h < self.size && self.chain_len[usize::from(h)] != 0)
-            .expect("virtio device returned an unknown descriptor");
-        let count = core::mem::take(&mut self.chain_len[usize::from(head)]);
-        let mut last = head;
-        for _ in 1..count {
-            last = self.next[usize::from(last)];
+            self.next[usize::from(last)] = self.free_head;
+            self.free_head = head;
+            self.num_free += count;
+            let len = if len <= self.writable[usize::from(head)] {
+                len
+            } else {
+                0
+            };
+            return Some((self.token[usize::from(head)], len));
         }
-        self.next[usize::from(last)] = self.free_head;
-        self.free_head = head;
-        self.num_free += count;
-        Some((self.token[usize::from(head)], len))
     }
 
     /// Publishes `chain` as the only request on queue `index` of `transport`, waits
     /// until the device has used it, and returns the length the device reports
-    /// written. Hangs if the device never completes the request.
+    /// written. Hangs if the device never completes the request; panics if the
+    /// chain is longer than the queue (which stays idle between requests).
     ///
     /// # Safety
     /// Every buffer must stay valid (and writable where `device_writes`) until this
     /// returns.
     pub unsafe fn submit_and_wait(
         &mut self,
-        transport: &Transport,
+        transport: &impl Transport,
         index: u32,
         chain: &[Buffer],
     ) -> u32 {
         // SAFETY: forwarded to the caller; we wait for the chain to come back.
-        unsafe { self.push(chain, 0) }.expect("request fits an idle queue");
+        unsafe { self.push(chain, 0) }.expect("request fits the idle queue");
         self.notify(transport, index);
         let len = loop {
             if let Some((_, len)) = self.pop_used() {
@@ -306,5 +343,206 @@ impl Queue {
         };
         transport.ack_interrupt();
         len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::FakeTransport;
+    use super::*;
+
+    /// A queue of at most `max` descriptors, live on a fake device's queue 0.
+    fn live_queue(max: u32) -> (FakeTransport, Queue) {
+        let fake = FakeTransport::new(0, &[max], &[]);
+        let mut queue = Queue::new().unwrap();
+        fake.setup_queue(0, &mut queue).unwrap();
+        (fake, queue)
+    }
+
+    fn readable(buf: &[u8]) -> Buffer {
+        Buffer {
+            addr: buf.as_ptr() as u64,
+            len: buf.len() as u32,
+            device_writes: false,
+        }
+    }
+
+    fn writable(buf: &mut [u8]) -> Buffer {
+        Buffer {
+            addr: buf.as_mut_ptr() as u64,
+            len: buf.len() as u32,
+            device_writes: true,
+        }
+    }
+
+    #[test]
+    fn returns_chains_with_their_tokens_as_the_device_uses_them() {
+        let (fake, mut queue) = live_queue(8);
+        let (request, mut reply, mut status) = ([1u8; 16], [0u8; 32], [0u8; 1]);
+        let chain = [
+            readable(&request),
+            writable(&mut reply),
+            writable(&mut status),
+        ];
+        let single = [1u8; 4];
+        // SAFETY: the buffers outlive the test, which pops both chains.
+        unsafe {
+            queue.push(&chain, 7).unwrap();
+            queue.push(&[readable(&single)], 8).unwrap();
+        }
+        assert_eq!(queue.free_descriptors(), 4);
+        assert!(queue.in_flight());
+        assert!(!queue.has_used());
+
+        let first = fake.pop_avail(0).unwrap();
+        let flags: Vec<u16> = first.descs.iter().map(|d| d.flags).collect();
+        assert_eq!(
+            flags,
+            [DESC_F_NEXT, DESC_F_NEXT | DESC_F_WRITE, DESC_F_WRITE]
+        );
+        let lens: Vec<u32> = first.descs.iter().map(|d| d.len).collect();
+        assert_eq!(lens, [16, 32, 1]);
+        assert_eq!(first.descs[1].addr, reply.as_ptr() as u64);
+        assert_eq!(first.read(0), request);
+        let second = fake.pop_avail(0).unwrap();
+        assert_eq!((second.descs.len(), second.descs[0].flags), (1, 0));
+        assert!(fake.pop_avail(0).is_none());
+
+        // Completed out of order, returned in the order used.
+        fake.complete(0, &second, 0);
+        fake.complete(0, &first, 33);
+        assert!(queue.has_used());
+        assert_eq!(queue.pop_used(), Some((8, 0)));
+        assert_eq!(queue.pop_used(), Some((7, 33)));
+        assert_eq!(queue.pop_used(), None);
+        assert!(!queue.has_used());
+        assert_eq!(queue.free_descriptors(), 8);
+        assert!(!queue.in_flight());
+    }
+
+    #[test]
+    fn wraps_around_the_ring_and_its_indices() {
+        let (fake, mut queue) = live_queue(4);
+        let data = [0u8; 8];
+        let chain = [readable(&data), readable(&data)];
+        // Past u16::MAX, with two chains in flight at a time.
+        for round in 0..70_000u32 {
+            // SAFETY: `data` outlives the test, which pops every chain.
+            unsafe { queue.push(&chain, round) }.unwrap();
+            let posted = fake.pop_avail(0).unwrap();
+            assert_eq!(posted.descs.len(), 2);
+            if round > 0 {
+                assert_eq!(queue.pop_used(), Some((round - 1, 0)));
+            }
+            fake.complete(0, &posted, 0);
+        }
+        assert_eq!(queue.pop_used(), Some((69_999, 0)));
+        assert_eq!(queue.pop_used(), None);
+        assert_eq!(queue.free_descriptors(), 4);
+    }
+
+    #[test]
+    fn refuses_chains_that_do_not_fit() {
+        let (fake, mut queue) = live_queue(4);
+        let data = [0u8; 8];
+        let one = [readable(&data)];
+        // SAFETY: `data` outlives the test, which never has the chains used.
+        unsafe {
+            assert_eq!(queue.push(&[], 0), Err(QueueFull));
+            assert_eq!(queue.push(&[one[0]; 5], 0), Err(QueueFull));
+            queue.push(&[one[0]; 3], 0).unwrap();
+            assert_eq!(queue.push(&[one[0]; 2], 1), Err(QueueFull));
+            queue.push(&one, 1).unwrap();
+            assert_eq!(queue.push(&one, 2), Err(QueueFull));
+        }
+        assert_eq!(queue.free_descriptors(), 0);
+        let first = fake.pop_avail(0).unwrap();
+        fake.complete(0, &first, 0);
+        assert_eq!(queue.pop_used(), Some((0, 0)));
+        // SAFETY: as above.
+        unsafe { queue.push(&[one[0]; 3], 2) }.unwrap();
+    }
+
+    #[test]
+    fn skips_used_entries_for_chains_not_in_flight() {
+        let (fake, mut queue) = live_queue(8);
+        let data = [0u8; 8];
+        // SAFETY: `data` outlives the test.
+        unsafe {
+            queue.push(&[readable(&data); 3], 1).unwrap();
+            queue.push(&[readable(&data)], 2).unwrap();
+        }
+        let three = fake.pop_avail(0).unwrap();
+        let one = fake.pop_avail(0).unwrap();
+        let middle = three.descs[0].next;
+        // Beyond the queue, beyond u16, a descriptor inside a chain, a free one.
+        for bogus in [8, 1 << 16, u32::from(middle), 5] {
+            fake.push_used(0, bogus, 0);
+        }
+        assert_eq!(queue.pop_used(), None);
+        assert!(!queue.has_used());
+        assert_eq!(queue.free_descriptors(), 4);
+
+        fake.complete(0, &one, 0);
+        // The same chain twice.
+        fake.complete(0, &one, 0);
+        fake.complete(0, &three, 0);
+        assert_eq!(queue.pop_used(), Some((2, 0)));
+        assert_eq!(queue.pop_used(), Some((1, 0)));
+        assert_eq!(queue.pop_used(), None);
+        assert_eq!(queue.free_descriptors(), 8);
+        // The free list came through whole: every descriptor can be used again.
+        // SAFETY: as above.
+        unsafe { queue.push(&[readable(&data); 8], 3) }.unwrap();
+        assert_eq!(fake.pop_avail(0).unwrap().descs.len(), 8);
+    }
+
+    #[test]
+    fn distrusts_lengths_beyond_what_the_device_may_write() {
+        let (fake, mut queue) = live_queue(8);
+        let (request, mut reply) = ([0u8; 100], [0u8; 50]);
+        for (token, len, reported) in [(0, 50, 50), (1, 51, 0), (2, u32::MAX, 0)] {
+            // SAFETY: the buffers outlive the test, which pops the chain.
+            unsafe { queue.push(&[readable(&request), writable(&mut reply)], token) }.unwrap();
+            let chain = fake.pop_avail(0).unwrap();
+            fake.complete(0, &chain, len);
+            assert_eq!(queue.pop_used(), Some((token, reported)));
+        }
+        // SAFETY: as above.
+        unsafe { queue.push(&[readable(&request)], 3) }.unwrap();
+        let chain = fake.pop_avail(0).unwrap();
+        fake.complete(0, &chain, 1);
+        assert_eq!(queue.pop_used(), Some((3, 0)));
+    }
+
+    #[test]
+    fn interrupts_and_notifies_as_asked() {
+        let (fake, mut queue) = live_queue(8);
+        assert_eq!(fake.avail_flags(0), AVAIL_F_NO_INTERRUPT);
+        queue.enable_interrupts();
+        assert_eq!(fake.avail_flags(0), 0);
+
+        queue.notify(&fake, 0);
+        assert_eq!(fake.take_notified(), [0]);
+        fake.set_used_flags(0, USED_F_NO_NOTIFY);
+        queue.notify(&fake, 0);
+        assert!(fake.take_notified().is_empty());
+    }
+
+    #[test]
+    fn waits_for_a_submitted_request() {
+        let (fake, mut queue) = live_queue(8);
+        fake.on_notify(|device, index| {
+            let chain = device.pop_avail(index).unwrap();
+            chain.write(0, b"done");
+            device.complete(index, &chain, 4);
+            device.raise_interrupt(1);
+        });
+        let mut reply = [0u8; 8];
+        // SAFETY: `reply` outlives the call, which waits for the device.
+        let len = unsafe { queue.submit_and_wait(&fake, 0, &[writable(&mut reply)]) };
+        assert_eq!((len, &reply[..4]), (4, &b"done"[..]));
+        assert!(!fake.ack_interrupt(), "the interrupt was acknowledged");
+        assert!(!queue.in_flight());
     }
 }

@@ -13,7 +13,7 @@ use core::ptr::NonNull;
 
 pub use self::packet::Received;
 use self::packet::{HEADER_LEN, Header};
-use super::{Buffer, Error, F_VERSION_1, Queue, Transport};
+use super::{Buffer, Error, F_VERSION_1, MmioTransport, Queue, Transport};
 
 /// Device ID of a socket device.
 pub const DEVICE_ID: u32 = 19;
@@ -32,6 +32,8 @@ const EVENT_BUFFERS: usize = 4;
 /// Transmit slots, one bit each in `free_slots`; two descriptors per packet fill
 /// a 64-entry queue.
 const TX_SLOTS: usize = 32;
+/// Descriptors of the longest packet: header (with inline bytes), payload.
+const TX_CHAIN: u16 = 2;
 /// Payloads up to this long are copied next to their header (one descriptor);
 /// longer ones keep up to this much copied there and the rest in a second one.
 pub const INLINE_LEN: usize = 20;
@@ -47,8 +49,8 @@ struct TxSlot {
 }
 
 /// A socket device after initialization.
-pub struct Vsock {
-    transport: Transport,
+pub struct Vsock<T: Transport = MmioTransport> {
+    transport: T,
     rx: Queue,
     tx: Queue,
     event: Queue,
@@ -68,15 +70,18 @@ pub struct Vsock {
     unnotified: [bool; 3],
 }
 
-impl Vsock {
+impl<T: Transport> Vsock<T> {
     /// Initializes the socket device behind `transport` (already probed as one)
     /// and posts the receive and event buffers.
-    pub fn new(transport: Transport) -> Result<Vsock, Error> {
+    pub fn new(transport: T) -> Result<Vsock<T>, Error> {
         transport.negotiate(F_VERSION_1, 0)?;
         let mut queues = [Queue::new()?, Queue::new()?, Queue::new()?];
         for (index, queue) in (0..).zip(&mut queues) {
             queue.enable_interrupts();
             transport.setup_queue(index, queue)?;
+        }
+        if queues[TX as usize].size() < TX_CHAIN {
+            return Err(Error::QueueTooSmall(TX));
         }
         transport.driver_ok();
         let [rx, tx, event] = queues;
@@ -164,13 +169,13 @@ impl Vsock {
     /// Linux's driver does).
     pub fn receive(&mut self, mut handle: impl FnMut(Received<'_>)) {
         while let Some((index, len)) = self.rx.pop_used() {
-            let written = (len as usize).min(RX_BUFFER_LEN);
-            // SAFETY: the device returned buffer `index` and wrote `written` bytes
-            // of it; it does not touch the buffer again until it is posted below.
+            // SAFETY: the device returned buffer `index` and wrote `len` bytes of it
+            // (the queue bounds `len` by the buffer); it does not touch the buffer
+            // again until it is posted below.
             let bytes = unsafe {
                 core::slice::from_raw_parts(
                     self.rx_memory.add(index as usize * RX_BUFFER_LEN).as_ptr(),
-                    written,
+                    len as usize,
                 )
             };
             if let Some(packet) = packet::parse(bytes) {
@@ -285,4 +290,302 @@ fn device_memory(len: usize) -> NonNull<u8> {
 /// Gives `memory` to the device for the rest of the run.
 fn leak<T>(memory: Vec<T>) -> NonNull<T> {
     NonNull::from(memory.leak()).cast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{Chain, FakeTransport};
+    use super::super::queue::{DESC_F_NEXT, DESC_F_WRITE};
+    use super::packet::{HOST_CID, Op, TYPE_STREAM};
+    use super::*;
+    use crate::function::server::{Payload, Server};
+    use crate::virtio::vsock::credit::BUF_ALLOC;
+
+    const CID: u64 = 3;
+
+    fn device(max_sizes: &[u32]) -> (FakeTransport, Vsock<FakeTransport>) {
+        let fake = FakeTransport::new(F_VERSION_1, max_sizes, &CID.to_le_bytes());
+        let vsock = Vsock::new(fake.clone()).unwrap();
+        (fake, vsock)
+    }
+
+    fn header(op: Op, len: u32) -> Header {
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: CID,
+            src_port: 7000,
+            dst_port: 1024,
+            len,
+            kind: TYPE_STREAM,
+            op: Some(op),
+            flags: 0,
+            buf_alloc: 4096,
+            fwd_cnt: 0,
+        }
+    }
+
+    /// Has the device fill the next receive buffer with `bytes` and report `len`
+    /// bytes written.
+    fn deliver(fake: &FakeTransport, bytes: &[u8], len: u32) {
+        let chain = fake.pop_avail(RX).expect("a receive buffer posted");
+        fill(fake, &chain, bytes, len);
+    }
+
+    /// Has the device fill receive buffer `chain` with `bytes` and report `len`
+    /// bytes written.
+    fn fill(fake: &FakeTransport, chain: &Chain, bytes: &[u8], len: u32) {
+        chain.write(0, bytes);
+        fake.complete(RX, chain, len);
+    }
+
+    fn packet(header: &Header, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = header.encode().to_vec();
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    /// What `vsock` hands over, owned.
+    fn received(vsock: &mut Vsock<FakeTransport>) -> Vec<(Header, Option<Vec<u8>>)> {
+        let mut packets = Vec::new();
+        vsock.receive(|packet| {
+            packets.push(match packet {
+                Received::Packet(header, payload) => (header, Some(payload.to_vec())),
+                Received::Truncated(header) => (header, None),
+            })
+        });
+        packets
+    }
+
+    #[test]
+    fn posts_receive_and_event_buffers_at_start() {
+        let (fake, vsock) = device(&[64, 64, 64]);
+        assert_eq!(vsock.guest_cid(), CID);
+        assert_eq!(fake.take_notified(), [RX, EVENT]);
+        for queue in [RX, TX, EVENT] {
+            assert_eq!(fake.avail_flags(queue), 0, "interrupts on");
+        }
+        let rx: Vec<_> = core::iter::from_fn(|| fake.pop_avail(RX)).collect();
+        assert_eq!(rx.len(), RX_BUFFERS);
+        for chain in &rx {
+            assert_eq!(chain.descs.len(), 1);
+            assert_eq!(
+                (chain.descs[0].len, chain.descs[0].flags),
+                (RX_BUFFER_LEN as u32, DESC_F_WRITE)
+            );
+        }
+        let events: Vec<_> = core::iter::from_fn(|| fake.pop_avail(EVENT)).collect();
+        assert_eq!(events.len(), EVENT_BUFFERS);
+        assert!(events.iter().all(|c| c.descs[0].len == 4));
+        assert!(fake.pop_avail(TX).is_none());
+
+        // A smaller receive queue gets as many buffers as it holds.
+        let (fake, _) = device(&[4, 64, 2]);
+        assert_eq!(core::iter::from_fn(|| fake.pop_avail(RX)).count(), 4);
+        assert_eq!(core::iter::from_fn(|| fake.pop_avail(EVENT)).count(), 2);
+    }
+
+    #[test]
+    fn refuses_a_transmit_queue_too_small_for_a_packet() {
+        let fake = FakeTransport::new(F_VERSION_1, &[64, 1, 64], &[0; 8]);
+        assert_eq!(Vsock::new(fake).err(), Some(Error::QueueTooSmall(TX)));
+    }
+
+    #[test]
+    fn copies_short_packets_next_to_their_header() {
+        let (fake, mut vsock) = device(&[64, 64, 64]);
+        fake.take_notified();
+        let header = header(Op::Rw, 7);
+        // SAFETY: nothing is referenced: header and bytes are copied.
+        unsafe { vsock.send(&header, b"abc", b"defg") };
+        assert!(
+            fake.take_notified().is_empty(),
+            "the device hears at the kick"
+        );
+        vsock.kick();
+        assert_eq!(fake.take_notified(), [TX]);
+        let chain = fake.pop_avail(TX).unwrap();
+        assert_eq!(chain.descs.len(), 1);
+        assert_eq!(chain.descs[0].flags, 0);
+        assert_eq!(chain.read(0), packet(&header, b"abcdefg"));
+    }
+
+    #[test]
+    fn references_long_payloads_until_the_device_sent_them() {
+        let (fake, mut vsock) = device(&[64, 64, 64]);
+        let payload = vec![7u8; INLINE_LEN];
+        let header = header(Op::Rw, 3 + INLINE_LEN as u32);
+        // SAFETY: `payload` outlives the test, which waits until it is sent.
+        unsafe { vsock.send(&header, b"abc", &payload) };
+        vsock.kick();
+        let chain = fake.pop_avail(TX).unwrap();
+        assert_eq!(chain.descs.len(), 2);
+        assert_eq!(chain.descs[0].flags, DESC_F_NEXT);
+        assert_eq!(chain.read(0), packet(&header, b"abc"));
+        assert_eq!(
+            (
+                chain.descs[1].addr,
+                chain.descs[1].len,
+                chain.descs[1].flags
+            ),
+            (payload.as_ptr() as u64, INLINE_LEN as u32, 0)
+        );
+        assert!(vsock.sending());
+        vsock.reclaim_sent();
+        assert!(vsock.sending());
+        fake.complete(TX, &chain, 0);
+        vsock.reclaim_sent();
+        assert!(!vsock.sending());
+    }
+
+    #[test]
+    fn sends_no_more_than_slots_and_descriptors_allow() {
+        let (fake, mut vsock) = device(&[64, 64, 64]);
+        let header = header(Op::CreditUpdate, 0);
+        for _ in 0..TX_SLOTS {
+            assert!(vsock.can_send());
+            // SAFETY: nothing is referenced.
+            unsafe { vsock.send(&header, &[], &[]) };
+        }
+        assert!(!vsock.can_send(), "every slot in use");
+        vsock.kick();
+        let chain = fake.pop_avail(TX).unwrap();
+        fake.complete(TX, &chain, 0);
+        vsock.reclaim_sent();
+        assert!(vsock.can_send());
+
+        let (_, mut vsock) = device(&[64, 4, 64]);
+        let payload = [0u8; INLINE_LEN + 1];
+        for _ in 0..2 {
+            // SAFETY: `payload` outlives the test.
+            unsafe { vsock.send(&header, &[], &payload) };
+        }
+        assert!(!vsock.can_send(), "every descriptor in use");
+    }
+
+    #[test]
+    fn hands_over_received_packets_and_reposts_buffers_in_batches() {
+        let (fake, mut vsock) = device(&[64, 64, 64]);
+        fake.take_notified();
+        // The device takes every buffer, as one that waits for traffic does.
+        let posted: Vec<_> = core::iter::from_fn(|| fake.pop_avail(RX)).collect();
+        let mut posted = posted.into_iter();
+        let mut fill_next = |bytes: &[u8], len| fill(&fake, &posted.next().unwrap(), bytes, len);
+        let data = header(Op::Rw, 5);
+        fill_next(&packet(&data, b"hello, and more"), 64);
+        let short = header(Op::Rw, 100);
+        fill_next(&packet(&short, b"cut"), HEADER_LEN as u32 + 3);
+        fill_next(&packet(&data, b"hello"), HEADER_LEN as u32 - 1);
+        assert_eq!(
+            received(&mut vsock),
+            [(data, Some(b"hello".to_vec())), (short, None)]
+        );
+        // Three of sixteen buffers handled: the device keeps the other thirteen.
+        vsock.kick();
+        assert!(fake.pop_avail(RX).is_none());
+        assert!(fake.take_notified().is_empty());
+
+        let credit = header(Op::CreditUpdate, 0);
+        for _ in 0..4 {
+            fill_next(&credit.encode(), HEADER_LEN as u32);
+        }
+        assert_eq!(received(&mut vsock).len(), 4);
+        vsock.kick();
+        assert!(fake.pop_avail(RX).is_none());
+        fill_next(&credit.encode(), HEADER_LEN as u32);
+        assert_eq!(received(&mut vsock).len(), 1);
+        // Half handled: all eight go back at once, with one notification.
+        vsock.kick();
+        assert_eq!(fake.take_notified(), [RX]);
+        assert_eq!(core::iter::from_fn(|| fake.pop_avail(RX)).count(), 8);
+    }
+
+    #[test]
+    fn drops_a_packet_longer_than_its_buffer() {
+        let (fake, mut vsock) = device(&[64, 64, 64]);
+        let data = header(Op::Rw, 5);
+        deliver(&fake, &packet(&data, b"hello"), RX_BUFFER_LEN as u32 + 1);
+        assert!(received(&mut vsock).is_empty());
+        assert!(!vsock.has_used());
+    }
+
+    #[test]
+    fn reports_transport_resets() {
+        let (fake, mut vsock) = device(&[64, 64, 64]);
+        fake.take_notified();
+        assert!(!vsock.take_transport_reset());
+        let mut posted = core::iter::from_fn(|| fake.pop_avail(EVENT)).collect::<Vec<_>>();
+        assert_eq!(posted.len(), EVENT_BUFFERS);
+        for (id, len) in [(5u32, 4), (EVENT_TRANSPORT_RESET, 2)] {
+            let chain = posted.pop().unwrap();
+            chain.write(0, &id.to_le_bytes());
+            fake.complete(EVENT, &chain, len);
+        }
+        assert!(!vsock.take_transport_reset(), "other events and short ones");
+
+        fake.set_config(0, &9u64.to_le_bytes());
+        let chain = posted.pop().unwrap();
+        chain.write(0, &EVENT_TRANSPORT_RESET.to_le_bytes());
+        fake.complete(EVENT, &chain, 4);
+        assert!(vsock.has_used());
+        assert!(vsock.take_transport_reset());
+        assert_eq!(vsock.guest_cid(), 9);
+        // Every queue hears at the next kick, and the event buffers are back.
+        vsock.kick();
+        assert_eq!(fake.take_notified(), [RX, TX, EVENT]);
+        assert_eq!(core::iter::from_fn(|| fake.pop_avail(EVENT)).count(), 3);
+    }
+
+    #[test]
+    fn counts_the_exits_an_acknowledgement_takes() {
+        let (fake, vsock) = device(&[64, 64, 64]);
+        assert_eq!(vsock.ack_interrupt(), 1);
+        fake.raise_interrupt(1);
+        assert_eq!(vsock.ack_interrupt(), 2);
+        assert_eq!(vsock.ack_interrupt(), 1);
+    }
+
+    #[test]
+    fn answers_a_credit_request_with_a_credit_update_through_the_device() {
+        let (fake, mut vsock) = device(&[64, 64, 64]);
+        let mut server = Server::new(CID, 1024, 1 << 20);
+        // What the device hands the server, and the packets the server sends back.
+        let exchange = |vsock: &mut Vsock<FakeTransport>, server: &mut Server| {
+            vsock.receive(|packet| match packet {
+                Received::Packet(header, payload) => server.receive(&header, payload),
+                Received::Truncated(header) => server.refuse(&header),
+            });
+            while let Some(out) = server.next_packet() {
+                assert_eq!(out.payload, Payload::None);
+                // SAFETY: nothing is referenced.
+                unsafe { vsock.send(&out.header, &[], &[]) };
+            }
+            vsock.kick();
+            core::iter::from_fn(|| fake.pop_avail(TX))
+                .map(|chain| {
+                    fake.complete(TX, &chain, 0);
+                    Header::decode(&chain.read(0)).unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        deliver(&fake, &header(Op::Request, 0).encode(), HEADER_LEN as u32);
+        let replies = exchange(&mut vsock, &mut server);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].op, Some(Op::Response));
+
+        // Part of a request: its bytes are consumed into the request buffer.
+        let data = [9, 0, 0, 0, b'p', b'a', b'r', b't'];
+        deliver(&fake, &packet(&header(Op::Rw, 8), &data), 52);
+        deliver(
+            &fake,
+            &header(Op::CreditRequest, 0).encode(),
+            HEADER_LEN as u32,
+        );
+        let update = exchange(&mut vsock, &mut server);
+        assert_eq!(update.len(), 1);
+        let update = update[0];
+        assert_eq!(update.op, Some(Op::CreditUpdate));
+        assert_eq!((update.src_cid, update.dst_cid), (CID, HOST_CID));
+        assert_eq!((update.src_port, update.dst_port), (1024, 7000));
+        assert_eq!((update.buf_alloc, update.fwd_cnt), (BUF_ALLOC, 8));
+    }
 }

@@ -1,0 +1,426 @@
+//! The one place that decides what may happen in which state: pre-boot
+//! configuration, InstanceStart or a snapshot load, and runtime actions on
+//! the running VM.
+//!
+//! Each state has its own handler, and each handler names, in one arm, the
+//! requests it refuses. Making and driving the VM goes through [`Launcher`]
+//! and [`RunningVm`], so the rules here are tested without KVM.
+
+mod kvm;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{
+    self, BootSourceConfig, DriveConfig, DriveUpdate, FunctionConfig, LoggerConfig, MachineConfig,
+    MachineConfigUpdate, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig, VsockConfig,
+};
+use crate::logger;
+use crate::persist;
+use crate::resources::{self, VmResources};
+use crate::vmm;
+use crate::{builder, vmm::Vmm};
+
+pub use kvm::KvmLauncher;
+
+pub const APP_NAME: &str = "ember";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A typed request, whether it came over the API or from the config file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    GetInstanceInfo,
+    GetVersion,
+    GetMachineConfig,
+    GetVmConfig,
+    PutBootSource(BootSourceConfig),
+    PutMachineConfig(MachineConfig),
+    PatchMachineConfig(MachineConfigUpdate),
+    PutDrive(DriveConfig),
+    PatchDrive(DriveUpdate),
+    PutLogger(LoggerConfig),
+    PutVsock(VsockConfig),
+    PutFunction(FunctionConfig),
+    /// Where `POST /invocations` should send its request.
+    GetInvocationTarget,
+    StartInstance,
+    SendCtrlAltDel,
+    Pause,
+    Resume,
+    CreateSnapshot(SnapshotCreateConfig),
+    LoadSnapshot(SnapshotLoadConfig),
+}
+
+/// A typed answer; the API turns it into JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    NoContent,
+    InstanceInfo(InstanceInfo),
+    Version(VersionInfo),
+    MachineConfig(MachineConfig),
+    VmConfig(Box<VmConfig>),
+    Invocation(InvocationTarget),
+}
+
+/// `GET /`, in Firecracker's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceInfo {
+    pub app_name: &'static str,
+    pub id: String,
+    pub state: InstanceState,
+    pub vmm_version: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum InstanceState {
+    #[serde(rename = "Not started")]
+    NotStarted,
+    Running,
+    Paused,
+}
+
+/// `GET /version`, in Firecracker's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionInfo {
+    pub firecracker_version: &'static str,
+}
+
+/// How to reach the guest's function: the vsock socket, port and time limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvocationTarget {
+    pub uds_path: String,
+    pub port: u32,
+    pub timeout: Duration,
+    pub max_concurrent: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A pre-boot request on a started VM.
+    #[error("the requested operation is not supported after starting the microVM")]
+    AfterStart,
+    /// A runtime request before InstanceStart or a snapshot load.
+    #[error("the requested operation is not supported before starting the microVM")]
+    BeforeStart,
+    #[error("the microVM is already running")]
+    AlreadyStarted,
+    /// A request body that is well-formed but not valid.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// A configuration the VM's resources refuse.
+    #[error(transparent)]
+    Resources(#[from] resources::Error),
+    #[error("cannot start the microVM: {0}")]
+    Start(#[from] builder::Error),
+    /// A runtime action the running VM could not carry out.
+    #[error(transparent)]
+    Vmm(#[from] vmm::Error),
+    #[error("cannot configure the logger: {0}")]
+    Logger(#[from] logger::Error),
+    /// A `--config-file` section of Firecracker's that ember does not implement.
+    #[error("the '{0}' section is not supported by ember yet")]
+    Unsupported(&'static str),
+    #[error(
+        "the microVM has no vsock device: PUT /vsock before InstanceStart to invoke functions"
+    )]
+    NoVsock,
+    #[error(
+        "loading a snapshot is only allowed before configuring boot-specific resources (boot source, drives, vsock)"
+    )]
+    LoadAfterConfig,
+    /// Creating or loading a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] persist::Error),
+}
+
+/// Makes VMs: boots them from resources or brings them back from snapshots.
+pub trait Launcher {
+    type Vm: RunningVm;
+
+    /// Starts readying a VM for `machine` off the start path, if that helps;
+    /// a failure is left for `start` to report.
+    fn prepare(&mut self, machine: &MachineConfig);
+
+    fn start(&mut self, resources: &VmResources) -> Result<Self::Vm, builder::Error>;
+
+    /// The VM a snapshot holds, with the configuration it was saved with.
+    fn load(&mut self, params: &SnapshotLoadConfig)
+        -> Result<(Self::Vm, VmConfig), persist::Error>;
+}
+
+/// The runtime actions of a started VM.
+pub trait RunningVm {
+    fn is_paused(&self) -> bool;
+    fn pause(&mut self) -> Result<(), vmm::Error>;
+    fn resume(&mut self) -> Result<(), vmm::Error>;
+    fn send_ctrl_alt_del(&self) -> Result<(), vmm::Error>;
+    /// Points drive `id` at another file.
+    fn update_drive(&self, id: &str, path: &Path, read_only: bool) -> Result<(), vmm::Error>;
+    /// Saves the paused VM, whose configuration is `config`.
+    fn snapshot(
+        &self,
+        config: &VmConfig,
+        params: &SnapshotCreateConfig,
+    ) -> Result<(), persist::Error>;
+}
+
+fn version() -> Response {
+    Response::Version(VersionInfo {
+        firecracker_version: VERSION,
+    })
+}
+
+/// The controller of ember's own VMs.
+pub type VmmController = Controller<KvmLauncher>;
+
+pub struct Controller<L: Launcher> {
+    instance_id: String,
+    launcher: L,
+    resources: VmResources,
+    vm: Option<L::Vm>,
+}
+
+impl<L: Launcher> Controller<L> {
+    pub fn new(instance_id: String, launcher: L) -> Self {
+        Controller {
+            instance_id,
+            launcher,
+            resources: VmResources::default(),
+            vm: None,
+        }
+    }
+
+    /// Starts making a VM of the configured machine ready in the background.
+    pub fn prepare(&mut self) {
+        if self.vm.is_none() {
+            self.launcher.prepare(&self.resources.machine);
+        }
+    }
+
+    pub fn vm(&self) -> Option<&L::Vm> {
+        self.vm.as_ref()
+    }
+
+    /// The vsock socket the running VM listens on, to remove at exit.
+    pub fn vsock_socket(&self) -> Option<&str> {
+        self.vm.as_ref()?;
+        self.resources.vsock.as_ref().map(|v| v.uds_path.as_str())
+    }
+
+    /// Applies a whole `--config-file` document, section by section.
+    pub fn apply_config(&mut self, config: VmConfig) -> Result<(), Error> {
+        if let Some(section) = config.unsupported_section() {
+            return Err(Error::Unsupported(section));
+        }
+        let requests = config
+            .logger
+            .map(Request::PutLogger)
+            .into_iter()
+            .chain(config.machine_config.map(Request::PutMachineConfig))
+            .chain(config.boot_source.map(Request::PutBootSource))
+            .chain(config.drives.into_iter().map(Request::PutDrive))
+            .chain(config.vsock.map(Request::PutVsock))
+            .chain(config.function.map(Request::PutFunction));
+        for request in requests {
+            self.handle(request)?;
+        }
+        Ok(())
+    }
+
+    pub fn handle(&mut self, request: Request) -> Result<Response, Error> {
+        if self.vm.is_some() {
+            self.handle_runtime(request)
+        } else {
+            self.handle_pre_boot(request)
+        }
+    }
+
+    fn handle_pre_boot(&mut self, request: Request) -> Result<Response, Error> {
+        match request {
+            Request::PutBootSource(boot_source) => {
+                self.configured(|r| r.set_boot_source(boot_source))
+            }
+            Request::PutMachineConfig(machine) => self.set_machine(|r| r.set_machine(machine)),
+            Request::PatchMachineConfig(update) => self.set_machine(|r| r.update_machine(&update)),
+            Request::PutDrive(drive) => self.configured(|r| r.put_drive(drive)),
+            Request::PutVsock(vsock) => self.configured(|r| r.set_vsock(vsock)),
+            Request::StartInstance => self.start(),
+            Request::LoadSnapshot(params) => self.load_snapshot(params),
+            Request::GetInstanceInfo => Ok(self.instance_info()),
+            Request::GetVersion => Ok(version()),
+            Request::GetMachineConfig => Ok(self.machine_config()),
+            Request::GetVmConfig => Ok(self.vm_config()),
+            Request::PutLogger(logger) => self.set_logger(logger),
+            Request::PutFunction(function) => self.configured(|r| r.set_function(function)),
+            Request::GetInvocationTarget
+            | Request::PatchDrive(_)
+            | Request::SendCtrlAltDel
+            | Request::Pause
+            | Request::Resume
+            | Request::CreateSnapshot(_) => Err(Error::BeforeStart),
+        }
+    }
+
+    fn handle_runtime(&mut self, request: Request) -> Result<Response, Error> {
+        match request {
+            Request::GetInvocationTarget => self.invocation_target(),
+            Request::PatchDrive(update) => self.update_drive(update),
+            Request::SendCtrlAltDel => self.act(|vm| vm.send_ctrl_alt_del()),
+            Request::Pause => self.act(|vm| vm.pause()),
+            Request::Resume => self.act(|vm| vm.resume()),
+            Request::CreateSnapshot(params) => self.create_snapshot(params),
+            Request::StartInstance => Err(Error::AlreadyStarted),
+            Request::PutBootSource(_)
+            | Request::PutMachineConfig(_)
+            | Request::PatchMachineConfig(_)
+            | Request::PutDrive(_)
+            | Request::PutVsock(_)
+            | Request::LoadSnapshot(_) => Err(Error::AfterStart),
+            Request::GetInstanceInfo => Ok(self.instance_info()),
+            Request::GetVersion => Ok(version()),
+            Request::GetMachineConfig => Ok(self.machine_config()),
+            Request::GetVmConfig => Ok(self.vm_config()),
+            Request::PutLogger(logger) => self.set_logger(logger),
+            Request::PutFunction(function) => self.configured(|r| r.set_function(function)),
+        }
+    }
+
+    fn machine_config(&self) -> Response {
+        Response::MachineConfig(self.resources.machine.clone())
+    }
+
+    fn vm_config(&self) -> Response {
+        Response::VmConfig(Box::new(self.resources.vm_config()))
+    }
+
+    fn set_logger(&mut self, logger: LoggerConfig) -> Result<Response, Error> {
+        logger::configure(&logger)?;
+        self.resources.logger = Some(logger);
+        Ok(Response::NoContent)
+    }
+
+    fn configured(
+        &mut self,
+        change: impl FnOnce(&mut VmResources) -> Result<(), resources::Error>,
+    ) -> Result<Response, Error> {
+        change(&mut self.resources)?;
+        Ok(Response::NoContent)
+    }
+
+    /// A machine change, after which the VM readied ahead is readied again.
+    fn set_machine(
+        &mut self,
+        change: impl FnOnce(&mut VmResources) -> Result<(), resources::Error>,
+    ) -> Result<Response, Error> {
+        change(&mut self.resources)?;
+        self.prepare();
+        Ok(Response::NoContent)
+    }
+
+    fn instance_info(&self) -> Response {
+        let state = match &self.vm {
+            None => InstanceState::NotStarted,
+            Some(vm) if vm.is_paused() => InstanceState::Paused,
+            Some(_) => InstanceState::Running,
+        };
+        Response::InstanceInfo(InstanceInfo {
+            app_name: APP_NAME,
+            id: self.instance_id.clone(),
+            state,
+            vmm_version: VERSION,
+        })
+    }
+
+    fn start(&mut self) -> Result<Response, Error> {
+        match self.launcher.start(&self.resources) {
+            Ok(vm) => {
+                self.vm = Some(vm);
+                Ok(Response::NoContent)
+            }
+            Err(e) => {
+                // Ready the next attempt.
+                self.prepare();
+                Err(e.into())
+            }
+        }
+    }
+
+    fn load_snapshot(&mut self, params: SnapshotLoadConfig) -> Result<Response, Error> {
+        params.validate()?;
+        if self.resources.has_boot_devices() {
+            return Err(Error::LoadAfterConfig);
+        }
+        let (vm, config) = self.launcher.load(&params)?;
+        let function = config
+            .function
+            .clone()
+            .unwrap_or_else(|| self.resources.function.clone());
+        let logger = self.resources.logger.take();
+        self.resources = VmResources {
+            function,
+            logger,
+            ..VmResources::from_config(config)
+        };
+        self.vm = Some(vm);
+        Ok(Response::NoContent)
+    }
+
+    fn running(&mut self) -> Result<&mut L::Vm, Error> {
+        self.vm.as_mut().ok_or(Error::BeforeStart)
+    }
+
+    fn act(
+        &mut self,
+        action: impl FnOnce(&mut L::Vm) -> Result<(), vmm::Error>,
+    ) -> Result<Response, Error> {
+        action(self.running()?)?;
+        Ok(Response::NoContent)
+    }
+
+    fn invocation_target(&self) -> Result<Response, Error> {
+        let vsock = self.resources.vsock.as_ref().ok_or(Error::NoVsock)?;
+        let function = &self.resources.function;
+        Ok(Response::Invocation(InvocationTarget {
+            uds_path: vsock.uds_path.clone(),
+            port: function.vsock_port,
+            timeout: Duration::from_millis(function.timeout_ms),
+            max_concurrent: function.max_concurrent_invocations,
+        }))
+    }
+
+    fn update_drive(&mut self, update: DriveUpdate) -> Result<Response, Error> {
+        update.validate()?;
+        let drive = self
+            .resources
+            .drives
+            .iter()
+            .position(|d| d.drive_id == update.drive_id)
+            .ok_or_else(|| vmm::Error::NoSuchDrive(update.drive_id.clone()))?;
+        let Some(path) = update.path_on_host else {
+            return Ok(Response::NoContent);
+        };
+        let read_only = self.resources.drives[drive].is_read_only;
+        self.running()?
+            .update_drive(&update.drive_id, Path::new(&path), read_only)?;
+        self.resources.drives[drive].path_on_host = Some(path);
+        Ok(Response::NoContent)
+    }
+
+    fn create_snapshot(&mut self, params: SnapshotCreateConfig) -> Result<Response, Error> {
+        params.validate()?;
+        let config = self.resources.vm_config();
+        self.running()?.snapshot(&config, &params)?;
+        Ok(Response::NoContent)
+    }
+}
+
+impl Controller<KvmLauncher> {
+    /// The running VM's devices, for the event loop.
+    pub fn vmm_mut(&mut self) -> Option<&mut Vmm> {
+        self.vm.as_mut()
+    }
+}

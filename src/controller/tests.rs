@@ -1,0 +1,448 @@
+//! The controller's state rules, every request in every state, on a fake
+//! launcher: no KVM involved.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use serde_json::json;
+use vmm_sys_util::tempdir::TempDir;
+
+use super::*;
+
+/// What the fake VM and launcher were asked to do, in order.
+type Log = Rc<RefCell<Vec<String>>>;
+
+struct FakeVm {
+    paused: bool,
+    log: Log,
+}
+
+impl RunningVm for FakeVm {
+    fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    fn pause(&mut self) -> Result<(), vmm::Error> {
+        self.paused = true;
+        self.log.borrow_mut().push("pause".into());
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), vmm::Error> {
+        self.paused = false;
+        self.log.borrow_mut().push("resume".into());
+        Ok(())
+    }
+
+    fn send_ctrl_alt_del(&self) -> Result<(), vmm::Error> {
+        self.log.borrow_mut().push("ctrl-alt-del".into());
+        Ok(())
+    }
+
+    fn update_drive(&self, id: &str, path: &Path, _read_only: bool) -> Result<(), vmm::Error> {
+        self.log
+            .borrow_mut()
+            .push(format!("update {id} {}", path.display()));
+        Ok(())
+    }
+
+    fn snapshot(
+        &self,
+        config: &VmConfig,
+        params: &SnapshotCreateConfig,
+    ) -> Result<(), persist::Error> {
+        let cid = config.vsock.as_ref().map(|v| v.guest_cid);
+        self.log
+            .borrow_mut()
+            .push(format!("snapshot {} cid {cid:?}", params.snapshot_path));
+        Ok(())
+    }
+}
+
+struct FakeLauncher {
+    log: Log,
+    fail_start: bool,
+    /// What `load` says the snapshot held.
+    saved: VmConfig,
+}
+
+impl Launcher for FakeLauncher {
+    type Vm = FakeVm;
+
+    fn prepare(&mut self, machine: &MachineConfig) {
+        self.log
+            .borrow_mut()
+            .push(format!("prepare {} MiB", machine.mem_size_mib));
+    }
+
+    fn start(&mut self, resources: &VmResources) -> Result<FakeVm, builder::Error> {
+        if self.fail_start || resources.boot_source.is_none() {
+            return Err(builder::Error::NoBootSource);
+        }
+        self.log.borrow_mut().push("start".into());
+        Ok(FakeVm {
+            paused: false,
+            log: self.log.clone(),
+        })
+    }
+
+    fn load(&mut self, params: &SnapshotLoadConfig) -> Result<(FakeVm, VmConfig), persist::Error> {
+        self.log
+            .borrow_mut()
+            .push(format!("load {}", params.snapshot_path));
+        let vm = FakeVm {
+            paused: !params.resume_vm,
+            log: self.log.clone(),
+        };
+        Ok((vm, self.saved.clone()))
+    }
+}
+
+struct Fixture {
+    dir: TempDir,
+    log: Log,
+    controller: Controller<FakeLauncher>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let log = Log::default();
+        let saved = VmConfig {
+            machine_config: Some(MachineConfig {
+                mem_size_mib: 256,
+                ..Default::default()
+            }),
+            vsock: Some(vsock()),
+            ..Default::default()
+        };
+        let launcher = FakeLauncher {
+            log: log.clone(),
+            fail_start: false,
+            saved,
+        };
+        Fixture {
+            dir: TempDir::new().expect("a temporary directory"),
+            log,
+            controller: Controller::new("vm-1".into(), launcher),
+        }
+    }
+
+    /// A file in the fixture's directory, for paths the controller checks.
+    fn file(&self, name: &str) -> String {
+        let path: PathBuf = self.dir.as_path().join(name);
+        std::fs::write(&path, b"x").expect("a scratch file");
+        path.display().to_string()
+    }
+
+    fn handle(&mut self, request: Request) -> Result<Response, Error> {
+        self.controller.handle(request)
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.borrow().clone()
+    }
+
+    fn state(&mut self) -> InstanceState {
+        match self.handle(Request::GetInstanceInfo) {
+            Ok(Response::InstanceInfo(info)) => info.state,
+            other => panic!("GET / answered {other:?}"),
+        }
+    }
+
+    fn boot(&mut self) {
+        let kernel = self.file("vmlinux");
+        self.handle(boot_source(&kernel)).expect("boot source");
+        self.handle(Request::PutVsock(vsock())).expect("vsock");
+        self.handle(Request::StartInstance).expect("InstanceStart");
+    }
+}
+
+fn boot_source(kernel: &str) -> Request {
+    Request::PutBootSource(BootSourceConfig {
+        kernel_image_path: kernel.into(),
+        initrd_path: None,
+        boot_args: None,
+    })
+}
+
+fn vsock() -> VsockConfig {
+    VsockConfig {
+        guest_cid: 3,
+        uds_path: "v.sock".into(),
+        vsock_id: None,
+    }
+}
+
+fn drive(id: &str, path: &str, root: bool) -> DriveConfig {
+    serde_json::from_value(json!({
+        "drive_id": id, "path_on_host": path, "is_root_device": root, "is_read_only": false
+    }))
+    .expect("a drive")
+}
+
+fn snapshot_load() -> Request {
+    Request::LoadSnapshot(
+        serde_json::from_value(json!({"snapshot_path": "s", "mem_file_path": "m"}))
+            .expect("a load request"),
+    )
+}
+
+fn snapshot_create() -> Request {
+    Request::CreateSnapshot(
+        serde_json::from_value(json!({"snapshot_path": "s", "mem_file_path": "m"}))
+            .expect("a create request"),
+    )
+}
+
+/// Requests whose answer does not depend on the state, with valid bodies.
+fn any_state_requests() -> Vec<Request> {
+    vec![
+        Request::GetInstanceInfo,
+        Request::GetVersion,
+        Request::GetMachineConfig,
+        Request::GetVmConfig,
+        Request::PutLogger(LoggerConfig {
+            log_path: None,
+            level: None,
+            show_level: false,
+            show_log_origin: false,
+            module: None,
+        }),
+        Request::PutFunction(FunctionConfig::default()),
+    ]
+}
+
+#[test]
+fn every_request_before_start_is_served_or_refused_as_before_start() {
+    let mut fx = Fixture::new();
+    for request in any_state_requests() {
+        assert!(fx.handle(request.clone()).is_ok(), "{request:?}");
+    }
+    let refused = [
+        Request::GetInvocationTarget,
+        Request::PatchDrive(DriveUpdate {
+            drive_id: "root".into(),
+            path_on_host: None,
+            rate_limiter: None,
+        }),
+        Request::SendCtrlAltDel,
+        Request::Pause,
+        Request::Resume,
+        snapshot_create(),
+    ];
+    for request in refused {
+        let error = fx
+            .handle(request.clone())
+            .expect_err("refused before start");
+        assert!(matches!(error, Error::BeforeStart), "{request:?}: {error}");
+    }
+    let kernel = fx.file("vmlinux");
+    let disk = fx.file("disk");
+    let configuring = [
+        boot_source(&kernel),
+        Request::PutMachineConfig(MachineConfig::default()),
+        Request::PatchMachineConfig(MachineConfigUpdate::default()),
+        Request::PutDrive(drive("root", &disk, true)),
+        Request::PutVsock(vsock()),
+    ];
+    for request in configuring {
+        assert_eq!(fx.handle(request).ok(), Some(Response::NoContent));
+    }
+    assert_eq!(fx.state(), InstanceState::NotStarted);
+    assert!(fx.log().iter().all(|entry| entry.starts_with("prepare")));
+}
+
+#[test]
+fn every_request_after_start_is_served_or_refused_as_after_start() {
+    let mut fx = Fixture::new();
+    fx.boot();
+    assert_eq!(fx.state(), InstanceState::Running);
+    for request in any_state_requests() {
+        assert!(fx.handle(request.clone()).is_ok(), "{request:?}");
+    }
+    let kernel = fx.file("vmlinux");
+    let disk = fx.file("disk");
+    let refused = [
+        boot_source(&kernel),
+        Request::PutMachineConfig(MachineConfig::default()),
+        Request::PatchMachineConfig(MachineConfigUpdate::default()),
+        Request::PutDrive(drive("root", &disk, true)),
+        Request::PutVsock(vsock()),
+        snapshot_load(),
+    ];
+    for request in refused {
+        let error = fx.handle(request.clone()).expect_err("refused after start");
+        assert!(matches!(error, Error::AfterStart), "{request:?}: {error}");
+    }
+    let error = fx
+        .handle(Request::StartInstance)
+        .expect_err("a second start");
+    assert!(matches!(error, Error::AlreadyStarted), "{error}");
+    assert!(matches!(
+        fx.handle(Request::GetInvocationTarget),
+        Ok(Response::Invocation(InvocationTarget { port: 1024, .. }))
+    ));
+}
+
+#[test]
+fn runtime_actions_reach_the_vm_and_pause_shows_in_the_state() {
+    let mut fx = Fixture::new();
+    fx.boot();
+    for request in [Request::SendCtrlAltDel, Request::Pause] {
+        assert_eq!(fx.handle(request).ok(), Some(Response::NoContent));
+    }
+    assert_eq!(fx.state(), InstanceState::Paused);
+    assert_eq!(fx.handle(snapshot_create()).ok(), Some(Response::NoContent));
+    assert_eq!(fx.handle(Request::Resume).ok(), Some(Response::NoContent));
+    assert_eq!(fx.state(), InstanceState::Running);
+    let log = fx.log();
+    let actions: Vec<&str> = log
+        .iter()
+        .map(String::as_str)
+        .skip_while(|entry| *entry != "start")
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "start",
+            "ctrl-alt-del",
+            "pause",
+            "snapshot s cid Some(3)",
+            "resume"
+        ]
+    );
+}
+
+#[test]
+fn a_drive_update_needs_a_known_drive_and_then_reaches_the_vm() {
+    let mut fx = Fixture::new();
+    let disk = fx.file("disk");
+    fx.handle(Request::PutDrive(drive("data", &disk, false)))
+        .expect("a drive");
+    fx.boot();
+    let update = |id: &str, path: Option<&str>| {
+        Request::PatchDrive(DriveUpdate {
+            drive_id: id.into(),
+            path_on_host: path.map(str::to_string),
+            rate_limiter: None,
+        })
+    };
+    let error = fx
+        .handle(update("nope", Some("/x")))
+        .expect_err("an unknown drive");
+    assert!(
+        matches!(error, Error::Vmm(vmm::Error::NoSuchDrive(_))),
+        "{error}"
+    );
+    assert_eq!(
+        fx.handle(update("data", Some("/new"))).ok(),
+        Some(Response::NoContent)
+    );
+    assert_eq!(
+        fx.log().last().map(String::as_str),
+        Some("update data /new")
+    );
+    match fx.handle(Request::GetVmConfig) {
+        Ok(Response::VmConfig(config)) => {
+            assert_eq!(config.drives[0].path_on_host.as_deref(), Some("/new"))
+        }
+        other => panic!("GET /vm/config answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_failed_start_leaves_the_vm_configurable_and_readies_the_next_attempt() {
+    let mut fx = Fixture::new();
+    let error = fx
+        .handle(Request::StartInstance)
+        .expect_err("no boot source");
+    assert!(
+        matches!(error, Error::Start(builder::Error::NoBootSource)),
+        "{error}"
+    );
+    assert_eq!(fx.state(), InstanceState::NotStarted);
+    assert_eq!(fx.log(), ["prepare 128 MiB"]);
+    let kernel = fx.file("vmlinux");
+    assert_eq!(
+        fx.handle(boot_source(&kernel)).ok(),
+        Some(Response::NoContent)
+    );
+}
+
+#[test]
+fn a_machine_change_readies_a_vm_of_the_new_size() {
+    let mut fx = Fixture::new();
+    let update = MachineConfigUpdate {
+        mem_size_mib: Some(512),
+        ..Default::default()
+    };
+    fx.handle(Request::PatchMachineConfig(update))
+        .expect("a patch");
+    assert_eq!(fx.log(), ["prepare 512 MiB"]);
+    let invalid = MachineConfigUpdate {
+        vcpu_count: Some(0),
+        ..Default::default()
+    };
+    let error = fx
+        .handle(Request::PatchMachineConfig(invalid))
+        .expect_err("zero vCPUs");
+    assert!(matches!(error, Error::Resources(_)), "{error}");
+    assert_eq!(fx.log().len(), 1, "an invalid change readies nothing");
+}
+
+#[test]
+fn a_snapshot_load_only_comes_before_boot_configuration() {
+    let mut fx = Fixture::new();
+    let kernel = fx.file("vmlinux");
+    fx.handle(boot_source(&kernel)).expect("boot source");
+    let error = fx.handle(snapshot_load()).expect_err("after configuration");
+    assert!(matches!(error, Error::LoadAfterConfig), "{error}");
+    assert_eq!(fx.state(), InstanceState::NotStarted);
+}
+
+#[test]
+fn a_snapshot_load_takes_the_saved_configuration_and_keeps_the_logger() {
+    let mut fx = Fixture::new();
+    let logger = LoggerConfig {
+        log_path: None,
+        level: None,
+        show_level: true,
+        show_log_origin: false,
+        module: None,
+    };
+    fx.handle(Request::PutLogger(logger.clone()))
+        .expect("logger");
+    assert_eq!(fx.handle(snapshot_load()).ok(), Some(Response::NoContent));
+    assert_eq!(fx.state(), InstanceState::Paused);
+    match fx.handle(Request::GetVmConfig) {
+        Ok(Response::VmConfig(config)) => {
+            assert_eq!(config.machine_config.map(|m| m.mem_size_mib), Some(256));
+            assert_eq!(config.vsock, Some(vsock()));
+            assert_eq!(config.logger, Some(logger));
+        }
+        other => panic!("GET /vm/config answered {other:?}"),
+    }
+    assert_eq!(fx.controller.vsock_socket(), Some("v.sock"));
+}
+
+#[test]
+fn invocations_need_a_vsock_device() {
+    let mut fx = Fixture::new();
+    let kernel = fx.file("vmlinux");
+    fx.handle(boot_source(&kernel)).expect("boot source");
+    fx.handle(Request::StartInstance).expect("InstanceStart");
+    let error = fx
+        .handle(Request::GetInvocationTarget)
+        .expect_err("no vsock");
+    assert!(matches!(error, Error::NoVsock), "{error}");
+}
+
+#[test]
+fn a_config_file_with_a_section_ember_lacks_is_refused_whole() {
+    let mut fx = Fixture::new();
+    let config: VmConfig =
+        serde_json::from_value(json!({"balloon": {"amount_mib": 1}})).expect("a config");
+    let error = fx.controller.apply_config(config).expect_err("balloon");
+    assert!(matches!(error, Error::Unsupported("balloon")), "{error}");
+}

@@ -1,0 +1,379 @@
+//! A VM's devices: where each sits, opening their host side, creating and
+//! attaching them at power-on or from a snapshot, and saving their states.
+//!
+//! The legacy PC devices are attached the same way on every VM; the virtio
+//! devices follow the configuration, in one layout that gives each its MMIO
+//! window and IRQ. Adding a virtio device is a variant of [`VirtioConfig`]
+//! and [`Backend`], and its arm in `plan`, `open_backends` and
+//! `attach_virtio`.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_ioctls::IoEventAddress;
+use linux_loader::loader::Cmdline;
+use serde::{Deserialize, Serialize};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::boot_timer::BootTimer;
+use super::bus::{self, Bus};
+use super::legacy::i8042::{self, I8042State, I8042};
+use super::legacy::serial::{
+    self, ConsoleIn, ConsoleOut, InputDrained, SerialDevice, SerialSnapshot,
+};
+use super::virtio::block::{self, Block, Disk};
+use super::virtio::mmio::{self, MmioTransport, TransportEvents, TransportState};
+use super::virtio::vsock::{self, Vsock};
+use super::virtio::{Interrupt, VirtioDevice};
+use super::{EventSubscriber, IrqLine};
+use crate::arch::x86_64::layout::{virtio_slot, BOOT_TIMER_START, VIRTIO_MMIO_SIZE};
+use crate::config::{CacheType, DriveConfig, VsockConfig};
+use crate::exit::ExitSignal;
+use crate::resources::VmResources;
+use crate::vstate::memory::GuestMemoryMmap;
+use crate::vstate::vcpu::Buses;
+use crate::vstate::vm::Vm;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// More virtio devices than the layout has IRQs for.
+    #[error("too many virtio devices: ember has IRQs for {0}")]
+    TooManyDevices(usize),
+    #[error("invalid kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+    /// An eventfd or a console descriptor could not be made.
+    #[error("cannot set up {what}: {source}")]
+    Setup {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("KVM refused to wire {what}: {source}")]
+    Wire {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot lay out devices: {0}")]
+    Bus(#[from] bus::Error),
+    /// A drive's backing file could not be opened.
+    #[error(transparent)]
+    Drive(#[from] block::Error),
+    /// The vsock device's socket could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] vsock::Error),
+    #[error(transparent)]
+    Transport(#[from] mmio::Error),
+    /// A snapshot's device states that do not fit its devices.
+    #[error("the snapshot's device state is invalid: {0}")]
+    BadState(&'static str),
+    #[error("a device lock is poisoned")]
+    Poisoned,
+}
+
+fn setup_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Setup { what, source }
+}
+
+/// The configuration of one virtio device.
+#[derive(Clone, Copy)]
+enum VirtioConfig<'a> {
+    Block(&'a DriveConfig),
+    Vsock(&'a VsockConfig),
+}
+
+/// A virtio device in the layout, with its MMIO window and IRQ.
+struct VirtioSlot<'a> {
+    config: VirtioConfig<'a>,
+    address: u64,
+    irq: u32,
+}
+
+/// Where each virtio device sits: the root drive is the guest's first
+/// (/dev/vda), as in Firecracker, then the other drives, then vsock. A boot
+/// and every restore of it lay devices out the same way.
+pub struct DeviceLayout<'a> {
+    virtio: Vec<VirtioSlot<'a>>,
+}
+
+impl<'a> DeviceLayout<'a> {
+    pub fn plan(resources: &'a VmResources) -> Result<Self, Error> {
+        let drives = &resources.drives;
+        let configs = drives
+            .iter()
+            .filter(|d| d.is_root_device)
+            .chain(drives.iter().filter(|d| !d.is_root_device))
+            .map(VirtioConfig::Block)
+            .chain(resources.vsock.iter().map(VirtioConfig::Vsock));
+        let virtio = configs
+            .enumerate()
+            .map(|(index, config)| {
+                let (address, irq) = virtio_slot(index).ok_or(Error::TooManyDevices(index))?;
+                Ok(VirtioSlot {
+                    config,
+                    address,
+                    irq,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(DeviceLayout { virtio })
+    }
+
+    /// Tells a Linux guest where its virtio devices are and which is its root.
+    pub fn add_to_cmdline(&self, cmdline: &mut Cmdline) -> Result<(), Error> {
+        for slot in &self.virtio {
+            if let VirtioConfig::Block(drive) = slot.config {
+                if drive.is_root_device {
+                    let mode = if drive.is_read_only { "ro" } else { "rw" };
+                    let root = match &drive.partuuid {
+                        Some(uuid) => format!("root=PARTUUID={uuid} {mode}"),
+                        None => format!("root=/dev/vda {mode}"),
+                    };
+                    cmdline.insert_str(root).map_err(Error::Cmdline)?;
+                }
+            }
+            cmdline
+                .add_virtio_mmio_device(
+                    VIRTIO_MMIO_SIZE,
+                    GuestAddress(slot.address),
+                    slot.irq,
+                    None,
+                )
+                .map_err(Error::Cmdline)?;
+        }
+        Ok(())
+    }
+
+    /// Opens every device's host side: before the VM exists, so a bad path
+    /// fails fast and leaves no VM to tear down.
+    pub fn open_backends(&self) -> Result<Backends<'a>, Error> {
+        let backends = self
+            .virtio
+            .iter()
+            .map(|slot| {
+                let backend = match slot.config {
+                    VirtioConfig::Block(drive) => {
+                        let disk = Disk::open(Path::new(drive.path()), drive.is_read_only)?;
+                        Backend::Block(drive, Arc::new(Mutex::new(disk)))
+                    }
+                    VirtioConfig::Vsock(config) => Backend::Vsock(Box::new(Vsock::new(
+                        u64::from(config.guest_cid),
+                        Path::new(&config.uds_path),
+                    )?)),
+                };
+                Ok(OpenDevice {
+                    address: slot.address,
+                    irq: slot.irq,
+                    backend,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Backends(backends))
+    }
+}
+
+/// The host side of one virtio device, with its configuration.
+enum Backend<'a> {
+    Block(&'a DriveConfig, Arc<Mutex<Disk>>),
+    Vsock(Box<Vsock>),
+}
+
+/// A virtio device whose host side is open, where the layout puts it.
+struct OpenDevice<'a> {
+    address: u64,
+    irq: u32,
+    backend: Backend<'a>,
+}
+
+/// The layout's virtio devices with their host side open, in layout order.
+pub struct Backends<'a>(Vec<OpenDevice<'a>>);
+
+/// A block device as the controller sees it after boot.
+pub struct Drive {
+    pub id: String,
+    pub disk: Arc<Mutex<Disk>>,
+    pub interrupt: Arc<Interrupt>,
+}
+
+/// Every device's state, in layout order for the virtio ones.
+#[derive(Serialize, Deserialize)]
+pub struct DeviceStates {
+    serial: SerialSnapshot,
+    i8042: I8042State,
+    virtio: Vec<TransportState>,
+}
+
+/// The devices of a running microVM, as the controller reaches them.
+pub struct Devices {
+    pub i8042: Arc<Mutex<I8042>>,
+    pub drives: Vec<Drive>,
+    serial: Arc<Mutex<SerialDevice>>,
+    /// Every virtio transport, in layout order.
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// Taken by the event loop when the VM starts.
+    subscribers: Vec<Box<dyn EventSubscriber>>,
+}
+
+impl Devices {
+    /// Creates the devices around `backends` on `vm`, at power-on or as `saved`
+    /// left them, with their buses for the vCPUs.
+    pub fn create(
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        backends: Backends,
+        boot_timer: Option<Instant>,
+        exit: &Arc<ExitSignal>,
+        saved: Option<&DeviceStates>,
+    ) -> Result<(Buses, Devices), Error> {
+        let mut buses = Buses {
+            pio: Bus::default(),
+            mmio: Bus::default(),
+        };
+        let mut devices = Devices::attach_legacy(vm, &mut buses, exit, saved)?;
+        if let Some(start) = boot_timer {
+            let timer = Arc::new(Mutex::new(BootTimer::new(start)));
+            buses
+                .mmio
+                .insert(BOOT_TIMER_START, VIRTIO_MMIO_SIZE, timer)?;
+        }
+        devices.attach_virtio(vm, mem, &mut buses.mmio, backends, saved)?;
+        Ok((buses, devices))
+    }
+
+    /// The serial console on COM1 and the i8042 controller.
+    fn attach_legacy(
+        vm: &Vm,
+        buses: &mut Buses,
+        exit: &Arc<ExitSignal>,
+        saved: Option<&DeviceStates>,
+    ) -> Result<Devices, Error> {
+        let console = |what| setup_err(what);
+        let stdout = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(console("the serial console's output"))?;
+        let stdin = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(console("the serial console's input"))?;
+        let drained = EventFd::new(EFD_NONBLOCK).map_err(console("the serial console"))?;
+        let serial = SerialDevice::new(
+            irq_line(vm, serial::COM1_IRQ, "the serial IRQ")?,
+            InputDrained(drained.try_clone().map_err(console("the serial console"))?),
+            Box::new(ConsoleOut::new(File::from(stdout))),
+            saved.map(|s| &s.serial),
+        )
+        .map_err(|_| Error::BadState("the serial console's input is over its FIFO size"))?;
+        let serial = Arc::new(Mutex::new(serial));
+        buses
+            .pio
+            .insert(serial::COM1_PORT, serial::PORT_COUNT, serial.clone())?;
+        let console_in = ConsoleIn::new(serial.clone(), File::from(stdin), drained);
+
+        let mut i8042 = I8042::new(
+            exit.clone(),
+            irq_line(vm, i8042::KBD_IRQ, "the keyboard IRQ")?,
+        );
+        if let Some(saved) = saved {
+            i8042.restore_state(&saved.i8042);
+        }
+        let i8042 = Arc::new(Mutex::new(i8042));
+        buses
+            .pio
+            .insert(i8042::I8042_PORT, i8042::PORT_COUNT, i8042.clone())?;
+        Ok(Devices {
+            i8042,
+            drives: Vec::new(),
+            serial,
+            transports: Vec::new(),
+            subscribers: vec![Box::new(console_in)],
+        })
+    }
+
+    /// The virtio devices, each on its transport.
+    fn attach_virtio(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        mmio_bus: &mut Bus,
+        backends: Backends,
+        saved: Option<&DeviceStates>,
+    ) -> Result<(), Error> {
+        if saved.is_some_and(|s| s.virtio.len() != backends.0.len()) {
+            return Err(Error::BadState(
+                "the snapshot's virtio devices do not match its configuration",
+            ));
+        }
+        let mut saved_virtio = saved.map(|s| s.virtio.iter());
+        for open in backends.0 {
+            let interrupt = Arc::new(Interrupt::new(irq_line(vm, open.irq, "a virtio IRQ")?.0));
+            let device: Box<dyn VirtioDevice> = match open.backend {
+                Backend::Block(drive, disk) => {
+                    let cache = match drive.cache_type {
+                        CacheType::Unsafe => block::CacheType::Unsafe,
+                        CacheType::Writeback => block::CacheType::Writeback,
+                    };
+                    self.drives.push(Drive {
+                        id: drive.drive_id.clone(),
+                        disk: disk.clone(),
+                        interrupt: interrupt.clone(),
+                    });
+                    Box::new(Block::new(disk, drive.is_read_only, cache))
+                }
+                Backend::Vsock(vsock) => vsock,
+            };
+            let transport = match saved_virtio.as_mut().and_then(Iterator::next) {
+                Some(state) => MmioTransport::restore(device, mem.clone(), interrupt, state)?,
+                None => MmioTransport::new(device, mem.clone(), interrupt)?,
+            };
+            for (queue, evt) in (0u32..).zip(transport.queue_events()) {
+                let notify = IoEventAddress::Mmio(open.address + mmio::NOTIFY_REG_OFFSET);
+                vm.fd()
+                    .register_ioevent(evt, &notify, queue)
+                    .map_err(|source| Error::Wire {
+                        what: "a virtio queue notification",
+                        source,
+                    })?;
+            }
+            let transport = Arc::new(Mutex::new(transport));
+            mmio_bus.insert(open.address, VIRTIO_MMIO_SIZE, transport.clone())?;
+            self.subscribers
+                .push(Box::new(TransportEvents::new(transport.clone())?));
+            self.transports.push(transport);
+        }
+        Ok(())
+    }
+
+    /// Every device's state; the VM must be paused.
+    pub fn save_state(&self) -> Result<DeviceStates, Error> {
+        Ok(DeviceStates {
+            serial: self
+                .serial
+                .lock()
+                .map_err(|_| Error::Poisoned)?
+                .save_state(),
+            i8042: self.i8042.lock().map_err(|_| Error::Poisoned)?.save_state(),
+            virtio: self
+                .transports
+                .iter()
+                .map(|t| Ok(t.lock().map_err(|_| Error::Poisoned)?.save_state()))
+                .collect::<Result<_, Error>>()?,
+        })
+    }
+
+    /// The devices' host-side events, for the event loop to serve from now on.
+    pub fn take_subscribers(&mut self) -> Vec<Box<dyn EventSubscriber>> {
+        std::mem::take(&mut self.subscribers)
+    }
+}
+
+/// An interrupt line: an eventfd KVM turns into guest IRQ `irq`.
+fn irq_line(vm: &Vm, irq: u32, what: &'static str) -> Result<IrqLine, Error> {
+    let evt = EventFd::new(EFD_NONBLOCK).map_err(setup_err(what))?;
+    vm.fd()
+        .register_irqfd(&evt, irq)
+        .map_err(|source| Error::Wire { what, source })?;
+    Ok(IrqLine(evt))
+}
