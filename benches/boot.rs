@@ -6,12 +6,10 @@
 //! min/median/max over the runs and writes the same figures as JSON;
 //! `-- --demo` boots one guest verbosely, printing its console and each stage.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{artifact, micros, require_kvm, BenchArgs, Ember, Samples, TempDir};
+use ember_test_support::bench::{micros, BenchArgs, Samples};
+use ember_test_support::{artifact, require_kvm, Ember, TempDir};
 use serde_json::json;
 
 const MARKER: &str = "EMBER-TEST-GUEST: hello from";
@@ -128,7 +126,7 @@ fn main() {
             .expect("guest marker");
         start_marker.values.push(micros(seen - before));
         ember.expect_line("echo: ready", TIMEOUT);
-        rss.values.push(common::rss_besides_guest_kib(
+        rss.values.push(ember_test_support::rss_besides_guest_kib(
             ember.pid(),
             GUEST_MEM_MIB << 10,
         ));

@@ -5,15 +5,11 @@
 //! `cargo bench --bench function [-- --short] [-- --json PATH]`; `-- --demo`
 //! boots the echo function, invokes it a few times and prints what it saw.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{
-    artifact, http_bytes, micros, require_kvm, BenchArgs, Ember, KeepAlive, Samples, TempDir,
-};
+use ember_test_support::bench::{micros, BenchArgs, Samples};
+use ember_test_support::{artifact, require_kvm, Ember, KeepAlive, TempDir};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -43,12 +39,7 @@ fn start(dir: &TempDir, kernel: &Path) -> Ember {
 }
 
 fn invoke(ember: &Ember, payload: &[u8]) -> Vec<u8> {
-    let (status, body) = http_bytes(
-        ember.socket.as_deref().unwrap(),
-        "POST",
-        "/invocations",
-        payload,
-    );
+    let (status, body) = ember.invoke(payload);
     assert_eq!(
         status,
         200,
@@ -129,7 +120,7 @@ fn main() {
         first
             .values
             .push(micros(timed_invoke(&ember, &[b'a'; 1024]).0));
-        rss.values.push(common::rss_besides_guest_kib(
+        rss.values.push(ember_test_support::rss_besides_guest_kib(
             ember.pid(),
             GUEST_MEM_MIB << 10,
         ));
@@ -195,7 +186,7 @@ fn main() {
         &rss,
     ];
     println!("\nember function benchmark (echo and sha256 unikernels, PVH, {GUEST_MEM_MIB} MiB, 1 vCPU)\n");
-    let results = common::print_table(&all);
+    let results = ember_test_support::bench::print_table(&all);
     // The whole call also moves 16 MiB into the guest, so this bounds the
     // guest's hashing slowdown from above.
     let ratio = guest_sha.sorted()[0] / host_sha.sorted()[0];

@@ -6,12 +6,8 @@
 //!
 //! `cargo bench --bench jail [-- --short] [-- --json PATH]`. Needs root.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::{
-    micros, print_table, require_kvm, require_root, BenchArgs, Ember, Jail, Samples, TempDir,
-};
+use ember_test_support::bench::{micros, print_table, BenchArgs, Samples};
+use ember_test_support::{require_kvm, require_root, Ember, Jail, TempDir};
 use serde_json::json;
 
 fn ember_alone(samples: &mut Samples, extra: &[&str]) {

@@ -7,28 +7,18 @@
 //! snapshots the echo function, restores it once per backend and prints
 //! what it saw.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{
-    artifact, http_bytes, micros, print_table, require_kvm, BenchArgs, Ember, Samples, TempDir,
-    UffdHandler,
-};
+use ember_test_support::bench::{micros, print_table, BenchArgs, Samples};
+use ember_test_support::{artifact, require_kvm, Ember, TempDir, UffdHandler};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const GUEST_MEM_MIB: u64 = 256;
 
 fn invoke(ember: &Ember, payload: &[u8]) {
-    let (status, body) = http_bytes(
-        ember.socket.as_deref().unwrap(),
-        "POST",
-        "/invocations",
-        payload,
-    );
+    let (status, body) = ember.invoke(payload);
     assert_eq!(
         (status, body.as_slice()),
         (200, payload),

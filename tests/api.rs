@@ -1,12 +1,10 @@
 //! The API and command line as a Firecracker client sees them: shapes,
 //! status codes, and clear 400s for bad input while ember keeps serving.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{artifact, require_kvm, Ember, TempDir, EMBER};
+use ember_test_support::{artifact, ember_bin, require_kvm, Ember, TempDir};
 use serde_json::{json, Value};
 
 fn fault(reply: &str) -> String {
@@ -307,7 +305,10 @@ fn configuration_is_refused_after_start_and_start_only_happens_once() {
 }
 
 fn run_ember(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(EMBER).args(args).output().expect("run ember");
+    let out = Command::new(ember_bin())
+        .args(args)
+        .output()
+        .expect("run ember");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

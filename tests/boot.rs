@@ -1,12 +1,10 @@
 //! Booting the test unikernels through the API and through `--config-file`,
 //! in both boot protocols: console, vCPUs, memory map, block devices, reset.
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use common::{artifact, expected_memory_lines, require_kvm, Ember, TempDir};
+use ember_test_support::{artifact, expected_memory_lines, require_kvm, Ember, TempDir};
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(20);

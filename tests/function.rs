@@ -1,13 +1,11 @@
 //! Unikernel functions: boot an example function, invoke it over the API, and
 //! check each output against what the test computes on the host.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-use common::{artifact, require_kvm, Ember, TempDir};
+use ember_test_support::{artifact, require_kvm, Ember, TempDir};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -54,16 +52,6 @@ fn start_via_config(dir: &TempDir, name: &str, linux64: bool) -> Ember {
     ember
 }
 
-fn invoke(ember: &Ember, payload: &[u8]) -> (u16, Vec<u8>) {
-    let (status, body) = common::http_bytes(
-        ember.socket.as_deref().unwrap(),
-        "POST",
-        "/invocations",
-        payload,
-    );
-    (status, body)
-}
-
 fn payloads() -> Vec<Vec<u8>> {
     let big: Vec<u8> = (0..16u32 << 20)
         .map(|i| ((i.wrapping_mul(2_654_435_761) >> 13) & 0xff) as u8)
@@ -77,7 +65,7 @@ fn echo_answers_through_the_api_in_both_boot_protocols() {
         let dir = TempDir::new("fn-echo");
         let ember = start_via_api(&dir, "echo", linux64);
         for payload in payloads() {
-            let (status, body) = invoke(&ember, &payload);
+            let (status, body) = ember.invoke(&payload);
             assert_eq!(status, 200, "{} bytes", payload.len());
             assert!(
                 body == payload,
@@ -95,7 +83,7 @@ fn sha256_matches_the_host_from_a_config_file_in_both_boot_protocols() {
         let dir = TempDir::new("fn-sha");
         let ember = start_via_config(&dir, "sha256", linux64);
         for payload in payloads() {
-            let (status, body) = invoke(&ember, &payload);
+            let (status, body) = ember.invoke(&payload);
             assert_eq!(status, 200);
             assert_eq!(
                 body,
@@ -111,7 +99,7 @@ fn sha256_matches_the_host_from_a_config_file_in_both_boot_protocols() {
 fn failing_and_panicking_functions_give_502_and_the_next_call_works() {
     let dir = TempDir::new("fn-faulty");
     let ember = start_via_api(&dir, "faulty", false);
-    let (status, body) = invoke(&ember, b"panic");
+    let (status, body) = ember.invoke(b"panic");
     assert_eq!(status, 502);
     let fault: Value = serde_json::from_slice(&body).unwrap();
     assert!(
@@ -121,10 +109,10 @@ fn failing_and_panicking_functions_give_502_and_the_next_call_works() {
             .contains("faulty: asked to panic"),
         "{fault}"
     );
-    let (status, body) = invoke(&ember, b"error");
+    let (status, body) = ember.invoke(b"error");
     assert_eq!(status, 502);
     assert!(String::from_utf8_lossy(&body).contains("faulty: asked to fail"));
-    assert_eq!(invoke(&ember, b"abc"), (200, b"cba".to_vec()));
+    assert_eq!(ember.invoke(b"abc"), (200, b"cba".to_vec()));
 }
 
 #[test]
@@ -136,7 +124,7 @@ fn a_guest_that_stops_answering_gives_504() {
         "/function",
         r#"{"vsock_port": 1024, "timeout_ms": 500}"#,
     );
-    let (status, body) = invoke(&ember, b"hang");
+    let (status, body) = ember.invoke(b"hang");
     assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
     let (status, _) = ember.api("GET", "/", "");
     assert_eq!(status, 200, "ember keeps serving");
@@ -146,7 +134,7 @@ fn a_guest_that_stops_answering_gives_504() {
 fn invocations_need_a_running_vm_with_a_vsock() {
     let dir = TempDir::new("fn-errors");
     let ember = Ember::with_api(&dir, &[]);
-    let (status, body) = invoke(&ember, b"x");
+    let (status, body) = ember.invoke(b"x");
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("before starting"));
 }
@@ -193,7 +181,7 @@ fn guest_initiated_vsock_connection_reaches_the_host_listener() {
         stream.write_all(b"host says hi").unwrap();
         buf[..n].to_vec()
     });
-    let (status, body) = invoke(&ember, b"dial:5000:guest says hi");
+    let (status, body) = ember.invoke(b"dial:5000:guest says hi");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, b"host says hi");
     assert_eq!(host.join().unwrap(), b"guest says hi");

@@ -5,8 +5,6 @@
 //! log have grown only a little, it uses no CPU once the guest is quiet, and
 //! the guest's function answers an invocation.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -15,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{artifact, require_kvm, rss_besides_guest_kib, try_http, Ember, TempDir};
+use ember_test_support::{artifact, require_kvm, rss_besides_guest_kib, try_http, Ember, TempDir};
 
 /// The attacks run one at a time: they measure ember's CPU and memory.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

@@ -3,14 +3,12 @@
 //! seccomp, and that the jailed VMM still boots, invokes and restores.
 //! Also ember's seccomp on its own: every thread filtered, violations fatal.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{artifact, http_bytes, require_kvm, Ember, Jail, TempDir, UffdHandler};
+use ember_test_support::{artifact, http_bytes, require_kvm, Ember, Jail, TempDir, UffdHandler};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -165,7 +163,7 @@ fn every_file_a_jail_holds_is_its_users_alone_even_under_a_permissive_umask() {
         |_| {},
     );
     snapshot_function(&jail);
-    let host_binary = std::fs::metadata(common::static_ember()).unwrap();
+    let host_binary = std::fs::metadata(ember_test_support::artifacts::static_ember()).unwrap();
     let root = jail.root();
     let jail_dir = root.parent().unwrap();
     assert_eq!(
@@ -183,7 +181,10 @@ fn every_file_a_jail_holds_is_its_users_alone_even_under_a_permissive_umask() {
             assert_eq!(meta.mode() & 0o7777, 0o700, "/{shown}");
             assert_eq!(
                 (meta.uid(), meta.gid()),
-                (common::JAIL_UID, common::JAIL_GID),
+                (
+                    ember_test_support::jail::JAIL_UID,
+                    ember_test_support::jail::JAIL_GID
+                ),
                 "/{shown}"
             );
             for entry in std::fs::read_dir(&path).unwrap() {
@@ -215,7 +216,7 @@ fn every_file_a_jail_holds_is_its_users_alone_even_under_a_permissive_umask() {
 #[test]
 fn a_jailed_vmm_thread_cannot_exec_fork_map_code_or_signal_others() {
     require_kvm();
-    common::require_root();
+    ember_test_support::require_root();
     for (probe, syscall) in [
         ("execve", libc::SYS_execve),
         ("fork", libc::SYS_clone),
@@ -227,13 +228,13 @@ fn a_jailed_vmm_thread_cannot_exec_fork_map_code_or_signal_others() {
         let selftest = format!("vmm:{probe}");
         let args = Jail::jailer_args(
             &id,
-            &base.0,
+            base.as_path(),
             "ember-test-probes",
             &[],
             &["--seccomp-selftest", &selftest],
         );
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut ember = Ember::spawn_program(&common::jailer_bin(), &args, None);
+        let mut ember = Ember::spawn_program(&ember_test_support::jailer_bin(), &args, None);
         expect_sigsys(&mut ember, "vmm", syscall);
     }
     // As PID 1 of its own PID namespace, where a signal's default action is
@@ -241,15 +242,15 @@ fn a_jailed_vmm_thread_cannot_exec_fork_map_code_or_signal_others() {
     let base = TempDir::new("jail-probe-pidns");
     let args = Jail::jailer_args(
         "probe-pidns",
-        &base.0,
+        base.as_path(),
         "ember-test-probes",
         &["--new-pid-ns"],
         &["--seccomp-selftest", "vmm:execve"],
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut jailer = Ember::spawn_program(&common::jailer_bin(), &args, None);
+    let mut jailer = Ember::spawn_program(&ember_test_support::jailer_bin(), &args, None);
     assert!(jailer.wait_exit(TIMEOUT).success());
-    let pid_file = base.0.join("ember/probe-pidns/root/ember.pid");
+    let pid_file = base.as_path().join("ember/probe-pidns/root/ember.pid");
     let pid = std::fs::read_to_string(pid_file).unwrap();
     let deadline = Instant::now() + TIMEOUT;
     while Path::new(&format!("/proc/{pid}")).exists() {
@@ -278,8 +279,8 @@ fn a_jailed_ember_restores_a_snapshot_served_by_the_uffd_handler() {
     );
     std::os::unix::fs::chown(
         &handler.socket,
-        Some(common::JAIL_UID),
-        Some(common::JAIL_GID),
+        Some(ember_test_support::jail::JAIL_UID),
+        Some(ember_test_support::jail::JAIL_GID),
     )
     .unwrap();
     restored.ok(
@@ -330,7 +331,12 @@ fn a_jailed_ember_boots_from_a_config_file_in_a_prepared_jail() {
         let mut disk = vec![0u8; 8 * 512];
         disk[..10].copy_from_slice(b"drive data");
         std::fs::write(root.join("data.img"), disk).unwrap();
-        std::os::unix::fs::chown(root.join("data.img"), Some(common::JAIL_UID), None).unwrap();
+        std::os::unix::fs::chown(
+            root.join("data.img"),
+            Some(ember_test_support::jail::JAIL_UID),
+            None,
+        )
+        .unwrap();
         let config = json!({
             "boot-source": {"kernel_image_path": "/guest.elf", "boot_args": "console=ttyS0 ember.echo"},
             "drives": [{"drive_id": "data", "path_on_host": "/data.img",

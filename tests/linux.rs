@@ -2,11 +2,9 @@
 //! reaches (see `../shared/MACHINE.md`): banner, our command line, our e820
 //! map and our vCPU count.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{artifact, require_kvm, Ember, TempDir};
+use ember_test_support::{artifact, require_kvm, Ember, TempDir};
 use serde_json::json;
 
 /// Generous: the guest's ring-0 code is emulated here, about 5000x slower than on hardware.

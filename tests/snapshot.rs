@@ -1,13 +1,11 @@
 //! Snapshots: boot, pause, snapshot, restore in a fresh ember with each
 //! memory backend, and check the guest carries on; clones; diffs; bad files.
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{artifact, ember_snapshot_bin, require_kvm, Ember, TempDir, UffdHandler};
+use ember_test_support::{artifact, ember_snapshot_bin, require_kvm, Ember, TempDir, UffdHandler};
 use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(20);
@@ -24,7 +22,7 @@ fn snapshot_echo_function(dir: &TempDir) -> Snapshot {
         &artifact("unikernel-echo"),
         json!({"vcpu_count": 1, "mem_size_mib": 128}),
     );
-    assert_eq!(invoke(&ember, b"before"), (200, b"before".to_vec()));
+    assert_eq!(ember.invoke(b"before"), (200, b"before".to_vec()));
 
     let snap = Snapshot {
         state: dir.path("fn.snap"),
@@ -37,15 +35,6 @@ fn snapshot_echo_function(dir: &TempDir) -> Snapshot {
     ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     ember.ok("PUT", "/snapshot/create", &create);
     snap
-}
-
-fn invoke(ember: &Ember, payload: &[u8]) -> (u16, Vec<u8>) {
-    common::http_bytes(
-        ember.socket.as_deref().unwrap(),
-        "POST",
-        "/invocations",
-        payload,
-    )
 }
 
 fn state(ember: &Ember) -> String {
@@ -86,9 +75,9 @@ fn full_snapshot_restored_from_its_file_answers_invocations() {
     assert_eq!(state(&ember), "Paused", "resume_vm: false leaves it paused");
     ember.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
     assert_eq!(state(&ember), "Running");
-    assert_eq!(invoke(&ember, b"after"), (200, b"after".to_vec()));
+    assert_eq!(ember.invoke(b"after"), (200, b"after".to_vec()));
     assert_eq!(
-        invoke(&ember, b"x".repeat(100_000).as_slice()).1.len(),
+        ember.invoke(b"x".repeat(100_000).as_slice()).1.len(),
         100_000
     );
 
@@ -177,7 +166,7 @@ fn uffd_restores_serve_on_demand_then_prefetch_the_recorded_working_set() {
     // The first VM is served on demand, and its faults become the working set.
     let first_dir = TempDir::new("snap-uffd-1");
     let first = restore(&first_dir, &snap, backend.clone(), true);
-    assert_eq!(invoke(&first, b"on demand"), (200, b"on demand".to_vec()));
+    assert_eq!(first.invoke(b"on demand"), (200, b"on demand".to_vec()));
     drop(first);
     let (prefetched, faults) = handler.vm_stats(0);
     assert_eq!(prefetched, 0);
@@ -189,10 +178,7 @@ fn uffd_restores_serve_on_demand_then_prefetch_the_recorded_working_set() {
     // Later VMs get the set copied in before they ask for it.
     let second_dir = TempDir::new("snap-uffd-2");
     let second = restore(&second_dir, &snap, backend, true);
-    assert_eq!(
-        invoke(&second, b"prefetched"),
-        (200, b"prefetched".to_vec())
-    );
+    assert_eq!(second.invoke(b"prefetched"), (200, b"prefetched".to_vec()));
     drop(second);
     let (prefetched, faults_left) = handler.vm_stats(1);
     assert_eq!(prefetched, faults, "the whole working set was prefetched");
@@ -217,8 +203,8 @@ fn two_clones_of_one_snapshot_run_at_once_and_diverge() {
     );
     for round in 0..3 {
         let (for_a, for_b) = (format!("a{round}"), format!("b{round}").repeat(1000));
-        assert_eq!(invoke(&a, for_a.as_bytes()), (200, for_a.into_bytes()));
-        assert_eq!(invoke(&b, for_b.as_bytes()), (200, for_b.into_bytes()));
+        assert_eq!(a.invoke(for_a.as_bytes()), (200, for_a.into_bytes()));
+        assert_eq!(b.invoke(for_b.as_bytes()), (200, for_b.into_bytes()));
     }
     ember_pauses_alone(&a, &b);
 }
@@ -226,7 +212,7 @@ fn two_clones_of_one_snapshot_run_at_once_and_diverge() {
 /// Pausing one clone leaves the other serving.
 fn ember_pauses_alone(a: &Ember, b: &Ember) {
     a.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
-    assert_eq!(invoke(b, b"still here"), (200, b"still here".to_vec()));
+    assert_eq!(b.invoke(b"still here"), (200, b"still here".to_vec()));
     assert_eq!(state(a), "Paused");
     assert_eq!(state(b), "Running");
 }
@@ -351,7 +337,7 @@ fn expect_load_refused(snap: &Snapshot, state_file: &Path, mem_backend: Value, e
                 "vsock_override": {"uds_path": dir.path("v.sock")}})
         .to_string(),
     );
-    assert_eq!(invoke(&ember, b"good"), (200, b"good".to_vec()));
+    assert_eq!(ember.invoke(b"good"), (200, b"good".to_vec()));
 }
 
 #[test]

@@ -10,7 +10,7 @@
 //! at, read or close a client connection, 6 start a client write (connection,
 //! length), 7 a transport reset (to the same CID or another), 8 close every client.
 
-use rt::function::framing::Request;
+use rt::function::framing::{Request, Status};
 use rt::function::server::{ConnId, Payload, Server};
 use rt::virtio::vsock::packet::{self, Header, Op, Received, HEADER_LEN, HOST_CID, TYPE_STREAM};
 
@@ -85,7 +85,8 @@ pub fn run(data: &[u8]) -> Summary {
             }
             op::RESPOND => {
                 let id = pick(&mut r, &ids);
-                let (status, len) = (r.u8() % 3, r.u16());
+                let status = [Status::Ok, Status::Error, Status::Panic][usize::from(r.u8() % 3)];
+                let len = r.u16();
                 server.start_response(id, status, u32::from(len));
                 largest_body = largest_body.max(usize::from(len));
             }

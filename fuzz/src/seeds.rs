@@ -6,9 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ember::devices::virtio::vsock::packet::{
-    OP_CREDIT_REQUEST, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
-};
+use ember::devices::virtio::vsock::packet::Op;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
@@ -16,6 +14,14 @@ use virtio_bindings::virtio_blk::{
 use crate::bytes::{Reader, Writer};
 use crate::queue::{DATA_START, HIGH_START};
 use crate::vsock::{op, Harness};
+
+/// The ops as the harness's input spells them: their 16-bit wire values.
+const OP_REQUEST: u16 = Op::Request as u16;
+const OP_RESPONSE: u16 = Op::Response as u16;
+const OP_RST: u16 = Op::Rst as u16;
+const OP_SHUTDOWN: u16 = Op::Shutdown as u16;
+const OP_RW: u16 = Op::Rw as u16;
+const OP_CREDIT_REQUEST: u16 = Op::CreditRequest as u16;
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1067,7 +1073,7 @@ fn vsock_seeds_reach_established_connections() {
 
 #[test]
 fn vsock_rx_seeds_deliver_host_data_to_the_guest() {
-    use ember::devices::virtio::vsock::packet::Header;
+    use ember::devices::virtio::vsock::packet::{Header, HEADER_LEN};
     use vm_memory::{Bytes, GuestAddress};
     let seeds = vsock_rx_seeds();
     let (_, data) = seeds.iter().find(|(n, _)| *n == "both-ways").unwrap();
@@ -1081,20 +1087,22 @@ fn vsock_rx_seeds_deliver_host_data_to_the_guest() {
     // buffer per connection in turn; the unusable buffers were used empty.
     // The guest-initiated connection gets data on the credit its REQUEST
     // announced, without a credit update.
-    let got: Vec<(u16, u32)> = [0x8000, 0x9000, HIGH_START, 0xa000]
+    let got: Vec<(Option<Op>, u32)> = [0x8000, 0x9000, HIGH_START, 0xa000]
         .into_iter()
         .map(|at| {
-            let header: Header = h.mem.read_obj(GuestAddress(at)).unwrap();
+            let mut bytes = [0u8; HEADER_LEN];
+            h.mem.read_slice(&mut bytes, GuestAddress(at)).unwrap();
+            let header = Header::decode(&bytes).unwrap();
             (header.op, header.len)
         })
         .collect();
     assert_eq!(
         got,
         [
-            (OP_REQUEST, 0),
-            (OP_RESPONSE, 0),
-            (OP_RW, 26),
-            (OP_RW, 3000)
+            (Some(Op::Request), 0),
+            (Some(Op::Response), 0),
+            (Some(Op::Rw), 26),
+            (Some(Op::Rw), 3000)
         ]
     );
 }

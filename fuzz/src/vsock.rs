@@ -13,19 +13,18 @@ use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
-use ember::devices::virtio::vsock::packet::{Header, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM};
+use ember::devices::virtio::vsock::packet::{Header, Op, HOST_CID, TYPE_STREAM};
 use ember::devices::virtio::vsock::Vsock;
 use ember::devices::virtio::VirtioDevice;
 use ember::vstate::memory::GuestMemoryMmap;
 use virtio_queue::Queue;
-use vm_memory::{ByteValued, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::bytes::Reader;
 use crate::queue::{self, read_chain, Desc, Ring, DATA_START, LOW_END, NEXT, QSIZE};
 use crate::scratch;
 
 pub const GUEST_CID: u64 = 3;
-pub const HOST_CID: u64 = 2;
 /// The muxer numbers the host ends of host-initiated connections from here.
 pub const LOCAL_PORT_BASE: u32 = 1 << 30;
 /// Credit the fuzz guest announces unless the input says otherwise.
@@ -219,16 +218,17 @@ impl Harness {
     /// and a truthful length unless the input says otherwise.
     fn read_packet<'a>(&self, r: &mut Reader<'a>) -> (Header, &'a [u8]) {
         let tag = r.u8();
-        let op = if tag & 0x10 != 0 {
+        // Any 16-bit op: those the specification lacks all decode as `None`.
+        let op = Op::from_u16(if tag & 0x10 != 0 {
             r.u16()
         } else {
             u16::from(r.u8() % 8)
-        };
+        });
         let src_port = self.read_port(r);
         let dst_port = self.read_port(r);
         let src_cid = if tag & 1 != 0 { r.u64() } else { GUEST_CID };
         let dst_cid = if tag & 2 != 0 { r.u64() } else { HOST_CID };
-        let type_ = if tag & 4 != 0 { r.u16() } else { TYPE_STREAM };
+        let kind = if tag & 4 != 0 { r.u16() } else { TYPE_STREAM };
         let len = (tag & 8 != 0).then(|| r.u32());
         let flags = if tag & 0x20 != 0 {
             r.u32()
@@ -248,7 +248,7 @@ impl Harness {
             src_port,
             dst_port,
             len: len.unwrap_or(payload.len() as u32),
-            type_,
+            kind,
             op,
             flags,
             buf_alloc,
@@ -271,7 +271,7 @@ impl Harness {
     /// Writes the packet to guest memory and sends it on the tx queue, in
     /// one to three descriptors cut where the input says.
     fn send_split(&mut self, r: &mut Reader, header: &Header, payload: &[u8]) {
-        let mut bytes = header.as_slice().to_vec();
+        let mut bytes = header.encode().to_vec();
         bytes.extend_from_slice(payload);
         let at = self.place(bytes.len());
         let _ = self.mem.write_slice(&bytes, GuestAddress(at));
@@ -298,7 +298,7 @@ impl Harness {
 
     /// Sends a well-formed packet in one descriptor.
     pub fn send(&mut self, header: &Header, payload: &[u8]) {
-        let mut bytes = header.as_slice().to_vec();
+        let mut bytes = header.encode().to_vec();
         bytes.extend_from_slice(payload);
         let at = self.place(bytes.len());
         let _ = self.mem.write_slice(&bytes, GuestAddress(at));
@@ -318,7 +318,9 @@ impl Harness {
         let chain = read_chain(r, false);
         if r.bool() {
             let (header, _) = self.read_packet(r);
-            let _ = self.mem.write_obj(header, GuestAddress(chain[0].addr));
+            let _ = self
+                .mem
+                .write_slice(&header.encode(), GuestAddress(chain[0].addr));
         }
         self.rings[TX].add(&self.mem, &chain);
         self.run_queue(TX);
@@ -473,15 +475,15 @@ impl Harness {
     }
 
     /// A header from the guest with the right CIDs, type and credit.
-    pub fn guest_header(op: u16, src_port: u32, dst_port: u32, len: u32) -> Header {
+    pub fn guest_header(op: Op, src_port: u32, dst_port: u32, len: u32) -> Header {
         Header {
             src_cid: GUEST_CID,
             dst_cid: HOST_CID,
             src_port,
             dst_port,
             len,
-            type_: TYPE_STREAM,
-            op,
+            kind: TYPE_STREAM,
+            op: Some(op),
             flags: 0,
             buf_alloc: GUEST_BUF_ALLOC,
             fwd_cnt: 0,
@@ -504,7 +506,7 @@ impl Harness {
         self.backend(false);
         let local_port = LOCAL_PORT_BASE + self.handshakes;
         self.handshakes += 1;
-        let response = Self::guest_header(OP_RESPONSE, guest_port, local_port, 0);
+        let response = Self::guest_header(Op::Response, guest_port, local_port, 0);
         self.send(&response, &[]);
         let mut ok = [0u8; 64];
         let established = matches!(stream.read(&mut ok), Ok(n) if ok[..n].starts_with(b"OK "));
@@ -518,7 +520,7 @@ impl Harness {
     pub fn establish_guest(&mut self, guest_port: u32, host_port: u32) -> bool {
         self.bind(host_port);
         let before = self.accepted.len();
-        let request = Self::guest_header(OP_REQUEST, guest_port, host_port, 0);
+        let request = Self::guest_header(Op::Request, guest_port, host_port, 0);
         self.send(&request, &[]);
         self.accept();
         self.accepted.len() > before
@@ -554,7 +556,7 @@ impl Harness {
 
     /// Guest data on an established connection.
     pub fn guest_write(&mut self, guest_port: u32, host_port: u32, data: &[u8]) {
-        let rw = Self::guest_header(OP_RW, guest_port, host_port, data.len() as u32);
+        let rw = Self::guest_header(Op::Rw, guest_port, host_port, data.len() as u32);
         self.send(&rw, data);
     }
 }

@@ -359,7 +359,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::TempDir;
+    use vmm_sys_util::tempdir::TempDir;
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
@@ -367,8 +367,8 @@ mod tests {
 
     /// An exec file named `name` in a fresh temp dir.
     fn exec_file(name: &str) -> (TempDir, PathBuf) {
-        let dir = TempDir::new("args");
-        let f = dir.path().join(name);
+        let dir = TempDir::new().expect("a temporary directory");
+        let f = dir.as_path().join(name);
         std::fs::write(&f, b"#!/bin/true\n").unwrap();
         (dir, f)
     }

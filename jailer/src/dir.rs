@@ -317,17 +317,17 @@ impl Dir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::TempDir;
     use std::os::unix::fs::symlink;
+    use vmm_sys_util::tempdir::TempDir;
 
     #[test]
     fn symbolic_links_are_never_followed() {
-        let t = TempDir::new("dir-links");
-        let host = t.path().join("host");
+        let t = TempDir::new().expect("a temporary directory");
+        let host = t.as_path().join("host");
         std::fs::create_dir_all(host.join("net")).unwrap();
         std::fs::write(host.join("net/tun"), b"keep").unwrap();
         std::fs::write(host.join("file"), b"keep").unwrap();
-        let jail = t.path().join("jail");
+        let jail = t.as_path().join("jail");
         std::fs::create_dir(&jail).unwrap();
         symlink(&host, jail.join("dev")).unwrap();
         symlink(host.join("file"), jail.join("pid")).unwrap();
@@ -355,15 +355,15 @@ mod tests {
 
     #[test]
     fn a_tree_goes_with_its_links_but_not_their_targets() {
-        let t = TempDir::new("dir-tree");
-        let outside = t.path().join("outside");
+        let t = TempDir::new().expect("a temporary directory");
+        let outside = t.as_path().join("outside");
         std::fs::create_dir(&outside).unwrap();
         std::fs::write(outside.join("keep"), b"x").unwrap();
-        let tree = t.path().join("top/tree");
+        let tree = t.as_path().join("top/tree");
         std::fs::create_dir_all(tree.join("a/b")).unwrap();
         std::fs::write(tree.join("a/b/file"), b"x").unwrap();
         symlink(&outside, tree.join("a/escape")).unwrap();
-        let top = Dir::open(&t.path().join("top")).unwrap();
+        let top = Dir::open(&t.as_path().join("top")).unwrap();
         top.remove_tree("tree").unwrap();
         assert!(!tree.exists());
         assert!(outside.join("keep").exists());

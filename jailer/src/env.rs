@@ -466,8 +466,8 @@ pub fn run(args: &JailArgs, cgroup_root: &Path, created: &mut Created) -> Result
 mod tests {
     use super::*;
     use crate::args::CgroupSetting;
-    use crate::testutil::TempDir;
     use std::os::unix::fs::MetadataExt;
+    use vmm_sys_util::tempdir::TempDir;
 
     fn is_root() -> bool {
         // SAFETY: geteuid has no preconditions.
@@ -520,11 +520,11 @@ mod tests {
 
     #[test]
     fn chroot_created_with_exec_copy_and_undone() {
-        let t = TempDir::new("chroot");
-        let a = args(t.path(), "vm-1");
+        let t = TempDir::new().expect("a temporary directory");
+        let a = args(t.as_path(), "vm-1");
         let mut created = Created::default();
         let root = setup_chroot(&a, &mut created).unwrap();
-        assert_eq!(root.path(), t.path().join("base/ember/vm-1/root"));
+        assert_eq!(root.path(), t.as_path().join("base/ember/vm-1/root"));
         // Root's own until the hand-over.
         assert_eq!(mode_and_owner(root.path()).0, 0o700);
         let copy = root.path().join("ember");
@@ -539,14 +539,14 @@ mod tests {
 
         created.undo();
         // base/ and base/ember/ were made by this run: all gone.
-        assert!(!t.path().join("base").exists());
+        assert!(!t.as_path().join("base").exists());
     }
 
     #[test]
     fn a_symlinked_exec_file_puts_the_file_itself_in_the_jail() {
-        let t = TempDir::new("exec-link");
-        let mut a = args(t.path(), "vm-l");
-        let link = t.path().join("bin/ember-link");
+        let t = TempDir::new().expect("a temporary directory");
+        let mut a = args(t.as_path(), "vm-l");
+        let link = t.as_path().join("bin/ember-link");
         std::os::unix::fs::symlink(&a.exec_file, &link).unwrap();
         a.exec_source = crate::args::validate_exec_file(&link).unwrap();
         a.exec_file = link;
@@ -560,8 +560,8 @@ mod tests {
 
     #[test]
     fn root_owned_world_executable_binary_is_linked_not_copied() {
-        let t = TempDir::new("link");
-        let a = args(t.path(), "vm-link");
+        let t = TempDir::new().expect("a temporary directory");
+        let a = args(t.as_path(), "vm-link");
         fs::set_permissions(&a.exec_file, fs::Permissions::from_mode(0o755)).unwrap();
         let orig = fs::metadata(&a.exec_file).unwrap();
         let mut created = Created::default();
@@ -582,9 +582,9 @@ mod tests {
 
     #[test]
     fn taken_id_fails_and_keeps_the_existing_jail() {
-        let t = TempDir::new("taken");
-        let a = args(t.path(), "vm-1");
-        let existing = t.path().join("base/ember/vm-1/root/ember");
+        let t = TempDir::new().expect("a temporary directory");
+        let a = args(t.as_path(), "vm-1");
+        let existing = t.as_path().join("base/ember/vm-1/root/ember");
         fs::create_dir_all(existing.parent().unwrap()).unwrap();
         fs::write(&existing, b"running").unwrap();
         let before = mode_and_owner(existing.parent().unwrap());
@@ -604,9 +604,9 @@ mod tests {
 
     #[test]
     fn a_root_the_platform_prepared_is_used_and_only_our_additions_undone() {
-        let t = TempDir::new("prepared");
-        let a = args(t.path(), "vm-2");
-        let root = t.path().join("base/ember/vm-2/root");
+        let t = TempDir::new().expect("a temporary directory");
+        let a = args(t.as_path(), "vm-2");
+        let root = t.as_path().join("base/ember/vm-2/root");
         fs::create_dir_all(&root).unwrap();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
         fs::write(root.join("kernel.elf"), b"kernel").unwrap();
@@ -623,11 +623,11 @@ mod tests {
 
     #[test]
     fn a_prepared_root_with_a_symbolic_link_is_refused_untouched() {
-        let t = TempDir::new("prepared-link");
-        let a = args(t.path(), "vm-s");
-        let host = t.path().join("host-etc");
+        let t = TempDir::new().expect("a temporary directory");
+        let a = args(t.as_path(), "vm-s");
+        let host = t.as_path().join("host-etc");
         fs::create_dir(&host).unwrap();
-        let root = t.path().join("base/ember/vm-s/root");
+        let root = t.as_path().join("base/ember/vm-s/root");
         fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink(&host, root.join("run")).unwrap();
         let before = mode_and_owner(&host);
@@ -647,9 +647,9 @@ mod tests {
 
     #[test]
     fn undo_removes_through_descriptors_not_through_a_swapped_dev() {
-        let t = TempDir::new("swapped-dev");
-        let a = args(t.path(), "vm-d");
-        let root_path = t.path().join("base/ember/vm-d/root");
+        let t = TempDir::new().expect("a temporary directory");
+        let a = args(t.as_path(), "vm-d");
+        let root_path = t.as_path().join("base/ember/vm-d/root");
         fs::create_dir_all(&root_path).unwrap();
         let mut created = Created::default();
         let root = setup_chroot(&a, &mut created).unwrap();
@@ -660,10 +660,10 @@ mod tests {
         dev.make_dir("net", 0o700).unwrap();
         created.entry(&dev, "net");
         // The jailed user swaps `dev` for a link to the host's /dev.
-        let host_dev = t.path().join("host-dev");
+        let host_dev = t.as_path().join("host-dev");
         fs::create_dir_all(host_dev.join("net")).unwrap();
         fs::write(host_dev.join("net/tun"), b"host").unwrap();
-        fs::rename(root_path.join("dev"), t.path().join("moved-dev")).unwrap();
+        fs::rename(root_path.join("dev"), t.as_path().join("moved-dev")).unwrap();
         std::os::unix::fs::symlink(&host_dev, root_path.join("dev")).unwrap();
         created.undo();
         assert_eq!(fs::read(host_dev.join("net/tun")).unwrap(), b"host");
@@ -672,24 +672,24 @@ mod tests {
 
     #[test]
     fn undo_keeps_preexisting_parents() {
-        let t = TempDir::new("keep");
-        let a = args(t.path(), "vm-2");
-        fs::create_dir_all(t.path().join("base/ember/other")).unwrap();
+        let t = TempDir::new().expect("a temporary directory");
+        let a = args(t.as_path(), "vm-2");
+        fs::create_dir_all(t.as_path().join("base/ember/other")).unwrap();
         let mut created = Created::default();
         setup_chroot(&a, &mut created).unwrap();
         created.undo();
-        assert!(!t.path().join("base/ember/vm-2").exists());
-        assert!(t.path().join("base/ember/other").is_dir());
+        assert!(!t.as_path().join("base/ember/vm-2").exists());
+        assert!(t.as_path().join("base/ember/other").is_dir());
     }
 
     #[test]
     fn cgroups_v1_in_a_fake_hierarchy() {
-        let t = TempDir::new("cgv1");
-        let cgroot = t.path().join("cgroup");
+        let t = TempDir::new().expect("a temporary directory");
+        let cgroot = t.as_path().join("cgroup");
         for c in ["cpu", "pids"] {
             fs::create_dir_all(cgroot.join(c)).unwrap();
         }
-        let mut a = args(t.path(), "vm-3");
+        let mut a = args(t.as_path(), "vm-3");
         a.cgroups = vec![
             cg("cpu.shares", "512"),
             cg("pids.max", "64"),
@@ -719,13 +719,13 @@ mod tests {
 
     #[test]
     fn cgroups_v1_shared_hierarchy() {
-        let t = TempDir::new("cgv1s");
-        let cgroot = t.path().join("cgroup");
+        let t = TempDir::new().expect("a temporary directory");
+        let cgroot = t.as_path().join("cgroup");
         fs::create_dir_all(cgroot.join("cpu,cpuacct")).unwrap();
         for c in ["cpu", "cpuacct"] {
             std::os::unix::fs::symlink("cpu,cpuacct", cgroot.join(c)).unwrap();
         }
-        let mut a = args(t.path(), "vm-9");
+        let mut a = args(t.as_path(), "vm-9");
         a.cgroups = vec![cg("cpu.shares", "3"), cg("cpuacct.x", "4")];
         let mut created = Created::default();
         setup_cgroups(&a, &cgroot, &mut created).unwrap();
@@ -739,10 +739,10 @@ mod tests {
 
     #[test]
     fn cgroups_v1_parent_and_missing_controller() {
-        let t = TempDir::new("cgv1b");
-        let cgroot = t.path().join("cgroup");
+        let t = TempDir::new().expect("a temporary directory");
+        let cgroot = t.as_path().join("cgroup");
         fs::create_dir_all(cgroot.join("cpu/fleet")).unwrap();
-        let mut a = args(t.path(), "vm-4");
+        let mut a = args(t.as_path(), "vm-4");
         a.parent_cgroup = Some("fleet/a".into());
         a.cgroups = vec![cg("cpu.shares", "2"), cg("memory.limit_in_bytes", "1")];
         let mut created = Created::default();
@@ -766,10 +766,10 @@ mod tests {
 
     #[test]
     fn cgroup_v1_taken_leaf_is_not_removed() {
-        let t = TempDir::new("cgv1c");
-        let cgroot = t.path().join("cgroup");
+        let t = TempDir::new().expect("a temporary directory");
+        let cgroot = t.as_path().join("cgroup");
         fs::create_dir_all(cgroot.join("cpu/ember/vm-5")).unwrap();
-        let mut a = args(t.path(), "vm-5");
+        let mut a = args(t.as_path(), "vm-5");
         a.cgroups = vec![cg("cpu.shares", "2")];
         let mut created = Created::default();
         let e = setup_cgroups(&a, &cgroot, &mut created)
@@ -782,7 +782,7 @@ mod tests {
 
     /// A directory laid out like a cgroup v2 mount.
     fn fake_v2(t: &TempDir) -> PathBuf {
-        let root = t.path().join("unified");
+        let root = t.as_path().join("unified");
         fs::create_dir_all(&root).unwrap();
         fs::write(root.join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
         fs::write(root.join("cgroup.subtree_control"), "").unwrap();
@@ -792,9 +792,9 @@ mod tests {
 
     #[test]
     fn cgroups_v2_in_a_fake_hierarchy() {
-        let t = TempDir::new("cgv2");
+        let t = TempDir::new().expect("a temporary directory");
         let root = fake_v2(&t);
-        let mut a = args(t.path(), "vm-6");
+        let mut a = args(t.as_path(), "vm-6");
         a.cgroup_version = CgroupVersion::V2;
         a.parent_cgroup = Some("fleet".into());
         a.cgroups = vec![cg("memory.max", "1000000"), cg("cpu.max", "5000 10000")];
@@ -824,9 +824,9 @@ mod tests {
 
     #[test]
     fn cgroups_v2_unavailable_controller() {
-        let t = TempDir::new("cgv2b");
+        let t = TempDir::new().expect("a temporary directory");
         let root = fake_v2(&t);
-        let mut a = args(t.path(), "vm-7");
+        let mut a = args(t.as_path(), "vm-7");
         a.cgroup_version = CgroupVersion::V2;
         a.cgroups = vec![cg("hugetlb.2MB.max", "0")];
         let mut created = Created::default();
@@ -840,8 +840,8 @@ mod tests {
 
     #[test]
     fn no_cgroups_touches_nothing() {
-        let t = TempDir::new("cgnone");
-        let a = args(t.path(), "vm-8");
+        let t = TempDir::new().expect("a temporary directory");
+        let a = args(t.as_path(), "vm-8");
         let mut created = Created::default();
         setup_cgroups(&a, Path::new("/nonexistent"), &mut created).unwrap();
         assert!(created.cgroups.is_empty());
@@ -861,15 +861,15 @@ mod tests {
     #[test]
     fn netns_join_and_failures() {
         join_netns(None).unwrap();
-        let t = TempDir::new("netns");
-        let missing = t.path().join("missing");
+        let t = TempDir::new().expect("a temporary directory");
+        let missing = t.as_path().join("missing");
         let e = join_netns(Some(&missing)).unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("netns: open '{}': ", missing.display())),
             "{e}"
         );
         // Not a namespace file: setns refuses it.
-        let plain = t.path().join("plain");
+        let plain = t.as_path().join("plain");
         fs::write(&plain, b"").unwrap();
         let e = join_netns(Some(&plain)).unwrap_err().to_string();
         assert!(

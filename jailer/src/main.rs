@@ -8,8 +8,6 @@ mod cleanup;
 mod dir;
 mod env;
 mod error;
-#[cfg(test)]
-mod testutil;
 mod watcher;
 
 use std::path::PathBuf;

@@ -8,20 +8,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-struct TempDir(PathBuf);
+use vmm_sys_util::tempdir::TempDir;
 
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("ember-jailer-cli-{}-{tag}", std::process::id()));
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory for one run, removed when dropped.
+fn scratch() -> TempDir {
+    TempDir::new_with_prefix("/tmp/ember-jailer-cli-").expect("a temporary directory")
 }
 
 fn jailer(args: &[&str]) -> Output {
@@ -36,7 +27,7 @@ fn stderr(o: &Output) -> String {
 }
 
 fn exec_file(t: &TempDir) -> String {
-    let p = t.0.join("ember");
+    let p = t.as_path().join("ember");
     fs::write(&p, b"#!/bin/true\n").unwrap();
     p.to_str().unwrap().to_owned()
 }
@@ -61,7 +52,7 @@ fn pids_controller() -> &'static Path {
 /// Runs the jailer for `id` and `exec`, as 123:100, with the chroot base
 /// `<t>/base` and `extra` flags.
 fn jail_in(t: &TempDir, id: &str, exec: &str, extra: &[&str]) -> Output {
-    let base = t.0.join("base");
+    let base = t.as_path().join("base");
     let mut args = vec![
         "--id",
         id,
@@ -80,11 +71,11 @@ fn jail_in(t: &TempDir, id: &str, exec: &str, extra: &[&str]) -> Output {
 
 /// Runs the jailer for `id` in a fresh temp dir with the fake exec file.
 /// Returns its output, the temp dir and the chroot base.
-fn jail(tag: &str, id: &str, extra: &[&str]) -> (Output, TempDir, PathBuf) {
-    let t = TempDir::new(tag);
+fn jail(id: &str, extra: &[&str]) -> (Output, TempDir, PathBuf) {
+    let t = scratch();
     let exec = exec_file(&t);
     let output = jail_in(&t, id, &exec, extra);
-    let base = t.0.join("base");
+    let base = t.as_path().join("base");
     (output, t, base)
 }
 
@@ -121,7 +112,7 @@ fn bad_argument_is_one_line() {
 
 #[test]
 fn a_failed_exec_inside_the_jail_is_reported_and_cleaned_up() {
-    let (o, _t, base) = jail("chroot", "cli-1", &["--resource-limit", "fsize=1000000"]);
+    let (o, _t, base) = jail("cli-1", &["--resource-limit", "fsize=1000000"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stderr(&o), EXEC_FAILED);
     assert!(!base.exists());
@@ -132,7 +123,7 @@ fn a_failed_exec_inside_the_jail_is_reported_and_cleaned_up() {
 /// `output` reads to its end) once it has cleaned up.
 #[test]
 fn a_failed_exec_after_daemonizing_is_reported_and_cleaned_up() {
-    let (o, _t, base) = jail("daemon", "cli-9", &["--daemonize"]);
+    let (o, _t, base) = jail("cli-9", &["--daemonize"]);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(stderr(&o), EXEC_FAILED);
     assert!(!base.exists());
@@ -141,16 +132,16 @@ fn a_failed_exec_after_daemonizing_is_reported_and_cleaned_up() {
 #[test]
 fn a_failed_exec_in_a_new_pid_namespace_is_cleaned_up_too() {
     require_root();
-    let (o, _t, base) = jail("pidns", "cli-7", &["--new-pid-ns"]);
+    let (o, _t, base) = jail("cli-7", &["--new-pid-ns"]);
     assert_eq!(stderr(&o), EXEC_FAILED);
     assert!(!base.exists());
 }
 
 #[test]
 fn taken_id_is_refused_and_kept() {
-    let t = TempDir::new("taken");
+    let t = scratch();
     let exec = exec_file(&t);
-    let running = t.0.join("base/ember/cli-2/root/ember");
+    let running = t.as_path().join("base/ember/cli-2/root/ember");
     fs::create_dir_all(running.parent().unwrap()).unwrap();
     fs::write(&running, b"in use").unwrap();
     let o = jail_in(&t, "cli-2", &exec, &[]);
@@ -169,9 +160,9 @@ fn taken_id_is_refused_and_kept() {
 /// as with Firecracker's: they stay, and a failure removes only the jailer's own.
 #[test]
 fn a_prepared_jail_keeps_the_platforms_files_after_a_failure() {
-    let t = TempDir::new("prepared");
+    let t = scratch();
     let exec = exec_file(&t);
-    let root = t.0.join("base/ember/cli-8/root");
+    let root = t.as_path().join("base/ember/cli-8/root");
     fs::create_dir_all(&root).unwrap();
     fs::write(root.join("kernel.elf"), b"kernel").unwrap();
     let o = jail_in(&t, "cli-8", &exec, &[]);
@@ -191,7 +182,6 @@ fn real_cgroup_v1_is_created_and_removed() {
     let pids = pids_controller();
     let parent = format!("ember-jailer-test-{}", std::process::id());
     let (o, _t, _) = jail(
-        "cgroup",
         "cli-3",
         &["--cgroup", "pids.max=64", "--parent-cgroup", &parent],
     );
@@ -202,9 +192,9 @@ fn real_cgroup_v1_is_created_and_removed() {
 
 #[test]
 fn missing_netns_fails_and_cleans_up() {
-    let probe = TempDir::new("netns-path");
-    let missing = probe.0.join("no-such-netns");
-    let (o, _t, base) = jail("netns", "cli-4", &["--netns", missing.to_str().unwrap()]);
+    let probe = scratch();
+    let missing = probe.as_path().join("no-such-netns");
+    let (o, _t, base) = jail("cli-4", &["--netns", missing.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
@@ -219,7 +209,7 @@ fn missing_netns_fails_and_cleans_up() {
 #[test]
 fn joins_a_real_netns() {
     require_root();
-    let (o, _t, base) = jail("netns-ok", "cli-5", &["--netns", "/proc/self/ns/net"]);
+    let (o, _t, base) = jail("cli-5", &["--netns", "/proc/self/ns/net"]);
     assert_eq!(stderr(&o), EXEC_FAILED);
     assert!(!base.exists());
 }
@@ -232,7 +222,6 @@ fn real_cgroup_v1_write_error_names_path_and_cleans_up() {
     let pids = pids_controller();
     let parent = format!("ember-jailer-test-bad-{}", std::process::id());
     let (o, _t, base) = jail(
-        "cgroup-bad",
         "cli-6",
         &[
             "--cgroup",
@@ -256,10 +245,10 @@ fn real_cgroup_v1_write_error_names_path_and_cleans_up() {
 
 #[test]
 fn bad_id_and_missing_exec_file_fail_before_creating_anything() {
-    let t = TempDir::new("bad-args");
+    let t = scratch();
     let exec = exec_file(&t);
-    let base = t.0.join("base");
-    let missing = t.0.join("no-ember");
+    let base = t.as_path().join("base");
+    let missing = t.as_path().join("no-ember");
     for (id, exec, expected) in [
         ("bad/id", exec.as_str(), "invalid --id 'bad/id'"),
         (&"x".repeat(65), exec.as_str(), "invalid --id"),
@@ -275,7 +264,7 @@ fn bad_id_and_missing_exec_file_fail_before_creating_anything() {
 
 #[test]
 fn root_ids_are_refused_unless_asked_for() {
-    let t = TempDir::new("root-ids");
+    let t = scratch();
     let exec = exec_file(&t);
     for (uid, gid) in [("0", "100"), ("123", "0")] {
         let o = jailer(&[
@@ -298,7 +287,7 @@ fn root_ids_are_refused_unless_asked_for() {
             stderr(&o)
         );
     }
-    let base = t.0.join("base");
+    let base = t.as_path().join("base");
     let o = jailer(&[
         "--id",
         "r-2",
@@ -317,7 +306,7 @@ fn root_ids_are_refused_unless_asked_for() {
 
 /// A host file or directory an attack aims at: root's, mode 0600/0700.
 fn host_target(t: &TempDir) -> (PathBuf, PathBuf) {
-    let dir = t.0.join("host-dev");
+    let dir = t.as_path().join("host-dev");
     fs::create_dir_all(dir.join("net")).unwrap();
     let file = dir.join("net/tun");
     fs::write(&file, b"the host's").unwrap();
@@ -337,10 +326,10 @@ fn owner_and_mode(path: &Path) -> (u32, u32, u32) {
 fn links_planted_in_a_prepared_root_are_refused() {
     require_root();
     for (entry, flags) in [("run", &[][..]), ("ember.pid", &["--new-pid-ns"][..])] {
-        let t = TempDir::new("planted");
+        let t = scratch();
         let exec = exec_file(&t);
         let (dir, file) = host_target(&t);
-        let root = t.0.join("base/ember/cli-p/root");
+        let root = t.as_path().join("base/ember/cli-p/root");
         fs::create_dir_all(&root).unwrap();
         let target = if entry == "run" { &dir } else { &file };
         std::os::unix::fs::symlink(target, root.join(entry)).unwrap();
@@ -456,7 +445,7 @@ impl Racer {
 
 /// A root the jailed user owns, as one left from an earlier run is.
 fn users_root(t: &TempDir, id: &str) -> PathBuf {
-    let root = t.0.join("base/ember").join(id).join("root");
+    let root = t.as_path().join("base/ember").join(id).join("root");
     fs::create_dir_all(&root).unwrap();
     std::os::unix::fs::chown(&root, Some(123), Some(100)).unwrap();
     root
@@ -471,7 +460,7 @@ fn users_root(t: &TempDir, id: &str) -> PathBuf {
 #[test]
 fn a_tenant_racing_the_exec_file_copy_cannot_touch_the_host() {
     require_root();
-    let t = TempDir::new("race-copy");
+    let t = scratch();
     let exec = exec_file(&t);
     let (_, file) = host_target(&t);
     let root = users_root(&t, "cli-r");
@@ -492,7 +481,7 @@ fn a_tenant_racing_the_exec_file_copy_cannot_touch_the_host() {
 fn cleanup_after_a_failure_never_follows_a_swapped_dev() {
     require_root();
     for attempt in 0.. {
-        let t = TempDir::new(&format!("race-dev-{attempt}"));
+        let t = scratch();
         let exec = exec_file(&t);
         let (dir, file) = host_target(&t);
         let root = users_root(&t, "cli-d");

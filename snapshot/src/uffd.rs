@@ -39,15 +39,33 @@ pub enum Error {
     Handshake(String),
     #[error("working set '{path}' line {line}: expected '<offset> <length>' in pages")]
     WorkingSet { path: PathBuf, line: usize },
+    /// A handler thread panicked while holding the shared working sets.
+    #[error("the shared working-set lock is poisoned")]
+    Poisoned,
 }
 
-/// One guest memory region, as the VMM describes it (Firecracker's fields).
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct Region {
-    pub base_host_virt_addr: u64,
-    pub size: u64,
-    pub offset: u64,
+pub use ember_proto::uffd::Region;
+
+/// How serde reads `ember_proto`'s `Region` (the protocol crate has no
+/// dependencies); the compiler checks the fields against it.
+#[derive(Deserialize)]
+#[serde(remote = "Region")]
+struct RegionDef {
+    base_host_virt_addr: u64,
+    size: u64,
+    offset: u64,
+    /// Handshakes that name no page size are of 4 KiB pages.
+    #[serde(default = "small_pages")]
+    page_size: u64,
 }
+
+fn small_pages() -> u64 {
+    4096
+}
+
+/// One element of the handshake's region list.
+#[derive(Deserialize)]
+struct RegionIn(#[serde(with = "RegionDef")] Region);
 
 /// The memory file, mapped read-only once and shared by every VM's thread.
 pub struct MemoryFile {
@@ -223,8 +241,11 @@ impl Vm {
             .recv_with_fd(&mut buf)
             .map_err(|e| Error::Handshake(format!("receive: {e}")))?;
         let file = file.ok_or_else(|| Error::Handshake("no userfaultfd attached".into()))?;
-        let regions: Vec<Region> = serde_json::from_slice(&buf[..len])
-            .map_err(|e| Error::Handshake(format!("regions: {e}")))?;
+        let regions: Vec<Region> = serde_json::from_slice::<Vec<RegionIn>>(&buf[..len])
+            .map_err(|e| Error::Handshake(format!("regions: {e}")))?
+            .into_iter()
+            .map(|RegionIn(region)| region)
+            .collect();
         // Address and offset arithmetic below relies on regions ending in range.
         if let Some(r) = regions.iter().find(|r| {
             r.base_host_virt_addr.checked_add(r.size).is_none()
@@ -468,9 +489,7 @@ pub fn run(
                 set.pages(),
                 set.runs.len()
             );
-            *known
-                .lock()
-                .map_err(|_| Error::Handshake("poisoned".into()))? = Some(Arc::new(set));
+            *known.lock().map_err(|_| Error::Poisoned)? = Some(Arc::new(set));
         } else {
             recording = true;
         }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use ember_proto::invocation::{parse_response_prefix, request_prefix, Status, RESPONSE_PREFIX_LEN};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
@@ -26,10 +27,6 @@ const MAX_IDLE: usize = 8;
 /// Response bytes reserved before any arrive; past this, memory grows with
 /// what the guest actually sent, whatever length it announced.
 const OUTPUT_PREALLOC: usize = 64 * 1024;
-
-const STATUS_OK: u8 = 0;
-const STATUS_FAILED: u8 = 1;
-const STATUS_PANICKED: u8 = 2;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
@@ -212,19 +209,19 @@ async fn exchange(pool: &Pool, mut conn: Connection, payload: &[u8]) -> Outcome 
         )));
     };
     let sent = async {
-        conn.write.write_all(&len.to_le_bytes()).await?;
+        conn.write.write_all(&request_prefix(len)).await?;
         conn.write.write_all(payload).await
     };
     if let Err(e) = sent.await {
         return Outcome::Stale(Error::Protocol(format!("cannot send the request: {e}")));
     }
-    let mut head = [0u8; 5];
+    let mut head = [0u8; RESPONSE_PREFIX_LEN];
     if let Err(e) = conn.read.read_exact(&mut head).await {
         return Outcome::Stale(Error::Protocol(format!(
             "the connection ended before a response: {e}"
         )));
     }
-    let out_len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+    let (status, out_len) = parse_response_prefix(head);
     if out_len > MAX_OUTPUT_BYTES {
         return Outcome::Broken(Error::Protocol(format!(
             "a {out_len}-byte response exceeds ember's limit of {MAX_OUTPUT_BYTES}"
@@ -234,13 +231,15 @@ async fn exchange(pool: &Pool, mut conn: Connection, payload: &[u8]) -> Outcome 
         Ok(output) => output,
         Err(e) => return Outcome::Broken(Error::Protocol(e)),
     };
-    let result = match head[0] {
-        STATUS_OK => Ok(output),
-        STATUS_FAILED => Err(Error::Failed(String::from_utf8_lossy(&output).into_owned())),
-        STATUS_PANICKED => Err(Error::Panicked(
+    let result = match status {
+        Some(Status::Ok) => Ok(output),
+        Some(Status::Error) => Err(Error::Failed(String::from_utf8_lossy(&output).into_owned())),
+        Some(Status::Panic) => Err(Error::Panicked(
             String::from_utf8_lossy(&output).into_owned(),
         )),
-        other => return Outcome::Broken(Error::Protocol(format!("unknown status {other}"))),
+        None => {
+            return Outcome::Broken(Error::Protocol(format!("unknown status {}", head[0])));
+        }
     };
     pool.give_back(conn);
     Outcome::Answered(result)

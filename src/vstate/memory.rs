@@ -11,6 +11,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use ember_proto::uffd::{Region, RegionsJson};
 use userfaultfd::{FeatureFlags, Uffd, UffdBuilder};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -145,23 +146,22 @@ pub fn serve_with_uffd(
         .require_features(FeatureFlags::EVENT_REMOVE)
         .create()
         .map_err(Error::Uffd)?;
-    let mut mappings = Vec::with_capacity(offsets.len());
-    for ((host, len), offset) in host_ranges(mem).into_iter().zip(offsets) {
+    let mut regions = Vec::with_capacity(offsets.len());
+    for ((host, len), &offset) in host_ranges(mem).into_iter().zip(offsets) {
         uffd.register(host.cast(), len).map_err(Error::Uffd)?;
-        mappings.push(serde_json::json!({
-            "base_host_virt_addr": host as u64,
-            "size": len,
-            "offset": offset,
-            "page_size": PAGE_SIZE,
-            "page_size_kib": PAGE_SIZE / 1024,
-        }));
+        regions.push(Region {
+            base_host_virt_addr: host as u64,
+            size: len as u64,
+            offset,
+            page_size: PAGE_SIZE as u64,
+        });
     }
     let handler_err = |source| Error::Handler {
         path: socket.display().to_string(),
         source,
     };
     let handler = UnixStream::connect(socket).map_err(handler_err)?;
-    let body = serde_json::Value::from(mappings).to_string();
+    let body = RegionsJson(&regions).to_string();
     handler
         .send_with_fd(body.as_bytes(), uffd.as_raw_fd())
         .map_err(|e| handler_err(std::io::Error::from_raw_os_error(e.errno())))?;
@@ -200,7 +200,8 @@ mod tests {
 
     #[test]
     fn file_backed_memory_reads_the_file_and_never_writes_it() {
-        let path = std::env::temp_dir().join(format!("ember-mem-{}", std::process::id()));
+        let dir = vmm_sys_util::tempdir::TempDir::new().expect("a temporary directory");
+        let path = dir.as_path().join("memory");
         let mut file = File::create(&path).unwrap();
         file.write_all(&vec![7u8; 2 << 20]).unwrap();
         let file = File::open(&path).unwrap();
@@ -218,6 +219,5 @@ mod tests {
         assert_eq!(take_vmm_dirty(&mem)[0][0], 0, "reading clears it");
         mark_dirty(&mem, &dirty);
         assert_eq!(take_vmm_dirty(&mem), dirty, "marked again");
-        std::fs::remove_file(path).unwrap();
     }
 }

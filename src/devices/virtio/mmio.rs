@@ -493,7 +493,6 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER};
-    use vm_memory::GuestAddress;
 
     use super::*;
 
@@ -535,7 +534,7 @@ mod tests {
 
     /// A transport over a device that counts its resets.
     fn counting_transport() -> (MmioTransport, EventFd, Arc<std::sync::atomic::AtomicUsize>) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mem = crate::devices::virtio::test_utils::guest_memory(0x10000);
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
         let resets = Arc::<std::sync::atomic::AtomicUsize>::default();

@@ -6,6 +6,8 @@
 
 pub mod block;
 pub mod mmio;
+#[cfg(test)]
+pub mod test_utils;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -381,7 +381,7 @@ pub unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
     // SAFETY: the caller guarantees the range is valid; rep stosb writes exactly `n`
     // bytes forward.
     unsafe {
-        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dest => _, in("al") c as u8,
+        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dest => _, in("al") c.to_le_bytes()[0],
             options(nostack, preserves_flags));
     }
     dest

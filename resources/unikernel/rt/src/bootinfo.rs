@@ -27,12 +27,15 @@ impl Protocol {
 pub enum BootError {
     /// `hvm_start_info.magic` was not 0x336ec578.
     BadPvhMagic(u32),
+    /// An address (of the structure, or in it) that no pointer can hold.
+    BadAddress(u64),
 }
 
 impl fmt::Display for BootError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BootError::BadPvhMagic(magic) => write!(f, "bad pvh magic {magic:#x}"),
+            BootError::BadAddress(addr) => write!(f, "address {addr:#x} out of reach"),
         }
     }
 }
@@ -98,7 +101,7 @@ impl BootInfo {
     /// passed for `protocol`, and the command line and memory map it points to must be
     /// readable and stay unchanged for the rest of the run.
     pub unsafe fn parse(protocol: Protocol, addr: u64) -> Result<BootInfo, BootError> {
-        let addr = addr as usize;
+        let addr = pointer(addr)?;
         // SAFETY: the caller guarantees `addr` is the protocol's boot structure, so
         // the fixed offsets below are inside it.
         unsafe {
@@ -125,7 +128,7 @@ impl BootInfo {
                         0
                     };
                     let memory = MemoryMap {
-                        base: read::<u64>(addr + 40) as usize,
+                        base: pointer(read::<u64>(addr + 40))?,
                         count,
                         stride: 24,
                     };
@@ -134,11 +137,16 @@ impl BootInfo {
             };
             Ok(BootInfo {
                 protocol,
-                cmdline: c_string(cmdline as usize),
+                cmdline: c_string(pointer(cmdline)?),
                 memory,
             })
         }
     }
+}
+
+/// `addr` as a pointer's address.
+fn pointer(addr: u64) -> Result<usize, BootError> {
+    usize::try_from(addr).map_err(|_| BootError::BadAddress(addr))
 }
 
 /// The NUL-terminated string at `addr` (empty for a null pointer).
@@ -180,7 +188,7 @@ mod tests {
         let cmdline = b"console=ttyS0 ember.echo\0".to_vec().leak();
         let mut page = vec![0u8; 4096];
         let ptr = cmdline.as_ptr() as u64;
-        put(&mut page, 0x228, &(ptr as u32).to_le_bytes());
+        put(&mut page, 0x228, &ptr.to_le_bytes()[..4]);
         put(&mut page, 0xc8, &((ptr >> 32) as u32).to_le_bytes());
         page[0x1e8] = 2;
         let mut e820 = Vec::new();

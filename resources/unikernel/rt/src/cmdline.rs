@@ -9,6 +9,16 @@ pub struct MmioDevice {
     pub irq: u32,
 }
 
+impl MmioDevice {
+    /// The window's address for a pointer, if the identity map (the first 4 GiB)
+    /// holds it; a guest can drive no other.
+    pub fn mapped_base(&self) -> Option<usize> {
+        usize::try_from(self.base)
+            .ok()
+            .filter(|_| self.base < 1 << 32)
+    }
+}
+
 const VIRTIO_MMIO_PREFIX: &[u8] = b"virtio_mmio.device=";
 
 /// Whitespace-separated tokens.

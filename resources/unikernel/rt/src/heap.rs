@@ -41,10 +41,14 @@ pub unsafe fn init(regions: impl Iterator<Item = MemRegion>) -> usize {
     let mut total = 0;
     let mut heap = HEAP.lock();
     for (start, end) in usable_ranges(regions, floor) {
+        // A range no pointer can span is left out, like RAM above the identity map.
+        let Ok(len) = usize::try_from(end - start) else {
+            continue;
+        };
         // SAFETY: the caller guarantees the range is unused RAM, identity-mapped
         // below 4 GiB, and handed over only once.
-        if unsafe { heap.claim(start as *mut u8, (end - start) as usize) }.is_some() {
-            total += (end - start) as usize;
+        if unsafe { heap.claim(start as *mut u8, len) }.is_some() {
+            total += len;
         }
     }
     total

@@ -135,13 +135,13 @@ mod tests {
         t[..4].copy_from_slice(b"PCMP");
         for (i, &on) in enabled.iter().enumerate() {
             let mut cpu = [0u8; 20];
-            cpu[1] = i as u8;
+            cpu[1] = u8::try_from(i).unwrap();
             cpu[3] = u8::from(on);
             t.extend_from_slice(&cpu);
         }
         t.extend_from_slice(&[1, 0, b'I', b'S', b'A', 0, 0, 0]);
         t.extend_from_slice(&[2, 3, 0x11, 1, 0, 0, 0xc0, 0xfe]);
-        let len = t.len() as u16;
+        let len = u16::try_from(t.len()).unwrap();
         t[4..6].copy_from_slice(&len.to_le_bytes());
         fix_checksum(&mut t, 7);
         t

@@ -70,13 +70,13 @@ fn block_devices(cmdline: &[u8]) {
                 continue;
             }
         };
-        if device.base >= 1 << 32 {
+        let Some(base) = device.mapped_base() else {
             println!("virtio@{:#x}: error outside the identity map", device.base);
             continue;
-        }
+        };
         // SAFETY: the VMM announced a virtio-mmio window at this identity-mapped
         // address, and each token is driven once.
-        let transport = unsafe { MmioTransport::new(device.base) };
+        let transport = unsafe { MmioTransport::new(base) };
         match transport.probe() {
             Ok(blk::DEVICE_ID) => {
                 match Block::new(transport) {

@@ -242,15 +242,13 @@ mod tests {
     use virtio_bindings::virtio_blk::{
         VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     };
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{ByteValued, GuestAddress};
+    use vmm_sys_util::tempdir::TempDir;
 
     use super::*;
-
-    const WRITE: u16 = narrow::to_u16(VRING_DESC_F_WRITE);
-    const NEXT: u16 = narrow::to_u16(VRING_DESC_F_NEXT);
+    use crate::devices::virtio::test_utils::{desc, guest_memory, NEXT, WRITE};
 
     #[repr(C)]
     #[derive(Clone, Copy, Default)]
@@ -263,39 +261,25 @@ mod tests {
     unsafe impl ByteValued for Header {}
 
     struct Fixture {
-        _dir: tempdir::Dir,
+        _dir: TempDir,
         path: std::path::PathBuf,
         block: Block,
         mem: GuestMemoryMmap,
     }
 
-    mod tempdir {
-        pub struct Dir(pub std::path::PathBuf);
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-    }
-
     fn fixture(read_only: bool) -> Fixture {
-        let dir = std::env::temp_dir().join(format!(
-            "ember-blk-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("disk.img");
+        let dir = TempDir::new().expect("a temporary directory");
+        let path = dir.as_path().join("disk.img");
         let mut f = File::create(&path).unwrap();
         let mut content = vec![0u8; 4096];
         content[..6].copy_from_slice(b"sector");
         f.write_all(&content).unwrap();
         let disk = Arc::new(Mutex::new(Disk::open(&path, read_only).unwrap()));
         Fixture {
-            _dir: tempdir::Dir(dir),
+            _dir: dir,
             path,
             block: Block::new(disk, read_only, CacheType::Writeback),
-            mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+            mem: guest_memory(0x10000),
         }
     }
 
@@ -319,16 +303,12 @@ mod tests {
             .unwrap();
         fx.mem.write_obj(0xffu8, GuestAddress(0x3000)).unwrap();
         let queue = MockSplitQueue::new(&fx.mem, 16);
-        let mut descs = vec![RawDescriptor::from(SplitDescriptor::new(0x1000, 16, 0, 0))];
+        let mut descs = vec![desc(0x1000, 16, 0, 0)];
         if data_len > 0 {
             let flags = if data_writable { WRITE } else { 0 };
-            descs.push(RawDescriptor::from(SplitDescriptor::new(
-                0x2000, data_len, flags, 0,
-            )));
+            descs.push(desc(0x2000, data_len, flags, 0));
         }
-        descs.push(RawDescriptor::from(SplitDescriptor::new(
-            0x3000, 1, WRITE, 0,
-        )));
+        descs.push(desc(0x3000, 1, WRITE, 0));
         queue.build_desc_chain(&descs).unwrap();
         let mut q: Queue = queue.create_queue().unwrap();
         assert!(
@@ -434,8 +414,8 @@ mod tests {
         let descs: Vec<RawDescriptor> = (0..QUEUE_SIZE / 2)
             .flat_map(|i| {
                 [
-                    RawDescriptor::from(SplitDescriptor::new(0x8000, 16, NEXT, 2 * i + 1)),
-                    RawDescriptor::from(SplitDescriptor::new(0x9000 + u64::from(i), 1, WRITE, 0)),
+                    desc(0x8000, 16, NEXT, 2 * i + 1),
+                    desc(0x9000 + u64::from(i), 1, WRITE, 0),
                 ]
             })
             .collect();

@@ -137,18 +137,17 @@ pub fn parse<M: GuestMemory>(
 #[cfg(test)]
 mod tests {
     use crate::vstate::memory::GuestMemoryMmap;
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
+    use crate::devices::virtio::test_utils::{chain, guest_memory};
 
     const HEADER_AT: u64 = 0x1000;
     const DATA_AT: u64 = 0x2000;
     const STATUS_AT: u64 = 0x3000;
 
     fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+        guest_memory(0x10000)
     }
 
     /// Builds a chain of `(addr, len, device-writable)` descriptors and parses it.
@@ -165,19 +164,7 @@ mod tests {
         };
         mem.write_obj(header, GuestAddress(HEADER_AT)).unwrap();
         let queue = MockSplitQueue::new(mem, 16);
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .map(|&(addr, len, write)| {
-                let flags = if write {
-                    const { crate::devices::virtio::narrow::to_u16(VRING_DESC_F_WRITE) }
-                } else {
-                    0
-                };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
-            })
-            .collect();
-        let chain = queue.build_desc_chain(&raw).unwrap();
-        parse(mem, chain)
+        parse(mem, chain(&queue, descs))
     }
 
     #[test]

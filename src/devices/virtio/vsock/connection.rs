@@ -6,6 +6,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
+use ember_proto::credit::Credit;
 use vm_memory::VolatileSlice;
 use vmm_sys_util::epoll::EventSet;
 
@@ -16,11 +17,11 @@ const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 2;
 /// A drained buffer keeps at most this much of its allocation for the next burst.
 const TX_BUF_KEEP: usize = 16 * 1024;
 
-/// Adds `bytes` to one of vsock's byte counters (`fwd_cnt`, `rx_cnt`), which
-/// count modulo 2^32 (virtio 1.2 §5.10.6.3).
+/// `bytes` as vsock's byte counters take it: they count modulo 2^32
+/// (virtio 1.2 §5.10.6.3).
 #[allow(clippy::cast_possible_truncation)] // modulo 2^32 only the low 32 bits count
-pub fn count_bytes(counter: u32, bytes: usize) -> u32 {
-    counter.wrapping_add(bytes as u32)
+pub fn counted(bytes: usize) -> u32 {
+    bytes as u32
 }
 
 /// Where a connection is in its life; the deadline of the states that wait on
@@ -101,14 +102,9 @@ impl TxBuf {
 pub struct Connection {
     pub stream: UnixStream,
     pub state: ConnState,
-    /// The guest's receive buffer and how much of it it has consumed.
-    pub peer_buf_alloc: u32,
-    pub peer_fwd_cnt: u32,
-    /// Bytes sent to the guest.
-    pub rx_cnt: u32,
-    /// Guest bytes written to the host socket.
-    pub fwd_cnt: u32,
-    last_fwd_cnt_sent: u32,
+    /// Both directions' credit: host bytes sent to the guest against its
+    /// buffer, guest bytes written to the host socket against ember's.
+    pub credit: Credit,
     /// Guest bytes the host socket has not taken yet.
     pub pending: TxBuf,
     /// The host socket has data to read (epoll said so; cleared on EAGAIN).
@@ -127,11 +123,7 @@ impl Connection {
         Connection {
             stream,
             state,
-            peer_buf_alloc: 0,
-            peer_fwd_cnt: 0,
-            rx_cnt: 0,
-            fwd_cnt: 0,
-            last_fwd_cnt_sent: 0,
+            credit: Credit::new(CONN_BUF_ALLOC, CREDIT_UPDATE_THRESHOLD),
             pending: TxBuf::default(),
             readable: false,
             rx_queued: false,
@@ -153,15 +145,9 @@ impl Connection {
         set
     }
 
-    /// Bytes the guest can still take.
-    pub fn peer_credit(&self) -> u32 {
-        self.peer_buf_alloc
-            .saturating_sub(self.rx_cnt.wrapping_sub(self.peer_fwd_cnt))
-    }
-
     /// Whether host data could go to the guest now.
     pub fn has_rx_data(&self) -> bool {
-        self.state == ConnState::Established && self.readable && self.peer_credit() > 0
+        self.state == ConnState::Established && self.readable && self.credit.window() > 0
     }
 
     /// Whether `len` more guest bytes stay within the credit ember gave.
@@ -172,21 +158,11 @@ impl Connection {
     /// Writes what it can of `pending` to the host socket, freeing guest credit.
     pub fn flush(&mut self) -> std::io::Result<()> {
         let written = self.pending.flush_to(&mut self.stream)?;
-        self.fwd_cnt = count_bytes(self.fwd_cnt, written);
+        self.credit.consumed(counted(written));
         if self.pending.is_empty() && self.guest_done_sending {
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
         }
         Ok(())
-    }
-
-    /// Whether the guest should hear how much ember forwarded.
-    pub fn owes_credit_update(&self) -> bool {
-        self.fwd_cnt.wrapping_sub(self.last_fwd_cnt_sent) >= CREDIT_UPDATE_THRESHOLD
-    }
-
-    /// Records that a header carrying `fwd_cnt` went to the guest.
-    pub fn credit_sent(&mut self) {
-        self.last_fwd_cnt_sent = self.fwd_cnt;
     }
 }
 
@@ -200,12 +176,13 @@ mod tests {
     fn credit_counts_wrap() {
         let (a, _) = UnixStream::pair().unwrap();
         let mut conn = Connection::new(a, ConnState::Established);
-        conn.peer_buf_alloc = 1000;
-        conn.peer_fwd_cnt = u32::MAX - 10;
-        conn.rx_cnt = 89;
-        assert_eq!(conn.peer_credit(), 900);
-        conn.rx_cnt = conn.peer_fwd_cnt.wrapping_add(1000);
-        assert_eq!(conn.peer_credit(), 0);
+        conn.readable = true;
+        conn.credit.peer_update(1000, u32::MAX - 10);
+        conn.credit.sent(89);
+        assert_eq!(conn.credit.window(), 900);
+        assert!(conn.has_rx_data());
+        conn.credit.sent(900);
+        assert_eq!(conn.credit.window(), 0);
         assert!(!conn.has_rx_data());
     }
 
@@ -222,17 +199,16 @@ mod tests {
             "the buffer is at the guest's credit"
         );
         conn.flush().unwrap();
-        assert!(conn.fwd_cnt > 0 && conn.owes_credit_update());
+        assert!(conn.credit.update_due());
         let mut sink = vec![0u8; CONN_BUF_ALLOC as usize];
         let mut got = 0;
         while !conn.pending.is_empty() {
             got += b.read(&mut sink).unwrap();
             conn.flush().unwrap();
         }
-        assert_eq!(conn.fwd_cnt, CONN_BUF_ALLOC);
         assert!(conn.pending.bytes.capacity() <= TX_BUF_KEEP);
-        conn.credit_sent();
-        assert!(!conn.owes_credit_update());
+        assert_eq!(conn.credit.advertise(), (CONN_BUF_ALLOC, CONN_BUF_ALLOC));
+        assert!(!conn.credit.update_due());
         assert!(got > 0);
     }
 }

@@ -31,13 +31,11 @@ use vm_memory::{GuestMemoryBackend, ReadVolatile, WriteVolatile};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{count_bytes, ConnState, Connection, CONN_BUF_ALLOC};
+use super::connection::{counted, ConnState, Connection, CONN_BUF_ALLOC};
 use super::packet::{
-    Header, RxBuffer, TxPacket, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
-    OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+    Header, Op, RxBuffer, TxPacket, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
 
-pub const HOST_CID: u64 = 2;
 /// Host-side ports of host-initiated connections are allocated from here up.
 const LOCAL_PORT_BASE: u32 = 1 << 30;
 /// Longest `CONNECT <port>\n` line accepted.
@@ -179,28 +177,30 @@ impl Muxer {
         self.epoll.as_raw_fd()
     }
 
-    fn header(&self, key: Key, op: u16) -> Header {
-        let fwd_cnt = self.conns.get(&key).map_or(0, |c| c.fwd_cnt);
+    /// A header to the guest for connection `key`; the credit it carries
+    /// counts as told.
+    fn header(&mut self, key: Key, op: Op) -> Header {
+        let (buf_alloc, fwd_cnt) = self
+            .conns
+            .get_mut(&key)
+            .map_or((CONN_BUF_ALLOC, 0), |c| c.credit.advertise());
         Header {
             src_cid: HOST_CID,
             dst_cid: self.guest_cid,
             src_port: key.0,
             dst_port: key.1,
             len: 0,
-            type_: TYPE_STREAM,
-            op,
+            kind: TYPE_STREAM,
+            op: Some(op),
             flags: 0,
-            buf_alloc: CONN_BUF_ALLOC,
+            buf_alloc,
             fwd_cnt,
         }
     }
 
-    fn send_control(&mut self, key: Key, op: u16, flags: u32) {
+    fn send_control(&mut self, key: Key, op: Op, flags: u32) {
         let mut header = self.header(key, op);
         header.flags = flags;
-        if let Some(conn) = self.conns.get_mut(&key) {
-            conn.credit_sent();
-        }
         self.control.push_back(header);
     }
 
@@ -339,7 +339,7 @@ impl Muxer {
 
     /// Resets the connection: RST to the guest, host socket closed.
     fn reset(&mut self, key: Key) {
-        self.send_control(key, OP_RST, 0);
+        self.send_control(key, Op::Rst, 0);
         self.remove_conn(key);
     }
 
@@ -355,8 +355,8 @@ impl Muxer {
             self.reset(key);
             return false;
         }
-        if conn.owes_credit_update() {
-            self.send_control(key, OP_CREDIT_UPDATE, 0);
+        if conn.credit.update_due() {
+            self.send_control(key, Op::CreditUpdate, 0);
         }
         true
     }
@@ -462,7 +462,7 @@ impl Muxer {
         let deadline = Instant::now() + CONN_REQUEST_TIMEOUT;
         let conn = Connection::new(handshake.stream, ConnState::LocalInit { deadline });
         if self.add_conn(key, conn) {
-            self.send_control(key, OP_REQUEST, 0);
+            self.send_control(key, Op::Request, 0);
         }
     }
 
@@ -501,26 +501,25 @@ impl Muxer {
     /// Acts on one packet the guest sent.
     pub fn handle_tx(&mut self, mem: &GuestMemoryMmap, packet: &TxPacket) {
         let h = packet.header;
-        let (src_cid, dst_cid, type_) = (h.src_cid, h.dst_cid, h.type_);
+        let (src_cid, dst_cid, kind) = (h.src_cid, h.dst_cid, h.kind);
         if src_cid != self.guest_cid || dst_cid != HOST_CID {
             log::debug!("vsock: dropped a packet from cid {src_cid} to cid {dst_cid}");
             return;
         }
         let key = (h.dst_port, h.src_port);
-        if type_ != TYPE_STREAM {
-            if h.op != OP_RST {
-                self.control.push_back(self.header(key, OP_RST));
+        if kind != TYPE_STREAM {
+            if h.op != Some(Op::Rst) {
+                self.send_control(key, Op::Rst, 0);
             }
             return;
         }
         if let Some(conn) = self.conns.get_mut(&key) {
-            conn.peer_buf_alloc = h.buf_alloc;
-            conn.peer_fwd_cnt = h.fwd_cnt;
+            conn.credit.peer_update(h.buf_alloc, h.fwd_cnt);
         }
         let state = self.conns.get(&key).map(|c| c.state);
         match (h.op, state) {
-            (OP_REQUEST, None) => self.connect_to_host(key, &h),
-            (OP_RESPONSE, Some(ConnState::LocalInit { .. })) => {
+            (Some(Op::Request), None) => self.connect_to_host(key, &h),
+            (Some(Op::Response), Some(ConnState::LocalInit { .. })) => {
                 self.set_state(key, ConnState::Established);
                 let Some(conn) = self.conns.get_mut(&key) else {
                     return;
@@ -532,17 +531,17 @@ impl Muxer {
                     return;
                 }
             }
-            (OP_RW, Some(ConnState::Established)) => self.forward_to_host(mem, key, packet),
-            (OP_CREDIT_UPDATE, Some(_)) => {}
-            (OP_CREDIT_REQUEST, Some(_)) => self.send_control(key, OP_CREDIT_UPDATE, 0),
-            (OP_SHUTDOWN, Some(_))
+            (Some(Op::Rw), Some(ConnState::Established)) => self.forward_to_host(mem, key, packet),
+            (Some(Op::CreditUpdate), Some(_)) => {}
+            (Some(Op::CreditRequest), Some(_)) => self.send_control(key, Op::CreditUpdate, 0),
+            (Some(Op::Shutdown), Some(_))
                 if h.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND =>
             {
                 self.flush(key);
                 self.reset(key);
                 return;
             }
-            (OP_SHUTDOWN, Some(_)) => {
+            (Some(Op::Shutdown), Some(_)) => {
                 if h.flags & SHUTDOWN_SEND != 0 {
                     if let Some(conn) = self.conns.get_mut(&key) {
                         conn.guest_done_sending = true;
@@ -552,7 +551,7 @@ impl Muxer {
                     }
                 }
             }
-            (OP_RST, _) => {
+            (Some(Op::Rst), _) => {
                 self.remove_conn(key);
                 return;
             }
@@ -563,7 +562,7 @@ impl Muxer {
                 return;
             }
             (_, None) => {
-                self.control.push_back(self.header(key, OP_RST));
+                self.send_control(key, Op::Rst, 0);
                 return;
             }
         }
@@ -579,21 +578,20 @@ impl Muxer {
         self.sweep();
         if self.handshakes.len() + self.conns.len() >= MAX_CONNECTIONS {
             log::debug!("vsock: too many connections; refusing guest port {}", key.1);
-            self.control.push_back(self.header(key, OP_RST));
+            self.send_control(key, Op::Rst, 0);
             return;
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", key.0));
         let connected = connect_nonblocking(&path).is_ok_and(|stream| {
             let mut conn = Connection::new(stream, ConnState::Established);
-            conn.peer_buf_alloc = request.buf_alloc;
-            conn.peer_fwd_cnt = request.fwd_cnt;
+            conn.credit.peer_update(request.buf_alloc, request.fwd_cnt);
             self.add_conn(key, conn)
         });
         if connected {
-            self.send_control(key, OP_RESPONSE, 0);
+            self.send_control(key, Op::Response, 0);
         } else {
-            self.control.push_back(self.header(key, OP_RST));
+            self.send_control(key, Op::Rst, 0);
         }
     }
 
@@ -658,9 +656,9 @@ impl Muxer {
             self.reset(key);
             return;
         }
-        conn.fwd_cnt = count_bytes(conn.fwd_cnt, forwarded);
-        if conn.owes_credit_update() {
-            self.send_control(key, OP_CREDIT_UPDATE, 0);
+        conn.credit.consumed(counted(forwarded));
+        if conn.credit.update_due() {
+            self.send_control(key, Op::CreditUpdate, 0);
         }
     }
 
@@ -735,7 +733,7 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&key) else {
             return RxFill::Nothing;
         };
-        let max = (conn.peer_credit() as usize).min(rx.payload_capacity());
+        let max = (conn.credit.window() as usize).min(rx.payload_capacity());
         let Ok(slices) = rx.payload_slices(mem, max) else {
             self.wake_rx(key);
             return RxFill::Unusable;
@@ -783,7 +781,7 @@ impl Muxer {
                 self.unwatch(key);
                 let deadline = Instant::now() + CONN_SHUTDOWN_TIMEOUT;
                 self.set_state(key, ConnState::Closing { deadline });
-                self.send_control(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
+                self.send_control(key, Op::Shutdown, SHUTDOWN_RCV | SHUTDOWN_SEND);
             }
             self.watch(key);
             return RxFill::Nothing;
@@ -793,12 +791,9 @@ impl Muxer {
             self.reset(key);
             return RxFill::Unusable;
         };
-        conn.rx_cnt = conn.rx_cnt.wrapping_add(len);
-        let mut header = self.header(key, OP_RW);
+        conn.credit.sent(len);
+        let mut header = self.header(key, Op::Rw);
         header.len = len;
-        if let Some(conn) = self.conns.get_mut(&key) {
-            conn.credit_sent();
-        }
         self.wake_rx(key);
         self.watch(key);
         rx.write_header(mem, &header)
@@ -894,18 +889,17 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
 mod tests {
     use std::io::BufRead;
 
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
     use super::super::packet::{HEADER_LEN, HEADER_LEN_U32};
     use super::*;
-    use crate::devices::virtio::narrow;
+    use crate::devices::virtio::test_utils::{
+        desc, guest_memory, used_lens, vsock_header_at, NEXT, WRITE,
+    };
 
     const GUEST_CID: u64 = 3;
-    const WRITE: u16 = narrow::to_u16(VRING_DESC_F_WRITE);
-    const NEXT: u16 = narrow::to_u16(VRING_DESC_F_NEXT);
 
     fn new_muxer(tag: &str) -> (Muxer, PathBuf) {
         let path =
@@ -914,35 +908,20 @@ mod tests {
         (Muxer::new(GUEST_CID, &path).unwrap(), path)
     }
 
-    fn from_guest(op: u16, src_port: u32, dst_port: u32) -> TxPacket {
+    fn from_guest(op: Op, src_port: u32, dst_port: u32) -> TxPacket {
         TxPacket {
             header: Header {
                 src_cid: GUEST_CID,
                 dst_cid: HOST_CID,
                 src_port,
                 dst_port,
-                type_: TYPE_STREAM,
-                op,
+                kind: TYPE_STREAM,
+                op: Some(op),
                 buf_alloc: 65536,
                 ..Default::default()
             },
             payload: Vec::new(),
         }
-    }
-
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap()
-    }
-
-    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
-    }
-
-    /// The lengths the device reported for the first `n` used buffers.
-    fn used_lens(queue: &MockSplitQueue<GuestMemoryMmap>, n: usize) -> Vec<u32> {
-        (0..n)
-            .map(|i| queue.used().ring().ref_at(i).unwrap().load().len())
-            .collect()
     }
 
     /// A host connection to guest port 1024 the guest accepted: the host end
@@ -953,8 +932,8 @@ mod tests {
         muxer.process_host_events();
         muxer.process_host_events();
         let request = muxer.control.pop_back().unwrap();
-        assert_eq!((request.op, request.dst_port), (OP_REQUEST, 1024));
-        muxer.handle_tx(mem, &from_guest(OP_RESPONSE, 1024, request.src_port));
+        assert_eq!((request.op, request.dst_port), (Some(Op::Request), 1024));
+        muxer.handle_tx(mem, &from_guest(Op::Response, 1024, request.src_port));
         let mut line = String::new();
         std::io::BufReader::new(host.try_clone().unwrap())
             .read_line(&mut line)
@@ -977,14 +956,17 @@ mod tests {
     #[test]
     fn requests_to_closed_ports_are_reset_and_floods_stay_bounded() {
         let (mut muxer, path) = new_muxer("flood");
-        let mem = memory();
-        muxer.handle_tx(&mem, &from_guest(OP_REQUEST, 5000, 7777));
+        let mem = guest_memory(0x40000);
+        muxer.handle_tx(&mem, &from_guest(Op::Request, 5000, 7777));
         let rst = muxer.control.front().copied().unwrap();
-        assert_eq!((rst.op, rst.dst_port, rst.src_port), (OP_RST, 5000, 7777));
+        assert_eq!(
+            (rst.op, rst.dst_port, rst.src_port),
+            (Some(Op::Rst), 5000, 7777)
+        );
         // A guest that never posts rx buffers cannot make ember queue answers forever.
         let mut port = 0;
         while muxer.accepts_tx() {
-            muxer.handle_tx(&mem, &from_guest(OP_REQUEST, port, 7777));
+            muxer.handle_tx(&mem, &from_guest(Op::Request, port, 7777));
             port += 1;
         }
         assert_eq!(muxer.control.len(), MAX_PENDING_CONTROL);
@@ -997,7 +979,7 @@ mod tests {
         assert_eq!(host.read(&mut [0u8; 1]).unwrap(), 0, "refused");
         // Packets from another CID get no connection.
         let (mut muxer, _path) = new_muxer("cid");
-        let mut wrong_cid = from_guest(OP_REQUEST, 1, 2);
+        let mut wrong_cid = from_guest(Op::Request, 1, 2);
         wrong_cid.header.src_cid = 9;
         muxer.handle_tx(&mem, &wrong_cid);
         assert!(muxer.control.is_empty() && muxer.conns.is_empty());
@@ -1006,12 +988,12 @@ mod tests {
     #[test]
     fn host_connection_handshake_and_data_both_ways() {
         let (mut muxer, path) = new_muxer("stream");
-        let mem = memory();
+        let mem = guest_memory(0x40000);
         let (mut host, key) = established(&mut muxer, &path, &mem);
 
         // Guest -> host: the payload goes from guest memory to the socket.
         mem.write_slice(b"hi host", GuestAddress(0x1000)).unwrap();
-        let mut rw = from_guest(OP_RW, 1024, key.0);
+        let mut rw = from_guest(Op::Rw, 1024, key.0);
         rw.header.len = 7;
         rw.payload = vec![(GuestAddress(0x1000), 7)];
         muxer.handle_tx(&mem, &rw);
@@ -1028,8 +1010,11 @@ mod tests {
             .unwrap();
         let mut q: Queue = queue.create_queue().unwrap();
         assert_eq!(muxer.fill_rx(&mut q, &mem), (true, false));
-        let header: Header = mem.read_obj(GuestAddress(0x8000)).unwrap();
-        assert_eq!((header.op, header.len, header.dst_port), (OP_RW, 8, 1024));
+        let header = vsock_header_at(&mem, 0x8000);
+        assert_eq!(
+            (header.op, header.len, header.dst_port),
+            (Some(Op::Rw), 8, 1024)
+        );
         let mut payload = [0u8; 8];
         mem.read_slice(&mut payload, GuestAddress(0x8000 + HEADER_LEN as u64))
             .unwrap();
@@ -1042,16 +1027,16 @@ mod tests {
             .add_desc_chains(&[desc(0x9000, 4096, WRITE, 0)], 1)
             .unwrap();
         muxer.fill_rx(&mut q, &mem);
-        let shutdown: Header = mem.read_obj(GuestAddress(0x9000)).unwrap();
-        assert_eq!({ shutdown.op }, OP_SHUTDOWN);
-        muxer.handle_tx(&mem, &from_guest(OP_RST, 1024, key.0));
+        let shutdown = vsock_header_at(&mem, 0x9000);
+        assert_eq!(shutdown.op, Some(Op::Shutdown));
+        muxer.handle_tx(&mem, &from_guest(Op::Rst, 1024, key.0));
         assert_eq!(muxer.connection_count(), 0);
     }
 
     #[test]
     fn rx_buffers_that_cannot_carry_data_are_used_empty_not_retried() {
         let (mut muxer, path) = new_muxer("hdronly");
-        let mem = memory();
+        let mem = guest_memory(0x40000);
         let (mut host, _) = established(&mut muxer, &path, &mem);
         host.write_all(&[7u8; 4096]).unwrap();
         muxer.process_host_events();
@@ -1086,7 +1071,7 @@ mod tests {
     #[test]
     fn host_data_reaches_the_guest_one_buffer_per_connection_in_turn() {
         let (mut muxer, path) = new_muxer("fair");
-        let mem = memory();
+        let mem = guest_memory(0x40000);
         let (mut first, a) = established(&mut muxer, &path, &mem);
         let (mut second, b) = established(&mut muxer, &path, &mem);
         first.write_all(&[1u8; 8192]).unwrap();
@@ -1101,7 +1086,7 @@ mod tests {
         muxer.fill_rx(&mut q, &mem);
         let ports: Vec<u32> = (0..4)
             .map(|i| {
-                let h: Header = mem.read_obj(GuestAddress(0x8000 + i * 0x1000)).unwrap();
+                let h = vsock_header_at(&mem, 0x8000 + i * 0x1000);
                 h.src_port
             })
             .collect();
@@ -1112,7 +1097,7 @@ mod tests {
     #[test]
     fn a_guest_connect_to_a_full_backlog_is_refused_without_blocking() {
         let (mut muxer, path) = new_muxer("backlog");
-        let mem = memory();
+        let mem = guest_memory(0x40000);
         let mut host_path = path.clone().into_os_string();
         host_path.push("_5000");
         let _ = std::fs::remove_file(&host_path);
@@ -1124,16 +1109,16 @@ mod tests {
             queued.push(stream);
             assert!(queued.len() < 64, "the backlog never filled");
         }
-        muxer.handle_tx(&mem, &from_guest(OP_REQUEST, 40, 5000));
+        muxer.handle_tx(&mem, &from_guest(Op::Request, 40, 5000));
         let answer = muxer.control.pop_front().unwrap();
-        assert_eq!((answer.op, answer.dst_port), (OP_RST, 40));
+        assert_eq!((answer.op, answer.dst_port), (Some(Op::Rst), 40));
         let _ = std::fs::remove_file(&host_path);
     }
 
     #[test]
     fn connections_the_guest_leaves_waiting_are_killed_before_limits_are_checked() {
         let (mut muxer, path) = new_muxer("killq");
-        let mem = memory();
+        let mem = guest_memory(0x40000);
         let mut host_path = path.clone().into_os_string();
         host_path.push("_6000");
         let _ = std::fs::remove_file(&host_path);
@@ -1155,7 +1140,7 @@ mod tests {
         muxer.set_state(key, ConnState::LocalInit { deadline });
         muxer.sweep();
         assert_eq!(muxer.connection_count(), 0);
-        assert_eq!(muxer.control.pop_front().map(|h| h.op), Some(OP_RST));
+        assert_eq!(muxer.control.pop_front().and_then(|h| h.op), Some(Op::Rst));
         let mut buf = [0u8; 1];
         assert_eq!(host.read(&mut buf).unwrap(), 0, "the host end is closed");
 
@@ -1167,18 +1152,18 @@ mod tests {
             let conn = Connection::new(a, ConnState::Closing { deadline: past });
             assert!(muxer.add_conn((9000, port), conn));
         }
-        muxer.handle_tx(&mem, &from_guest(OP_REQUEST, 77, 6000));
+        muxer.handle_tx(&mem, &from_guest(Op::Request, 77, 6000));
         assert_eq!(muxer.connection_count(), 1);
-        assert_eq!(muxer.control.back().map(|h| h.op), Some(OP_RESPONSE));
+        assert_eq!(muxer.control.back().and_then(|h| h.op), Some(Op::Response));
         let _ = std::fs::remove_file(&host_path);
     }
 
     #[test]
     fn a_reset_forgets_connections_and_answers() {
         let (mut muxer, path) = new_muxer("reset");
-        let mem = memory();
+        let mem = guest_memory(0x40000);
         let (mut host, _) = established(&mut muxer, &path, &mem);
-        muxer.handle_tx(&mem, &from_guest(OP_REQUEST, 5, 1));
+        muxer.handle_tx(&mem, &from_guest(Op::Request, 5, 1));
         assert!(!muxer.control.is_empty());
         muxer.reset_all();
         assert_eq!(muxer.connection_count(), 0);
@@ -1190,7 +1175,7 @@ mod tests {
     #[test]
     fn guest_bytes_held_for_slow_hosts_stay_bounded() {
         let (mut muxer, path) = new_muxer("bounded");
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = guest_memory(1 << 20);
         let chunk: u32 = 64 * 1024;
         // Hosts that never read: each connection takes its credit's worth.
         let mut hosts = Vec::new();
@@ -1198,7 +1183,7 @@ mod tests {
             let (host, key) = established(&mut muxer, &path, &mem);
             hosts.push(host);
             for _ in 0..CONN_BUF_ALLOC / chunk {
-                let mut rw = from_guest(OP_RW, 1024, key.0);
+                let mut rw = from_guest(Op::Rw, 1024, key.0);
                 rw.header.len = chunk;
                 rw.payload = vec![(GuestAddress(0x10000), chunk as usize)];
                 muxer.handle_tx(&mem, &rw);
@@ -1223,13 +1208,13 @@ mod tests {
     #[test]
     fn a_host_service_that_hangs_up_at_once_gets_the_guest_a_shutdown() {
         let (mut muxer, path) = new_muxer("hangup");
-        let mem = memory();
+        let mem = guest_memory(0x40000);
         let mut host_path = path.clone().into_os_string();
         host_path.push("_7000");
         let _ = std::fs::remove_file(&host_path);
         let listener = UnixListener::bind(&host_path).unwrap();
         // The guest says nothing after its REQUEST: its credit is in the REQUEST.
-        muxer.handle_tx(&mem, &from_guest(OP_REQUEST, 31, 7000));
+        muxer.handle_tx(&mem, &from_guest(Op::Request, 31, 7000));
         drop(listener.accept().unwrap());
         for _ in 0..4 {
             muxer.process_host_events();
@@ -1241,13 +1226,13 @@ mod tests {
         queue.add_desc_chains(&buffers, 0).unwrap();
         let mut q: Queue = queue.create_queue().unwrap();
         muxer.fill_rx(&mut q, &mem);
-        let ops: Vec<u16> = (0..2)
+        let ops: Vec<Option<Op>> = (0..2)
             .map(|i| {
-                let header: Header = mem.read_obj(GuestAddress(0x8000 + i * 0x1000)).unwrap();
+                let header = vsock_header_at(&mem, 0x8000 + i * 0x1000);
                 header.op
             })
             .collect();
-        assert_eq!(ops, vec![OP_RESPONSE, OP_SHUTDOWN]);
+        assert_eq!(ops, vec![Some(Op::Response), Some(Op::Shutdown)]);
         let _ = std::fs::remove_file(&host_path);
     }
 }

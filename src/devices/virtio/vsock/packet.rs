@@ -1,12 +1,12 @@
-//! virtio-vsock packets (virtio 1.2 §5.10.6): the 44-byte header, reading a
-//! packet the guest sent from a tx descriptor chain, and writing one into an
-//! rx chain. Payload bytes stay in guest memory: callers move them straight
-//! between guest buffers and host sockets.
+//! virtio-vsock packets (virtio 1.2 §5.10.6): reading a packet the guest
+//! sent from a tx descriptor chain, and writing one into an rx chain. The
+//! 44-byte header is `ember_proto`'s, which the guest runtime shares. Payload bytes stay in
+//! guest memory: callers move them straight between guest buffers and host
+//! sockets.
 
 use vm_memory::bitmap::{AtomicBitmap, BS};
 use vm_memory::{
-    Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, Permissions,
-    VolatileSlice,
+    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, Permissions, VolatileSlice,
 };
 
 use crate::vstate::memory::GuestMemoryMmap;
@@ -16,41 +16,13 @@ pub type GuestSlice<'m> = VolatileSlice<'m, BS<'m, AtomicBitmap>>;
 
 use virtio_queue::desc::split::Descriptor;
 
+pub use ember_proto::vsock::{
+    Header, Op, HEADER_LEN, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
+
 /// Length of the header, as the used ring's lengths count it.
 pub const HEADER_LEN_U32: u32 = 44;
-pub const HEADER_LEN: usize = HEADER_LEN_U32 as usize;
-pub const TYPE_STREAM: u16 = 1;
-
-pub const OP_REQUEST: u16 = 1;
-pub const OP_RESPONSE: u16 = 2;
-pub const OP_RST: u16 = 3;
-pub const OP_SHUTDOWN: u16 = 4;
-pub const OP_RW: u16 = 5;
-pub const OP_CREDIT_UPDATE: u16 = 6;
-pub const OP_CREDIT_REQUEST: u16 = 7;
-
-/// SHUTDOWN flags: the sender will receive / send no more.
-pub const SHUTDOWN_RCV: u32 = 1;
-pub const SHUTDOWN_SEND: u32 = 2;
-
-#[repr(C, packed)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Header {
-    pub src_cid: u64,
-    pub dst_cid: u64,
-    pub src_port: u32,
-    pub dst_port: u32,
-    pub len: u32,
-    pub type_: u16,
-    pub op: u16,
-    pub flags: u32,
-    pub buf_alloc: u32,
-    pub fwd_cnt: u32,
-}
-
-// SAFETY: `Header` is packed plain old data, 44 bytes with no padding; any bit
-// pattern is a valid value.
-unsafe impl ByteValued for Header {}
+const _: () = assert!(HEADER_LEN_U32 as usize == HEADER_LEN);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -139,7 +111,7 @@ fn read_header<M: GuestMemory>(mem: &M, descs: &[(GuestAddress, usize)]) -> Resu
     if at < HEADER_LEN {
         return Err(Error::ShortHeader);
     }
-    Ok(Header::from_slice(&bytes).copied().unwrap_or_default())
+    Header::decode(&bytes).ok_or(Error::ShortHeader)
 }
 
 /// Parses the packet in a tx chain.
@@ -195,7 +167,7 @@ impl RxBuffer {
 
     /// Writes the header; returns the used length to report for the packet.
     pub fn write_header(&self, mem: &GuestMemoryMmap, header: &Header) -> Result<u32, Error> {
-        let bytes = header.as_slice();
+        let bytes = header.encode();
         let mut at = 0;
         for (addr, len) in ranges(&self.descs, 0, HEADER_LEN) {
             mem.write_slice(&bytes[at..at + len], addr)
@@ -208,66 +180,36 @@ impl RxBuffer {
 
 #[cfg(test)]
 mod tests {
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
+    use crate::devices::virtio::test_utils::{chain, guest_memory};
 
     fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap()
+        guest_memory(0x20000)
     }
 
-    fn chain<'a>(
-        queue: &'a MockSplitQueue<'a, GuestMemoryMmap>,
-        descs: &[(u64, u32, bool)],
-    ) -> virtio_queue::DescriptorChain<&'a GuestMemoryMmap> {
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .map(|&(addr, len, write)| {
-                let flags = if write {
-                    const { crate::devices::virtio::narrow::to_u16(VRING_DESC_F_WRITE) }
-                } else {
-                    0
-                };
-                RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
-            })
-            .collect();
-        queue.build_desc_chain(&raw).unwrap()
-    }
-
-    fn header(op: u16, len: u32) -> Header {
+    fn header(op: Op, len: u32) -> Header {
         Header {
             src_cid: 3,
             dst_cid: 2,
             src_port: 1024,
             dst_port: 5000,
             len,
-            type_: TYPE_STREAM,
-            op,
+            kind: TYPE_STREAM,
+            op: Some(op),
             buf_alloc: 65536,
             ..Default::default()
         }
     }
 
     #[test]
-    fn header_is_44_bytes_little_endian() {
-        assert_eq!(std::mem::size_of::<Header>(), HEADER_LEN);
-        let h = header(OP_RW, 5);
-        let bytes = h.as_slice();
-        assert_eq!(&bytes[..8], &3u64.to_le_bytes());
-        assert_eq!(&bytes[24..28], &5u32.to_le_bytes());
-        assert_eq!(&bytes[30..32], &OP_RW.to_le_bytes());
-    }
-
-    #[test]
     fn tx_packet_with_header_and_payload_split_across_descriptors() {
         let mem = memory();
-        let h = header(OP_RW, 10);
-        mem.write_slice(&h.as_slice()[..20], GuestAddress(0x1000))
-            .unwrap();
-        mem.write_slice(&h.as_slice()[20..], GuestAddress(0x2000))
-            .unwrap();
+        let h = header(Op::Rw, 10);
+        let bytes = h.encode();
+        mem.write_slice(&bytes[..20], GuestAddress(0x1000)).unwrap();
+        mem.write_slice(&bytes[20..], GuestAddress(0x2000)).unwrap();
         mem.write_slice(b"0123456789", GuestAddress(0x2000 + 24))
             .unwrap();
         let queue = MockSplitQueue::new(&mem, 16);
@@ -288,7 +230,7 @@ mod tests {
             parse_tx(&mem, chain(&queue, &[(0x1000, 20, false)])),
             Err(Error::ShortHeader)
         );
-        mem.write_obj(header(OP_RW, 100), GuestAddress(0x1000))
+        mem.write_slice(&header(Op::Rw, 100).encode(), GuestAddress(0x1000))
             .unwrap();
         assert_eq!(
             parse_tx(
@@ -307,7 +249,7 @@ mod tests {
         );
         // A payload descriptor at the top of the address space, where adding
         // an offset would wrap.
-        mem.write_obj(header(OP_RW, 8), GuestAddress(0x1000))
+        mem.write_slice(&header(Op::Rw, 8).encode(), GuestAddress(0x1000))
             .unwrap();
         assert_eq!(
             parse_tx(
@@ -331,7 +273,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rx.payload_capacity(), 86);
-        let used = rx.write_header(&mem, &header(OP_RW, 3)).unwrap();
+        let used = rx.write_header(&mem, &header(Op::Rw, 3)).unwrap();
         assert_eq!(used, 47);
         let slices = rx.payload_slices(&mem, 3).unwrap();
         slices[0].copy_from(b"abc");

@@ -141,7 +141,7 @@ mod tests {
     use super::*;
 
     fn frame(body: &[u8]) -> Vec<u8> {
-        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        let mut out = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
         out.extend_from_slice(body);
         out
     }

@@ -82,7 +82,7 @@ impl Poller {
         };
         let deadline = self.active_at.wrapping_add(window);
         // Signed: the deadline may lie behind `now`.
-        ((deadline.wrapping_sub(now) as i64) > 0).then_some(deadline)
+        (deadline.wrapping_sub(now).cast_signed() > 0).then_some(deadline)
     }
 
     /// A wait of `kind` that polled found work at `now` (`Some`) or gave up.

@@ -107,15 +107,13 @@ fn fail(what: fmt::Arguments<'_>) -> ! {
 
 /// The first virtio-vsock device on the command line and its IRQ.
 fn find_vsock(cmdline: &[u8]) -> Option<(MmioTransport, u32)> {
-    virtio_mmio_devices(cmdline)
-        .flatten()
-        .filter(|device| device.base < 1 << 32)
-        .find_map(|device| {
-            // SAFETY: the VMM announced a virtio-mmio window at this identity-mapped
-            // address; only the device returned here is driven.
-            let transport = unsafe { MmioTransport::new(device.base) };
-            (transport.probe() == Ok(vsock::DEVICE_ID)).then_some((transport, device.irq))
-        })
+    virtio_mmio_devices(cmdline).flatten().find_map(|device| {
+        let base = device.mapped_base()?;
+        // SAFETY: the VMM announced a virtio-mmio window at this identity-mapped
+        // address; only the device returned here is driven.
+        let transport = unsafe { MmioTransport::new(base) };
+        (transport.probe() == Ok(vsock::DEVICE_ID)).then_some((transport, device.irq))
+    })
 }
 
 /// Runs `f` on the runtime, which [`run`] has set up.
@@ -324,7 +322,7 @@ impl Runtime {
                 if self.vsock.has_used() {
                     break Some(now);
                 }
-                if (deadline.wrapping_sub(now) as i64) <= 0 {
+                if deadline.wrapping_sub(now).cast_signed() <= 0 {
                     break None;
                 }
             };

@@ -150,7 +150,8 @@ mod tests {
     use super::super::queue::{DESC_F_NEXT, DESC_F_WRITE};
     use super::*;
 
-    const SECTORS: u64 = 4;
+    const DISK_SECTORS: usize = 4;
+    const SECTORS: u64 = DISK_SECTORS as u64;
 
     /// A block device on a fake transport whose notifications `serve` answers;
     /// its config space gives the capacity.
@@ -182,7 +183,7 @@ mod tests {
         move |chain| {
             let (kind, sector) = header(chain);
             let status = chain.descs.len() - 1;
-            let at = sector as usize * SECTOR_SIZE;
+            let at = usize::try_from(sector).unwrap() * SECTOR_SIZE;
             let mut disk = disk.borrow_mut();
             let code = match kind {
                 T_IN | T_OUT if at + chain.descs[1].len as usize > disk.len() => 1,
@@ -264,9 +265,9 @@ mod tests {
 
     #[test]
     fn moves_data_both_ways() {
-        let disk = Rc::new(RefCell::new(vec![0u8; SECTORS as usize * SECTOR_SIZE]));
+        let disk = Rc::new(RefCell::new(vec![0u8; DISK_SECTORS * SECTOR_SIZE]));
         let mut block = fake_block(F_VERSION_1, disk_device(disk.clone()));
-        let data: Vec<u8> = (0..2 * SECTOR_SIZE).map(|i| i as u8).collect();
+        let data: Vec<u8> = (0..=u8::MAX).cycle().take(2 * SECTOR_SIZE).collect();
         block.write(2, &data).unwrap();
         assert_eq!(disk.borrow()[2 * SECTOR_SIZE..], data);
         let mut back = [0u8; SECTOR_SIZE];
@@ -279,7 +280,7 @@ mod tests {
 
     #[test]
     fn reports_a_failed_request_as_its_status() {
-        let disk = Rc::new(RefCell::new(vec![0u8; SECTORS as usize * SECTOR_SIZE]));
+        let disk = Rc::new(RefCell::new(vec![0u8; DISK_SECTORS * SECTOR_SIZE]));
         let mut block = fake_block(F_VERSION_1, disk_device(disk));
         let mut sector = [0u8; SECTOR_SIZE];
         assert_eq!(block.read(SECTORS, &mut sector), Err(RequestError(1)));

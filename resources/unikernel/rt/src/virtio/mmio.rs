@@ -39,10 +39,8 @@ impl MmioTransport {
     /// # Safety
     /// `base` must be the identity-mapped register window of a virtio-mmio device
     /// (or unbacked MMIO), and no other `MmioTransport` may drive the same device.
-    pub unsafe fn new(base: u64) -> MmioTransport {
-        MmioTransport {
-            base: base as usize,
-        }
+    pub unsafe fn new(base: usize) -> MmioTransport {
+        MmioTransport { base }
     }
 
     /// The device ID (2 = block, 0 = no device behind this window) after checking
@@ -67,7 +65,7 @@ impl MmioTransport {
 
     /// Writes a 64-bit value to a register pair.
     fn write_pair(&self, low: usize, high: usize, value: u64) {
-        self.write(low, value as u32);
+        self.write(low, (value & 0xffff_ffff) as u32);
         self.write(high, (value >> 32) as u32);
     }
 }
@@ -90,7 +88,7 @@ impl Transport for MmioTransport {
 
     fn set_driver_features(&self, features: u64) {
         self.write(DRIVER_FEATURES_SEL, 0);
-        self.write(DRIVER_FEATURES, features as u32);
+        self.write(DRIVER_FEATURES, (features & 0xffff_ffff) as u32);
         self.write(DRIVER_FEATURES_SEL, 1);
         self.write(DRIVER_FEATURES, (features >> 32) as u32);
     }

@@ -9,7 +9,9 @@ use core::sync::atomic::{Ordering, fence};
 use super::{Error, Transport};
 
 /// Descriptors per queue (the device may allow fewer).
-pub const QUEUE_SIZE: usize = 64;
+pub const QUEUE_SIZE: usize = MAX_SIZE as usize;
+/// [`QUEUE_SIZE`] in the type of ring indices.
+const MAX_SIZE: u16 = 64;
 
 pub const DESC_F_NEXT: u16 = 1;
 pub const DESC_F_WRITE: u16 = 2;
@@ -85,7 +87,7 @@ fn ring_page() -> Result<NonNull<Rings>, Error> {
     }
     // SAFETY: `index` is in bounds and handed out only once, so the caller owns the
     // element exclusively.
-    Ok(unsafe { NonNull::new_unchecked((POOL.0.get() as *mut Rings).add(index)) })
+    Ok(unsafe { NonNull::new_unchecked(POOL.0.get().cast::<Rings>().add(index)) })
 }
 
 /// Unit tests, running side by side, would use up the static pool: each queue
@@ -104,6 +106,16 @@ pub struct Buffer {
     pub len: u32,
     /// The device writes it (device-readable otherwise).
     pub device_writes: bool,
+}
+
+/// `len`, a length fixed at build time, as a descriptor's length. Meant for
+/// constants (`const { desc_len(..) }`): one that does not fit stops the build.
+pub const fn desc_len(len: usize) -> u32 {
+    assert!(len <= u32::MAX as usize, "longer than a descriptor");
+    // Checked just above.
+    #[allow(clippy::cast_possible_truncation)]
+    let len = len as u32;
+    len
 }
 
 /// Not enough free descriptors for the chain.
@@ -144,7 +156,7 @@ impl Queue {
             chain_len: [0; QUEUE_SIZE],
             writable: [0; QUEUE_SIZE],
         };
-        queue.set_size(QUEUE_SIZE as u16);
+        queue.set_size(MAX_SIZE);
         queue.set_avail_flags(AVAIL_F_NO_INTERRUPT);
         Ok(queue)
     }
@@ -210,9 +222,12 @@ impl Queue {
     /// Every buffer must stay valid (and writable where `device_writes`) until the
     /// chain comes back from `pop_used`.
     pub unsafe fn push(&mut self, chain: &[Buffer], token: u32) -> Result<(), QueueFull> {
-        if chain.is_empty() || chain.len() > usize::from(self.num_free) {
+        let Some(count) = u16::try_from(chain.len())
+            .ok()
+            .filter(|&count| count != 0 && count <= self.num_free)
+        else {
             return Err(QueueFull);
-        }
+        };
         let rings = self.rings.as_ptr();
         let head = self.free_head;
         let mut id = head;
@@ -240,9 +255,9 @@ impl Queue {
             }
         }
         self.free_head = self.next[usize::from(id)];
-        self.num_free -= chain.len() as u16;
+        self.num_free -= count;
         self.token[usize::from(head)] = token;
-        self.chain_len[usize::from(head)] = chain.len() as u16;
+        self.chain_len[usize::from(head)] = count;
         self.writable[usize::from(head)] = writable;
         let slot = usize::from(self.next_avail % self.size);
         self.next_avail = self.next_avail.wrapping_add(1);
@@ -362,7 +377,7 @@ mod tests {
     fn readable(buf: &[u8]) -> Buffer {
         Buffer {
             addr: buf.as_ptr() as u64,
-            len: buf.len() as u32,
+            len: u32::try_from(buf.len()).unwrap(),
             device_writes: false,
         }
     }
@@ -370,7 +385,7 @@ mod tests {
     fn writable(buf: &mut [u8]) -> Buffer {
         Buffer {
             addr: buf.as_mut_ptr() as u64,
-            len: buf.len() as u32,
+            len: u32::try_from(buf.len()).unwrap(),
             device_writes: true,
         }
     }

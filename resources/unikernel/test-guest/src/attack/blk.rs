@@ -12,8 +12,8 @@ use super::ring::{
     AVAIL_F_NO_INTERRUPT, Desc, F_INDIRECT, F_NEXT, F_WRITE, RawQueue, Shared, addr,
 };
 
-const SECTOR_SIZE: usize = 512;
-const SECTOR_LEN: u32 = SECTOR_SIZE as u32;
+const SECTOR_LEN: u32 = 512;
+const SECTOR_SIZE: usize = SECTOR_LEN as usize;
 const T_IN: u32 = 0;
 const HEADER_LEN: u32 = 16;
 /// Written into a status byte before its request: 255 = the device wrote none.

@@ -4,7 +4,7 @@
 use core::arch::asm;
 use core::ptr::{read_volatile, write_volatile};
 
-use rt::cmdline::{MmioDevice, virtio_mmio_devices};
+use rt::cmdline::virtio_mmio_devices;
 use rt::irq;
 
 use super::Error;
@@ -67,13 +67,12 @@ pub struct Device {
 /// Every announced device inside the identity map (below 4 GiB), in command-line
 /// order; malformed announcements are skipped.
 pub fn all(cmdline: &[u8]) -> impl Iterator<Item = Device> {
-    virtio_mmio_devices(cmdline)
-        .flatten()
-        .filter(|device| device.base < 1 << 32)
-        .map(|MmioDevice { base, irq, .. }| Device {
-            base: base as usize,
-            irq,
+    virtio_mmio_devices(cmdline).flatten().filter_map(|device| {
+        Some(Device {
+            base: device.mapped_base()?,
+            irq: device.irq,
         })
+    })
 }
 
 /// The first device with ID `id`, with its interrupt routed to this CPU.
@@ -118,7 +117,7 @@ impl Device {
                     asm!(
                         "mov byte ptr [{at}], {v}",
                         at = in(reg) at,
-                        v = in(reg_byte) value as u8,
+                        v = in(reg_byte) (value & 0xff) as u8,
                         options(nostack, preserves_flags),
                     )
                 }
@@ -249,7 +248,7 @@ impl Device {
             (QUEUE_DRIVER_LOW, driver),
             (QUEUE_DEVICE_LOW, device),
         ] {
-            self.write(low, value as u32);
+            self.write(low, (value & 0xffff_ffff) as u32);
             self.write(low + 4, (value >> 32) as u32);
         }
         self.write(QUEUE_READY, 1);

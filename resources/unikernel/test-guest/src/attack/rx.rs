@@ -4,6 +4,7 @@
 //! writes data that can never be delivered.
 
 use rt::println;
+use rt::virtio::queue::desc_len;
 use rt::virtio::vsock::packet::{HEADER_LEN, Header};
 
 use super::Error;
@@ -61,7 +62,7 @@ impl Layout for HeaderOnly {
     fn post(&mut self, vsock: &mut Vsock, head: u16) {
         let header = Desc {
             addr: addr(HEADERS.at(usize::from(head))),
-            len: HEADER_LEN as u32,
+            len: const { desc_len(HEADER_LEN) },
             flags: F_WRITE,
             next: 0,
         };
@@ -121,7 +122,7 @@ impl Layout for OutsideRam {
             self.payloads += 1;
             let header = Desc {
                 addr: addr(HEADERS.at(slot)),
-                len: HEADER_LEN as u32,
+                len: const { desc_len(HEADER_LEN) },
                 flags: F_WRITE | F_NEXT,
                 next: head + 1,
             };

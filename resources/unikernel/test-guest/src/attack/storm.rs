@@ -67,6 +67,8 @@ pub fn register_garbage(cmdline: &[u8]) -> Result<(), Error> {
 /// accesses of every width at unaligned offsets, config-space writes, and reads
 /// of every register. Values depend on the round.
 fn garbage_round(device: &Device, round: u32) {
+    // Truncating is meant: the salt's low 32 bits are salt enough.
+    #[allow(clippy::cast_possible_truncation)]
     let g = |salt: usize| mix(round, salt as u32);
     let turn = round as usize;
 

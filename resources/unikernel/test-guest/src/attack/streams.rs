@@ -182,14 +182,12 @@ impl Ports {
 
     /// Removes and returns the lowest index.
     fn pop(&mut self) -> Option<u32> {
-        let (word, bits) = self
-            .0
-            .iter_mut()
-            .enumerate()
+        let (word, bits) = (0u32..)
+            .zip(self.0.iter_mut())
             .find(|(_, bits)| **bits != 0)?;
         let bit = bits.trailing_zeros();
         *bits &= !(1 << bit);
-        Some(word as u32 * 64 + bit)
+        Some(word * 64 + bit)
     }
 
     fn is_empty(&self) -> bool {

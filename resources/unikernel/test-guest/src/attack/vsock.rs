@@ -4,6 +4,7 @@
 
 use core::ptr::read_volatile;
 
+use rt::virtio::queue::desc_len;
 use rt::virtio::vsock::packet::{HEADER_LEN, HOST_CID, Header, Op, TYPE_STREAM};
 
 use super::Error;
@@ -21,13 +22,13 @@ pub const SERVICE_PORT: u32 = 1024;
 const BUF_ALLOC: u32 = 65536;
 /// Receive buffers of [`Vsock::post_rx`]: a header and a page of payload.
 const RX_LEN: usize = HEADER_LEN + 4096;
-const EVENT_BUFFERS: usize = 4;
+const EVENT_BUFFERS: u16 = 4;
 
 static RX_BUFFERS: Shared<[[u8; RX_LEN]; QUEUE_SIZE as usize]> =
     Shared::new([[0; RX_LEN]; QUEUE_SIZE as usize]);
 static TX_HEADERS: Shared<[[u8; HEADER_LEN]; QUEUE_SIZE as usize]> =
     Shared::new([[0; HEADER_LEN]; QUEUE_SIZE as usize]);
-static EVENTS: Shared<[u32; EVENT_BUFFERS]> = Shared::new([0; EVENT_BUFFERS]);
+static EVENTS: Shared<[u32; EVENT_BUFFERS as usize]> = Shared::new([0; EVENT_BUFFERS as usize]);
 
 /// The first vsock device, set up with raw rx, tx and event queues.
 pub struct Vsock {
@@ -52,13 +53,13 @@ impl Vsock {
         device.init([&rx, &tx, &event])?;
         for i in 0..EVENT_BUFFERS {
             let buffer = Desc {
-                addr: addr(EVENTS.at(i)),
+                addr: addr(EVENTS.at(usize::from(i))),
                 len: 4,
                 flags: F_WRITE,
                 next: 0,
             };
-            event.set_desc(i as u16, buffer);
-            event.publish(i as u16);
+            event.set_desc(i, buffer);
+            event.publish(i);
         }
         device.notify(EVENT);
         Ok(Vsock {
@@ -78,7 +79,7 @@ impl Vsock {
         for i in 0..QUEUE_SIZE {
             let buffer = Desc {
                 addr: addr(RX_BUFFERS.at(usize::from(i))),
-                len: RX_LEN as u32,
+                len: const { desc_len(RX_LEN) },
                 flags: F_WRITE,
                 next: 0,
             };
@@ -126,13 +127,15 @@ impl Vsock {
     /// Queues a header-only packet; the caller checked [`Vsock::can_send`].
     pub fn send(&mut self, header: &Header) {
         assert!(self.can_send(), "no free transmit slot");
+        // Below 16: `tx_free` is a u16 with a bit set.
+        #[allow(clippy::cast_possible_truncation)]
         let slot = self.tx_free.trailing_zeros() as u16;
         self.tx_free &= !(1 << slot);
         // The slot is free, so the device is not reading it.
         TX_HEADERS.write(usize::from(slot), header.encode());
         let packet = Desc {
             addr: addr(TX_HEADERS.at(usize::from(slot))),
-            len: HEADER_LEN as u32,
+            len: const { desc_len(HEADER_LEN) },
             flags: 0,
             next: 0,
         };

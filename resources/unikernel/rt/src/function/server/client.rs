@@ -91,7 +91,7 @@ impl Server {
         };
         let n = conn.inbox.len();
         out.append(&mut conn.inbox);
-        conn.credit.consumed(n as u32);
+        conn.consumed(n);
         n
     }
 

@@ -91,6 +91,14 @@ impl Conn {
         }
     }
 
+    /// Records `n` received bytes as consumed, which credits them to the peer.
+    pub fn consumed(&mut self, n: usize) {
+        // Fits: at most BUF_ALLOC bytes are held per connection (and the counter
+        // wraps at 2^32 anyway, so the truncation would be its arithmetic).
+        #[allow(clippy::cast_possible_truncation)]
+        self.credit.consumed(n as u32);
+    }
+
     /// Whether the host reset it: no packet belongs to it any more.
     pub fn was_reset(&self) -> bool {
         matches!(self.state, State::Reset | State::Refused)

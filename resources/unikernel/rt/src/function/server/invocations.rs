@@ -49,7 +49,7 @@ impl Server {
         // Bytes behind the request start the next one.
         let used = conn.reader.feed(&conn.inbox);
         conn.inbox.drain(..used);
-        conn.credit.consumed(used as u32);
+        conn.consumed(used);
         self.active = Some(conn.id);
         self.mark_ready(i);
         Some((self.conns[i].id, request))

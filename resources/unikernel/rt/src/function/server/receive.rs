@@ -137,7 +137,7 @@ impl Server {
         } else {
             0
         };
-        conn.credit.consumed(used as u32);
+        conn.consumed(used);
         let rest = &payload[used..];
         // More than the advertised buffer means the peer ignores flow control.
         if conn.inbox.len() + rest.len() > BUF_ALLOC as usize

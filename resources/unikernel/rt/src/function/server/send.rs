@@ -85,12 +85,14 @@ impl Server {
             offset,
             len: body_len,
         };
-        let len = inline_len + body_len;
+        // Fits: at most `room`, which MAX_PAYLOAD (64 KiB) bounds.
+        #[allow(clippy::cast_possible_truncation)]
+        let len = (inline_len + body_len) as u32;
         let done = response.prefix_sent == RESPONSE_PREFIX_LEN && response.sent == response.len;
         let response_conn = response.conn;
-        conn.credit.sent(len as u32);
+        conn.credit.sent(len);
         let mut out = self.control(i, Op::Rw, 0);
-        out.header.len = len as u32;
+        out.header.len = len;
         out.payload = payload;
         if done {
             self.response = None;

@@ -44,7 +44,7 @@ fn ops(packets: &[Outgoing]) -> Vec<(Op, u32)> {
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = (body.len() as u32).to_le_bytes().to_vec();
+    let mut out = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
     out.extend_from_slice(body);
     out
 }
@@ -57,7 +57,7 @@ fn connect(server: &mut Server, peer_port: u32) {
 
 fn send(server: &mut Server, peer_port: u32, data: &[u8]) {
     let mut h = header(Op::Rw, peer_port);
-    h.len = data.len() as u32;
+    h.len = u32::try_from(data.len()).unwrap();
     server.receive(&h, data);
 }
 
@@ -131,7 +131,7 @@ fn streams_a_16_mib_request_without_stalling() {
         let window = our_buf - sent.wrapping_sub(our_fwd);
         assert!(window as usize >= chunk.len(), "stalled after {sent} bytes");
         send(&mut server, 7000, chunk);
-        sent += chunk.len() as u32;
+        sent += u32::try_from(chunk.len()).unwrap();
         (our_buf, our_fwd) = learn((our_buf, our_fwd), drain(&mut server));
     }
     let (_, request) = server.take_request().unwrap();
@@ -148,7 +148,7 @@ fn sends_responses_within_the_peers_credit() {
     let data = frame(b"in");
     let mut rw = header(Op::Rw, 7000);
     rw.buf_alloc = 100_000;
-    rw.len = data.len() as u32;
+    rw.len = u32::try_from(data.len()).unwrap();
     server.receive(&rw, &data);
     let (conn, _) = server.take_request().unwrap();
     server.start_response(conn, Status::Ok, 300_000);
@@ -195,7 +195,7 @@ fn sends_responses_within_the_peers_credit() {
                 _ => assert_eq!(p.header.op, Some(Op::CreditRequest)),
             }
         }
-        update.fwd_cnt = (offset + 5) as u32;
+        update.fwd_cnt = u32::try_from(offset + 5).unwrap();
         server.receive(&update, &[]);
     }
     assert_eq!(offset, 300_000);
@@ -476,7 +476,7 @@ fn reports_client_writes_cut_short() {
 #[test]
 fn evicts_closing_connections_when_full() {
     let mut server = server();
-    for port in 0..MAX_CONNECTIONS as u32 {
+    for port in 0..u32::try_from(MAX_CONNECTIONS).unwrap() {
         connect(&mut server, 7000 + port);
     }
     server.receive(&header(Op::Request, 8000), &[]);

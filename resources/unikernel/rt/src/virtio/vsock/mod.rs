@@ -13,6 +13,7 @@ use core::ptr::NonNull;
 
 pub use self::packet::Received;
 use self::packet::{HEADER_LEN, Header};
+use super::queue::desc_len;
 use super::{Buffer, Error, F_VERSION_1, MmioTransport, Queue, Transport};
 
 /// Device ID of a socket device.
@@ -25,6 +26,8 @@ const EVENT: u32 = 2;
 /// Largest payload a receive buffer takes, as Linux and Firecracker send at most.
 const RX_PAYLOAD: usize = 64 * 1024;
 const RX_BUFFER_LEN: usize = HEADER_LEN + RX_PAYLOAD;
+/// [`RX_BUFFER_LEN`] as a descriptor's length.
+const RX_BUFFER_DESC_LEN: u32 = desc_len(RX_BUFFER_LEN);
 /// Receive buffers posted (fewer if the queue is smaller): 1 MiB in flight.
 const RX_BUFFERS: usize = 16;
 const _: () = assert!(RX_BUFFERS <= u32::BITS as usize);
@@ -104,11 +107,11 @@ impl<T: Transport> Vsock<T> {
             free_slots: u32::MAX,
             unnotified: [false; 3],
         };
-        for i in 0..vsock.rx_buffers {
-            vsock.post_rx(i as u32);
+        for index in (0..).take(vsock.rx_buffers) {
+            vsock.post_rx(index);
         }
-        for i in 0..EVENT_BUFFERS.min(usize::from(vsock.event.size())) {
-            vsock.post_event(i as u32);
+        for index in (0..).take(EVENT_BUFFERS.min(usize::from(vsock.event.size()))) {
+            vsock.post_event(index);
         }
         vsock.kick();
         Ok(vsock)
@@ -123,7 +126,7 @@ impl<T: Transport> Vsock<T> {
         let buffer = Buffer {
             // SAFETY: `index` < RX_BUFFERS, inside the receive memory.
             addr: unsafe { self.rx_memory.add(index as usize * RX_BUFFER_LEN) }.as_ptr() as u64,
-            len: RX_BUFFER_LEN as u32,
+            len: RX_BUFFER_DESC_LEN,
             device_writes: true,
         };
         // SAFETY: the receive memory is leaked, so valid forever, and only read
@@ -226,14 +229,18 @@ impl<T: Transport> Vsock<T> {
             slot.inline[copied..copied + payload.len()].copy_from_slice(payload);
             copied += payload.len();
         }
+        // Both fit: `copied` is at most INLINE_LEN, and the payload no longer than
+        // `header.len`, a u32, as the caller promised.
+        #[allow(clippy::cast_possible_truncation)]
+        let (head_len, body_len) = ((HEADER_LEN + copied) as u32, payload.len() as u32);
         let head = Buffer {
             addr: slot.header.as_ptr() as u64,
-            len: (HEADER_LEN + copied) as u32,
+            len: head_len,
             device_writes: false,
         };
         let body = Buffer {
             addr: payload.as_ptr() as u64,
-            len: payload.len() as u32,
+            len: body_len,
             device_writes: false,
         };
         let chain: &[Buffer] = if referenced { &[head, body] } else { &[head] };
@@ -302,6 +309,9 @@ mod tests {
     use crate::virtio::vsock::credit::BUF_ALLOC;
 
     const CID: u64 = 3;
+    /// The lengths of a header and of an inline payload, as a device reports them.
+    const HEADER: u32 = desc_len(HEADER_LEN);
+    const INLINE: u32 = desc_len(INLINE_LEN);
 
     fn device(max_sizes: &[u32]) -> (FakeTransport, Vsock<FakeTransport>) {
         let fake = FakeTransport::new(F_VERSION_1, max_sizes, &CID.to_le_bytes());
@@ -370,7 +380,7 @@ mod tests {
             assert_eq!(chain.descs.len(), 1);
             assert_eq!(
                 (chain.descs[0].len, chain.descs[0].flags),
-                (RX_BUFFER_LEN as u32, DESC_F_WRITE)
+                (RX_BUFFER_DESC_LEN, DESC_F_WRITE)
             );
         }
         let events: Vec<_> = core::iter::from_fn(|| fake.pop_avail(EVENT)).collect();
@@ -413,7 +423,7 @@ mod tests {
     fn references_long_payloads_until_the_device_sent_them() {
         let (fake, mut vsock) = device(&[64, 64, 64]);
         let payload = vec![7u8; INLINE_LEN];
-        let header = header(Op::Rw, 3 + INLINE_LEN as u32);
+        let header = header(Op::Rw, 3 + INLINE);
         // SAFETY: `payload` outlives the test, which waits until it is sent.
         unsafe { vsock.send(&header, b"abc", &payload) };
         vsock.kick();
@@ -427,7 +437,7 @@ mod tests {
                 chain.descs[1].len,
                 chain.descs[1].flags
             ),
-            (payload.as_ptr() as u64, INLINE_LEN as u32, 0)
+            (payload.as_ptr() as u64, INLINE, 0)
         );
         assert!(vsock.sending());
         vsock.reclaim_sent();
@@ -473,8 +483,8 @@ mod tests {
         let data = header(Op::Rw, 5);
         fill_next(&packet(&data, b"hello, and more"), 64);
         let short = header(Op::Rw, 100);
-        fill_next(&packet(&short, b"cut"), HEADER_LEN as u32 + 3);
-        fill_next(&packet(&data, b"hello"), HEADER_LEN as u32 - 1);
+        fill_next(&packet(&short, b"cut"), HEADER + 3);
+        fill_next(&packet(&data, b"hello"), HEADER - 1);
         assert_eq!(
             received(&mut vsock),
             [(data, Some(b"hello".to_vec())), (short, None)]
@@ -486,12 +496,12 @@ mod tests {
 
         let credit = header(Op::CreditUpdate, 0);
         for _ in 0..4 {
-            fill_next(&credit.encode(), HEADER_LEN as u32);
+            fill_next(&credit.encode(), HEADER);
         }
         assert_eq!(received(&mut vsock).len(), 4);
         vsock.kick();
         assert!(fake.pop_avail(RX).is_none());
-        fill_next(&credit.encode(), HEADER_LEN as u32);
+        fill_next(&credit.encode(), HEADER);
         assert_eq!(received(&mut vsock).len(), 1);
         // Half handled: all eight go back at once, with one notification.
         vsock.kick();
@@ -503,7 +513,7 @@ mod tests {
     fn drops_a_packet_longer_than_its_buffer() {
         let (fake, mut vsock) = device(&[64, 64, 64]);
         let data = header(Op::Rw, 5);
-        deliver(&fake, &packet(&data, b"hello"), RX_BUFFER_LEN as u32 + 1);
+        deliver(&fake, &packet(&data, b"hello"), RX_BUFFER_DESC_LEN + 1);
         assert!(received(&mut vsock).is_empty());
         assert!(!vsock.has_used());
     }
@@ -567,7 +577,7 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        deliver(&fake, &header(Op::Request, 0).encode(), HEADER_LEN as u32);
+        deliver(&fake, &header(Op::Request, 0).encode(), HEADER);
         let replies = exchange(&mut vsock, &mut server);
         assert_eq!(replies.len(), 1);
         assert_eq!(replies[0].op, Some(Op::Response));
@@ -575,11 +585,7 @@ mod tests {
         // Part of a request: its bytes are consumed into the request buffer.
         let data = [9, 0, 0, 0, b'p', b'a', b'r', b't'];
         deliver(&fake, &packet(&header(Op::Rw, 8), &data), 52);
-        deliver(
-            &fake,
-            &header(Op::CreditRequest, 0).encode(),
-            HEADER_LEN as u32,
-        );
+        deliver(&fake, &header(Op::CreditRequest, 0).encode(), HEADER);
         let update = exchange(&mut vsock, &mut server);
         assert_eq!(update.len(), 1);
         let update = update[0];

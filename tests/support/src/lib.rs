@@ -1,0 +1,58 @@
+//! Drives the real binaries as a user does: spawn ember (or the jailer, or
+//! the page-fault handler), talk to its API socket, read its console, feed
+//! its stdin, wait for it to exit. Shared by the integration tests in
+//! `tests/` and the benchmarks in `benches/`.
+
+pub mod artifacts;
+pub mod bench;
+pub mod ember;
+pub mod http;
+pub mod jail;
+pub mod scratch;
+pub mod uffd;
+
+pub use artifacts::{artifact, ember_bin, ember_snapshot_bin, expected_memory_lines, jailer_bin};
+pub use ember::Ember;
+pub use http::{http, http_bytes, try_http, KeepAlive};
+pub use jail::Jail;
+pub use scratch::TempDir;
+pub use uffd::UffdHandler;
+
+use std::path::Path;
+
+/// Fails loudly when KVM is missing: these tests never skip.
+pub fn require_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "/dev/kvm is missing: ember's integration tests need KVM (a host with hardware or nested virtualization)"
+    );
+}
+
+/// Fails loudly unless the tests run as root, which the jail needs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert!(euid == 0, "the jail tests must run as root (CI does)");
+}
+
+/// Resident memory of `pid` outside its guest-memory mapping (the one of
+/// `guest_kib`), in KiB: what the VMM itself costs.
+pub fn rss_besides_guest_kib(pid: u32, guest_kib: u64) -> f64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("read smaps");
+    let (mut total, mut guest, mut size) = (0u64, 0u64, 0u64);
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        match (fields.next(), fields.next()) {
+            (Some("Size:"), Some(v)) => size = v.parse().unwrap_or(0),
+            (Some("Rss:"), Some(v)) => {
+                let rss: u64 = v.parse().unwrap_or(0);
+                total += rss;
+                if size == guest_kib {
+                    guest += rss;
+                }
+            }
+            _ => {}
+        }
+    }
+    (total - guest) as f64
+}
