@@ -20,8 +20,10 @@ use crate::config::LoggerConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A level name neither ember nor Firecracker knows.
     #[error("invalid log level '{0}': use Error, Warning, Info, Debug, Trace or Off")]
     Level(String),
+    /// A log file or named pipe that cannot be opened for appending.
     #[error("cannot open log file '{path}': {source}")]
     Open {
         path: String,

@@ -50,33 +50,43 @@ static CRC64: Crc<u64> = Crc::<u64>::new(&CRC_64_XZ);
 /// such as "snapshot file 'x': ".
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A file that does not start with the magic.
     #[error("not an ember snapshot (it starts with {found:02x?}, not \"EMBERSNP\")")]
     NotASnapshot { found: Vec<u8> },
+    /// A state file of a format this build does not read.
     #[error("unsupported snapshot format version {found} (this build reads version {supported})")]
     UnsupportedVersion { found: u16, supported: u16 },
+    /// A snapshot from another architecture.
     #[error("taken on {found}, but this host is {expected}")]
     WrongArch {
         found: String,
         expected: &'static str,
     },
+    /// A file shorter than its own lengths say.
     #[error("truncated: the {part} needs {needed} bytes but only {available} remain")]
     Truncated {
         part: &'static str,
         needed: u64,
         available: u64,
     },
+    /// A payload whose CRC-64 does not match: the file was damaged.
     #[error("corrupted: checksum mismatch (stored {stored:#018x}, computed {computed:#018x})")]
     ChecksumMismatch { stored: u64, computed: u64 },
+    /// Bytes after the checksum: the file is not what was written.
     #[error("corrupted: unexpected data after the checksum")]
     TrailingData,
+    /// A payload that is not the state this build saves.
     #[error("payload does not decode as the expected state: {0}")]
     Decode(#[source] postcard::Error),
+    /// A payload with bytes the state does not account for.
     #[error(
         "payload has {0} bytes left over after the expected state: it holds a different state type"
     )]
     UnusedPayload(usize),
+    /// The state cannot be encoded.
     #[error("state cannot be encoded: {0}")]
     Encode(#[source] postcard::Error),
+    /// Reading or writing the file.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
 }

@@ -29,8 +29,10 @@ const COPY_CHUNK: usize = 1 << 20;
 /// read well after a prefix such as "memory file 'x': ".
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A guest memory region that is not whole pages.
     #[error("region {index} is {len} bytes, not a multiple of the {PAGE_SIZE}-byte page")]
     UnalignedRegion { index: usize, len: usize },
+    /// A dirty bitmap that does not cover its region exactly.
     #[error(
         "dirty bitmap of region {index} has {words} words, but its {pages} pages need {expected}"
     )]
@@ -40,10 +42,13 @@ pub enum Error {
         pages: u64,
         expected: u64,
     },
+    /// A dirty bitmap marking a page its region does not have.
     #[error("dirty bitmap of region {index} marks page {page}, past the region's {pages} pages")]
     BitPastRegion { index: usize, page: u64, pages: u64 },
+    /// A memory file of the wrong size for the guest memory.
     #[error("wrong size: {found} bytes, expected {expected}")]
     WrongSize { found: u64, expected: u64 },
+    /// A file system that filled the holes of a sparse memory file.
     #[error(
         "this file system does not keep a diff file's holes page by page (first data extent \
          {found:x?}, first dirty range {expected:x?}), so merging it would lose or zero pages"
@@ -52,6 +57,7 @@ pub enum Error {
         found: Option<Range<u64>>,
         expected: Option<Range<u64>>,
     },
+    /// Reading, writing or sizing a memory file.
     #[error("{op} failed: {source}")]
     Io {
         op: &'static str,

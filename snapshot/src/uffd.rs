@@ -29,14 +29,17 @@ const PAGE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Opening or mapping the memory file or the working set, or a socket operation.
     #[error("cannot {what} '{path}': {source}")]
     Io {
         what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A VM whose handshake is not the regions JSON with a userfaultfd, or whose regions do not fit.
     #[error("the VM's handshake is malformed: {0}")]
     Handshake(String),
+    /// A working-set file line that is not two page numbers.
     #[error("working set '{path}' line {line}: expected '<offset> <length>' in pages")]
     WorkingSet { path: PathBuf, line: usize },
     /// A handler thread panicked while holding the shared working sets.

@@ -30,16 +30,22 @@ const OUTPUT_PREALLOC: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
+    /// The whole call ran out of `timeout_ms` (a 504).
     #[error("the function did not answer within {0:?}")]
     Timeout(Duration),
+    /// No vsock socket, or the guest refused the port (a 502).
     #[error("cannot reach the function on vsock port {port}: {reason}")]
     Unreachable { port: u32, reason: String },
+    /// The function returned an error; its message is the body (a 502).
     #[error("the function failed: {0}")]
     Failed(String),
+    /// The function panicked; its message is the body (a 502).
     #[error("the function panicked: {0}")]
     Panicked(String),
+    /// The guest answered with something that is not ember's framing (a 502).
     #[error("the guest broke the invocation protocol: {0}")]
     Protocol(String),
+    /// `max_concurrent_invocations` are already in progress (a 429).
     #[error("too many invocations in progress: the limit is {0} (max_concurrent_invocations)")]
     TooMany(usize),
 }

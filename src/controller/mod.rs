@@ -106,6 +106,7 @@ pub enum Error {
     /// A runtime request before InstanceStart or a snapshot load.
     #[error("the requested operation is not supported before starting the microVM")]
     BeforeStart,
+    /// A second InstanceStart.
     #[error("the microVM is already running")]
     AlreadyStarted,
     /// A request body that is well-formed but not valid.
@@ -114,20 +115,24 @@ pub enum Error {
     /// A configuration the VM's resources refuse.
     #[error(transparent)]
     Resources(#[from] resources::Error),
+    /// InstanceStart failed; the VM stays configurable.
     #[error("cannot start the microVM: {0}")]
     Start(#[from] builder::Error),
     /// A runtime action the running VM could not carry out.
     #[error(transparent)]
     Vmm(#[from] vmm::Error),
+    /// A `PUT /logger` whose level or file is refused.
     #[error("cannot configure the logger: {0}")]
     Logger(#[from] logger::Error),
     /// A `--config-file` section of Firecracker's that ember does not implement.
     #[error("the '{0}' section is not supported by ember yet")]
     Unsupported(&'static str),
+    /// An invocation on a VM without a vsock device.
     #[error(
         "the microVM has no vsock device: PUT /vsock before InstanceStart to invoke functions"
     )]
     NoVsock,
+    /// A snapshot load would discard the boot configuration already given.
     #[error(
         "loading a snapshot is only allowed before configuring boot-specific resources (boot source, drives, vsock)"
     )]

@@ -13,8 +13,10 @@ pub trait BusDevice: Send {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
+    /// Two devices claim the same addresses: a layout bug.
     #[error("bus window {base:#x}+{len:#x} overlaps another device")]
     Overlap { base: u64, len: u64 },
+    /// A device window of no bytes: a layout bug.
     #[error("bus window at {0:#x} has zero length")]
     Empty(u64),
 }

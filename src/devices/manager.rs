@@ -43,6 +43,7 @@ pub enum Error {
     /// More virtio devices than the layout has IRQs for.
     #[error("too many virtio devices: ember has IRQs for {0}")]
     TooManyDevices(usize),
+    /// The device entries do not fit the kernel command line.
     #[error("invalid kernel command line: {0}")]
     Cmdline(linux_loader::cmdline::Error),
     /// An eventfd or a console descriptor could not be made.
@@ -51,11 +52,13 @@ pub enum Error {
         what: &'static str,
         source: std::io::Error,
     },
+    /// An irqfd or ioeventfd KVM refused.
     #[error("KVM refused to wire {what}: {source}")]
     Wire {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
+    /// Two devices in one window: a layout bug.
     #[error("cannot lay out devices: {0}")]
     Bus(#[from] bus::Error),
     /// A drive's backing file could not be opened.
@@ -64,11 +67,13 @@ pub enum Error {
     /// The vsock device's socket could not be set up.
     #[error(transparent)]
     Vsock(#[from] vsock::Error),
+    /// A virtio transport that cannot be made or restored.
     #[error(transparent)]
     Transport(#[from] mmio::Error),
     /// A snapshot's device states that do not fit its devices.
     #[error("the snapshot's device state is invalid: {0}")]
     BadState(&'static str),
+    /// A thread panicked while holding a device.
     #[error("a device lock is poisoned")]
     Poisoned,
 }

@@ -33,22 +33,28 @@ const PAGE: NonZeroUsize = match NonZeroUsize::new(PAGE_SIZE) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Anonymous guest memory cannot be mapped.
     #[error("cannot map {size_mib} MiB of guest memory: {source}")]
     Map {
         size_mib: u64,
         source: vm_memory::mmap::FromRangesError,
     },
+    /// A memory file region cannot be mapped.
     #[error("cannot map guest memory at {start:#x}: {source}")]
     Region {
         start: u64,
         source: vm_memory::mmap::MmapRegionError,
     },
+    /// vm-memory refused the region layout: a layout bug.
     #[error("guest memory regions overlap or are empty")]
     Layout,
+    /// A memory size whose byte count overflows the host's address space.
     #[error("{size_mib} MiB of guest memory do not fit in the host's address space")]
     TooLarge { size_mib: u64 },
+    /// The userfaultfd cannot be created or a region registered.
     #[error("cannot create a userfaultfd: {0}")]
     Uffd(userfaultfd::Error),
+    /// The page-fault handler cannot be reached or refused the handshake.
     #[error("cannot reach the page-fault handler at '{path}': {source}")]
     Handler {
         path: String,

@@ -46,6 +46,7 @@ pub enum Error {
     /// KVM took only some of the MSRs a boot or a restore sets.
     #[error("KVM accepted {set} of {total} boot MSRs for vCPU {index}")]
     Msrs { index: u8, set: usize, total: usize },
+    /// The thread a vCPU runs on could not start.
     #[error("cannot start the thread of vCPU {index}: {source}")]
     Spawn { index: u8, source: std::io::Error },
     /// The signal that kicks a vCPU out of KVM_RUN for a pause.

@@ -15,10 +15,13 @@ use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// No /dev/kvm, or no permission to open it.
     #[error("cannot open /dev/kvm: {0}")]
     OpenKvm(kvm_ioctls::Error),
+    /// A KVM without a capability ember relies on (irqchip, ioeventfd, ...).
     #[error("KVM lacks a capability ember needs: {0:?}")]
     MissingCap(Cap),
+    /// A VM ioctl failed: `what` it was for.
     #[error("KVM refused to {what}: {source}")]
     Kvm {
         what: &'static str,

@@ -25,29 +25,38 @@ use super::regs::{BootEntry, BootProtocol};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A kernel or initrd file that cannot be opened.
     #[error("cannot open {what} '{path}': {source}")]
     Open {
         what: &'static str,
         path: String,
         source: std::io::Error,
     },
+    /// A kernel image linux-loader cannot load.
     #[error("kernel image '{path}' is neither a valid ELF nor a bzImage: {source}")]
     InvalidKernel { path: String, source: loader::Error },
+    /// An initrd that does not fit below the MMIO gap.
     #[error("initrd '{path}' ({size} bytes) does not fit in guest memory below {limit:#x}")]
     InitrdTooLarge { path: String, size: u64, limit: u64 },
+    /// An initrd that cannot be read into guest memory.
     #[error("cannot read initrd '{path}': {source}")]
     ReadInitrd {
         path: String,
         source: vm_memory::GuestMemoryError,
     },
+    /// The command line cannot be written to guest memory.
     #[error("cannot write the kernel command line: {0}")]
     Cmdline(loader::Error),
+    /// A command line with a NUL byte or too long.
     #[error("invalid kernel command line: {0}")]
     CmdlineText(linux_loader::cmdline::Error),
+    /// The zero page or PVH start info cannot be written.
     #[error("cannot write boot parameters: {0}")]
     BootParams(#[from] linux_loader::configurator::Error),
+    /// The MP table cannot be built or written.
     #[error("cannot write the MP table: {0}")]
     MpTable(String),
+    /// A value too large for its boot-protocol field.
     #[error("{what} ({value:#x}) does not fit its boot protocol field")]
     FieldOverflow { what: &'static str, value: u64 },
 }
@@ -184,71 +193,87 @@ pub fn configure_system(
 
     let e820 = e820_map(mem_size);
     match kernel.entry.protocol {
-        BootProtocol::Linux64 => {
-            let mut params = boot_params::default();
-            if let Some(header) = kernel.setup_header {
-                params.hdr = header;
-            }
-            params.hdr.type_of_loader = 0xff;
-            params.hdr.boot_flag = 0xaa55;
-            params.hdr.header = 0x5372_6448;
-            params.hdr.kernel_alignment = 0x0100_0000;
-            params.hdr.cmd_line_ptr = field("command line address", CMDLINE_START)?;
-            params.hdr.cmdline_size = field("command line length", cmdline_len as u64)?;
-            if let Some(initrd) = initrd {
-                // `load_initrd` placed it below the MMIO gap, so both fit.
-                params.hdr.ramdisk_image = field("initrd address", initrd.address)?;
-                params.hdr.ramdisk_size = field("initrd size", initrd.size)?;
-            }
-            for (slot, &(addr, size, type_)) in params.e820_table.iter_mut().zip(&e820) {
-                slot.addr = addr;
-                slot.size = size;
-                slot.r#type = type_;
-            }
-            params.e820_entries = field("e820 entry count", e820.len() as u64)?;
-            LinuxBootConfigurator::write_bootparams(
-                &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
-                mem,
-            )?;
-        }
-        BootProtocol::Pvh => {
-            let memmap: Vec<hvm_memmap_table_entry> = e820
-                .iter()
-                .map(|&(addr, size, type_)| hvm_memmap_table_entry {
-                    addr,
-                    size,
-                    type_,
-                    reserved: 0,
-                })
-                .collect();
-            let modules: Vec<hvm_modlist_entry> = initrd
-                .iter()
-                .map(|i| hvm_modlist_entry {
-                    paddr: i.address,
-                    size: i.size,
-                    ..Default::default()
-                })
-                .collect();
-            let memmap_bytes =
-                (memmap.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
-            let modlist_start = (PVH_MEMMAP_START + memmap_bytes + 0xf) & !0xf;
-            let start_info = hvm_start_info {
-                magic: 0x336e_c578,
-                version: 1,
-                cmdline_paddr: CMDLINE_START,
-                memmap_paddr: PVH_MEMMAP_START,
-                memmap_entries: field("memory map entry count", memmap.len() as u64)?,
-                nr_modules: field("module count", modules.len() as u64)?,
-                modlist_paddr: if modules.is_empty() { 0 } else { modlist_start },
-                ..Default::default()
-            };
-            let mut params = BootParams::new(&start_info, GuestAddress(PVH_INFO_START));
-            params.set_sections(&memmap, GuestAddress(PVH_MEMMAP_START));
-            if !modules.is_empty() {
-                params.set_modules(&modules, GuestAddress(modlist_start));
-            }
-            PvhBootConfigurator::write_bootparams(&params, mem)?;
-        }
+        BootProtocol::Linux64 => write_zero_page(mem, kernel, cmdline_len, initrd, &e820),
+        BootProtocol::Pvh => write_pvh_start_info(mem, initrd, &e820),
     }
+}
+
+/// The Linux boot protocol's zero page, from the kernel's own setup header.
+fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    cmdline_len: usize,
+    initrd: Option<Initrd>,
+    e820: &[(u64, u64, u32)],
+) -> Result<(), Error> {
+    let mut params = boot_params::default();
+    if let Some(header) = kernel.setup_header {
+        params.hdr = header;
+    }
+    params.hdr.type_of_loader = 0xff;
+    params.hdr.boot_flag = 0xaa55;
+    params.hdr.header = 0x5372_6448;
+    params.hdr.kernel_alignment = 0x0100_0000;
+    params.hdr.cmd_line_ptr = field("command line address", CMDLINE_START)?;
+    params.hdr.cmdline_size = field("command line length", cmdline_len as u64)?;
+    if let Some(initrd) = initrd {
+        // `load_initrd` placed it below the MMIO gap, so both fit.
+        params.hdr.ramdisk_image = field("initrd address", initrd.address)?;
+        params.hdr.ramdisk_size = field("initrd size", initrd.size)?;
+    }
+    for (slot, &(addr, size, type_)) in params.e820_table.iter_mut().zip(e820) {
+        slot.addr = addr;
+        slot.size = size;
+        slot.r#type = type_;
+    }
+    params.e820_entries = field("e820 entry count", e820.len() as u64)?;
+    LinuxBootConfigurator::write_bootparams(
+        &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
+        mem,
+    )?;
+    Ok(())
+}
+
+/// The PVH start info, its memory map and the initrd as its one module.
+fn write_pvh_start_info(
+    mem: &GuestMemoryMmap,
+    initrd: Option<Initrd>,
+    e820: &[(u64, u64, u32)],
+) -> Result<(), Error> {
+    let memmap: Vec<hvm_memmap_table_entry> = e820
+        .iter()
+        .map(|&(addr, size, type_)| hvm_memmap_table_entry {
+            addr,
+            size,
+            type_,
+            reserved: 0,
+        })
+        .collect();
+    let modules: Vec<hvm_modlist_entry> = initrd
+        .iter()
+        .map(|i| hvm_modlist_entry {
+            paddr: i.address,
+            size: i.size,
+            ..Default::default()
+        })
+        .collect();
+    let memmap_bytes = (memmap.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
+    let modlist_start = (PVH_MEMMAP_START + memmap_bytes + 0xf) & !0xf;
+    let start_info = hvm_start_info {
+        magic: 0x336e_c578,
+        version: 1,
+        cmdline_paddr: CMDLINE_START,
+        memmap_paddr: PVH_MEMMAP_START,
+        memmap_entries: field("memory map entry count", memmap.len() as u64)?,
+        nr_modules: field("module count", modules.len() as u64)?,
+        modlist_paddr: if modules.is_empty() { 0 } else { modlist_start },
+        ..Default::default()
+    };
+    let mut params = BootParams::new(&start_info, GuestAddress(PVH_INFO_START));
+    params.set_sections(&memmap, GuestAddress(PVH_MEMMAP_START));
+    if !modules.is_empty() {
+        params.set_modules(&modules, GuestAddress(modlist_start));
+    }
+    PvhBootConfigurator::write_bootparams(&params, mem)?;
     Ok(())
 }

@@ -35,8 +35,10 @@ pub const MAX_CPUS: u8 = 32;
 /// Why a table could not be built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
+    /// More vCPUs than the MP table has entries for.
     #[error("the MP table supports 1 to {MAX_CPUS} vCPUs, not {0}")]
     TooManyCpus(u8),
+    /// A value the layout guarantees to fit, found not to.
     #[error("{what} ({value:#x}) does not fit its MP table field")]
     FieldOverflow { what: &'static str, value: u64 },
 }

@@ -28,8 +28,10 @@ pub struct BootEntry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The boot GDT, IDT or page tables cannot be written.
     #[error("cannot write boot structures to guest memory: {0}")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
+    /// A GDT larger than its 16-bit limit can describe.
     #[error("a boot GDT of {0} bytes does not fit the 16-bit GDTR limit")]
     GdtTooLarge(usize),
 }

@@ -40,12 +40,16 @@ pub struct MmioTransport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// virtio-queue refused the queue size.
     #[error("cannot create a virtio queue: {0}")]
     Queue(virtio_queue::Error),
+    /// The eventfd KVM signals for queue notifications.
     #[error("cannot create a queue eventfd: {0}")]
     Event(std::io::Error),
+    /// A thread panicked while holding the transport.
     #[error("a virtio transport's lock is poisoned")]
     Poisoned,
+    /// A snapshot whose device has a different number of queues than the device type.
     #[error(
         "the saved device has {saved} queues where a device of type {device_type} has {expected}"
     )]

@@ -30,6 +30,7 @@ const WORK_BUDGET: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A drive file that cannot be opened with the access the drive asks for.
     #[error("cannot open drive file '{path}': {source}")]
     Open {
         path: String,

@@ -52,16 +52,22 @@ impl Request {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// A chain without descriptors.
     #[error("descriptor chain is empty")]
     Empty,
+    /// The first buffer cannot be the 16-byte request header the device reads.
     #[error("request header is missing, too short or device-writable")]
     BadHeader,
+    /// The header lies where guest memory cannot be read.
     #[error("cannot read the request header from guest memory")]
     HeaderUnreadable,
+    /// The chain does not end with the byte the device writes its status to.
     #[error("no device-writable status descriptor ends the chain")]
     BadStatus,
+    /// A read whose buffers the device may not write, or a write whose buffers it would.
     #[error("a data buffer has the wrong direction for this request")]
     BadDataDirection,
+    /// Data that is not whole 512-byte sectors.
     #[error("data length is not a whole number of sectors")]
     UnalignedLength,
 }

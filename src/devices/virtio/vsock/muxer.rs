@@ -67,11 +67,13 @@ fn fd_token(fd: RawFd) -> u64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The `uds_path` socket cannot be bound (an existing file there, say).
     #[error("cannot listen on vsock socket '{path}': {source}")]
     Listen {
         path: String,
         source: std::io::Error,
     },
+    /// The muxer's own epoll fd or deadline timer.
     #[error("cannot create the vsock epoll or timer: {0}")]
     Epoll(std::io::Error),
 }

@@ -26,16 +26,22 @@ const _: () = assert!(HEADER_LEN_U32 as usize == HEADER_LEN);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// A tx chain too short to hold a header.
     #[error("the descriptor chain is shorter than a packet header")]
     ShortHeader,
+    /// The guest marked a buffer it sends as one the device writes.
     #[error("a tx descriptor is device-writable")]
     WritableTxDescriptor,
+    /// The header claims more payload than the chain holds.
     #[error("the header's length field ({0}) exceeds the chain's payload")]
     LengthMismatch(u32),
+    /// Guest memory refused an access the range check allowed.
     #[error("guest memory is not accessible at the packet's buffers")]
     Memory,
+    /// An rx chain that cannot take a header, or that the device may not write.
     #[error("the rx buffer is smaller than a packet header or not writable")]
     RxTooSmall,
+    /// A buffer the guest placed outside its memory.
     #[error("a descriptor lies outside guest memory")]
     OutsideMemory,
 }
