@@ -315,6 +315,23 @@ impl VsockConfig {
     }
 }
 
+/// A device configured before InstanceStart. The controller passes devices on
+/// without looking inside, so a new kind of device is a new variant here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceConfig {
+    /// `PUT /drives/{id}`, or a `drives` entry of the config file.
+    Drive(DriveConfig),
+    /// `PUT /vsock`, or the config file's `vsock`.
+    Vsock(VsockConfig),
+}
+
+/// A change to a device of a running VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceUpdate {
+    /// `PATCH /drives/{id}`.
+    Drive(DriveUpdate),
+}
+
 /// `PUT /function` (ember's extension): where and how long `POST /invocations` waits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

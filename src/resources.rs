@@ -2,10 +2,11 @@
 //! `--config-file` set piece by piece, and what the builder takes whole.
 
 use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
 
 use crate::config::{
-    self, BootSourceConfig, DriveConfig, FunctionConfig, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, VmConfig, VsockConfig,
+    self, BootSourceConfig, DeviceConfig, DeviceUpdate, DriveConfig, FunctionConfig, LoggerConfig,
+    MachineConfig, MachineConfigUpdate, VmConfig, VsockConfig,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,20 @@ pub enum Error {
     /// Firecracker allows one root device per VM.
     #[error("a root block device already exists: '{0}'")]
     SecondRoot(String),
+    /// An update for a drive the VM does not have.
+    #[error("no drive with id '{0}'")]
+    NoSuchDrive(String),
+}
+
+/// What a running VM's devices must do for a [`DeviceUpdate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceChange {
+    /// Drive `id` gets another backing file (its guest hears of the new size).
+    DriveFile {
+        id: String,
+        path: PathBuf,
+        read_only: bool,
+    },
 }
 
 /// The microVM's configuration, as the pre-boot requests leave it.
@@ -75,6 +90,52 @@ impl VmResources {
         self.boot_source.is_some() || !self.drives.is_empty() || self.vsock.is_some()
     }
 
+    /// Adds or replaces a device.
+    pub fn put_device(&mut self, device: DeviceConfig) -> Result<(), Error> {
+        match device {
+            DeviceConfig::Drive(drive) => self.put_drive(drive),
+            DeviceConfig::Vsock(vsock) => self.set_vsock(vsock),
+        }
+    }
+
+    /// Checks `update` against the configuration and says what the running
+    /// VM's devices must do for it, if anything.
+    pub fn device_change(&self, update: &DeviceUpdate) -> Result<Option<DeviceChange>, Error> {
+        match update {
+            DeviceUpdate::Drive(update) => {
+                update.validate()?;
+                let drive = self
+                    .drives
+                    .iter()
+                    .find(|d| d.drive_id == update.drive_id)
+                    .ok_or_else(|| Error::NoSuchDrive(update.drive_id.clone()))?;
+                Ok(update
+                    .path_on_host
+                    .as_ref()
+                    .map(|path| DeviceChange::DriveFile {
+                        id: drive.drive_id.clone(),
+                        path: PathBuf::from(path),
+                        read_only: drive.is_read_only,
+                    }))
+            }
+        }
+    }
+
+    /// Records an update the running VM has carried out.
+    pub fn apply_update(&mut self, update: DeviceUpdate) {
+        match update {
+            DeviceUpdate::Drive(update) => {
+                let drive = self
+                    .drives
+                    .iter_mut()
+                    .find(|d| d.drive_id == update.drive_id);
+                if let (Some(drive), Some(path)) = (drive, update.path_on_host) {
+                    drive.path_on_host = Some(path);
+                }
+            }
+        }
+    }
+
     pub fn set_boot_source(&mut self, boot_source: BootSourceConfig) -> Result<(), Error> {
         check_file("kernel image", &boot_source.kernel_image_path)?;
         if let Some(initrd) = &boot_source.initrd_path {
@@ -96,7 +157,7 @@ impl VmResources {
     }
 
     /// Adds a drive, or replaces the one with the same id.
-    pub fn put_drive(&mut self, drive: DriveConfig) -> Result<(), Error> {
+    fn put_drive(&mut self, drive: DriveConfig) -> Result<(), Error> {
         drive.validate()?;
         check_file("drive file", drive.path())?;
         if drive.is_root_device {
@@ -119,7 +180,7 @@ impl VmResources {
         Ok(())
     }
 
-    pub fn set_vsock(&mut self, vsock: VsockConfig) -> Result<(), Error> {
+    fn set_vsock(&mut self, vsock: VsockConfig) -> Result<(), Error> {
         vsock.validate()?;
         self.vsock = Some(vsock);
         Ok(())

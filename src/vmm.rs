@@ -1,13 +1,10 @@
 //! A running microVM: its vCPU threads, its memory and its devices, and
 //! the runtime actions the controller takes on them.
 
-use std::path::Path;
-
 use crate::devices::legacy::i8042;
-use crate::devices::manager::Devices;
-use crate::devices::virtio::block::{self, Disk};
-use crate::devices::virtio::INT_CONFIG;
+use crate::devices::manager::{self, Devices};
 use crate::devices::EventSubscriber;
+use crate::resources::DeviceChange;
 use crate::vstate::memory::GuestMemoryMmap;
 use crate::vstate::memory::MemoryBackend;
 use crate::vstate::vcpu::{self, VcpuHandle, VcpuState};
@@ -21,12 +18,9 @@ pub enum Error {
     /// The i8042 could not take the key presses.
     #[error("cannot send Ctrl+Alt+Del: {0}")]
     Keyboard(#[from] i8042::Error),
-    /// A drive update names a drive the VM does not have.
-    #[error("no drive with id '{0}'")]
-    NoSuchDrive(String),
-    /// The new backing file of a drive could not be opened.
+    /// A device change the devices could not carry out.
     #[error(transparent)]
-    Drive(#[from] block::Error),
+    Devices(#[from] manager::Error),
     /// A thread panicked while holding a device: its state can no longer be trusted.
     #[error("a device lock is poisoned")]
     Poisoned,
@@ -104,18 +98,9 @@ impl Vmm {
         Ok(())
     }
 
-    /// Points drive `id` at another file and tells the guest its size changed.
-    pub fn update_drive(&self, id: &str, path: &Path, read_only: bool) -> Result<(), Error> {
-        let drive = self
-            .devices
-            .drives
-            .iter()
-            .find(|d| d.id == id)
-            .ok_or_else(|| Error::NoSuchDrive(id.to_string()))?;
-        let disk = Disk::open(path, read_only)?;
-        *drive.disk.lock().map_err(|_| Error::Poisoned)? = disk;
-        drive.interrupt.raise(INT_CONFIG);
-        Ok(())
+    /// Makes a change to the devices.
+    pub fn change_device(&self, change: &DeviceChange) -> Result<(), Error> {
+        Ok(self.devices.apply(change)?)
     }
 
     /// The devices' host-side events, for the event loop to serve from now on.

@@ -8,6 +8,7 @@
 #![no_main]
 
 use ember::api::routes::{body_limit, route};
+use ember::config::{DeviceConfig, DeviceUpdate};
 use ember::controller::Request;
 use libfuzzer_sys::fuzz_target;
 
@@ -30,11 +31,11 @@ fuzz_target!(|data: &[u8]| {
         Request::PatchMachineConfig(update) => {
             let _ = ember::config::MachineConfig::default().updated(&update);
         }
-        Request::PutDrive(drive) => {
+        Request::PutDevice(DeviceConfig::Drive(drive)) => {
             let _ = drive.validate();
             let _ = drive.path();
         }
-        Request::PatchDrive(update) => {
+        Request::UpdateDevice(DeviceUpdate::Drive(update)) => {
             let _ = update.validate();
         }
         Request::PutLogger(logger) => {
@@ -42,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = ember::logger::parse_level(level);
             }
         }
-        Request::PutVsock(vsock) => {
+        Request::PutDevice(DeviceConfig::Vsock(vsock)) => {
             let _ = vsock.validate();
         }
         Request::PutFunction(function) => {

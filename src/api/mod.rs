@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::config::DeviceConfig;
 use crate::controller::{self, InvocationTarget, Request, Response};
 use crate::seccomp::{Filters, ThreadKind};
 use routes::{body_limit, route};
@@ -72,7 +73,9 @@ impl ToVmm {
                 }
                 Ok(response)
             }
-            Request::PutFunction(_) | Request::PutVsock(_) | Request::LoadSnapshot(_) => {
+            Request::PutFunction(_)
+            | Request::PutDevice(DeviceConfig::Vsock(_))
+            | Request::LoadSnapshot(_) => {
                 if let Ok(mut slot) = self.target.lock() {
                     *slot = None;
                 }

@@ -5,8 +5,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::config::{
-    BootSourceConfig, DriveConfig, DriveUpdate, FunctionConfig, LoggerConfig, MachineConfigBody,
-    MachineConfigUpdate, SnapshotCreateConfig, SnapshotLoadConfig, VsockConfig,
+    BootSourceConfig, DeviceConfig, DeviceUpdate, DriveConfig, DriveUpdate, FunctionConfig,
+    LoggerConfig, MachineConfigBody, MachineConfigUpdate, SnapshotCreateConfig, SnapshotLoadConfig,
+    VsockConfig,
 };
 use crate::controller::Request;
 
@@ -88,19 +89,21 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
         ("GET", ["vm", "config"]) => Ok(Request::GetVmConfig),
         ("PUT", ["boot-source"]) => Ok(Request::PutBootSource(json::<BootSourceConfig>(body)?)),
         ("PUT", ["logger"]) => Ok(Request::PutLogger(json::<LoggerConfig>(body)?)),
-        ("PUT", ["vsock"]) => Ok(Request::PutVsock(json::<VsockConfig>(body)?)),
+        ("PUT", ["vsock"]) => Ok(Request::PutDevice(DeviceConfig::Vsock(
+            json::<VsockConfig>(body)?,
+        ))),
         ("PUT", ["function"]) => Ok(Request::PutFunction(json::<FunctionConfig>(body)?)),
         // The payload is the function's input, carried as is, not JSON.
         ("POST", ["invocations"]) => Ok(Request::GetInvocationTarget),
         ("PUT", ["drives", id]) => {
             let drive: DriveConfig = json(body)?;
             check_id(id, &drive.drive_id)?;
-            Ok(Request::PutDrive(drive))
+            Ok(Request::PutDevice(DeviceConfig::Drive(drive)))
         }
         ("PATCH", ["drives", id]) => {
             let update: DriveUpdate = json(body)?;
             check_id(id, &update.drive_id)?;
-            Ok(Request::PatchDrive(update))
+            Ok(Request::UpdateDevice(DeviceUpdate::Drive(update)))
         }
         ("PUT", ["actions"]) => match json::<Action>(body)?.action_type.as_str() {
             "InstanceStart" => Ok(Request::StartInstance),
@@ -181,7 +184,7 @@ mod tests {
         assert_eq!((m.vcpu_count, m.mem_size_mib), (2, 256));
         let drive = br#"{"drive_id": "rootfs", "path_on_host": "disk.img", "is_root_device": true, "is_read_only": false}"#;
         assert!(
-            matches!(route("PUT", "/drives/rootfs", drive).unwrap(), Request::PutDrive(d) if d.drive_id == "rootfs")
+            matches!(route("PUT", "/drives/rootfs", drive).unwrap(), Request::PutDevice(DeviceConfig::Drive(d)) if d.drive_id == "rootfs")
         );
         let boot = br#"{"kernel_image_path": "guest.elf", "boot_args": "console=ttyS0"}"#;
         assert!(
@@ -193,7 +196,7 @@ mod tests {
     fn ember_extensions_route() {
         assert!(matches!(
             route("PUT", "/vsock", br#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#).unwrap(),
-            Request::PutVsock(v) if v.guest_cid == 3
+            Request::PutDevice(DeviceConfig::Vsock(v)) if v.guest_cid == 3
         ));
         assert!(matches!(
             route("PUT", "/function", br#"{"vsock_port": 52, "timeout_ms": 100}"#).unwrap(),

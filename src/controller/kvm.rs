@@ -1,7 +1,6 @@
 //! ember's own launcher: KVM VMs made by the builder and `persist`, with a
 //! VM readied ahead of InstanceStart.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +9,7 @@ use crate::builder::{self, BuildOptions, VmPrep};
 use crate::config::{MachineConfig, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig};
 use crate::exit::ExitSignal;
 use crate::persist;
-use crate::resources::VmResources;
+use crate::resources::{DeviceChange, VmResources};
 use crate::seccomp::Filters;
 use crate::vmm::{self, Vmm};
 
@@ -89,8 +88,8 @@ impl RunningVm for Vmm {
         Vmm::send_ctrl_alt_del(self)
     }
 
-    fn update_drive(&self, id: &str, path: &Path, read_only: bool) -> Result<(), vmm::Error> {
-        Vmm::update_drive(self, id, path, read_only)
+    fn change_device(&self, change: &DeviceChange) -> Result<(), vmm::Error> {
+        Vmm::change_device(self, change)
     }
 
     fn snapshot(

@@ -10,18 +10,17 @@ mod kvm;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::config::{
-    self, BootSourceConfig, DriveConfig, DriveUpdate, FunctionConfig, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig, VsockConfig,
+    self, BootSourceConfig, DeviceConfig, DeviceUpdate, FunctionConfig, LoggerConfig,
+    MachineConfig, MachineConfigUpdate, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig,
 };
 use crate::logger;
 use crate::persist;
-use crate::resources::{self, VmResources};
+use crate::resources::{self, DeviceChange, VmResources};
 use crate::vmm;
 use crate::{builder, vmm::Vmm};
 
@@ -40,10 +39,11 @@ pub enum Request {
     PutBootSource(BootSourceConfig),
     PutMachineConfig(MachineConfig),
     PatchMachineConfig(MachineConfigUpdate),
-    PutDrive(DriveConfig),
-    PatchDrive(DriveUpdate),
+    /// A drive, the vsock, or another device, before boot.
+    PutDevice(DeviceConfig),
+    /// A change to a device of the running VM.
+    UpdateDevice(DeviceUpdate),
     PutLogger(LoggerConfig),
-    PutVsock(VsockConfig),
     PutFunction(FunctionConfig),
     /// Where `POST /invocations` should send its request.
     GetInvocationTarget,
@@ -163,8 +163,8 @@ pub trait RunningVm {
     fn pause(&mut self) -> Result<(), vmm::Error>;
     fn resume(&mut self) -> Result<(), vmm::Error>;
     fn send_ctrl_alt_del(&self) -> Result<(), vmm::Error>;
-    /// Points drive `id` at another file.
-    fn update_drive(&self, id: &str, path: &Path, read_only: bool) -> Result<(), vmm::Error>;
+    /// Makes a change to the VM's devices.
+    fn change_device(&self, change: &DeviceChange) -> Result<(), vmm::Error>;
     /// Saves the paused VM, whose configuration is `config`.
     fn snapshot(
         &self,
@@ -227,8 +227,19 @@ impl<L: Launcher> Controller<L> {
             .into_iter()
             .chain(config.machine_config.map(Request::PutMachineConfig))
             .chain(config.boot_source.map(Request::PutBootSource))
-            .chain(config.drives.into_iter().map(Request::PutDrive))
-            .chain(config.vsock.map(Request::PutVsock))
+            .chain(
+                config
+                    .drives
+                    .into_iter()
+                    .map(DeviceConfig::Drive)
+                    .map(Request::PutDevice),
+            )
+            .chain(
+                config
+                    .vsock
+                    .map(DeviceConfig::Vsock)
+                    .map(Request::PutDevice),
+            )
             .chain(config.function.map(Request::PutFunction));
         for request in requests {
             self.handle(request)?;
@@ -251,8 +262,7 @@ impl<L: Launcher> Controller<L> {
             }
             Request::PutMachineConfig(machine) => self.set_machine(|r| r.set_machine(machine)),
             Request::PatchMachineConfig(update) => self.set_machine(|r| r.update_machine(&update)),
-            Request::PutDrive(drive) => self.configured(|r| r.put_drive(drive)),
-            Request::PutVsock(vsock) => self.configured(|r| r.set_vsock(vsock)),
+            Request::PutDevice(device) => self.configured(|r| r.put_device(device)),
             Request::StartInstance => self.start(),
             Request::LoadSnapshot(params) => self.load_snapshot(params),
             Request::GetInstanceInfo => Ok(self.instance_info()),
@@ -262,7 +272,7 @@ impl<L: Launcher> Controller<L> {
             Request::PutLogger(logger) => self.set_logger(logger),
             Request::PutFunction(function) => self.configured(|r| r.set_function(function)),
             Request::GetInvocationTarget
-            | Request::PatchDrive(_)
+            | Request::UpdateDevice(_)
             | Request::SendCtrlAltDel
             | Request::Pause
             | Request::Resume
@@ -273,7 +283,7 @@ impl<L: Launcher> Controller<L> {
     fn handle_runtime(&mut self, request: Request) -> Result<Response, Error> {
         match request {
             Request::GetInvocationTarget => self.invocation_target(),
-            Request::PatchDrive(update) => self.update_drive(update),
+            Request::UpdateDevice(update) => self.update_device(update),
             Request::SendCtrlAltDel => self.act(|vm| vm.send_ctrl_alt_del()),
             Request::Pause => self.act(|vm| vm.pause()),
             Request::Resume => self.act(|vm| vm.resume()),
@@ -282,8 +292,7 @@ impl<L: Launcher> Controller<L> {
             Request::PutBootSource(_)
             | Request::PutMachineConfig(_)
             | Request::PatchMachineConfig(_)
-            | Request::PutDrive(_)
-            | Request::PutVsock(_)
+            | Request::PutDevice(_)
             | Request::LoadSnapshot(_) => Err(Error::AfterStart),
             Request::GetInstanceInfo => Ok(self.instance_info()),
             Request::GetVersion => Ok(version()),
@@ -397,21 +406,11 @@ impl<L: Launcher> Controller<L> {
         }))
     }
 
-    fn update_drive(&mut self, update: DriveUpdate) -> Result<Response, Error> {
-        update.validate()?;
-        let drive = self
-            .resources
-            .drives
-            .iter()
-            .position(|d| d.drive_id == update.drive_id)
-            .ok_or_else(|| vmm::Error::NoSuchDrive(update.drive_id.clone()))?;
-        let Some(path) = update.path_on_host else {
-            return Ok(Response::NoContent);
-        };
-        let read_only = self.resources.drives[drive].is_read_only;
-        self.running()?
-            .update_drive(&update.drive_id, Path::new(&path), read_only)?;
-        self.resources.drives[drive].path_on_host = Some(path);
+    fn update_device(&mut self, update: DeviceUpdate) -> Result<Response, Error> {
+        if let Some(change) = self.resources.device_change(&update)? {
+            self.running()?.change_device(&change)?;
+        }
+        self.resources.apply_update(update);
         Ok(Response::NoContent)
     }
 

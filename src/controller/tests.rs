@@ -2,13 +2,14 @@
 //! launcher: no KVM involved.
 
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use serde_json::json;
 use vmm_sys_util::tempdir::TempDir;
 
 use super::*;
+use crate::config::{DriveConfig, DriveUpdate, VsockConfig};
 
 /// What the fake VM and launcher were asked to do, in order.
 type Log = Rc<RefCell<Vec<String>>>;
@@ -40,7 +41,8 @@ impl RunningVm for FakeVm {
         Ok(())
     }
 
-    fn update_drive(&self, id: &str, path: &Path, _read_only: bool) -> Result<(), vmm::Error> {
+    fn change_device(&self, change: &DeviceChange) -> Result<(), vmm::Error> {
+        let DeviceChange::DriveFile { id, path, .. } = change;
         self.log
             .borrow_mut()
             .push(format!("update {id} {}", path.display()));
@@ -153,7 +155,7 @@ impl Fixture {
     fn boot(&mut self) {
         let kernel = self.file("vmlinux");
         self.handle(boot_source(&kernel)).expect("boot source");
-        self.handle(Request::PutVsock(vsock())).expect("vsock");
+        self.handle(put_vsock()).expect("vsock");
         self.handle(Request::StartInstance).expect("InstanceStart");
     }
 }
@@ -164,6 +166,14 @@ fn boot_source(kernel: &str) -> Request {
         initrd_path: None,
         boot_args: None,
     })
+}
+
+fn put_vsock() -> Request {
+    Request::PutDevice(DeviceConfig::Vsock(vsock()))
+}
+
+fn put_drive(id: &str, path: &str, root: bool) -> Request {
+    Request::PutDevice(DeviceConfig::Drive(drive(id, path, root)))
 }
 
 fn vsock() -> VsockConfig {
@@ -221,11 +231,11 @@ fn every_request_before_start_is_served_or_refused_as_before_start() {
     }
     let refused = [
         Request::GetInvocationTarget,
-        Request::PatchDrive(DriveUpdate {
+        Request::UpdateDevice(DeviceUpdate::Drive(DriveUpdate {
             drive_id: "root".into(),
             path_on_host: None,
             rate_limiter: None,
-        }),
+        })),
         Request::SendCtrlAltDel,
         Request::Pause,
         Request::Resume,
@@ -243,8 +253,8 @@ fn every_request_before_start_is_served_or_refused_as_before_start() {
         boot_source(&kernel),
         Request::PutMachineConfig(MachineConfig::default()),
         Request::PatchMachineConfig(MachineConfigUpdate::default()),
-        Request::PutDrive(drive("root", &disk, true)),
-        Request::PutVsock(vsock()),
+        put_drive("root", &disk, true),
+        put_vsock(),
     ];
     for request in configuring {
         assert_eq!(fx.handle(request).ok(), Some(Response::NoContent));
@@ -267,8 +277,8 @@ fn every_request_after_start_is_served_or_refused_as_after_start() {
         boot_source(&kernel),
         Request::PutMachineConfig(MachineConfig::default()),
         Request::PatchMachineConfig(MachineConfigUpdate::default()),
-        Request::PutDrive(drive("root", &disk, true)),
-        Request::PutVsock(vsock()),
+        put_drive("root", &disk, true),
+        put_vsock(),
         snapshot_load(),
     ];
     for request in refused {
@@ -318,21 +328,20 @@ fn runtime_actions_reach_the_vm_and_pause_shows_in_the_state() {
 fn a_drive_update_needs_a_known_drive_and_then_reaches_the_vm() {
     let mut fx = Fixture::new();
     let disk = fx.file("disk");
-    fx.handle(Request::PutDrive(drive("data", &disk, false)))
-        .expect("a drive");
+    fx.handle(put_drive("data", &disk, false)).expect("a drive");
     fx.boot();
     let update = |id: &str, path: Option<&str>| {
-        Request::PatchDrive(DriveUpdate {
+        Request::UpdateDevice(DeviceUpdate::Drive(DriveUpdate {
             drive_id: id.into(),
             path_on_host: path.map(str::to_string),
             rate_limiter: None,
-        })
+        }))
     };
     let error = fx
         .handle(update("nope", Some("/x")))
         .expect_err("an unknown drive");
     assert!(
-        matches!(error, Error::Vmm(vmm::Error::NoSuchDrive(_))),
+        matches!(error, Error::Resources(resources::Error::NoSuchDrive(_))),
         "{error}"
     );
     assert_eq!(

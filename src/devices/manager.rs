@@ -28,12 +28,12 @@ use super::legacy::serial::{
 use super::virtio::block::{self, Block, Disk};
 use super::virtio::mmio::{self, MmioTransport, TransportEvents, TransportState};
 use super::virtio::vsock::{self, Vsock};
-use super::virtio::{Interrupt, VirtioDevice};
+use super::virtio::{Interrupt, VirtioDevice, INT_CONFIG};
 use super::{EventSubscriber, IrqLine};
 use crate::arch::x86_64::layout::{virtio_slot, BOOT_TIMER_START, VIRTIO_MMIO_SIZE};
 use crate::config::{CacheType, DriveConfig, VsockConfig};
 use crate::exit::ExitSignal;
-use crate::resources::VmResources;
+use crate::resources::{DeviceChange, VmResources};
 use crate::vstate::memory::GuestMemoryMmap;
 use crate::vstate::vcpu::Buses;
 use crate::vstate::vm::Vm;
@@ -70,6 +70,9 @@ pub enum Error {
     /// A virtio transport that cannot be made or restored.
     #[error(transparent)]
     Transport(#[from] mmio::Error),
+    /// A change for a drive the VM does not have.
+    #[error("no drive with id '{0}'")]
+    NoSuchDrive(String),
     /// A snapshot's device states that do not fit its devices.
     #[error("the snapshot's device state is invalid: {0}")]
     BadState(&'static str),
@@ -366,6 +369,28 @@ impl Devices {
                 .map(|t| Ok(t.lock().map_err(|_| Error::Poisoned)?.save_state()))
                 .collect::<Result<_, Error>>()?,
         })
+    }
+
+    /// Makes a change the controller asked for on the running VM.
+    pub fn apply(&self, change: &DeviceChange) -> Result<(), Error> {
+        match change {
+            DeviceChange::DriveFile {
+                id,
+                path,
+                read_only,
+            } => {
+                let drive = self
+                    .drives
+                    .iter()
+                    .find(|d| &d.id == id)
+                    .ok_or_else(|| Error::NoSuchDrive(id.clone()))?;
+                let disk = Disk::open(path, *read_only)?;
+                *drive.disk.lock().map_err(|_| Error::Poisoned)? = disk;
+                // The guest learns the new size from the configuration space.
+                drive.interrupt.raise(INT_CONFIG);
+                Ok(())
+            }
+        }
     }
 
     /// The devices' host-side events, for the event loop to serve from now on.
