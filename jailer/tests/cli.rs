@@ -10,9 +10,14 @@ use std::process::{Command, Output};
 
 use vmm_sys_util::tempdir::TempDir;
 
-/// A scratch directory for one run, removed when dropped.
+/// A scratch directory for one run, removed when dropped. Searchable by
+/// everyone, as a chroot base is: the tenant user some tests act as reaches
+/// the jail's root below it.
 fn scratch() -> TempDir {
-    TempDir::new_with_prefix("/tmp/ember-jailer-cli-").expect("a temporary directory")
+    let t = TempDir::new_with_prefix("/tmp/ember-jailer-cli-").expect("a temporary directory");
+    fs::set_permissions(t.as_path(), fs::Permissions::from_mode(0o755))
+        .expect("open the scratch directory to the tenant");
+    t
 }
 
 fn jailer(args: &[&str]) -> Output {
