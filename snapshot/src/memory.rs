@@ -103,10 +103,13 @@ pub fn write_full(file: &File, regions: &[&[u8]]) -> Result<Vec<u64>, Error> {
     Ok(offsets)
 }
 
-/// Whether `page` is all zeros; OR-folds fixed chunks so it vectorizes.
+/// Whether `page` is all zeros: one OR-fold over the page, which the compiler
+/// vectorizes, and one test at the end. Most pages of a function's memory are
+/// zero and are read to the end anyway; testing every few vectors (reducing
+/// to one byte costs as much as the folding) made a Full snapshot of 256 MiB
+/// take twice as long.
 fn is_zero(page: &[u8]) -> bool {
-    page.chunks(64)
-        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    page.iter().fold(0u8, |acc, &b| acc | b) == 0
 }
 
 /// Replaces the contents of `file` with a sparse diff of `regions`: the full
