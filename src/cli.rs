@@ -27,6 +27,8 @@ usage: ember [options]
   --boot-timer         log the time from InstanceStart to the guest's boot-complete signal
   --no-seccomp         run without seccomp filters
   --seccomp-filter PATH  use these filters (JSON, as resources/seccomp/x86_64.json) instead of the built-in ones
+  --metadata PATH      start the metadata service's (MMDS) data store with this JSON file
+  --mmds-size-limit N  largest MMDS data store, in bytes of JSON (default 51200)
   --version            print the version and exit
   --help               print this help and exit";
 
@@ -43,6 +45,9 @@ pub struct Args {
     pub seccomp: Seccomp,
     /// Test hook: the kind of thread that breaks its seccomp filter on purpose.
     pub seccomp_selftest: Option<Selftest>,
+    /// A JSON file that starts the MMDS data store.
+    pub metadata: Option<String>,
+    pub mmds_size_limit: usize,
 }
 
 /// Which seccomp filters to install.
@@ -86,12 +91,15 @@ pub enum Error {
     /// Two contradicting filter choices.
     #[error("--no-seccomp and --seccomp-filter exclude each other")]
     SeccompConflict,
+    /// A --mmds-size-limit that is not a byte count.
+    #[error("invalid --mmds-size-limit '{0}': give a number of bytes")]
+    MmdsSizeLimit(String),
     /// A --seccomp-selftest the test hook does not know.
     #[error("invalid --seccomp-selftest '{0}': use vmm, api or vcpu, optionally followed by :acct, :execve, :fork, :mprotect-exec or :signal-other")]
     SelftestKind(String),
 }
 
-const VALUE_FLAGS: [&str; 7] = [
+const VALUE_FLAGS: [&str; 9] = [
     "--api-sock",
     "--config-file",
     "--id",
@@ -99,6 +107,8 @@ const VALUE_FLAGS: [&str; 7] = [
     "--log-path",
     "--seccomp-filter",
     "--seccomp-selftest",
+    "--mmds-size-limit",
+    "--metadata",
 ];
 const SWITCHES: [&str; 6] = [
     "--no-api",
@@ -216,6 +226,10 @@ impl Flags {
             .value("--seccomp-selftest")
             .map(|text| Selftest::parse(&text).ok_or(Error::SelftestKind(text)))
             .transpose()?;
+        let mmds_size_limit = match self.value("--mmds-size-limit") {
+            Some(text) => text.parse().map_err(|_| Error::MmdsSizeLimit(text))?,
+            None => crate::mmds::DEFAULT_SIZE_LIMIT,
+        };
         Ok(Args {
             api_sock,
             config_file,
@@ -227,6 +241,8 @@ impl Flags {
             boot_timer: self.has("--boot-timer"),
             seccomp,
             seccomp_selftest,
+            metadata: self.value("--metadata"),
+            mmds_size_limit,
         })
     }
 }

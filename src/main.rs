@@ -132,6 +132,7 @@ fn start(
         EventLoop::new(exit.clone()).map_err(|e| generic("cannot create the event loop", e))?;
     let launcher = KvmLauncher::new(args.boot_timer, filters.clone(), exit);
     let mut controller = Controller::new(args.id.clone(), launcher);
+    controller.set_mmds_size_limit(args.mmds_size_limit);
 
     // The socket comes first: a client may connect while a config file boots.
     if let Some(path) = &args.api_sock {
@@ -141,6 +142,12 @@ fn start(
         serve_api(listener, &mut event_loop, &mut vmm_filter, filters)?;
     }
     wait_for_filter(&mut vmm_filter)?;
+    // Requests wait in the channel until the event loop runs, so none sees
+    // the data store before the metadata is in.
+    if let Some(path) = &args.metadata {
+        load_metadata(&mut controller, path)
+            .map_err(|message| Failure::new(EXIT_BAD_CONFIGURATION, message))?;
+    }
     // With the API up (or without one), make the VM ready while configuration goes on.
     controller.prepare();
     if let Some(path) = &args.config_file {
@@ -177,6 +184,18 @@ fn wait_for_filter(vmm_filter: &mut Option<PendingVmmFilter>) -> Result<(), Fail
         Some(Err(e)) => Err(Failure::new(EXIT_GENERIC, e.to_string())),
         _ => Ok(()),
     }
+}
+
+/// Starts the MMDS data store with the JSON document in `path`.
+fn load_metadata(controller: &mut VmmController, path: &str) -> Result<(), String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read metadata file '{path}': {e}"))?;
+    let data = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("invalid metadata file '{path}': {e}"))?;
+    controller
+        .handle(Request::PutMmds(data))
+        .map_err(|e| format!("metadata file '{path}': {e}"))?;
+    Ok(())
 }
 
 /// Applies a `--config-file` and starts the VM it describes.

@@ -8,6 +8,7 @@ use crate::config::{
     self, BootSourceConfig, DeviceConfig, DeviceUpdate, DriveConfig, FunctionConfig, LoggerConfig,
     MachineConfig, MachineConfigUpdate, VmConfig, VsockConfig,
 };
+use crate::mmds::MmdsStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,6 +46,9 @@ pub struct VmResources {
     pub vsock: Option<VsockConfig>,
     pub function: FunctionConfig,
     pub logger: Option<LoggerConfig>,
+    /// The metadata service's document: not part of the VM's configuration
+    /// (`GET /vm/config` and snapshots leave it out, as Firecracker's do).
+    pub mmds: MmdsStore,
 }
 
 /// Checks that `path` names a file ember can open, for an early, precise 400.
@@ -68,6 +72,7 @@ impl VmResources {
             vsock: config.vsock,
             function: config.function.unwrap_or_default(),
             logger: config.logger,
+            mmds: MmdsStore::default(),
         }
     }
 

@@ -412,3 +412,78 @@ fn log_path_and_boot_timer_record_the_boot() {
     assert!(text.contains("[timed:"), "{text}");
     assert!(text.contains("Guest-boot-time ="), "{text}");
 }
+
+#[test]
+fn the_mmds_data_store_starts_from_a_file_and_takes_puts_and_patches() {
+    require_kvm();
+    let dir = TempDir::new("mmds");
+    let metadata = dir.path("metadata.json");
+    std::fs::write(
+        &metadata,
+        r#"{"latest": {"meta-data": {"instance-id": "i-1"}}}"#,
+    )
+    .unwrap();
+    let ember = Ember::with_api(
+        &dir,
+        &[
+            "--metadata",
+            metadata.to_str().unwrap(),
+            "--mmds-size-limit",
+            "100",
+        ],
+    );
+    let mmds = |ember: &Ember| -> Value {
+        let (status, body) = ember.api("GET", "/mmds", "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    assert_eq!(
+        mmds(&ember),
+        json!({"latest": {"meta-data": {"instance-id": "i-1"}}})
+    );
+    ember.ok(
+        "PATCH",
+        "/mmds",
+        r#"{"latest": {"user-data": "hello", "meta-data": {"instance-id": null}}}"#,
+    );
+    assert_eq!(
+        mmds(&ember),
+        json!({"latest": {"meta-data": {}, "user-data": "hello"}})
+    );
+    let big = json!({"blob": "x".repeat(200)}).to_string();
+    rejects(&ember, "PUT", "/mmds", &big, "--mmds-size-limit");
+    assert_eq!(mmds(&ember)["latest"]["user-data"], json!("hello"));
+    rejects(
+        &ember,
+        "PUT",
+        "/mmds/config",
+        r#"{"network_interfaces": ["eth0"]}"#,
+        "not supported by ember yet",
+    );
+    ember.ok("PUT", "/mmds", r#"{"fresh": 1}"#);
+    assert_eq!(mmds(&ember), json!({"fresh": 1}));
+}
+
+#[test]
+fn a_metadata_file_ember_cannot_use_stops_it_with_the_reason() {
+    require_kvm();
+    let dir = TempDir::new("mmds-bad");
+    let socket = dir.path("api.sock");
+    let not_json = dir.path("not.json");
+    std::fs::write(&not_json, "{not json").unwrap();
+    let missing = dir.path("missing.json");
+    for (file, reason) in [
+        (&not_json, "invalid metadata file"),
+        (&missing, "cannot read metadata file"),
+    ] {
+        let (code, _, stderr) = run_ember(&[
+            "--api-sock",
+            socket.to_str().unwrap(),
+            "--metadata",
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(code, Some(152), "{stderr}");
+        assert!(stderr.contains(reason), "{stderr}");
+        assert!(!socket.exists(), "the API socket is removed");
+    }
+}

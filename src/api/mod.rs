@@ -152,6 +152,7 @@ async fn serve(
         Ok(Response::Version(version)) => json_reply(&version),
         Ok(Response::MachineConfig(machine)) => json_reply(&machine),
         Ok(Response::VmConfig(config)) => json_reply(&config),
+        Ok(Response::Mmds(data)) => json_reply(&data),
         Ok(Response::Invocation(target)) => {
             match invoke::invoke(&to_vmm.functions, &target, &body).await {
                 Ok(output) => {

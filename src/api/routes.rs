@@ -115,6 +115,9 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
                 "unknown action_type '{other}': use InstanceStart or SendCtrlAltDel"
             ))),
         },
+        ("PUT", ["mmds"]) => Ok(Request::PutMmds(json(body)?)),
+        ("PATCH", ["mmds"]) => Ok(Request::PatchMmds(json(body)?)),
+        ("GET", ["mmds"]) => Ok(Request::GetMmds),
         ("PUT", ["snapshot", "create"]) => {
             Ok(Request::CreateSnapshot(json::<SnapshotCreateConfig>(body)?))
         }
@@ -240,11 +243,26 @@ mod tests {
 
     #[test]
     fn firecracker_endpoints_ember_lacks_say_so() {
-        for path in ["/network-interfaces/eth0", "/balloon", "/mmds"] {
+        for path in ["/network-interfaces/eth0", "/balloon", "/mmds/config"] {
             assert!(
                 err("PUT", path, "{}").contains("not supported by ember yet"),
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn the_mmds_data_store_takes_any_json_document() {
+        assert_eq!(
+            route("PUT", "/mmds", br#"{"latest": {"a": 1}}"#).unwrap(),
+            Request::PutMmds(serde_json::json!({"latest": {"a": 1}}))
+        );
+        assert_eq!(
+            route("PATCH", "/mmds/", b"\"text\"").unwrap(),
+            Request::PatchMmds(serde_json::json!("text"))
+        );
+        assert_eq!(route("GET", "/mmds", b"").unwrap(), Request::GetMmds);
+        assert!(err("PUT", "/mmds", "{not json").contains("invalid request body"));
+        assert!(err("PATCH", "/mmds", "").contains("body is empty"));
     }
 }

@@ -13,12 +13,14 @@ mod tests;
 use std::time::Duration;
 
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::config::{
     self, BootSourceConfig, DeviceConfig, DeviceUpdate, FunctionConfig, LoggerConfig,
     MachineConfig, MachineConfigUpdate, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig,
 };
 use crate::logger;
+use crate::mmds;
 use crate::persist;
 use crate::resources::{self, DeviceChange, VmResources};
 use crate::vmm;
@@ -45,6 +47,11 @@ pub enum Request {
     UpdateDevice(DeviceUpdate),
     PutLogger(LoggerConfig),
     PutFunction(FunctionConfig),
+    /// Replaces the metadata service's document.
+    PutMmds(Value),
+    /// Merges a JSON merge patch into the metadata service's document.
+    PatchMmds(Value),
+    GetMmds,
     /// Where `POST /invocations` should send its request.
     GetInvocationTarget,
     StartInstance,
@@ -63,6 +70,8 @@ pub enum Response {
     Version(VersionInfo),
     MachineConfig(MachineConfig),
     VmConfig(Box<VmConfig>),
+    /// The metadata service's document.
+    Mmds(Value),
     Invocation(InvocationTarget),
 }
 
@@ -137,6 +146,9 @@ pub enum Error {
         "loading a snapshot is only allowed before configuring boot-specific resources (boot source, drives, vsock)"
     )]
     LoadAfterConfig,
+    /// A metadata document the data store refuses.
+    #[error(transparent)]
+    Mmds(#[from] mmds::Error),
     /// Creating or loading a snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] persist::Error),
@@ -197,6 +209,11 @@ impl<L: Launcher> Controller<L> {
             resources: VmResources::default(),
             vm: None,
         }
+    }
+
+    /// Caps the metadata document (`--mmds-size-limit`); called at start.
+    pub fn set_mmds_size_limit(&mut self, size_limit: usize) {
+        self.resources.mmds = mmds::MmdsStore::new(size_limit);
     }
 
     /// Starts making a VM of the configured machine ready in the background.
@@ -271,6 +288,9 @@ impl<L: Launcher> Controller<L> {
             Request::GetVmConfig => Ok(self.vm_config()),
             Request::PutLogger(logger) => self.set_logger(logger),
             Request::PutFunction(function) => self.configured(|r| r.set_function(function)),
+            Request::PutMmds(data) => self.set_mmds(|m| m.put(data)),
+            Request::PatchMmds(patch) => self.set_mmds(|m| m.patch(patch)),
+            Request::GetMmds => Ok(Response::Mmds(self.resources.mmds.value())),
             Request::GetInvocationTarget
             | Request::UpdateDevice(_)
             | Request::SendCtrlAltDel
@@ -300,6 +320,9 @@ impl<L: Launcher> Controller<L> {
             Request::GetVmConfig => Ok(self.vm_config()),
             Request::PutLogger(logger) => self.set_logger(logger),
             Request::PutFunction(function) => self.configured(|r| r.set_function(function)),
+            Request::PutMmds(data) => self.set_mmds(|m| m.put(data)),
+            Request::PatchMmds(patch) => self.set_mmds(|m| m.patch(patch)),
+            Request::GetMmds => Ok(Response::Mmds(self.resources.mmds.value())),
         }
     }
 
@@ -309,6 +332,14 @@ impl<L: Launcher> Controller<L> {
 
     fn vm_config(&self) -> Response {
         Response::VmConfig(Box::new(self.resources.vm_config()))
+    }
+
+    fn set_mmds(
+        &mut self,
+        change: impl FnOnce(&mut mmds::MmdsStore) -> Result<(), mmds::Error>,
+    ) -> Result<Response, Error> {
+        change(&mut self.resources.mmds)?;
+        Ok(Response::NoContent)
     }
 
     fn set_logger(&mut self, logger: LoggerConfig) -> Result<Response, Error> {
@@ -374,9 +405,11 @@ impl<L: Launcher> Controller<L> {
             .clone()
             .unwrap_or_else(|| self.resources.function.clone());
         let logger = self.resources.logger.take();
+        let mmds = std::mem::take(&mut self.resources.mmds);
         self.resources = VmResources {
             function,
             logger,
+            mmds,
             ..VmResources::from_config(config)
         };
         self.vm = Some(vm);

@@ -220,6 +220,9 @@ fn any_state_requests() -> Vec<Request> {
             module: None,
         }),
         Request::PutFunction(FunctionConfig::default()),
+        Request::PutMmds(json!({"latest": {"meta-data": {}}})),
+        Request::PatchMmds(json!({"latest": {"user-data": "x"}})),
+        Request::GetMmds,
     ]
 }
 
@@ -422,7 +425,14 @@ fn a_snapshot_load_takes_the_saved_configuration_and_keeps_the_logger() {
     };
     fx.handle(Request::PutLogger(logger.clone()))
         .expect("logger");
+    fx.handle(Request::PutMmds(json!({"kept": true})))
+        .expect("metadata");
     assert_eq!(fx.handle(snapshot_load()).ok(), Some(Response::NoContent));
+    assert_eq!(
+        fx.handle(Request::GetMmds).ok(),
+        Some(Response::Mmds(json!({"kept": true}))),
+        "the metadata is the platform's, not the snapshot's"
+    );
     assert_eq!(fx.state(), InstanceState::Paused);
     match fx.handle(Request::GetVmConfig) {
         Ok(Response::VmConfig(config)) => {
@@ -433,6 +443,37 @@ fn a_snapshot_load_takes_the_saved_configuration_and_keeps_the_logger() {
         other => panic!("GET /vm/config answered {other:?}"),
     }
     assert_eq!(fx.controller.vsock_socket(), Some("v.sock"));
+}
+
+#[test]
+fn the_mmds_data_store_is_served_in_every_state_within_its_limit() {
+    let mut fx = Fixture::new();
+    fx.controller.set_mmds_size_limit(16);
+    let error = fx
+        .handle(Request::PatchMmds(json!({"a": 1})))
+        .expect_err("nothing to patch yet");
+    assert!(
+        matches!(error, Error::Mmds(mmds::Error::NotInitialized)),
+        "{error}"
+    );
+    assert_eq!(
+        fx.handle(Request::GetMmds).ok(),
+        Some(Response::Mmds(json!({})))
+    );
+    fx.boot();
+    fx.handle(Request::PutMmds(json!({"a": 1})))
+        .expect("7 bytes");
+    let error = fx
+        .handle(Request::PatchMmds(json!({"b": "too long"})))
+        .expect_err("over 16 bytes");
+    assert!(
+        matches!(error, Error::Mmds(mmds::Error::TooLarge { .. })),
+        "{error}"
+    );
+    assert_eq!(
+        fx.handle(Request::GetMmds).ok(),
+        Some(Response::Mmds(json!({"a": 1})))
+    );
 }
 
 #[test]
