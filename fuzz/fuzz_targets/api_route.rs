@@ -10,6 +10,7 @@
 use ember::api::routes::{body_limit, route};
 use ember::config::{DeviceConfig, DeviceUpdate};
 use ember::controller::Request;
+use ember::mmds::MmdsStore;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -48,6 +49,15 @@ fuzz_target!(|data: &[u8]| {
         }
         Request::PutFunction(function) => {
             let _ = function.validate();
+        }
+        Request::PutMmds(data) => {
+            let _ = MmdsStore::default().put(data);
+        }
+        Request::PatchMmds(patch) => {
+            // A merge patch follows the patch's nesting, which serde_json bounds.
+            let mut store = MmdsStore::default();
+            let _ = store.put(serde_json::json!({"latest": {"meta-data": {"a": [1, 2]}}}));
+            let _ = store.patch(patch);
         }
         Request::CreateSnapshot(params) => {
             let _ = params.validate();

@@ -964,6 +964,8 @@ fn text_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("snapshot-load", "PUT\n/snapshot/load\n{\"snapshot_path\": \"fn.snap\", \"resume_vm\": true, \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"/run/uffd.sock\"}, \"vsock_override\": {\"uds_path\": \"/tmp/v2.sock\"}, \"track_dirty_pages\": true}"),
         ("invocation", "POST\n/invocations\n\u{0}payload"),
         ("not-yet", "PUT\n/network-interfaces/eth0\n{}"),
+        ("mmds-put", "PUT\n/mmds\n{\"latest\": {\"meta-data\": {\"instance-id\": \"i-1\", \"tags\": [\"a\", 1, null]}}}"),
+        ("mmds-patch", "PATCH\n/mmds\n{\"latest\": {\"user-data\": \"x\", \"meta-data\": null}}"),
     ];
     let config: &[(&str, &str)] = &[
         (
