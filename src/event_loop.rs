@@ -25,7 +25,7 @@ enum Source {
     },
 }
 
-/// A watched fd and whether epoll reports it now.
+/// A watched fd and whether it is in the epoll set now.
 struct Registration {
     fd: RawFd,
     source: Source,
@@ -87,7 +87,10 @@ impl EventLoop {
     }
 
     /// Mirrors into epoll whether each of `subscriber`'s fds is to be
-    /// watched: only while the VM runs, and only if the device wants it.
+    /// watched: only while the VM runs, and only if the device wants it. An
+    /// fd not watched leaves the epoll set: epoll reports a hang-up (a stdin
+    /// whose writer closed) whatever events it is asked for, so an fd kept
+    /// in the set with none would wake the loop for ever.
     fn sync_watches(&mut self, subscriber: Option<usize>) {
         for (token, registration) in self.registrations.iter_mut().enumerate() {
             let Source::Device {
@@ -104,17 +107,13 @@ impl EventLoop {
             if wanted == registration.watched {
                 continue;
             }
-            let events = if wanted {
-                EventSet::IN
+            let operation = if wanted {
+                ControlOperation::Add
             } else {
-                EventSet::empty()
+                ControlOperation::Delete
             };
-            let event = EpollEvent::new(events, token as u64);
-            if self
-                .epoll
-                .ctl(ControlOperation::Modify, registration.fd, event)
-                .is_ok()
-            {
+            let event = EpollEvent::new(EventSet::IN, token as u64);
+            if self.epoll.ctl(operation, registration.fd, event).is_ok() {
                 registration.watched = wanted;
             }
         }
@@ -132,12 +131,12 @@ impl EventLoop {
     }
 
     /// Watches the devices' events once the VM has started.
-    fn add_vm_sources(&mut self, controller: &mut VmmController) {
+    fn add_vm_sources(&mut self, controller: &mut VmmController) -> std::io::Result<()> {
         let Some(vmm) = controller.vmm_mut() else {
-            return;
+            return Ok(());
         };
         if self.vm_sources_added {
-            return;
+            return Ok(());
         }
         self.vm_sources_added = true;
         self.subscribers = vmm.take_subscribers();
@@ -147,19 +146,26 @@ impl EventLoop {
                     subscriber,
                     fd_index,
                 };
-                // stdin may be a file or /dev/null, which epoll refuses: the
-                // device then goes without that source.
-                if let Err(e) = self.add(fd, source) {
-                    log::debug!("a device's fd cannot be watched: {e}");
+                match self.add(fd, source) {
+                    Ok(()) => {}
+                    // stdin may be a file or /dev/null, which epoll refuses
+                    // (EPERM): the console then goes without input.
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        log::debug!("a device's fd cannot be watched: {e}");
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
         self.sync_watches(None);
+        Ok(())
     }
 
     /// Runs until the guest or a fault ends the VM.
     pub fn run(&mut self, controller: &mut VmmController) -> ExitReason {
-        self.add_vm_sources(controller);
+        if let Err(e) = self.add_vm_sources(controller) {
+            return cannot_watch(e);
+        }
         self.follow_pause(controller);
         let mut events = vec![EpollEvent::default(); 32];
         loop {
@@ -180,7 +186,9 @@ impl EventLoop {
                     }
                     Some(Source::Api) => {
                         self.serve_api(controller);
-                        self.add_vm_sources(controller);
+                        if let Err(e) = self.add_vm_sources(controller) {
+                            return cannot_watch(e);
+                        }
                         self.follow_pause(controller);
                     }
                     // A pause served earlier in this batch holds the rest of it.
@@ -208,4 +216,9 @@ impl EventLoop {
             let _ = call.reply.send(result);
         }
     }
+}
+
+/// A device the loop cannot watch would go silent: the VM ends instead.
+fn cannot_watch(e: std::io::Error) -> ExitReason {
+    ExitReason::Fault(format!("cannot watch the VM's devices: {e}"))
 }

@@ -4,7 +4,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use ember_test_support::{artifact, expected_memory_lines, require_kvm, Ember, TempDir};
+use ember_test_support::{
+    artifact, expected_memory_lines, main_thread_ticks_over, require_kvm, Ember, TempDir,
+};
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(20);
@@ -79,6 +81,34 @@ fn boot_via_config(guest: &str, protocol: &str) {
     ember.write_stdin(b"reset\n");
     ember.expect_line("guest: reset", BOOT);
     assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
+}
+
+/// A console whose writer went away (stdin at its end, its pipe hung up)
+/// costs nothing: ember stops watching it rather than wake for ever, and the
+/// guest runs on.
+#[test]
+fn a_closed_console_input_leaves_ember_idle() {
+    require_kvm();
+    let dir = TempDir::new("closed-stdin");
+    let config = json!({
+        "boot-source": {"kernel_image_path": artifact("test-elf"), "boot_args": "console=ttyS0 ember.echo"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}
+    });
+    let mut ember = Ember::with_config(&dir, &config);
+    ember.expect_line("echo: ready", BOOT);
+    ember.write_stdin(b"last words\n");
+    ember.expect_line("last words", BOOT);
+    ember.close_stdin();
+    let cpu = main_thread_ticks_over(ember.pid(), Duration::from_secs(1));
+    assert!(
+        cpu <= 5,
+        "ember's event loop used {cpu} clock ticks in 1 s with its stdin closed"
+    );
+    assert!(
+        ember.child.try_wait().unwrap().is_none(),
+        "ember exited: {}",
+        ember.stderr()
+    );
 }
 
 #[test]

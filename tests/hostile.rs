@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ember_test_support::{artifact, require_kvm, rss_besides_guest_kib, try_http, Ember, TempDir};
+use ember_test_support::{
+    artifact, cpu_ticks_over, require_kvm, rss_besides_guest_kib, try_http, Ember, TempDir,
+};
 
 /// The attacks run one at a time: they measure ember's CPU and memory.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -284,22 +286,6 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// Clock ticks of user and system time `pid` used over `period`.
-fn cpu_ticks_over(pid: u32, period: Duration) -> u64 {
-    let ticks = || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        // Fields after the command name, which is in parentheses.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    };
-    // Let the guest settle into its wait first.
-    std::thread::sleep(Duration::from_millis(300));
-    let before = ticks();
-    std::thread::sleep(period);
-    ticks() - before
 }
 
 /// Connects to the guest's port 1024 through the hybrid vsock socket.

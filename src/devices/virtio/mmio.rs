@@ -457,15 +457,16 @@ impl EventSubscriber for TransportEvents {
     }
 
     fn on_ready(&mut self, index: usize) {
+        // Reset the counter first, so level-triggered epoll stops reporting
+        // it whatever happens next.
+        let queue = self.queue_events.get(index).map(|evt| {
+            let _ = evt.read();
+        });
         let Ok(mut transport) = self.transport.lock() else {
             return;
         };
-        match self.queue_events.get(index) {
-            Some(evt) => {
-                // Reset the counter so level-triggered epoll stops reporting it.
-                let _ = evt.read();
-                transport.process_queue(index);
-            }
+        match queue {
+            Some(()) => transport.process_queue(index),
             None => transport.process_backend(),
         }
     }

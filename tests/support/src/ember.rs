@@ -341,6 +341,11 @@ mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@
         );
     }
 
+    /// Closes ember's stdin: the console's writer goes away.
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+
     pub fn write_stdin(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin");
         stdin.write_all(bytes).unwrap();

@@ -19,6 +19,7 @@ pub use scratch::TempDir;
 pub use uffd::UffdHandler;
 
 use std::path::Path;
+use std::time::Duration;
 
 /// Fails loudly when KVM is missing: these tests never skip.
 pub fn require_kvm() {
@@ -55,4 +56,31 @@ pub fn rss_besides_guest_kib(pid: u32, guest_kib: u64) -> f64 {
         }
     }
     (total - guest) as f64
+}
+
+/// Clock ticks of user and system time `pid` used over `period`, after
+/// 300 ms for the guest to settle into its wait.
+pub fn cpu_ticks_over(pid: u32, period: Duration) -> u64 {
+    ticks_over(&format!("/proc/{pid}/stat"), period)
+}
+
+/// As [`cpu_ticks_over`], for `pid`'s main thread alone (ember's event loop,
+/// without the vCPU threads a busy guest keeps busy).
+pub fn main_thread_ticks_over(pid: u32, period: Duration) -> u64 {
+    ticks_over(&format!("/proc/{pid}/task/{pid}/stat"), period)
+}
+
+fn ticks_over(stat_path: &str, period: Duration) -> u64 {
+    let ticks = || {
+        let stat = std::fs::read_to_string(stat_path).expect("the process's stat");
+        // Fields after the command name, which is in parentheses.
+        let rest = &stat[stat.rfind(')').expect("a command name") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| fields[i].parse::<u64>().expect("a tick count");
+        field(11) + field(12)
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let before = ticks();
+    std::thread::sleep(period);
+    ticks() - before
 }
