@@ -221,13 +221,13 @@ fn guest_bytes(mem: &GuestMemoryMmap) -> Vec<&[u8]> {
 }
 
 /// Brings back the microVM `params` names, on `vcpu_threads` if there are
-/// as many as it has vCPUs; returns it with its configuration.
+/// as many as it has vCPUs; returns it with the resources it was saved with.
 pub fn load(
     params: &SnapshotLoadConfig,
     exit: Arc<ExitSignal>,
     seccomp: &Filters,
     vcpu_threads: Vec<VcpuThread>,
-) -> Result<(Vmm, VmConfig), Error> {
+) -> Result<(Vmm, VmResources), Error> {
     let path = &params.snapshot_path;
     let inconsistent = |what: String| Error::Inconsistent {
         path: path.clone(),
@@ -250,23 +250,23 @@ pub fn load(
         let vsock = config.vsock.as_mut().ok_or(Error::NoVsockToOverride)?;
         vsock.uds_path = vsock_override.uds_path.clone();
     }
-    let regions = ram_ranges(machine.mem_size_mib << 20).len();
-    if state.mem_offsets.len() != regions {
+    let regions = ram_ranges(machine.mem_size_mib << 20);
+    if state.mem_offsets.len() != regions.len() {
         return Err(inconsistent(format!(
             "{} memory regions for {} MiB, which has {}",
             state.mem_offsets.len(),
             machine.mem_size_mib,
-            regions
+            regions.len()
         )));
     }
 
     let backend = params.backend().map_err(|e| inconsistent(e.to_string()))?;
-    let (mem, memory_backend) = map_memory(&backend, machine.mem_size_mib, &state.mem_offsets)?;
+    let size = regions.iter().map(|&(_, len)| len).sum();
+    let (mem, memory_backend) =
+        map_memory(&backend, machine.mem_size_mib, size, &state.mem_offsets)?;
 
-    let resources = VmResources::from_config(VmConfig {
-        machine_config: Some(machine.clone()),
-        ..config.clone()
-    });
+    config.machine_config = Some(machine);
+    let resources = VmResources::from_config(config);
     let saved = SavedVm {
         resources: &resources,
         vm: &state.vm,
@@ -282,25 +282,22 @@ pub fn load(
         ready_threads: vcpu_threads,
     };
     let vmm = builder::restore(saved, mem, options)?;
-    config.machine_config = Some(machine);
-    Ok((vmm, config))
+    Ok((vmm, resources))
 }
 
-/// Guest memory of `mem_size_mib` from `backend`, each region found at its
-/// offset in the memory file; with userfaultfd, also what serves it.
+/// Guest memory of `mem_size_mib` (`size` bytes of RAM) from `backend`,
+/// each region found at its offset in the memory file; with userfaultfd,
+/// also what serves it.
 fn map_memory(
     backend: &MemBackend,
     mem_size_mib: u64,
+    size: u64,
     mem_offsets: &[u64],
 ) -> Result<(GuestMemoryMmap, Option<MemoryBackend>), Error> {
     let backend_path = &backend.backend_path;
     match backend.backend_type {
         MemBackendType::File => {
             let file = File::open(backend_path).map_err(io_err("open", backend_path))?;
-            let size: u64 = ram_ranges(mem_size_mib << 20)
-                .iter()
-                .map(|&(_, len)| len)
-                .sum();
             memfile::check_size(&file, size).map_err(|source| Error::MemoryFile {
                 path: backend_path.clone(),
                 source,

@@ -59,7 +59,7 @@ impl Launcher for KvmLauncher {
         builder::build(prep, resources, &options, self.exit.clone())
     }
 
-    fn load(&mut self, params: &SnapshotLoadConfig) -> Result<(Vmm, VmConfig), persist::Error> {
+    fn load(&mut self, params: &SnapshotLoadConfig) -> Result<(Vmm, VmResources), persist::Error> {
         // The VM readied for a boot is not the one a snapshot needs, but its
         // vCPU threads may be.
         let threads = self

@@ -164,9 +164,11 @@ pub trait Launcher {
 
     fn start(&mut self, resources: &VmResources) -> Result<Self::Vm, builder::Error>;
 
-    /// The VM a snapshot holds, with the configuration it was saved with.
-    fn load(&mut self, params: &SnapshotLoadConfig)
-        -> Result<(Self::Vm, VmConfig), persist::Error>;
+    /// The VM a snapshot holds, with the resources it was saved with.
+    fn load(
+        &mut self,
+        params: &SnapshotLoadConfig,
+    ) -> Result<(Self::Vm, VmResources), persist::Error>;
 }
 
 /// The runtime actions of a started VM.
@@ -399,18 +401,14 @@ impl<L: Launcher> Controller<L> {
         if self.resources.has_boot_devices() {
             return Err(Error::LoadAfterConfig);
         }
-        let (vm, config) = self.launcher.load(&params)?;
-        let function = config
-            .function
-            .clone()
-            .unwrap_or_else(|| self.resources.function.clone());
+        let (vm, saved) = self.launcher.load(&params)?;
+        // The logger and the metadata are the platform's, not the snapshot's.
         let logger = self.resources.logger.take();
         let mmds = std::mem::take(&mut self.resources.mmds);
         self.resources = VmResources {
-            function,
             logger,
             mmds,
-            ..VmResources::from_config(config)
+            ..saved
         };
         self.vm = Some(vm);
         Ok(Response::NoContent)

@@ -89,7 +89,10 @@ impl Launcher for FakeLauncher {
         })
     }
 
-    fn load(&mut self, params: &SnapshotLoadConfig) -> Result<(FakeVm, VmConfig), persist::Error> {
+    fn load(
+        &mut self,
+        params: &SnapshotLoadConfig,
+    ) -> Result<(FakeVm, VmResources), persist::Error> {
         self.log
             .borrow_mut()
             .push(format!("load {}", params.snapshot_path));
@@ -97,7 +100,7 @@ impl Launcher for FakeLauncher {
             paused: !params.resume_vm,
             log: self.log.clone(),
         };
-        Ok((vm, self.saved.clone()))
+        Ok((vm, VmResources::from_config(self.saved.clone())))
     }
 }
 
