@@ -19,6 +19,7 @@ test: guests check build
 	cargo bench --bench function -- --short
 	cargo bench --bench snapshot -- --short
 	cargo bench --bench jail -- --short
+	cargo bench --bench net -- --short
 	$(MAKE) fuzz-short
 
 # ember, ember-snapshot and ember-jailer, which the tests and benchmarks run, and the
@@ -46,6 +47,7 @@ bench: guests build
 	cargo bench --bench function
 	cargo bench --bench snapshot
 	cargo bench --bench jail
+	cargo bench --bench net
 
 # Coverage-guided fuzzing (fuzz/README.md): cargo-fuzz on the nightly toolchain, which is
 # for fuzzing only. Each run starts from a copy of the committed corpus in
@@ -54,7 +56,7 @@ bench: guests build
 # FUZZ_SECONDS set, each runs that long instead.
 FUZZ_TARGETS := api_route config_file ember_cli jailer_cli vsock_tx vsock_rx mmio_transport \
 	block_request snapshot_state memory_merge uffd_handshake invocation_framing rt_server \
-	rt_framing
+	rt_framing mmds_guest
 FUZZ_RUNS ?= 1000000
 FUZZ_SECONDS ?=
 FUZZ_STOP = $(if $(FUZZ_SECONDS),-max_total_time=$(FUZZ_SECONDS),-runs=$(FUZZ_RUNS))

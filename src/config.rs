@@ -65,11 +65,33 @@ pub enum Error {
     /// The guest memory not named on snapshot load.
     #[error("the guest memory is missing: give mem_backend (or the deprecated mem_file_path)")]
     NoMemBackend,
-    /// `network_overrides` for a snapshot without network interfaces.
-    #[error(
-        "network_overrides: the snapshot has no network interfaces (ember has no net device yet)"
-    )]
-    NetworkOverride,
+    /// An interface id Firecracker would refuse.
+    #[error("iface_id '{0}' is invalid: use 1 to 64 characters from [a-zA-Z0-9_-]")]
+    IfaceId(String),
+    /// A TAP name Linux would refuse.
+    #[error("network interface '{0}': host_dev_name must be 1 to 15 bytes without '/' or whitespace, got '{1}'")]
+    HostDevName(String, String),
+    /// A MAC address that is not six colon-separated hex bytes, or not unicast.
+    #[error("network interface '{0}': guest_mac '{1}' is invalid: use a unicast address like 06:00:ac:10:00:02")]
+    GuestMac(String, String),
+    /// An MTU Firecracker would refuse.
+    #[error("network interface '{0}': mtu must be between 68 and 65535, got {1}")]
+    Mtu(String, u64),
+    /// Rate limiters are not implemented for interfaces either.
+    #[error("network interface '{0}': rx_rate_limiter and tx_rate_limiter are not supported by ember yet")]
+    NetRateLimiter(String),
+    /// An MMDS address outside the link-local range.
+    #[error("mmds-config: ipv4_address '{0}' is invalid: use a link-local address in 169.254.1.0-169.254.254.255")]
+    MmdsAddress(String),
+    /// MMDS reachable from nowhere.
+    #[error("mmds-config: network_interfaces must name at least one interface")]
+    MmdsNoInterface,
+    /// A config file that names one device twice.
+    #[error("{0} '{1}' is configured twice")]
+    DuplicateId(&'static str, String),
+    /// Two overrides for one interface.
+    #[error("network_overrides names interface '{0}' twice")]
+    DuplicateOverride(String),
 }
 
 /// Largest guest ember maps: 1 TiB.
@@ -315,6 +337,160 @@ impl VsockConfig {
     }
 }
 
+/// `PUT /network-interfaces/{id}`: a virtio-net device on a host TAP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceConfig {
+    pub iface_id: String,
+    pub host_dev_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// Offered to the guest with VIRTIO_NET_F_MTU when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<serde_json::Value>,
+}
+
+/// Linux's limit for an interface name, without the NUL.
+pub const MAX_IFNAME_LEN: usize = 15;
+/// The MTU range Firecracker accepts (68 is IPv4's minimum).
+const MTU_RANGE: std::ops::RangeInclusive<u64> = 68..=65535;
+
+impl NetworkInterfaceConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        if !is_valid_id(&self.iface_id) {
+            return Err(Error::IfaceId(self.iface_id.clone()));
+        }
+        check_host_dev_name(&self.iface_id, &self.host_dev_name)?;
+        if let Some(mac) = &self.guest_mac {
+            parse_mac(mac).ok_or_else(|| Error::GuestMac(self.iface_id.clone(), mac.clone()))?;
+        }
+        if let Some(mtu) = self.mtu.filter(|m| !MTU_RANGE.contains(m)) {
+            return Err(Error::Mtu(self.iface_id.clone(), mtu));
+        }
+        check_no_limiters(
+            &self.iface_id,
+            [&self.rx_rate_limiter, &self.tx_rate_limiter],
+        )
+    }
+
+    /// The guest's MAC address, once validated.
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        self.guest_mac.as_deref().and_then(parse_mac)
+    }
+
+    /// The MTU offered to the guest, once validated.
+    pub fn mtu(&self) -> Option<u16> {
+        self.mtu.and_then(|m| u16::try_from(m).ok())
+    }
+}
+
+/// `PATCH /network-interfaces/{id}`: Firecracker lets only the rate limiters change.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    pub iface_id: String,
+    #[serde(default)]
+    pub rx_rate_limiter: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tx_rate_limiter: Option<serde_json::Value>,
+}
+
+impl NetworkInterfaceUpdate {
+    pub fn validate(&self) -> Result<(), Error> {
+        check_no_limiters(
+            &self.iface_id,
+            [&self.rx_rate_limiter, &self.tx_rate_limiter],
+        )
+    }
+}
+
+fn check_no_limiters(
+    iface_id: &str,
+    limiters: [&Option<serde_json::Value>; 2],
+) -> Result<(), Error> {
+    if limiters
+        .iter()
+        .any(|l| l.as_ref().is_some_and(|l| !l.is_null()))
+    {
+        return Err(Error::NetRateLimiter(iface_id.to_string()));
+    }
+    Ok(())
+}
+
+fn check_host_dev_name(iface_id: &str, name: &str) -> Result<(), Error> {
+    let valid = (1..=MAX_IFNAME_LEN).contains(&name.len())
+        && !name.contains('/')
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !valid {
+        return Err(Error::HostDevName(iface_id.to_string(), name.to_string()));
+    }
+    Ok(())
+}
+
+/// Six colon-separated hex bytes, unicast (the multicast bit clear).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
+}
+
+/// MMDS protocol versions: V2 requires session tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MmdsVersion {
+    #[default]
+    V1,
+    V2,
+}
+
+/// `PUT /mmds/config`: which interfaces reach the metadata service, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmdsConfig {
+    #[serde(default)]
+    pub version: MmdsVersion,
+    pub network_interfaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    #[serde(default)]
+    pub imds_compat: bool,
+}
+
+/// Where MMDS answers unless configured otherwise (EC2's address).
+pub const DEFAULT_MMDS_ADDRESS: [u8; 4] = [169, 254, 169, 254];
+
+impl MmdsConfig {
+    /// The service's address: link-local (169.254.1.0 - 169.254.254.255, the
+    /// range RFC 3927 lets hosts use), as Firecracker requires.
+    pub fn address(&self) -> Result<[u8; 4], Error> {
+        let Some(text) = &self.ipv4_address else {
+            return Ok(DEFAULT_MMDS_ADDRESS);
+        };
+        let ip: std::net::Ipv4Addr = text.parse().map_err(|_| Error::MmdsAddress(text.clone()))?;
+        match ip.octets() {
+            octets @ [169, 254, 1..=254, _] => Ok(octets),
+            _ => Err(Error::MmdsAddress(text.clone())),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.network_interfaces.is_empty() {
+            return Err(Error::MmdsNoInterface);
+        }
+        self.address().map(|_| ())
+    }
+}
+
 /// A device configured before InstanceStart. The controller passes devices on
 /// without looking inside, so a new kind of device is a new variant here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +499,8 @@ pub enum DeviceConfig {
     Drive(DriveConfig),
     /// `PUT /vsock`, or the config file's `vsock`.
     Vsock(VsockConfig),
+    /// `PUT /network-interfaces/{id}`, or a `network-interfaces` entry.
+    Net(NetworkInterfaceConfig),
 }
 
 /// A change to a device of a running VM.
@@ -330,6 +508,8 @@ pub enum DeviceConfig {
 pub enum DeviceUpdate {
     /// `PATCH /drives/{id}`.
     Drive(DriveUpdate),
+    /// `PATCH /network-interfaces/{id}`.
+    Net(NetworkInterfaceUpdate),
 }
 
 /// `PUT /function` (ember's extension): where and how long `POST /invocations` waits.
@@ -405,10 +585,10 @@ pub struct VmConfig {
     pub machine_config: Option<MachineConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerConfig>,
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
     /// Sections of Firecracker's configuration ember does not implement yet:
     /// accepted only when empty, so a config that needs them fails loudly.
-    #[serde(rename = "network-interfaces", default)]
-    pub network_interfaces: Vec<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -422,7 +602,7 @@ pub struct VmConfig {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<MmdsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<serde_json::Value>,
     #[serde(
@@ -434,14 +614,35 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
+    /// Refuses a document that names a drive or an interface twice: the
+    /// API replaces a device on a second PUT, but a file that does so is a mistake.
+    pub fn check_unique_ids(&self) -> Result<(), Error> {
+        let first_repeat = |ids: Vec<&String>| {
+            ids.iter()
+                .enumerate()
+                .find(|(i, id)| ids[..*i].contains(id))
+                .map(|(_, id)| id.to_string())
+        };
+        if let Some(id) = first_repeat(self.drives.iter().map(|d| &d.drive_id).collect()) {
+            return Err(Error::DuplicateId("drive", id));
+        }
+        if let Some(id) = first_repeat(
+            self.network_interfaces
+                .iter()
+                .map(|n| &n.iface_id)
+                .collect(),
+        ) {
+            return Err(Error::DuplicateId("network interface", id));
+        }
+        Ok(())
+    }
+
     /// The first section present that ember cannot act on.
     pub fn unsupported_section(&self) -> Option<&'static str> {
         let present = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
         [
-            ("network-interfaces", !self.network_interfaces.is_empty()),
             ("balloon", present(&self.balloon)),
             ("metrics", present(&self.metrics)),
-            ("mmds-config", present(&self.mmds_config)),
             ("entropy", present(&self.entropy)),
             ("cpu-config", present(&self.cpu_config)),
         ]
@@ -580,10 +781,10 @@ mod tests {
     #[test]
     fn config_file_sections_ember_lacks_are_named() {
         let config: VmConfig = serde_json::from_str(
-            r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [], "network-interfaces": [{"iface_id": "eth0"}]}"#,
+            r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [], "balloon": {"amount_mib": 1}}"#,
         )
         .unwrap();
-        assert_eq!(config.unsupported_section(), Some("network-interfaces"));
+        assert_eq!(config.unsupported_section(), Some("balloon"));
         let config: VmConfig =
             serde_json::from_str(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": null}"#)
                 .unwrap();
@@ -627,6 +828,66 @@ mod tests {
             .validate(),
             Err(Error::Timeout)
         );
+    }
+
+    #[test]
+    fn network_interfaces_validate_each_field_by_name() {
+        let net: NetworkInterfaceConfig = serde_json::from_str(
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "AA:FC:00:00:00:01", "mtu": 9000}"#,
+        )
+        .unwrap();
+        assert_eq!(net.validate(), Ok(()));
+        assert_eq!(net.mac(), Some([0xaa, 0xfc, 0, 0, 0, 1]));
+        assert_eq!(net.mtu(), Some(9000));
+        let with = |f: &dyn Fn(&mut NetworkInterfaceConfig)| {
+            let mut n = net.clone();
+            f(&mut n);
+            n.validate().unwrap_err().to_string()
+        };
+        for mac in [
+            "01:00:00:00:00:01",
+            "aa:fc:00:00:00",
+            "aa:fc:00:00:00:01:02",
+            "zz:00:00:00:00:00",
+            "aafc00000001",
+        ] {
+            assert!(
+                with(&|n| n.guest_mac = Some(mac.into())).contains("guest_mac"),
+                "{mac}"
+            );
+        }
+        assert!(
+            with(&|n| n.host_dev_name = "a-name-that-is-too-long".into()).contains("host_dev_name")
+        );
+        assert!(with(&|n| n.host_dev_name = String::new()).contains("host_dev_name"));
+        assert!(with(&|n| n.iface_id = "eth/0".into()).contains("iface_id"));
+        assert!(with(&|n| n.mtu = Some(67)).contains("mtu"));
+        assert!(
+            with(&|n| n.rx_rate_limiter = Some(serde_json::json!({"ops": {}})))
+                .contains("rate_limiter")
+        );
+        assert!(serde_json::from_str::<NetworkInterfaceConfig>(r#"{"iface_id": "eth0"}"#).is_err());
+    }
+
+    #[test]
+    fn mmds_config_needs_interfaces_and_a_link_local_address() {
+        let config: MmdsConfig =
+            serde_json::from_str(r#"{"network_interfaces": ["eth0"]}"#).unwrap();
+        assert_eq!(config.version, MmdsVersion::V1);
+        assert_eq!(config.address(), Ok(DEFAULT_MMDS_ADDRESS));
+        let at = |ip: &str| MmdsConfig {
+            ipv4_address: Some(ip.into()),
+            ..config.clone()
+        };
+        assert_eq!(at("169.254.170.2").address(), Ok([169, 254, 170, 2]));
+        for bad in ["10.0.0.1", "169.254.0.1", "169.254.255.1", "not an ip"] {
+            assert_eq!(at(bad).validate(), Err(Error::MmdsAddress(bad.into())));
+        }
+        let none = MmdsConfig {
+            network_interfaces: vec![],
+            ..config
+        };
+        assert_eq!(none.validate(), Err(Error::MmdsNoInterface));
     }
 
     #[test]
@@ -744,8 +1005,14 @@ impl SnapshotLoadConfig {
         if self.backend()?.backend_path.is_empty() {
             return Err(Error::EmptyPath("backend_path"));
         }
-        if !self.network_overrides.is_empty() {
-            return Err(Error::NetworkOverride);
+        for (i, o) in self.network_overrides.iter().enumerate() {
+            check_host_dev_name(&o.iface_id, &o.host_dev_name)?;
+            if self.network_overrides[..i]
+                .iter()
+                .any(|earlier| earlier.iface_id == o.iface_id)
+            {
+                return Err(Error::DuplicateOverride(o.iface_id.clone()));
+            }
         }
         if self
             .vsock_override

@@ -20,6 +20,7 @@ use crate::config::{
 };
 use crate::devices::manager::{self, DeviceStates};
 use crate::exit::ExitSignal;
+use crate::mmds::SharedMmds;
 use crate::resources::VmResources;
 use crate::seccomp::Filters;
 use crate::vmm::{self, Vmm};
@@ -59,6 +60,9 @@ pub enum Error {
     /// A `vsock_override` for a snapshot without a vsock device.
     #[error("vsock_override: the snapshot has no vsock device")]
     NoVsockToOverride,
+    /// A network override for an interface the snapshot does not have.
+    #[error("network_overrides: the snapshot has no network interface '{0}'")]
+    NoInterfaceToOverride(String),
     /// Saving the VM-wide state (clock, irqchip, PIT) or its dirty log.
     #[error(transparent)]
     Vm(#[from] vm::Error),
@@ -227,6 +231,7 @@ pub fn load(
     exit: Arc<ExitSignal>,
     seccomp: &Filters,
     vcpu_threads: Vec<VcpuThread>,
+    mmds: SharedMmds,
 ) -> Result<(Vmm, VmResources), Error> {
     let path = &params.snapshot_path;
     let inconsistent = |what: String| Error::Inconsistent {
@@ -250,6 +255,14 @@ pub fn load(
         let vsock = config.vsock.as_mut().ok_or(Error::NoVsockToOverride)?;
         vsock.uds_path = vsock_override.uds_path.clone();
     }
+    for o in &params.network_overrides {
+        let net = config
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == o.iface_id)
+            .ok_or_else(|| Error::NoInterfaceToOverride(o.iface_id.clone()))?;
+        net.host_dev_name = o.host_dev_name.clone();
+    }
     let regions = ram_ranges(machine.mem_size_mib << 20);
     if state.mem_offsets.len() != regions.len() {
         return Err(inconsistent(format!(
@@ -266,7 +279,14 @@ pub fn load(
         map_memory(&backend, machine.mem_size_mib, size, &state.mem_offsets)?;
 
     config.machine_config = Some(machine);
-    let resources = VmResources::from_config(config);
+    if let (Some(mmds_config), Some(mut service)) = (&config.mmds_config, mmds.lock()) {
+        service.version = mmds_config.version;
+        service.imds_compat = mmds_config.imds_compat;
+    }
+    let resources = VmResources {
+        mmds,
+        ..VmResources::from_config(config)
+    };
     let saved = SavedVm {
         resources: &resources,
         vm: &state.vm,

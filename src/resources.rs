@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use crate::config::{
     self, BootSourceConfig, DeviceConfig, DeviceUpdate, DriveConfig, FunctionConfig, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, VmConfig, VsockConfig,
+    MachineConfig, MachineConfigUpdate, MmdsConfig, NetworkInterfaceConfig, VmConfig, VsockConfig,
 };
-use crate::mmds::MmdsStore;
+use crate::devices::virtio::net::tap::{self, OpenTaps, Tap};
+use crate::mmds::SharedMmds;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -24,6 +25,21 @@ pub enum Error {
     /// An update for a drive the VM does not have.
     #[error("no drive with id '{0}'")]
     NoSuchDrive(String),
+    /// An update or override for an interface the VM does not have.
+    #[error("no network interface with id '{0}'")]
+    NoSuchInterface(String),
+    /// Two interfaces on one TAP.
+    #[error("network interface '{0}': TAP '{1}' is already used by interface '{2}'")]
+    TapInUse(String, String, String),
+    /// Two interfaces with one MAC address.
+    #[error("network interface '{0}': guest_mac {1} is already used by interface '{2}'")]
+    MacInUse(String, String, String),
+    /// A TAP that cannot be opened.
+    #[error("network interface '{0}': {1}")]
+    Tap(String, tap::Error),
+    /// MMDS configured on an interface the VM does not have.
+    #[error("mmds-config: no network interface with id '{0}'")]
+    MmdsInterface(String),
 }
 
 /// What a running VM's devices must do for a [`DeviceUpdate`].
@@ -38,17 +54,22 @@ pub enum DeviceChange {
 }
 
 /// The microVM's configuration, as the pre-boot requests leave it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct VmResources {
     pub boot_source: Option<BootSourceConfig>,
     pub machine: MachineConfig,
     pub drives: Vec<DriveConfig>,
     pub vsock: Option<VsockConfig>,
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
+    pub mmds_config: Option<MmdsConfig>,
     pub function: FunctionConfig,
     pub logger: Option<LoggerConfig>,
-    /// The metadata service's document: not part of the VM's configuration
-    /// (`GET /vm/config` and snapshots leave it out, as Firecracker's do).
-    pub mmds: MmdsStore,
+    /// The interfaces' TAPs, opened when they were put.
+    pub open_taps: OpenTaps,
+    /// The metadata service with its document: the document is not part of
+    /// the VM's configuration (`GET /vm/config` and snapshots leave it out,
+    /// as Firecracker's do).
+    pub mmds: SharedMmds,
 }
 
 /// Checks that `path` names a file ember can open, for an early, precise 400.
@@ -70,9 +91,12 @@ impl VmResources {
             machine: config.machine_config.unwrap_or_default(),
             drives: config.drives,
             vsock: config.vsock,
+            network_interfaces: config.network_interfaces,
+            mmds_config: config.mmds_config,
             function: config.function.unwrap_or_default(),
             logger: config.logger,
-            mmds: MmdsStore::default(),
+            open_taps: OpenTaps::default(),
+            mmds: SharedMmds::default(),
         }
     }
 
@@ -84,6 +108,8 @@ impl VmResources {
             machine_config: Some(self.machine.clone()),
             logger: self.logger.clone(),
             vsock: self.vsock.clone(),
+            network_interfaces: self.network_interfaces.clone(),
+            mmds_config: self.mmds_config.clone(),
             function: Some(self.function.clone()),
             ..Default::default()
         }
@@ -92,7 +118,10 @@ impl VmResources {
     /// Whether anything only a boot uses is configured, which a snapshot
     /// load would silently replace.
     pub fn has_boot_devices(&self) -> bool {
-        self.boot_source.is_some() || !self.drives.is_empty() || self.vsock.is_some()
+        self.boot_source.is_some()
+            || !self.drives.is_empty()
+            || self.vsock.is_some()
+            || !self.network_interfaces.is_empty()
     }
 
     /// Adds or replaces a device.
@@ -100,6 +129,7 @@ impl VmResources {
         match device {
             DeviceConfig::Drive(drive) => self.put_drive(drive),
             DeviceConfig::Vsock(vsock) => self.set_vsock(vsock),
+            DeviceConfig::Net(net) => self.put_net(net),
         }
     }
 
@@ -123,6 +153,11 @@ impl VmResources {
                         read_only: drive.is_read_only,
                     }))
             }
+            DeviceUpdate::Net(update) => {
+                update.validate()?;
+                self.interface(&update.iface_id)?;
+                Ok(None)
+            }
         }
     }
 
@@ -138,6 +173,8 @@ impl VmResources {
                     drive.path_on_host = Some(path);
                 }
             }
+            // Only rate limiters could change, and none are set yet.
+            DeviceUpdate::Net(_) => {}
         }
     }
 
@@ -182,6 +219,76 @@ impl VmResources {
             Some(existing) => *existing = drive,
             None => self.drives.push(drive),
         }
+        Ok(())
+    }
+
+    fn interface(&self, iface_id: &str) -> Result<&NetworkInterfaceConfig, Error> {
+        self.network_interfaces
+            .iter()
+            .find(|n| n.iface_id == iface_id)
+            .ok_or_else(|| Error::NoSuchInterface(iface_id.to_string()))
+    }
+
+    /// Adds an interface, or replaces the one with the same id. The TAP is
+    /// opened now, so a bad one is refused at once rather than failing
+    /// InstanceStart, and kept open for the device.
+    fn put_net(&mut self, net: NetworkInterfaceConfig) -> Result<(), Error> {
+        net.validate()?;
+        let others = || {
+            self.network_interfaces
+                .iter()
+                .filter(|n| n.iface_id != net.iface_id)
+        };
+        if let Some(other) = others().find(|n| n.host_dev_name == net.host_dev_name) {
+            return Err(Error::TapInUse(
+                net.iface_id.clone(),
+                net.host_dev_name.clone(),
+                other.iface_id.clone(),
+            ));
+        }
+        if let Some(other) = others().find(|n| n.mac().is_some() && n.mac() == net.mac()) {
+            return Err(Error::MacInUse(
+                net.iface_id.clone(),
+                net.guest_mac.clone().unwrap_or_default(),
+                other.iface_id.clone(),
+            ));
+        }
+        let replaced = self
+            .network_interfaces
+            .iter()
+            .position(|n| n.iface_id == net.iface_id);
+        let tap = match replaced.map(|i| &self.network_interfaces[i]) {
+            // The same TAP again: it is already held.
+            Some(old) if old.host_dev_name == net.host_dev_name => None,
+            _ => Some(
+                Tap::open(&net.host_dev_name).map_err(|e| Error::Tap(net.iface_id.clone(), e))?,
+            ),
+        };
+        if let Some(tap) = tap {
+            if let Some(old) = replaced.map(|i| &self.network_interfaces[i]) {
+                self.open_taps.close(&old.host_dev_name);
+            }
+            self.open_taps.keep(tap);
+        }
+        match replaced {
+            Some(i) => self.network_interfaces[i] = net,
+            None => self.network_interfaces.push(net),
+        }
+        Ok(())
+    }
+
+    /// `PUT /mmds/config`: the interfaces must exist already, as in Firecracker.
+    pub fn set_mmds_config(&mut self, config: MmdsConfig) -> Result<(), Error> {
+        config.validate()?;
+        for id in &config.network_interfaces {
+            self.interface(id)
+                .map_err(|_| Error::MmdsInterface(id.clone()))?;
+        }
+        if let Some(mut mmds) = self.mmds.lock() {
+            mmds.version = config.version;
+            mmds.imds_compat = config.imds_compat;
+        }
+        self.mmds_config = Some(config);
         Ok(())
     }
 

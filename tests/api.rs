@@ -154,9 +154,16 @@ fn bad_requests_get_a_400_that_says_why() {
     rejects(
         &ember,
         "PUT",
-        "/network-interfaces/eth0",
+        "/balloon",
         "{}",
         "not supported by ember yet",
+    );
+    rejects(
+        &ember,
+        "PUT",
+        "/network-interfaces/eth0",
+        "{}",
+        "missing field `iface_id`",
     );
     rejects(
         &ember,
@@ -169,8 +176,8 @@ fn bad_requests_get_a_400_that_says_why() {
         &ember,
         "PUT",
         "/snapshot/load",
-        r#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap0"}]}"#,
-        "no net device",
+        r#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap0"}, {"iface_id": "eth0", "host_dev_name": "tap1"}]}"#,
+        "names interface 'eth0' twice",
     );
 
     let huge = format!(r#"{{"kernel_image_path": "{}"}}"#, "k".repeat(60_000));
@@ -364,7 +371,7 @@ fn bad_config_files_are_refused_with_the_reason() {
         ),
         (
             r#"{"boot-source": {"kernel_image_path": "k"}, "network-interfaces": [{"iface_id": "eth0"}]}"#,
-            "network-interfaces",
+            "host_dev_name",
         ),
         (
             r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#,
@@ -458,7 +465,7 @@ fn the_mmds_data_store_starts_from_a_file_and_takes_puts_and_patches() {
         "PUT",
         "/mmds/config",
         r#"{"network_interfaces": ["eth0"]}"#,
-        "not supported by ember yet",
+        "no network interface with id 'eth0'",
     );
     ember.ok("PUT", "/mmds", r#"{"fresh": 1}"#);
     assert_eq!(mmds(&ember), json!({"fresh": 1}));

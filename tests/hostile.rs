@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ember_test_support::{
-    artifact, cpu_ticks_over, require_kvm, rss_besides_guest_kib, try_http, Ember, TempDir,
+    artifact, cpu_ticks_over, require_kvm, rss_besides_guest_kib, try_http, Ember, NetNs, TempDir,
 };
 
 /// The attacks run one at a time: they measure ember's CPU and memory.
@@ -34,20 +34,34 @@ const ATTACK_TIME: Duration = Duration::from_secs(120);
 struct Devices {
     drive: bool,
     vsock: bool,
+    /// A net device on a TAP in a namespace of the test's own.
+    net: bool,
 }
 
 const DRIVE: Devices = Devices {
     drive: true,
     vsock: false,
+    net: false,
 };
 const VSOCK: Devices = Devices {
     drive: false,
     vsock: true,
+    net: false,
 };
 const BOTH: Devices = Devices {
     drive: true,
     vsock: true,
+    net: false,
 };
+const NET: Devices = Devices {
+    drive: false,
+    vsock: true,
+    net: true,
+};
+/// The addresses of the attacked VM's link, host side and guest side.
+const TAP_HOST: &str = "10.0.0.1";
+const TAP_GUEST: &str = "10.0.0.2";
+const GUEST_MAC: &str = "06:00:0a:00:00:02";
 
 /// An ember whose guest runs one attack.
 struct Attacked {
@@ -58,6 +72,8 @@ struct Attacked {
     rss_before: f64,
     log_before: u64,
     monitor: Option<Monitor>,
+    /// Dropped last, after ember has let go of its TAP.
+    ns: Option<NetNs>,
 }
 
 impl Attacked {
@@ -84,10 +100,21 @@ impl Attacked {
             "--level",
             "Debug",
         ];
-        let mut ember = Ember::spawn_undrained(&args, Some(&socket));
-        if drained {
-            ember.drain_console();
-        }
+        let ns = devices.net.then(|| {
+            let ns = NetNs::new(&format!("hostile-{mode}"));
+            ns.add_tap("tap0", &format!("{TAP_HOST}/24"), 1500);
+            ns
+        });
+        let ember = match &ns {
+            Some(ns) => ns.spawn_ember(&args, Some(&socket)),
+            None => {
+                let mut ember = Ember::spawn_undrained(&args, Some(&socket));
+                if drained {
+                    ember.drain_console();
+                }
+                ember
+            }
+        };
         ember.put_boot_source(
             &artifact("test-elf"),
             &format!("console=ttyS0 ember.attack={mode}"),
@@ -100,6 +127,14 @@ impl Attacked {
                 &serde_json::json!({"drive_id": "disk", "path_on_host": disk,
                     "is_root_device": false, "is_read_only": false})
                 .to_string(),
+            );
+        }
+        if devices.net {
+            ember.ok(
+                "PUT",
+                "/network-interfaces/eth0",
+                &serde_json::json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": GUEST_MAC})
+                    .to_string(),
             );
         }
         if devices.vsock {
@@ -117,6 +152,7 @@ impl Attacked {
             rss_before: 0.0,
             log_before: 0,
             monitor: None,
+            ns,
         }
     }
 
@@ -407,6 +443,51 @@ fn rx_attack(mode: &'static str) {
     host.write_all(&[0x5a; 64 * 1024]).unwrap();
     vm.pause_snapshot_resume();
     vm.expect_done();
+    vm.check_after();
+    vm.invoke_echo();
+}
+
+/// Sends UDP datagrams to the guest's address until told to stop: frames
+/// the guest's hostile receive buffers can never take.
+fn flood_tap(ns: &NetNs, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    let socket = ns.within(|| {
+        let status = std::process::Command::new("ip")
+            .args([
+                "neigh", "replace", TAP_GUEST, "lladdr", GUEST_MAC, "dev", "tap0",
+            ])
+            .status()
+            .expect("run ip");
+        assert!(status.success(), "ip neigh replace");
+        std::net::UdpSocket::bind(format!("{TAP_HOST}:0")).expect("a UDP socket")
+    });
+    std::thread::spawn(move || {
+        let payload = [0x66u8; 1400];
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if socket.send_to(&payload, format!("{TAP_GUEST}:9")).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    })
+}
+
+#[test]
+fn net_garbage_frames_and_buffers_under_a_tap_flood() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = Attacked::boot("net-garbage", NET, true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = flood_tap(vm.ns.as_ref().expect("a namespace"), stop.clone());
+    vm.expect("start");
+    vm.pause_snapshot_resume();
+    let done = vm.expect_done();
+    stop.store(true, Ordering::Relaxed);
+    let datagrams = flood.join().expect("the flooder");
+    eprintln!("{done}; {datagrams} datagrams flooded the TAP");
+    assert!(
+        done.contains("tx=20000"),
+        "every tx chain came back: {done}"
+    );
     vm.check_after();
     vm.invoke_echo();
 }

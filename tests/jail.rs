@@ -4,11 +4,15 @@
 //! Also ember's seccomp on its own: every thread filtered, violations fatal.
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ember_test_support::{artifact, http_bytes, require_kvm, Ember, Jail, TempDir, UffdHandler};
+use ember_test_support::jail::JAIL_UID;
+use ember_test_support::{
+    artifact, http, http_bytes, require_kvm, Ember, Jail, NetNs, TempDir, UffdHandler,
+};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -487,4 +491,62 @@ fn a_custom_filter_file_replaces_the_builtin_one() {
     assert_eq!(status, 200, "{info}");
     let status = std::fs::read_to_string(format!("/proc/{}/status", ember.pid())).unwrap();
     assert_eq!(field(&status, "Seccomp"), "2");
+}
+
+#[test]
+fn a_jailed_ember_in_a_network_namespace_reaches_its_taps_host_side() {
+    let ns = NetNs::new("jail");
+    ns.add_tap_for("tap0", "10.0.0.1/24", 1500, Some(JAIL_UID));
+    ns.add_tap_for("tap-root", "10.0.1.1/24", 1500, Some(0));
+    let listener = ns.listen("10.0.0.1:8080");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\nfrom the host",
+            );
+        }
+    });
+    let jail = Jail::start("fn-net", &["--netns", &ns.path()]);
+    let (status, body) = http(
+        &jail.socket(),
+        "PUT",
+        "/network-interfaces/eth1",
+        br#"{"iface_id": "eth1", "host_dev_name": "tap-root"}"#,
+    );
+    assert_eq!(status, 400, "{body}; stderr: {}", jail.ember.stderr());
+    assert!(body.contains("may not attach"), "{body}");
+    let kernel = jail.provide(&artifact("unikernel-fetch"), "fetch.elf");
+    jail.ok(
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": kernel,
+            "boot_args": "console=ttyS0 ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off"})
+        .to_string(),
+    );
+    jail.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#,
+    );
+    jail.ok(
+        "PUT",
+        "/vsock",
+        r#"{"guest_cid": 3, "uds_path": "/run/v.sock"}"#,
+    );
+    jail.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    jail.ember.expect_line("EMBER-FN: ready", TIMEOUT);
+    let (status, body) = http_bytes(
+        &jail.socket(),
+        "POST",
+        "/invocations",
+        b"http://10.0.0.1:8080/",
+    );
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"from the host"[..]),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
 }

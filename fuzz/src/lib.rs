@@ -2,13 +2,14 @@
 //! values (and a writer that produces the same format, for the seed corpus),
 //! a scratch directory for files and sockets, guest memory with split queues
 //! built from input, the vsock harness both vsock targets drive, and the
-//! driver of the guest runtime's invocation server.
+//! driver of the guest runtime's invocation server, and the MMDS harness.
 //!
 //! Input formats are plain and lenient: every read past the end yields zeros,
 //! so any byte string is a valid input and the seeds stay readable.
 
 pub mod bytes;
 pub mod guest_runtime;
+pub mod mmds;
 pub mod queue;
 pub mod scratch;
 pub mod vsock;

@@ -947,6 +947,66 @@ fn uffd_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// A guest's frame from 169.254.0.2: ARP asking for the service's MAC, or a
+/// TCP SYN to its port 80 (checksums left zero: the service does not check
+/// the guest's).
+fn mmds_frame(arp: bool) -> Vec<u8> {
+    let guest_mac = [6, 0, 0xa9, 0xfe, 0, 2];
+    let guest_ip = [169, 254, 0, 2];
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&guest_mac);
+    if arp {
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&guest_mac);
+        f.extend_from_slice(&guest_ip);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&crate::mmds::ADDRESS);
+    } else {
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&guest_ip);
+        f.extend_from_slice(&crate::mmds::ADDRESS);
+        // Ports 40000 -> 80, sequence 1, SYN, a 64 KiB window.
+        f.extend_from_slice(&[
+            0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff,
+        ]);
+        f.extend_from_slice(&[0; 4]);
+    }
+    f
+}
+
+fn mmds_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let seed = |flags: u8, request: &str, frames: &[bool]| {
+        let mut w = Writer::new();
+        w.u8(flags).chunk(request.as_bytes());
+        for &arp in frames {
+            w.chunk(&mmds_frame(arp)).u8(0);
+        }
+        w.finish()
+    };
+    vec![
+        (
+            "v2-token-then-arp",
+            seed(
+                1,
+                "PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: 60\r\n\r\n",
+                &[true],
+            ),
+        ),
+        (
+            "v1-get-then-syn",
+            seed(0, "GET /latest/meta-data/ HTTP/1.1\r\n\r\n", &[true, false]),
+        ),
+        (
+            "imds-compat-json",
+            seed(
+                2,
+                "GET /latest/meta-data/n HTTP/1.1\r\nAccept: application/json\r\n\r\n",
+                &[],
+            ),
+        ),
+    ]
+}
+
 fn text_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let api: &[(&str, &str)] = &[
         ("instance-info", "GET\n/\n"),
@@ -1044,6 +1104,7 @@ fn write_seeds() {
         ("uffd_handshake", uffd_seeds()),
         ("rt_server", rt_server_seeds()),
         ("rt_framing", rt_framing_seeds()),
+        ("mmds_guest", mmds_seeds()),
     ];
     for (target, seeds) in binary {
         for (name, data) in seeds {
@@ -1126,6 +1187,20 @@ fn rt_server_seeds_serve_invocations_and_clients() {
     let lost = run("transport-reset");
     assert_eq!(lost.requests.len(), 1);
     assert_eq!(lost.body_bytes_sent, 0);
+}
+
+#[test]
+fn mmds_seeds_get_the_service_talking() {
+    for (name, data) in mmds_seeds() {
+        let answers = crate::mmds::run(&mut Reader::new(&data));
+        let expected = match name {
+            // The ARP reply, then the SYN's SYN-ACK.
+            "v1-get-then-syn" => 2,
+            "v2-token-then-arp" => 1,
+            _ => 0,
+        };
+        assert_eq!(answers, expected, "{name}");
+    }
 }
 
 #[test]

@@ -6,8 +6,8 @@ use serde::Deserialize;
 
 use crate::config::{
     BootSourceConfig, DeviceConfig, DeviceUpdate, DriveConfig, DriveUpdate, FunctionConfig,
-    LoggerConfig, MachineConfigBody, MachineConfigUpdate, SnapshotCreateConfig, SnapshotLoadConfig,
-    VsockConfig,
+    LoggerConfig, MachineConfigBody, MachineConfigUpdate, NetworkInterfaceConfig,
+    NetworkInterfaceUpdate, SnapshotCreateConfig, SnapshotLoadConfig, VsockConfig,
 };
 use crate::controller::Request;
 
@@ -31,14 +31,12 @@ pub fn body_limit(method: &str, path: &str) -> usize {
 pub struct RouteError(pub String);
 
 /// Endpoints of Firecracker's API that ember does not serve yet.
-const NOT_YET: [&str; 9] = [
+const NOT_YET: [&str; 7] = [
     "balloon",
     "cpu-config",
     "entropy",
     "hotplug",
     "metrics",
-    "mmds",
-    "network-interfaces",
     "pmem",
     "serial",
 ];
@@ -115,6 +113,8 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
                 "unknown action_type '{other}': use InstanceStart or SendCtrlAltDel"
             ))),
         },
+        ("PUT" | "PATCH", ["network-interfaces", id]) => network_interface(method, id, body),
+        ("PUT", ["mmds", "config"]) => Ok(Request::PutMmdsConfig(json(body)?)),
         ("PUT", ["mmds"]) => Ok(Request::PutMmds(json(body)?)),
         ("PATCH", ["mmds"]) => Ok(Request::PatchMmds(json(body)?)),
         ("GET", ["mmds"]) => Ok(Request::GetMmds),
@@ -135,6 +135,19 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
             "{method} {path}: this endpoint is not supported by ember yet"
         ))),
         _ => Err(invalid()),
+    }
+}
+
+/// `PUT` (a new interface) or `PATCH` (an update) of `/network-interfaces/{id}`.
+fn network_interface(method: &str, id: &str, body: &[u8]) -> Result<Request, RouteError> {
+    if method == "PUT" {
+        let net: NetworkInterfaceConfig = json(body)?;
+        check_id(id, &net.iface_id)?;
+        Ok(Request::PutDevice(DeviceConfig::Net(net)))
+    } else {
+        let update: NetworkInterfaceUpdate = json(body)?;
+        check_id(id, &update.iface_id)?;
+        Ok(Request::UpdateDevice(DeviceUpdate::Net(update)))
     }
 }
 
@@ -243,12 +256,54 @@ mod tests {
 
     #[test]
     fn firecracker_endpoints_ember_lacks_say_so() {
-        for path in ["/network-interfaces/eth0", "/balloon", "/mmds/config"] {
+        for path in ["/balloon", "/entropy", "/metrics"] {
             assert!(
                 err("PUT", path, "{}").contains("not supported by ember yet"),
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn network_interfaces_and_mmds_config_route_in_firecrackers_shape() {
+        let put = route(
+            "PUT",
+            "/network-interfaces/eth0",
+            br#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}"#,
+        )
+        .unwrap();
+        let Request::PutDevice(DeviceConfig::Net(net)) = put else {
+            panic!("not a net device: {put:?}");
+        };
+        assert_eq!(net.mac(), Some([6, 0, 0xac, 0x10, 0, 2]));
+        assert!(err(
+            "PUT",
+            "/network-interfaces/eth1",
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#
+        )
+        .contains("does not match"));
+        assert!(matches!(
+            route(
+                "PATCH",
+                "/network-interfaces/eth0",
+                br#"{"iface_id": "eth0"}"#
+            ),
+            Ok(Request::UpdateDevice(DeviceUpdate::Net(_)))
+        ));
+        assert!(matches!(
+            route(
+                "PUT",
+                "/mmds/config",
+                br#"{"version": "V2", "network_interfaces": ["eth0"]}"#
+            ),
+            Ok(Request::PutMmdsConfig(_))
+        ));
+        assert!(err(
+            "PUT",
+            "/mmds/config",
+            r#"{"version": "V3", "network_interfaces": []}"#
+        )
+        .contains("V3"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use super::{Launcher, RunningVm};
 use crate::builder::{self, BuildOptions, VmPrep};
 use crate::config::{MachineConfig, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig};
 use crate::exit::ExitSignal;
+use crate::mmds::SharedMmds;
 use crate::persist;
 use crate::resources::{DeviceChange, VmResources};
 use crate::seccomp::Filters;
@@ -59,7 +60,11 @@ impl Launcher for KvmLauncher {
         builder::build(prep, resources, &options, self.exit.clone())
     }
 
-    fn load(&mut self, params: &SnapshotLoadConfig) -> Result<(Vmm, VmResources), persist::Error> {
+    fn load(
+        &mut self,
+        params: &SnapshotLoadConfig,
+        mmds: SharedMmds,
+    ) -> Result<(Vmm, VmResources), persist::Error> {
         // The VM readied for a boot is not the one a snapshot needs, but its
         // vCPU threads may be.
         let threads = self
@@ -67,7 +72,7 @@ impl Launcher for KvmLauncher {
             .take()
             .map(VmPrep::into_vcpu_threads)
             .unwrap_or_default();
-        persist::load(params, self.exit.clone(), &self.seccomp, threads)
+        persist::load(params, self.exit.clone(), &self.seccomp, threads, mmds)
     }
 }
 

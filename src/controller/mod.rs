@@ -17,10 +17,11 @@ use serde_json::Value;
 
 use crate::config::{
     self, BootSourceConfig, DeviceConfig, DeviceUpdate, FunctionConfig, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig,
+    MachineConfig, MachineConfigUpdate, MmdsConfig, SnapshotCreateConfig, SnapshotLoadConfig,
+    VmConfig,
 };
 use crate::logger;
-use crate::mmds;
+use crate::mmds::{self, SharedMmds};
 use crate::persist;
 use crate::resources::{self, DeviceChange, VmResources};
 use crate::vmm;
@@ -52,6 +53,8 @@ pub enum Request {
     /// Merges a JSON merge patch into the metadata service's document.
     PatchMmds(Value),
     GetMmds,
+    /// Which interfaces reach the metadata service, and how (pre-boot only).
+    PutMmdsConfig(MmdsConfig),
     /// Where `POST /invocations` should send its request.
     GetInvocationTarget,
     StartInstance,
@@ -143,12 +146,15 @@ pub enum Error {
     NoVsock,
     /// A snapshot load would discard the boot configuration already given.
     #[error(
-        "loading a snapshot is only allowed before configuring boot-specific resources (boot source, drives, vsock)"
+        "loading a snapshot is only allowed before configuring boot-specific resources (boot source, drives, network interfaces, vsock)"
     )]
     LoadAfterConfig,
     /// A metadata document the data store refuses.
     #[error(transparent)]
     Mmds(#[from] mmds::Error),
+    /// A thread panicked holding the metadata service.
+    #[error("the MMDS data store is unavailable: a thread panicked holding it")]
+    Poisoned,
     /// Creating or loading a snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] persist::Error),
@@ -165,9 +171,11 @@ pub trait Launcher {
     fn start(&mut self, resources: &VmResources) -> Result<Self::Vm, builder::Error>;
 
     /// The VM a snapshot holds, with the resources it was saved with.
+    /// Its net devices serve `mmds`, the platform's metadata service.
     fn load(
         &mut self,
         params: &SnapshotLoadConfig,
+        mmds: SharedMmds,
     ) -> Result<(Self::Vm, VmResources), persist::Error>;
 }
 
@@ -215,7 +223,9 @@ impl<L: Launcher> Controller<L> {
 
     /// Caps the metadata document (`--mmds-size-limit`); called at start.
     pub fn set_mmds_size_limit(&mut self, size_limit: usize) {
-        self.resources.mmds = mmds::MmdsStore::new(size_limit);
+        if let Some(mut mmds) = self.resources.mmds.lock() {
+            mmds.store = mmds::MmdsStore::new(size_limit);
+        }
     }
 
     /// Starts making a VM of the configured machine ready in the background.
@@ -240,6 +250,7 @@ impl<L: Launcher> Controller<L> {
         if let Some(section) = config.unsupported_section() {
             return Err(Error::Unsupported(section));
         }
+        config.check_unique_ids()?;
         let requests = config
             .logger
             .map(Request::PutLogger)
@@ -255,10 +266,18 @@ impl<L: Launcher> Controller<L> {
             )
             .chain(
                 config
+                    .network_interfaces
+                    .into_iter()
+                    .map(DeviceConfig::Net)
+                    .map(Request::PutDevice),
+            )
+            .chain(
+                config
                     .vsock
                     .map(DeviceConfig::Vsock)
                     .map(Request::PutDevice),
             )
+            .chain(config.mmds_config.map(Request::PutMmdsConfig))
             .chain(config.function.map(Request::PutFunction));
         for request in requests {
             self.handle(request)?;
@@ -292,7 +311,8 @@ impl<L: Launcher> Controller<L> {
             Request::PutFunction(function) => self.configured(|r| r.set_function(function)),
             Request::PutMmds(data) => self.set_mmds(|m| m.put(data)),
             Request::PatchMmds(patch) => self.set_mmds(|m| m.patch(patch)),
-            Request::GetMmds => Ok(Response::Mmds(self.resources.mmds.value())),
+            Request::GetMmds => self.mmds_document(),
+            Request::PutMmdsConfig(config) => self.configured(|r| r.set_mmds_config(config)),
             Request::GetInvocationTarget
             | Request::UpdateDevice(_)
             | Request::SendCtrlAltDel
@@ -315,6 +335,7 @@ impl<L: Launcher> Controller<L> {
             | Request::PutMachineConfig(_)
             | Request::PatchMachineConfig(_)
             | Request::PutDevice(_)
+            | Request::PutMmdsConfig(_)
             | Request::LoadSnapshot(_) => Err(Error::AfterStart),
             Request::GetInstanceInfo => Ok(self.instance_info()),
             Request::GetVersion => Ok(version()),
@@ -324,7 +345,7 @@ impl<L: Launcher> Controller<L> {
             Request::PutFunction(function) => self.configured(|r| r.set_function(function)),
             Request::PutMmds(data) => self.set_mmds(|m| m.put(data)),
             Request::PatchMmds(patch) => self.set_mmds(|m| m.patch(patch)),
-            Request::GetMmds => Ok(Response::Mmds(self.resources.mmds.value())),
+            Request::GetMmds => self.mmds_document(),
         }
     }
 
@@ -340,8 +361,14 @@ impl<L: Launcher> Controller<L> {
         &mut self,
         change: impl FnOnce(&mut mmds::MmdsStore) -> Result<(), mmds::Error>,
     ) -> Result<Response, Error> {
-        change(&mut self.resources.mmds)?;
+        let mut mmds = self.resources.mmds.lock().ok_or(Error::Poisoned)?;
+        change(&mut mmds.store)?;
         Ok(Response::NoContent)
+    }
+
+    fn mmds_document(&self) -> Result<Response, Error> {
+        let mmds = self.resources.mmds.lock().ok_or(Error::Poisoned)?;
+        Ok(Response::Mmds(mmds.store.value()))
     }
 
     fn set_logger(&mut self, logger: LoggerConfig) -> Result<Response, Error> {
@@ -401,15 +428,11 @@ impl<L: Launcher> Controller<L> {
         if self.resources.has_boot_devices() {
             return Err(Error::LoadAfterConfig);
         }
-        let (vm, saved) = self.launcher.load(&params)?;
-        // The logger and the metadata are the platform's, not the snapshot's.
+        let (vm, saved) = self.launcher.load(&params, self.resources.mmds.clone())?;
+        // The logger and the metadata are the platform's, not the snapshot's;
+        // the restored devices already share the latter.
         let logger = self.resources.logger.take();
-        let mmds = std::mem::take(&mut self.resources.mmds);
-        self.resources = VmResources {
-            logger,
-            mmds,
-            ..saved
-        };
+        self.resources = VmResources { logger, ..saved };
         self.vm = Some(vm);
         Ok(Response::NoContent)
     }

@@ -92,6 +92,7 @@ impl Launcher for FakeLauncher {
     fn load(
         &mut self,
         params: &SnapshotLoadConfig,
+        mmds: SharedMmds,
     ) -> Result<(FakeVm, VmResources), persist::Error> {
         self.log
             .borrow_mut()
@@ -100,7 +101,13 @@ impl Launcher for FakeLauncher {
             paused: !params.resume_vm,
             log: self.log.clone(),
         };
-        Ok((vm, VmResources::from_config(self.saved.clone())))
+        Ok((
+            vm,
+            VmResources {
+                mmds,
+                ..VmResources::from_config(self.saved.clone())
+            },
+        ))
     }
 }
 

@@ -27,12 +27,15 @@ use super::legacy::serial::{
 };
 use super::virtio::block::{self, Block, Disk};
 use super::virtio::mmio::{self, MmioTransport, TransportEvents, TransportState};
+use super::virtio::net::tap;
+use super::virtio::net::Net;
 use super::virtio::vsock::{self, Vsock};
 use super::virtio::{Interrupt, VirtioDevice, INT_CONFIG};
 use super::{EventSubscriber, IrqLine};
 use crate::arch::x86_64::layout::{virtio_slot, BOOT_TIMER_START, VIRTIO_MMIO_SIZE};
-use crate::config::{CacheType, DriveConfig, VsockConfig};
+use crate::config::{CacheType, DriveConfig, NetworkInterfaceConfig, VsockConfig};
 use crate::exit::ExitSignal;
+use crate::mmds::stack::MmdsStack;
 use crate::resources::{DeviceChange, VmResources};
 use crate::vstate::memory::GuestMemoryMmap;
 use crate::vstate::vcpu::Buses;
@@ -64,6 +67,9 @@ pub enum Error {
     /// A drive's backing file could not be opened.
     #[error(transparent)]
     Drive(#[from] block::Error),
+    /// A network interface's TAP could not be opened.
+    #[error("network interface '{0}': {1}")]
+    Tap(String, tap::Error),
     /// The vsock device's socket could not be set up.
     #[error(transparent)]
     Vsock(#[from] vsock::Error),
@@ -89,6 +95,7 @@ fn setup_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 #[derive(Clone, Copy)]
 enum VirtioConfig<'a> {
     Block(&'a DriveConfig),
+    Net(&'a NetworkInterfaceConfig),
     Vsock(&'a VsockConfig),
 }
 
@@ -100,10 +107,12 @@ struct VirtioSlot<'a> {
 }
 
 /// Where each virtio device sits: the root drive is the guest's first
-/// (/dev/vda), as in Firecracker, then the other drives, then vsock. A boot
-/// and every restore of it lay devices out the same way.
+/// (/dev/vda), as in Firecracker, then the other drives, the network
+/// interfaces, then vsock. A boot and every restore of it lay devices out
+/// the same way.
 pub struct DeviceLayout<'a> {
     virtio: Vec<VirtioSlot<'a>>,
+    resources: &'a VmResources,
 }
 
 impl<'a> DeviceLayout<'a> {
@@ -114,6 +123,7 @@ impl<'a> DeviceLayout<'a> {
             .filter(|d| d.is_root_device)
             .chain(drives.iter().filter(|d| !d.is_root_device))
             .map(VirtioConfig::Block)
+            .chain(resources.network_interfaces.iter().map(VirtioConfig::Net))
             .chain(resources.vsock.iter().map(VirtioConfig::Vsock));
         let virtio = configs
             .enumerate()
@@ -126,7 +136,7 @@ impl<'a> DeviceLayout<'a> {
                 })
             })
             .collect::<Result<_, Error>>()?;
-        Ok(DeviceLayout { virtio })
+        Ok(DeviceLayout { virtio, resources })
     }
 
     /// Tells a Linux guest where its virtio devices are and which is its root.
@@ -166,6 +176,7 @@ impl<'a> DeviceLayout<'a> {
                         let disk = Disk::open(Path::new(drive.path()), drive.is_read_only)?;
                         Backend::Block(drive, Arc::new(Mutex::new(disk)))
                     }
+                    VirtioConfig::Net(net) => Backend::Net(Box::new(self.open_net(net)?)),
                     VirtioConfig::Vsock(config) => Backend::Vsock(Box::new(Vsock::new(
                         u64::from(config.guest_cid),
                         Path::new(&config.uds_path),
@@ -180,11 +191,29 @@ impl<'a> DeviceLayout<'a> {
             .collect::<Result<_, Error>>()?;
         Ok(Backends(backends))
     }
+
+    /// A net device on its TAP, with MMDS if the configuration puts it there.
+    fn open_net(&self, net: &NetworkInterfaceConfig) -> Result<Net, Error> {
+        let tap = self
+            .resources
+            .open_taps
+            .take_or_open(&net.host_dev_name)
+            .map_err(|e| Error::Tap(net.iface_id.clone(), e))?;
+        let mmds = self
+            .resources
+            .mmds_config
+            .as_ref()
+            .filter(|m| m.network_interfaces.contains(&net.iface_id))
+            .and_then(|m| m.address().ok())
+            .map(|address| MmdsStack::new(address, self.resources.mmds.clone()));
+        Ok(Net::new(tap, net.mac(), net.mtu(), mmds))
+    }
 }
 
 /// The host side of one virtio device, with its configuration.
 enum Backend<'a> {
     Block(&'a DriveConfig, Arc<Mutex<Disk>>),
+    Net(Box<Net>),
     Vsock(Box<Vsock>),
 }
 
@@ -330,6 +359,7 @@ impl Devices {
                     });
                     Box::new(Block::new(disk, drive.is_read_only, cache))
                 }
+                Backend::Net(net) => net,
                 Backend::Vsock(vsock) => vsock,
             };
             let transport = match saved_virtio.as_mut().and_then(Iterator::next) {

@@ -151,7 +151,7 @@ impl Vcpu {
         boot: Option<(&GuestMemoryMmap, regs::BootEntry)>,
     ) -> Result<(), Error> {
         let mut entries = supported_cpuid.as_slice().to_vec();
-        cpuid::filter(&mut entries, self.index, count);
+        cpuid::filter(&mut entries, self.index, count, self.fd.get_tsc_khz().ok());
         let cpuid = CpuId::from_entries(&entries).map_err(|_| Error::Kvm {
             what: "build CPUID",
             index: self.index,

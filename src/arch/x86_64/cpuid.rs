@@ -10,6 +10,10 @@ const LEAF_PMU: u32 = 0xa;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_HYPERVISOR: u32 = 0x4000_0000;
+/// The timing leaf VMware, Xen and ACRN share: EAX is the TSC's frequency
+/// in kHz, so a guest without a calibration timer (ember's unikernels)
+/// can tell time from the TSC.
+const LEAF_TIMING: u32 = 0x4000_0010;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
@@ -22,8 +26,9 @@ const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
 
 /// Rewrites the host's supported CPUID for vCPU `index` of `count` vCPUs,
-/// presented as `count` single-threaded cores of one socket.
-pub fn filter(entries: &mut Vec<kvm_cpuid_entry2>, index: u8, count: u8) {
+/// presented as `count` single-threaded cores of one socket, with the TSC
+/// frequency in the timing leaf when KVM knows it.
+pub fn filter(entries: &mut Vec<kvm_cpuid_entry2>, index: u8, count: u8, tsc_khz: Option<u32>) {
     let apic_id = u32::from(index);
     let count = u32::from(count.max(1));
     // Bits of the APIC id that number cores within the package.
@@ -90,6 +95,17 @@ pub fn filter(entries: &mut Vec<kvm_cpuid_entry2>, index: u8, count: u8) {
             ..Default::default()
         });
     }
+    if let Some(khz) = tsc_khz {
+        entries.retain(|e| e.function != LEAF_TIMING);
+        for entry in entries.iter_mut().filter(|e| e.function == LEAF_HYPERVISOR) {
+            entry.eax = entry.eax.max(LEAF_TIMING);
+        }
+        entries.push(kvm_cpuid_entry2 {
+            function: LEAF_TIMING,
+            eax: khz,
+            ..Default::default()
+        });
+    }
 }
 
 #[cfg(test)]
@@ -132,7 +148,7 @@ mod tests {
     fn each_vcpu_gets_its_own_apic_id() {
         for index in 0..4 {
             let mut entries = host();
-            filter(&mut entries, index, 4);
+            filter(&mut entries, index, 4, None);
             assert_eq!(find(&entries, LEAF_FEATURES, 0).ebx >> 24, u32::from(index));
             assert_eq!(find(&entries, LEAF_TOPOLOGY, 0).edx, u32::from(index));
             assert_eq!(find(&entries, LEAF_TOPOLOGY, 1).edx, u32::from(index));
@@ -142,7 +158,7 @@ mod tests {
     #[test]
     fn topology_is_count_cores_of_one_thread() {
         let mut entries = host();
-        filter(&mut entries, 0, 6);
+        filter(&mut entries, 0, 6, None);
         let features = find(&entries, LEAF_FEATURES, 0);
         assert_eq!((features.ebx >> 16) & 0xff, 6);
         assert_ne!(features.edx & EDX_HTT, 0);
@@ -165,7 +181,7 @@ mod tests {
     #[test]
     fn single_vcpu_has_no_htt_and_one_core() {
         let mut entries = host();
-        filter(&mut entries, 0, 1);
+        filter(&mut entries, 0, 1, None);
         assert_eq!(find(&entries, LEAF_FEATURES, 0).edx & EDX_HTT, 0);
         assert_eq!(find(&entries, LEAF_TOPOLOGY, 1).eax, 0);
         assert_eq!(find(&entries, LEAF_TOPOLOGY, 1).ebx, 1);
@@ -174,7 +190,7 @@ mod tests {
     #[test]
     fn leaves_ember_cannot_describe_are_removed_and_kvm_leaf_is_present() {
         let mut entries = host();
-        filter(&mut entries, 0, 2);
+        filter(&mut entries, 0, 2, Some(2_600_000));
         assert!(entries.iter().all(|e| e.function != LEAF_TOPOLOGY_V2));
         assert!(entries.iter().all(|e| e.function != LEAF_AMD_TOPOLOGY));
         let kvm = find(&entries, LEAF_HYPERVISOR, 0);
@@ -183,5 +199,7 @@ mod tests {
             signature.extend_from_slice(&reg.to_le_bytes());
         }
         assert_eq!(&signature[..9], b"KVMKVMKVM");
+        assert_eq!(kvm.eax, LEAF_TIMING, "the timing leaf is in range");
+        assert_eq!(find(&entries, LEAF_TIMING, 0).eax, 2_600_000);
     }
 }

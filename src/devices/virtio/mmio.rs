@@ -202,6 +202,7 @@ impl MmioTransport {
                 .all(|q| !q.ready() || q.is_valid(&transport.mem));
         transport.interrupt.restore(state.interrupt_status);
         if transport.activated {
+            transport.device.activate(transport.driver_features);
             // A notification the guest sent just before the snapshot may not
             // have been served: look at every queue once.
             for evt in &transport.queue_events {
@@ -320,6 +321,7 @@ impl MmioTransport {
                 if queues_valid {
                     self.status = value;
                     self.activated = true;
+                    self.device.activate(self.driver_features);
                 } else {
                     log::warn!("virtio: driver set DRIVER_OK with invalid queues");
                     self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
@@ -469,6 +471,14 @@ impl EventSubscriber for TransportEvents {
             Some(()) => transport.process_queue(index),
             None => transport.process_backend(),
         }
+    }
+
+    fn wants(&self, index: usize) -> bool {
+        index < self.queue_events.len()
+            || self
+                .transport
+                .lock()
+                .is_ok_and(|t| t.device.wants_backend())
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub mod test_utils;
 pub mod vsock;
@@ -55,6 +56,12 @@ pub trait VirtioDevice: Send {
     fn backend_fd(&self) -> Option<RawFd> {
         None
     }
+    /// Whether `backend_fd` is worth watching now: a device that cannot take
+    /// more from its host side holds it off, so level-triggered epoll does
+    /// not spin on it.
+    fn wants_backend(&self) -> bool {
+        true
+    }
     /// Handles activity on `backend_fd`; `queues` is `None` until the driver
     /// is ready.
     fn process_backend(
@@ -64,6 +71,9 @@ pub trait VirtioDevice: Send {
     ) -> Activity {
         Activity::default()
     }
+    /// The driver set DRIVER_OK (or a snapshot restored a running device)
+    /// having accepted `acked_features`.
+    fn activate(&mut self, _acked_features: u64) {}
     /// The driver reset the device: forget everything it set up.
     fn reset(&mut self) {}
     /// Runs once after the device was restored from a snapshot, with the

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod ember;
 pub mod http;
 pub mod jail;
+pub mod netns;
 pub mod scratch;
 pub mod uffd;
 
@@ -15,6 +16,7 @@ pub use artifacts::{artifact, ember_bin, ember_snapshot_bin, expected_memory_lin
 pub use ember::Ember;
 pub use http::{http, http_bytes, try_http, KeepAlive};
 pub use jail::Jail;
+pub use netns::NetNs;
 pub use scratch::TempDir;
 pub use uffd::UffdHandler;
 

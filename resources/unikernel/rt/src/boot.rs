@@ -7,8 +7,9 @@
 //! Exceptions land in short ring-0 stubs that print the vector and the faulting `rip`
 //! on the serial port and reset, so a bug shows instead of a silent triple fault.
 //! Two exceptions to that: the `ud2` of the wait gate (see [`crate::irq`]) sleeps in
-//! `hlt` and returns (7 instructions), and device interrupts (vectors 32-63) only
-//! signal end-of-interrupt (5 instructions).
+//! `hlt` and returns (7 instructions; 10 at the timed gate, which arms the
+//! TSC-deadline timer first), and interrupts (vectors 32-63: devices and the APIC
+//! timer) only signal end-of-interrupt (5 instructions).
 
 use core::arch::{asm, global_asm};
 use core::panic::PanicInfo;
@@ -139,20 +140,26 @@ ember_exc_common:                   # prints the vector and rip, then resets
     hlt
     jmp 3b
 
-    # #UD: the wait gate's ud2 (see irq.rs) waits for an interrupt and returns
-    # past it; any other #UD is a fault.
+    # #UD: the wait gates' ud2 (see irq.rs) wait for an interrupt and return
+    # past it; any other #UD is a fault. The timed gate first arms the TSC-deadline
+    # timer: ring 3 loaded wrmsr's operands (trusted as all of ring 3 is: it owns
+    # the page tables anyway).
     .globl ember_ud_entry
 ember_ud_entry:
     cmpq $ember_wait_gate, (%rsp)
+    je 1f
+    cmpq $ember_timed_wait_gate, (%rsp)
     jne ember_exc_stubs + 6 * 16
+    wrmsr
+1:
     addq $2, (%rsp)
     sti                             # hlt runs in sti's interrupt shadow, so an
     hlt                             # interrupt pending since ring 3 ends it at once
     cli
     iretq
 
-    # Device interrupts only need an end-of-interrupt: the interrupted code (the wait
-    # gate, or ring 3) looks at its queues itself.
+    # Device and timer interrupts only need an end-of-interrupt: the interrupted
+    # code (the wait gate, or ring 3) looks at its queues and clock itself.
     .globl ember_irq_entry
 ember_irq_entry:
     push %rax
@@ -237,7 +244,7 @@ ember_idt:
     .quad 0
     .set ember_i, ember_i + 1
     .endr
-    .rept 32                        # 32-63: IOAPIC pins and the APIC's spurious vector
+    .rept 32                        # 32-63: IOAPIC pins, APIC timer and spurious vector
     .word ember_irq_lo
     .word 0x08
     .byte 0
@@ -283,6 +290,18 @@ ember_user_stack_top:
     .globl ember_wait_for_interrupt
 ember_wait_for_interrupt:
 ember_wait_gate:
+    ud2
+    ret
+
+    # The timed wait gate, called from ring 3 with the TSC deadline in rdi: the
+    # operands of wrmsr are loaded here, natively, rather than in ring 0.
+    .globl ember_wait_until
+ember_wait_until:
+    mov %edi, %eax
+    mov %rdi, %rdx
+    shr $32, %rdx
+    mov $0x6e0, %ecx                # IA32_TSC_DEADLINE
+ember_timed_wait_gate:
     ud2
     ret
 "#,
@@ -332,6 +351,14 @@ fn panic(info: &PanicInfo) -> ! {
 /// `panic = "abort"`.
 #[unsafe(no_mangle)]
 extern "C" fn rust_eh_personality() {}
+
+/// Referenced by the cleanup paths of the precompiled `alloc` (built for
+/// unwinding: `format!` and the like); never called with `panic = "abort"`.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+extern "C" fn _Unwind_Resume() -> ! {
+    reset()
+}
 
 // The compiler emits calls to these; without std they come from nowhere else.
 // `rep movsb`/`rep stosb` cannot be turned back into a call to themselves.

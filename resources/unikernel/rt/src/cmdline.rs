@@ -1,5 +1,9 @@
-//! Kernel command-line parsing: plain tokens and Linux's `virtio_mmio.device=`
-//! announcements, the only way a microVM without PCI tells the guest its devices.
+//! Kernel command-line parsing: plain tokens, Linux's `virtio_mmio.device=`
+//! announcements (the only way a microVM without PCI tells the guest its devices)
+//! and Linux's static `ip=` configuration.
+
+use core::fmt;
+use core::net::Ipv4Addr;
 
 /// A virtio-mmio device announced as `virtio_mmio.device=<size>@<base>:<irq>[:<id>]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +48,84 @@ pub fn virtio_mmio_devices(cmdline: &[u8]) -> impl Iterator<Item = Result<MmioDe
     tokens(cmdline)
         .filter_map(|t| t.strip_prefix(VIRTIO_MMIO_PREFIX))
         .map(|value| parse_mmio_device(value).ok_or(value))
+}
+
+/// The network configuration of Linux's `ip=` parameter, static form only:
+/// `ip=<client>:<server>:<gateway>:<netmask>:<hostname>:<device>:<autoconf>:<dns0>`,
+/// e.g. `ip=172.16.0.2::172.16.0.1:255.255.255.0::eth0:off:8.8.8.8`. The server,
+/// hostname and device fields and any after `dns0` mean nothing here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpConfig {
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Option<Ipv4Addr>,
+}
+
+impl IpConfig {
+    /// Whether `addr` is in the client's subnet.
+    pub fn on_link(&self, addr: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        (u32::from(addr) ^ u32::from(self.address)) & mask == 0
+    }
+}
+
+/// An `ip=` value this parser does not take: what is wrong with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadIpConfig(pub &'static str);
+
+impl fmt::Display for BadIpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ip=: {}", self.0)
+    }
+}
+
+/// The first `ip=` token's configuration; `None` without one, or for `ip=off`
+/// and `ip=none`. Autoconfiguration (DHCP and the like) is refused.
+pub fn ip_config(cmdline: &[u8]) -> Result<Option<IpConfig>, BadIpConfig> {
+    let Some(value) = value(cmdline, b"ip=") else {
+        return Ok(None);
+    };
+    if matches!(value, b"off" | b"none") {
+        return Ok(None);
+    }
+    if !value.contains(&b':') {
+        return Err(BadIpConfig(
+            "only static configuration (autoconf off) is supported",
+        ));
+    }
+    let mut fields = value.split(|&b| b == b':');
+    let mut field = || fields.next().unwrap_or_default();
+    let (client, _server, gateway, netmask) = (field(), field(), field(), field());
+    let (_hostname, _device, autoconf, dns) = (field(), field(), field(), field());
+    if !matches!(autoconf, b"" | b"off" | b"none") {
+        return Err(BadIpConfig(
+            "only static configuration (autoconf off) is supported",
+        ));
+    }
+    let mask = parse_ipv4(netmask).ok_or(BadIpConfig("bad netmask"))?;
+    let mask = u32::from(mask);
+    if mask.leading_ones() + mask.trailing_zeros() != 32 {
+        return Err(BadIpConfig("netmask is not contiguous"));
+    }
+    let optional = |field: &[u8], what| match field {
+        b"" => Ok(None),
+        _ => parse_ipv4(field)
+            .map(|ip| (!ip.is_unspecified()).then_some(ip))
+            .ok_or(BadIpConfig(what)),
+    };
+    Ok(Some(IpConfig {
+        address: parse_ipv4(client).ok_or(BadIpConfig("bad client address"))?,
+        prefix_len: u8::try_from(mask.leading_ones()).unwrap_or(32),
+        gateway: optional(gateway, "bad gateway")?,
+        dns: optional(dns, "bad dns0")?,
+    }))
+}
+
+fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
+    core::str::from_utf8(s).ok()?.parse().ok()
 }
 
 fn parse_mmio_device(value: &[u8]) -> Option<MmioDevice> {
@@ -125,6 +207,78 @@ mod tests {
                 Err(&b"4K@zz:1"[..]),
             ]
         );
+    }
+
+    fn ip(cmdline: &str) -> Result<Option<IpConfig>, BadIpConfig> {
+        ip_config(cmdline.as_bytes())
+    }
+
+    #[test]
+    fn parses_static_ip_configuration() {
+        let full =
+            ip("console=ttyS0 ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off:10.0.0.53");
+        assert_eq!(
+            full,
+            Ok(Some(IpConfig {
+                address: Ipv4Addr::new(172, 16, 0, 2),
+                prefix_len: 30,
+                gateway: Some(Ipv4Addr::new(172, 16, 0, 1)),
+                dns: Some(Ipv4Addr::new(10, 0, 0, 53)),
+            }))
+        );
+        let bare = ip("ip=10.1.2.3:::255.0.0.0::eth0:off").unwrap().unwrap();
+        assert_eq!((bare.prefix_len, bare.gateway, bare.dns), (8, None, None));
+        // Linux's full form: server, hostname, dns1 and NTP server mean nothing here.
+        let linux =
+            ip("ip=10.1.2.3:10.1.2.9:0.0.0.0:255.255.255.0:fn:eth0:none:1.1.1.1:8.8.8.8:9.9.9.9");
+        let linux = linux.unwrap().unwrap();
+        assert_eq!(
+            (linux.gateway, linux.dns),
+            (None, Some(Ipv4Addr::new(1, 1, 1, 1)))
+        );
+        assert_eq!(ip("ip=10.1.2.3:::0.0.0.0").unwrap().unwrap().prefix_len, 0);
+        for none in ["", "ip=off", "ip=none root=/dev/vda"] {
+            assert_eq!(ip(none), Ok(None));
+        }
+    }
+
+    #[test]
+    fn refuses_ip_configurations_it_cannot_apply() {
+        const AUTOCONF: &str = "only static configuration (autoconf off) is supported";
+        for (cmdline, what) in [
+            ("ip=dhcp", AUTOCONF),
+            ("ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:dhcp", AUTOCONF),
+            ("ip=10.0.0.2::10.0.0.1:::eth0:off", "bad netmask"),
+            (
+                "ip=10.0.0.2::10.0.0.1:255.0.255.0::eth0:off",
+                "netmask is not contiguous",
+            ),
+            (
+                "ip=10.0.0.256::10.0.0.1:255.255.255.0::eth0:off",
+                "bad client address",
+            ),
+            (
+                "ip=::10.0.0.1:255.255.255.0::eth0:off",
+                "bad client address",
+            ),
+            ("ip=10.0.0.2::gw:255.255.255.0::eth0:off", "bad gateway"),
+            ("ip=10.0.0.2:::255.255.255.0::eth0:off:8.8.8", "bad dns0"),
+        ] {
+            assert_eq!(ip(cmdline), Err(BadIpConfig(what)), "{cmdline}");
+        }
+        assert_eq!(BadIpConfig("bad netmask").to_string(), "ip=: bad netmask");
+    }
+
+    #[test]
+    fn tells_addresses_on_link() {
+        let config = ip("ip=192.168.7.9:::255.255.255.0").unwrap().unwrap();
+        assert!(config.on_link(Ipv4Addr::new(192, 168, 7, 1)));
+        assert!(!config.on_link(Ipv4Addr::new(192, 168, 8, 1)));
+        let everything = IpConfig {
+            prefix_len: 0,
+            ..config
+        };
+        assert!(everything.on_link(Ipv4Addr::new(1, 2, 3, 4)));
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! An interrupt that arrived after the driver last looked at its queues ends the
 //! `hlt` at once, so no wakeup is lost. The handler for vectors 32-63 only signals
 //! end-of-interrupt.
+//!
+//! Timed waits use the local APIC's TSC-deadline timer: a second gate arms it
+//! (`wrmsr` to IA32_TSC_DEADLINE, operands loaded in ring 3) before the same
+//! `sti; hlt; cli`, so the vCPU sleeps until the deadline or an interrupt, whichever
+//! comes first. A deadline already past fires at once. A timer that a device
+//! interrupt beat stays armed, and only ends one later sleep early.
 
 use core::ptr::write_volatile;
 
@@ -24,10 +30,12 @@ const LAPIC_SVR_ENABLE: u32 = 1 << 8;
 
 /// Pin `irq` raises vector `VECTOR_BASE + irq`.
 const VECTOR_BASE: u32 = 32;
+/// The local APIC timer's vector.
+const TIMER_VECTOR: u32 = 62;
 /// Spurious-interrupt vector (its low four bits must be set on old APICs).
 const SPURIOUS_VECTOR: u32 = 63;
 // The IDT routes vectors 32-63 to the end-of-interrupt handler.
-const _: () = assert!(VECTOR_BASE + IOAPIC_PINS <= SPURIOUS_VECTOR);
+const _: () = assert!(VECTOR_BASE + IOAPIC_PINS <= TIMER_VECTOR && TIMER_VECTOR < SPURIOUS_VECTOR);
 
 /// 8259 PIC data ports: writing them outside initialization sets the mask.
 const PIC_MASTER_DATA: u16 = 0x21;
@@ -89,6 +97,62 @@ pub fn wait() {
     }
     // SAFETY: the gate returns normally and clobbers nothing beyond the C ABI.
     unsafe { ember_wait_for_interrupt() }
+}
+
+#[cfg(not(any(test, feature = "hosted")))]
+pub use self::timer::wait_until;
+
+#[cfg(not(any(test, feature = "hosted")))]
+mod timer {
+    use core::ptr::write_volatile;
+    use core::sync::atomic::{AtomicU8, Ordering};
+
+    use super::{LAPIC_BASE, TIMER_VECTOR};
+
+    const LAPIC_LVT_TIMER: usize = LAPIC_BASE + 0x320;
+    /// LVT timer mode (bits 17-18) TSC-deadline, unmasked.
+    const LVT_TSC_DEADLINE: u32 = 0b10 << 17;
+    /// CPUID.1:ECX bit of the TSC-deadline timer (ember's CPUID sets it; KVM
+    /// emulates it).
+    const ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+    /// Whether the timer is set up: not yet, yes, or unsupported.
+    static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
+    const UNKNOWN: u8 = 0;
+    const READY: u8 = 1;
+    const MISSING: u8 = 2;
+
+    /// Sleeps until an interrupt arrives or the TSC reaches `deadline` (at once if
+    /// an interrupt is pending or the deadline has passed). Without a TSC-deadline
+    /// timer it returns at once, and the caller's loop polls until the deadline.
+    /// The timer is set up at the first call (a CPUID and an APIC write, both VM
+    /// exits), so guests that never wait for a time pay nothing.
+    pub fn wait_until(deadline: u64) {
+        unsafe extern "C" {
+            /// The timed wait gate in boot.rs: arms IA32_TSC_DEADLINE, then waits.
+            fn ember_wait_until(deadline: u64);
+        }
+        if STATE.load(Ordering::Relaxed) == UNKNOWN {
+            STATE.store(setup(), Ordering::Relaxed);
+        }
+        if STATE.load(Ordering::Relaxed) == READY {
+            // SAFETY: the gate returns normally and clobbers nothing beyond the C
+            // ABI; the LVT is in TSC-deadline mode, so the MSR it writes exists.
+            unsafe { ember_wait_until(deadline) }
+        }
+    }
+
+    /// Puts the local APIC timer in TSC-deadline mode on [`TIMER_VECTOR`], if the
+    /// CPU has that mode.
+    fn setup() -> u8 {
+        if core::arch::x86_64::__cpuid(1).ecx & ECX_TSC_DEADLINE == 0 {
+            return MISSING;
+        }
+        // SAFETY: the identity map covers the local APIC's registers; the timer
+        // only raises a vector whose handler signals end-of-interrupt.
+        unsafe { write_volatile(LAPIC_LVT_TIMER as *mut u32, LVT_TSC_DEADLINE | TIMER_VECTOR) };
+        READY
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub mod heap;
 pub mod io;
 pub mod irq;
 pub mod mptable;
+pub mod net;
+pub mod time;
 pub mod virtio;
 
 pub use bootinfo::{BootInfo, Protocol};

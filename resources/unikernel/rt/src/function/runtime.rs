@@ -1,5 +1,5 @@
-//! The serving loop on the device: boot-time setup, waiting, responding, and the
-//! recovery from a function's panic.
+//! The serving loop on the devices: boot-time setup, waiting, responding, the
+//! network calls of functions, and the recovery from a function's panic.
 
 use alloc::vec::Vec;
 use core::arch::asm;
@@ -13,11 +13,12 @@ use super::poll::{Poller, Wait};
 use super::server::{ClientState, ConnId, Payload, Server};
 use super::{Error, Function};
 use crate::bootinfo::BootInfo;
-use crate::cmdline::{parse_number, value, virtio_mmio_devices};
+use crate::cmdline::{IpConfig, ip_config, parse_number, value, virtio_mmio_devices};
 use crate::io::{rdtsc, reset, signal_boot_timer};
-use crate::virtio::MmioTransport;
+use crate::net::{NetError, Stack as NetStack};
 use crate::virtio::vsock::{self, Received, Vsock};
-use crate::{heap, irq, println};
+use crate::virtio::{MmioTransport, net};
+use crate::{heap, irq, println, time};
 
 /// The port served unless the command line says `ember.port=<n>`.
 const DEFAULT_PORT: u32 = 1024;
@@ -30,6 +31,8 @@ const PANIC_MESSAGE_MAX: usize = 4096;
 /// Everything the serving loop keeps between invocations.
 struct Runtime {
     vsock: Vsock,
+    /// The network, with a virtio-net device.
+    net: Network,
     server: Server,
     function: Function,
     /// The request being served and its connection. The request lives here, not on
@@ -41,6 +44,48 @@ struct Runtime {
 }
 
 const _: () = assert!(RESPONSE_PREFIX_LEN <= vsock::INLINE_LEN);
+
+/// The network device and its stack, brought up when the function first uses
+/// the network: setting the device up costs dozens of VM exits (about 2 ms
+/// under kvm_pvm), which a function that never uses it should not pay at boot.
+enum Network {
+    Absent,
+    /// The device, its IRQ line and the addressing from `ip=`, untouched yet.
+    Idle(MmioTransport, u32, Option<IpConfig>),
+    Up(alloc::boxed::Box<NetStack>),
+}
+
+impl Network {
+    /// The stack, brought up now if it was idle.
+    fn up(&mut self) -> Result<&mut NetStack, NetError> {
+        if matches!(self, Network::Idle(..)) {
+            let Network::Idle(transport, irq_line, ip) = core::mem::replace(self, Network::Absent)
+            else {
+                return Err(NetError::NoDevice);
+            };
+            let device = net::Net::new(transport)
+                .unwrap_or_else(|err| fail(format_args!("virtio-net: {err}")));
+            if let Err(irq::BadIrq(line)) = irq::enable(irq_line) {
+                fail(format_args!("virtio-net IRQ {line} not routable"));
+            }
+            *self = Network::Up(alloc::boxed::Box::new(NetStack::new(
+                device,
+                ip,
+                rdtsc(),
+                time::tsc_khz(),
+            )));
+        }
+        self.running().ok_or(NetError::NoDevice)
+    }
+
+    /// The stack, if it is up.
+    fn running(&mut self) -> Option<&mut NetStack> {
+        match self {
+            Network::Up(stack) => Some(stack),
+            _ => None,
+        }
+    }
+}
 
 /// Memory that only the single, uninterrupted thread of ring 3 touches.
 struct Local<T>(UnsafeCell<T>);
@@ -58,8 +103,8 @@ static PANIC_MESSAGE: Local<[u8; PANIC_MESSAGE_MAX]> =
 /// Set while the function runs: its panics are answered, not fatal.
 static IN_FUNCTION: AtomicBool = AtomicBool::new(false);
 
-/// Sets up the heap, the vsock device and its interrupt, prints
-/// `EMBER-FN: ready on port <n>`, then serves `function` forever.
+/// Sets up the heap, the vsock device (and the network device, if any) and their
+/// interrupts, prints `EMBER-FN: ready on port <n>`, then serves `function` forever.
 pub fn run(boot: &BootInfo, function: Function) -> ! {
     let port = match value(boot.cmdline, b"ember.port=") {
         None => DEFAULT_PORT,
@@ -68,7 +113,9 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
             None => fail(format_args!("bad ember.port")),
         },
     };
-    let Some((transport, irq_line)) = find_vsock(boot.cmdline) else {
+    let ip = ip_config(boot.cmdline).unwrap_or_else(|err| fail(format_args!("{err}")));
+    let [vsock_device, net_device] = find_devices(boot.cmdline, [vsock::DEVICE_ID, net::DEVICE_ID]);
+    let Some((transport, irq_line)) = vsock_device else {
         fail(format_args!("no virtio-vsock device"))
     };
     // SAFETY: everything needed from the boot structures has been read; they and
@@ -82,11 +129,16 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
     if let Err(irq::BadIrq(line)) = irq::enable(irq_line) {
         fail(format_args!("virtio-vsock IRQ {line} not routable"));
     }
+    let net = match net_device {
+        Some((transport, irq_line)) => Network::Idle(transport, irq_line, ip),
+        None => Network::Absent,
+    };
     let server = Server::new(vsock.guest_cid(), port, heap_size);
     // SAFETY: nothing else references the runtime yet.
     unsafe {
         *RUNTIME.0.get() = Some(Runtime {
             vsock,
+            net,
             server,
             function,
             request: Vec::new(),
@@ -105,15 +157,28 @@ fn fail(what: fmt::Arguments<'_>) -> ! {
     reset()
 }
 
-/// The first virtio-vsock device on the command line and its IRQ.
-fn find_vsock(cmdline: &[u8]) -> Option<(MmioTransport, u32)> {
-    virtio_mmio_devices(cmdline).flatten().find_map(|device| {
-        let base = device.mapped_base()?;
+/// For each of the device IDs `ids`, the first such device on the command line and
+/// its IRQ. Each window is probed once (three VM exits).
+fn find_devices<const N: usize>(
+    cmdline: &[u8],
+    ids: [u32; N],
+) -> [Option<(MmioTransport, u32)>; N] {
+    let mut found = [const { None }; N];
+    for device in virtio_mmio_devices(cmdline).flatten() {
+        let Some(base) = device.mapped_base() else {
+            continue;
+        };
         // SAFETY: the VMM announced a virtio-mmio window at this identity-mapped
-        // address; only the device returned here is driven.
+        // address; only the first device of each ID is driven.
         let transport = unsafe { MmioTransport::new(base) };
-        (transport.probe() == Ok(vsock::DEVICE_ID)).then_some((transport, device.irq))
-    })
+        let Ok(id) = transport.probe() else {
+            continue;
+        };
+        if let Some(at) = ids.iter().position(|&wanted| wanted == id) {
+            found[at].get_or_insert((transport, device.irq));
+        }
+    }
+    found
 }
 
 /// Runs `f` on the runtime, which [`run`] has set up.
@@ -122,9 +187,10 @@ fn find_vsock(cmdline: &[u8]) -> Option<(MmioTransport, u32)> {
 /// cannot keep the reference (`R` cannot borrow from it); ring 3 has one thread,
 /// interrupted by no code that touches the runtime; and no `f` calls
 /// `with_runtime` again: this module's closures never call the function, the
-/// only caller of `HostStream`. The exception is [`recover`], which runs on the
-/// function's panic, maybe inside the `f` of a `HostStream` call: those frames,
-/// and the reference they hold, are abandoned for good.
+/// only caller of `HostStream` and of the network calls ([`with_stack`],
+/// [`net_until`], whose closures only touch the stack). The exception is
+/// [`recover`], which runs on the function's panic, maybe inside the `f` of such a
+/// call: those frames, and the reference they hold, are abandoned for good.
 fn with_runtime<R>(f: impl FnOnce(&mut Runtime) -> R) -> R {
     // SAFETY: as above, the reference is the only one for as long as `f` runs.
     let runtime = unsafe { (*RUNTIME.0.get()).as_mut() };
@@ -152,6 +218,9 @@ extern "C" fn serve() -> ! {
     with_runtime(|rt| {
         rt.request = Vec::new();
         rt.server.close_clients();
+        if let Some(net) = rt.net.running() {
+            net.abort_all();
+        }
     });
     loop {
         let next = with_runtime(|rt| {
@@ -235,7 +304,7 @@ impl Runtime {
             if let Some(next) = self.server.take_request() {
                 return next;
             }
-            self.wait(Wait::Traffic);
+            self.wait(Wait::Traffic, None);
         }
     }
 
@@ -259,7 +328,7 @@ impl Runtime {
             if !self.server.responding() && !self.vsock.sending() {
                 return;
             }
-            self.wait(Wait::Sent);
+            self.wait(Wait::Sent, None);
         }
     }
 
@@ -274,7 +343,11 @@ impl Runtime {
             self.poller.active(rdtsc());
         }
         if self.vsock.take_transport_reset() {
+            // ember resets vsock transports after a snapshot restore.
             self.server.transport_reset(self.vsock.guest_cid());
+            if let Some(net) = self.net.running() {
+                net.forget_neighbors(rdtsc());
+            }
         }
         let server = &mut self.server;
         self.vsock.receive(|packet| match packet {
@@ -305,24 +378,36 @@ impl Runtime {
             self.poller.active(rdtsc());
         }
         self.vsock.kick();
+        if let Some(net) = self.net.running()
+            && net.poll(rdtsc())
+        {
+            self.poller.active(rdtsc());
+        }
     }
 
-    /// Waits for the device: polls its used rings as long as the [`Poller`] says,
-    /// then sleeps until it interrupts. An interrupt for buffers seen by polling
-    /// stays pending (ring 3 runs with interrupts off) and ends the next sleep at
-    /// once.
-    fn wait(&mut self, kind: Wait) {
-        if self.vsock.has_used() {
+    /// Whether a device has returned buffers not yet looked at.
+    fn has_used(&self) -> bool {
+        self.vsock.has_used() || matches!(&self.net, Network::Up(net) if net.has_used())
+    }
+
+    /// Waits for the devices, or until the TSC reaches `deadline` or the network
+    /// stack's next timer: polls the used rings as long as the [`Poller`] says, then
+    /// sleeps until an interrupt (or the time). An interrupt for buffers seen by
+    /// polling stays pending (ring 3 runs with interrupts off) and ends the next
+    /// sleep at once.
+    fn wait(&mut self, kind: Wait, deadline: Option<u64>) {
+        if self.has_used() {
             return;
         }
-        if let Some(deadline) = self.poller.deadline(kind, rdtsc()) {
+        if let Some(poll_end) = self.poller.deadline(kind, rdtsc()) {
+            let poll_end = deadline.map_or(poll_end, |d| d.min(poll_end));
             let found = loop {
                 core::hint::spin_loop();
                 let now = rdtsc();
-                if self.vsock.has_used() {
+                if self.has_used() {
                     break Some(now);
                 }
-                if deadline.wrapping_sub(now).cast_signed() <= 0 {
+                if poll_end.wrapping_sub(now).cast_signed() <= 0 {
                     break None;
                 }
             };
@@ -332,9 +417,22 @@ impl Runtime {
             }
         }
         let start = rdtsc();
-        let exits = self.vsock.ack_interrupt();
+        let mut exits = self.vsock.ack_interrupt();
+        if let Some(net) = self.net.running() {
+            exits += net.ack_interrupt();
+        }
         self.poller.measured(exits, rdtsc().wrapping_sub(start));
-        irq::wait();
+        let mut timer = None;
+        if let Some(net) = self.net.running() {
+            if !net.enable_interrupts() {
+                return;
+            }
+            timer = net.deadline(rdtsc());
+        }
+        match [deadline, timer].into_iter().flatten().min() {
+            Some(until) => irq::wait_until(until),
+            None => irq::wait(),
+        }
     }
 
     /// Serves traffic until the state of client connection `id` is `ready`.
@@ -346,9 +444,45 @@ impl Runtime {
             if ready(&state) {
                 return state;
             }
-            self.wait(Wait::Traffic);
+            self.wait(Wait::Traffic, None);
         }
     }
+}
+
+/// Runs `f` on the network stack, then moves what it queued.
+pub(crate) fn with_stack<R>(
+    f: impl FnOnce(&mut NetStack) -> Result<R, NetError>,
+) -> Result<R, NetError> {
+    with_runtime(|rt| {
+        let result = f(rt.net.up()?);
+        // SAFETY: there is no response body in flight.
+        unsafe { rt.pump(&[]) };
+        result
+    })
+}
+
+/// Serves traffic until `step` makes progress (`Some`), then moves what it queued;
+/// `None` once the TSC has passed `deadline`.
+pub(crate) fn net_until<R>(
+    deadline: Option<u64>,
+    mut step: impl FnMut(&mut NetStack) -> Option<R>,
+) -> Result<Option<R>, NetError> {
+    with_runtime(|rt| {
+        loop {
+            // SAFETY: there is no response body in flight.
+            unsafe { rt.pump(&[]) };
+            let net = rt.net.up()?;
+            if let Some(progress) = step(net) {
+                // SAFETY: as above.
+                unsafe { rt.pump(&[]) };
+                return Ok(Some(progress));
+            }
+            if deadline.is_some_and(time::passed) {
+                return Ok(None);
+            }
+            rt.wait(Wait::Traffic, deadline);
+        }
+    })
 }
 
 /// A stream from the function to a port on the host (vsock CID 2), closed when

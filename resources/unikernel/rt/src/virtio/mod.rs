@@ -3,12 +3,16 @@
 
 pub mod blk;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 mod mmio;
+pub mod net;
 pub mod queue;
 pub mod vsock;
 
+use alloc::alloc::Layout;
+use alloc::vec::Vec;
 use core::fmt;
+use core::ptr::NonNull;
 
 pub use mmio::MmioTransport;
 pub use queue::{Buffer, Queue};
@@ -141,6 +145,22 @@ pub trait Transport {
             }
         }
     }
+}
+
+/// `len` (non-zero) bytes for the device to write before the driver reads them, for
+/// the rest of the run. Not zeroed: under kvm_pvm each page costs a fault when first
+/// touched, and zeroing receive buffers would fault all of them in at boot (about
+/// 1 ms for vsock's); this way only the pages packets reach are.
+fn device_memory(len: usize) -> NonNull<u8> {
+    let layout = Layout::from_size_align(len, 64).expect("device memory fits a layout");
+    // SAFETY: the layout's size is not zero.
+    let memory = unsafe { alloc::alloc::alloc(layout) };
+    NonNull::new(memory).unwrap_or_else(|| alloc::alloc::handle_alloc_error(layout))
+}
+
+/// Gives `memory` to the device for the rest of the run.
+fn leak<T>(memory: Vec<T>) -> NonNull<T> {
+    NonNull::from(memory.leak()).cast()
 }
 
 #[cfg(test)]

@@ -165,9 +165,17 @@ impl Queue {
         self.size
     }
 
-    /// Lets the device interrupt whenever it uses buffers.
+    /// Lets the device interrupt whenever it uses buffers. The fence orders this
+    /// before the driver's next look at the used ring, so that buffers the device
+    /// uses after that look raise an interrupt.
     pub fn enable_interrupts(&mut self) {
         self.set_avail_flags(0);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Asks the device not to interrupt when it uses buffers (a hint it may ignore).
+    pub fn disable_interrupts(&mut self) {
+        self.set_avail_flags(AVAIL_F_NO_INTERRUPT);
     }
 
     /// Descriptors not in any published chain.

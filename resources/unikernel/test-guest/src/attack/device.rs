@@ -46,6 +46,7 @@ pub const FAILED: u32 = 0x80;
 const VERSION_1_HIGH: u32 = 1;
 
 /// Device IDs.
+pub const NET: u32 = 1;
 pub const BLOCK: u32 = 2;
 pub const VSOCK: u32 = 19;
 
@@ -81,6 +82,7 @@ pub fn find(cmdline: &[u8], id: u32) -> Result<Device, Error> {
         .find(|device| device.id() == Some(id))
         .ok_or(match id {
             BLOCK => "no virtio-blk device",
+            NET => "no virtio-net device",
             _ => "no virtio-vsock device",
         })?;
     irq::enable(device.irq).map_err(|_| "device IRQ not routable")?;

@@ -14,6 +14,7 @@
 
 mod blk;
 mod device;
+mod net;
 mod ring;
 mod rx;
 mod storm;
@@ -46,6 +47,7 @@ pub fn run(boot: &BootInfo, mode: &[u8]) -> ! {
         b"rx-outside-ram" => rx::outside_ram(cmdline),
         b"vsock-connect-flood" => streams::connect_flood(cmdline),
         b"vsock-silent" => streams::silent(cmdline),
+        b"net-garbage" => net::garbage(cmdline),
         _ => {
             print!("attack: unknown mode ");
             Serial::write_bytes(mode);

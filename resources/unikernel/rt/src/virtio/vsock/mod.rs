@@ -6,7 +6,6 @@
 pub mod credit;
 pub mod packet;
 
-use alloc::alloc::Layout;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
@@ -14,7 +13,7 @@ use core::ptr::NonNull;
 pub use self::packet::Received;
 use self::packet::{HEADER_LEN, Header};
 use super::queue::desc_len;
-use super::{Buffer, Error, F_VERSION_1, MmioTransport, Queue, Transport};
+use super::{Buffer, Error, F_VERSION_1, MmioTransport, Queue, Transport, device_memory, leak};
 
 /// Device ID of a socket device.
 pub const DEVICE_ID: u32 = 19;
@@ -281,22 +280,6 @@ impl<T: Transport> Vsock<T> {
 /// The bits of `free_slots` that name slots.
 fn slot_mask() -> u32 {
     u32::MAX >> (32 - TX_SLOTS)
-}
-
-/// `len` bytes for the device to write before the driver reads them, for the rest
-/// of the run. Not zeroed: under kvm_pvm each page costs a fault when first
-/// touched, and zeroing the receive buffers would fault all of them in at boot
-/// (about 1 ms); this way only the pages packets reach are.
-fn device_memory(len: usize) -> NonNull<u8> {
-    let layout = Layout::from_size_align(len, 64).expect("receive memory fits a layout");
-    // SAFETY: the layout's size is not zero.
-    let memory = unsafe { alloc::alloc::alloc(layout) };
-    NonNull::new(memory).unwrap_or_else(|| alloc::alloc::handle_alloc_error(layout))
-}
-
-/// Gives `memory` to the device for the rest of the run.
-fn leak<T>(memory: Vec<T>) -> NonNull<T> {
-    NonNull::from(memory.leak()).cast()
 }
 
 #[cfg(test)]

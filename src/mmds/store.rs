@@ -1,8 +1,7 @@
-//! The microVM metadata service's data store (Firecracker's MMDS): a JSON
-//! document the platform writes over the API (`PUT`, `PATCH`, `GET /mmds`,
-//! or `--metadata` at start) for the guest to read. Its size is capped
-//! (`--mmds-size-limit`) because it lives in ember's memory for as long as
-//! the VM does.
+//! The data store: a JSON document the platform writes over the API (`PUT`,
+//! `PATCH`, `GET /mmds`, or `--metadata` at start) for the guest to read. Its
+//! size is capped (`--mmds-size-limit`) because it lives in ember's memory for
+//! as long as the VM does.
 
 use serde_json::{Map, Value};
 
@@ -57,6 +56,11 @@ impl MmdsStore {
         self.check_size(&data)?;
         self.data = Some(data);
         Ok(())
+    }
+
+    /// The document, if a `PUT` set one.
+    pub fn data(&self) -> Option<&Value> {
+        self.data.as_ref()
     }
 
     /// The document; `{}` before the first `PUT`, as Firecracker answers.
