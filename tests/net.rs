@@ -414,9 +414,15 @@ fn a_firecracker_launchers_config_file_boots_unchanged_and_bad_ones_exit_152() {
         path
     };
     require_kvm();
+    // Two interfaces, as a launcher with a second network gives; the
+    // function uses the first.
+    ns.add_tap("tap1", "10.0.9.1/24", 1500);
     let good = write(
         "vm.json",
-        &config(json!([{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": GUEST_MAC}])),
+        &config(json!([
+            {"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": GUEST_MAC},
+            {"iface_id": "eth1", "host_dev_name": "tap1"}
+        ])),
     );
     let socket = dir.path("api.sock");
     let ember = ns.spawn_ember(
@@ -433,6 +439,15 @@ fn a_firecracker_launchers_config_file_boots_unchanged_and_bad_ones_exit_152() {
         fetch(&ember, &format!("http://{HOST_IP}:8080/")),
         (200, b"from a config".to_vec())
     );
+    let (_, shown) = ember.api("GET", "/vm/config", "");
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    let taps: Vec<&str> = shown["network-interfaces"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|n| n["host_dev_name"].as_str())
+        .collect();
+    assert_eq!(taps, ["tap0", "tap1"]);
     drop(ember);
     let _ = std::fs::remove_file(dir.path("v.sock"));
     for (ifaces, expected) in [

@@ -87,13 +87,16 @@ struct Request<'a> {
 
 fn answer(request: &Request, mmds: &mut Mmds, now: Instant) -> Vec<u8> {
     let text = |status, message: &str| response(status, "text/plain", message.as_bytes());
-    // The path without its query, and without a trailing slash but for "/".
-    let path = request.path.split('?').next().unwrap_or_default();
+    let path = sanitize(request.path);
+    let path = path.as_str();
     match request.method {
         "PUT" if path.trim_end_matches('/') == TOKEN_PATH => {
             if request.forwarded {
                 // A request forwarded by a proxy in the guest is not the guest's own.
-                return text(403, "MMDS token requests through a proxy are forbidden.");
+                return text(
+                    400,
+                    "Invalid header. Reason: Unsupported header name. Key: X-Forwarded-For",
+                );
             }
             let Some(ttl) = request.ttl else {
                 return text(400, "Token time to live value not found. Use `X-metadata-token-ttl-seconds` header to specify the token's lifetime.");
@@ -129,8 +132,25 @@ fn answer(request: &Request, mmds: &mut Mmds, now: Instant) -> Vec<u8> {
                 ),
             }
         }
+        "PUT" => text(404, &format!("Resource not found: {path}.")),
         _ => text(405, "Not allowed HTTP method."),
     }
+}
+
+/// The path of a request target, as Firecracker reads it: without a scheme
+/// and host (an absolute-form target), a query, or repeated slashes.
+fn sanitize(target: &str) -> String {
+    let path = target
+        .strip_prefix("http://")
+        .map_or(target, |rest| rest.find('/').map_or("/", |at| &rest[at..]));
+    let path = path.split('?').next().unwrap_or_default();
+    let mut clean = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && clean.ends_with('/')) {
+            clean.push(c);
+        }
+    }
+    clean
 }
 
 /// EC2's plain-text form: an object lists its keys, one per line, with a
@@ -276,10 +296,24 @@ mod tests {
                 now
             )
             .0,
-            403
+            400
         );
         assert_eq!(ask(&mut m, "DELETE / HTTP/1.1\r\n\r\n", now).0, 405);
-        assert_eq!(ask(&mut m, "PUT /latest HTTP/1.1\r\n\r\n", now).0, 405);
+        assert_eq!(ask(&mut m, "PUT /latest HTTP/1.1\r\n\r\n", now).0, 404);
+    }
+
+    #[test]
+    fn targets_are_read_as_firecracker_reads_them() {
+        let mut m = mmds(MmdsVersion::V1);
+        let now = Instant::now();
+        for target in [
+            "http://169.254.169.254/latest/meta-data/id",
+            "/latest//meta-data///id",
+            "/latest/meta-data/id?x=1",
+        ] {
+            let get = format!("GET {target} HTTP/1.1\r\n\r\n");
+            assert_eq!(ask(&mut m, &get, now), (200, "i-1".into()), "{target}");
+        }
     }
 
     #[test]

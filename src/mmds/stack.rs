@@ -41,13 +41,24 @@ struct Link {
     to_guest: VecDeque<Vec<u8>>,
 }
 
-/// One connection's HTTP state: request bytes not yet answered, and the
-/// answer bytes the socket has not taken yet.
-#[derive(Default)]
+/// One connection's HTTP state: request bytes not yet answered, the answer
+/// bytes the socket has not taken yet, and when bytes last moved.
 struct Conn {
     request: Vec<u8>,
     reply: VecDeque<u8>,
     close_after_reply: bool,
+    last_active: StdInstant,
+}
+
+impl Default for Conn {
+    fn default() -> Self {
+        Conn {
+            request: Vec::new(),
+            reply: VecDeque::new(),
+            close_after_reply: false,
+            last_active: StdInstant::now(),
+        }
+    }
 }
 
 /// The interface and its sockets, made on the first frame for the service.
@@ -128,6 +139,9 @@ impl MmdsStack {
         let endpoint = self
             .endpoint
             .get_or_insert_with(|| Endpoint::new(address, &mut self.link, now));
+        if self.link.from_guest.iter().any(|f| is_syn(f)) {
+            endpoint.keep_one_listening();
+        }
         // Bounded: each round either moves a queued frame or answers bytes the
         // guest sent, and both queues are capped.
         for _ in 0..MAX_QUEUED_FRAMES {
@@ -176,7 +190,30 @@ impl Endpoint {
         }
     }
 
-    /// Reads requests, queues answers, and sends what fits; listens again on
+    /// Makes sure a connection attempt finds a listening socket: with every
+    /// socket taken (by clients that went quiet, say, since nothing times
+    /// them out), the one idle longest is dropped for the newcomer (its
+    /// client gets a reset when it next sends).
+    fn keep_one_listening(&mut self) {
+        let sockets = &mut self.sockets;
+        if self
+            .conns
+            .iter()
+            .any(|(h, _)| sockets.get::<tcp::Socket>(*h).is_listening())
+        {
+            return;
+        }
+        if let Some((handle, conn)) = self.conns.iter_mut().min_by_key(|(_, c)| c.last_active) {
+            let socket = sockets.get_mut::<tcp::Socket>(*handle);
+            socket.abort();
+            *conn = Conn::default();
+            let _ = socket.listen(HTTP_PORT);
+        }
+    }
+
+    /// Reads requests and answers them one at a time, each once the last is
+    /// sent, so a guest that pipelines requests and never takes the answers
+    /// holds up only its own connection; sends what fits; listens again on
     /// sockets whose connection ended. Returns whether anything moved.
     fn serve(&mut self, mmds: &mut super::Mmds, origin: StdInstant) -> bool {
         let mut moved = false;
@@ -190,23 +227,33 @@ impl Endpoint {
                 let _ = socket.listen(HTTP_PORT);
                 continue;
             }
-            if socket.can_recv() && !conn.close_after_reply {
-                let room = http::MAX_REQUEST_BYTES - conn.request.len();
-                let mut chunk = vec![0; room.min(socket.recv_queue())];
-                if let Ok(n) = socket.recv_slice(&mut chunk) {
-                    conn.request.extend_from_slice(&chunk[..n]);
-                    moved |= n > 0;
+            let mut active = false;
+            if conn.reply.is_empty() && !conn.close_after_reply {
+                if socket.can_recv() {
+                    let room = http::MAX_REQUEST_BYTES - conn.request.len();
+                    let mut chunk = vec![0; room.min(socket.recv_queue())];
+                    if let Ok(n) = socket.recv_slice(&mut chunk) {
+                        conn.request.extend_from_slice(&chunk[..n]);
+                        active |= n > 0;
+                    }
                 }
-                conn.answer(mmds, origin);
+                active |= conn.answer_next(mmds, origin);
             }
             if !conn.reply.is_empty() && socket.can_send() {
                 let (front, _) = conn.reply.as_slices();
                 if let Ok(n) = socket.send_slice(front) {
                     conn.reply.drain(..n);
-                    moved |= n > 0;
+                    active |= n > 0;
                 }
             }
-            let finished = conn.reply.is_empty() && (conn.close_after_reply || !socket.may_recv());
+            if active {
+                conn.last_active = StdInstant::now();
+            }
+            moved |= active;
+            // A peer done sending is closed once a round answers it nothing more
+            // (pipelined requests are answered one round at a time).
+            let finished = conn.reply.is_empty()
+                && (conn.close_after_reply || (!socket.may_recv() && !active));
             if finished && socket.may_send() {
                 socket.close();
             }
@@ -216,24 +263,40 @@ impl Endpoint {
 }
 
 impl Conn {
-    /// Answers every whole request buffered; a bad one ends the connection.
-    fn answer(&mut self, mmds: &mut super::Mmds, origin: StdInstant) {
+    /// Answers the first whole request buffered, if there is one; a bad one
+    /// ends the connection. Returns whether it answered.
+    fn answer_next(&mut self, mmds: &mut super::Mmds, origin: StdInstant) -> bool {
+        if self.request.is_empty() {
+            return false;
+        }
         let now = StdInstant::now().max(origin);
-        while !self.close_after_reply {
-            match http::handle(&self.request, mmds, now) {
-                Parsed::Incomplete => return,
-                Parsed::Answer { consumed, response } => {
-                    self.request.drain(..consumed);
-                    self.reply.extend(response);
-                }
-                Parsed::Bad(response) => {
-                    self.request.clear();
-                    self.reply.extend(response);
-                    self.close_after_reply = true;
-                }
+        match http::handle(&self.request, mmds, now) {
+            Parsed::Incomplete => return false,
+            Parsed::Answer { consumed, response } => {
+                self.request.drain(..consumed);
+                self.reply.extend(response);
+            }
+            Parsed::Bad(response) => {
+                self.request.clear();
+                self.reply.extend(response);
+                self.close_after_reply = true;
             }
         }
+        true
     }
+}
+
+/// Whether an Ethernet frame is a TCP SYN (a connection attempt) to port 80.
+fn is_syn(frame: &[u8]) -> bool {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    if frame.get(12..14) != Some(&ETHERTYPE_IPV4) || frame.get(23) != Some(&6) {
+        return false;
+    }
+    let tcp = 14 + 4 * usize::from(frame.get(14).map_or(0, |b| b & 0x0f));
+    let port = frame.get(tcp + 2..tcp + 4);
+    let flags = frame.get(tcp + 13).copied().unwrap_or(0);
+    port == Some(&HTTP_PORT.to_be_bytes()) && flags & (SYN | ACK) == SYN
 }
 
 impl phy::Device for Link {
@@ -322,6 +385,21 @@ mod tests {
             }
         }
 
+        /// A socket receiving into `rx_bytes`, connected from `port` (after an exchange).
+        fn connect(&mut self, stack: &mut MmdsStack, port: u16, rx_bytes: usize) -> SocketHandle {
+            let handle = self.sockets.add(tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; rx_bytes]),
+                tcp::SocketBuffer::new(vec![0; 8192]),
+            ));
+            let mmds = (IpAddress::v4(169, 254, 169, 254), HTTP_PORT);
+            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            socket
+                .connect(self.iface.context(), mmds, port)
+                .expect("connect");
+            self.exchange(stack, &mut 0);
+            handle
+        }
+
         /// Runs both ends until neither has anything to send.
         fn exchange(&mut self, stack: &mut MmdsStack, now: &mut i64) {
             for _ in 0..100 {
@@ -403,6 +481,78 @@ mod tests {
             40002,
         );
         assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_one_at_a_time_as_the_guest_takes_them() {
+        let mut stack = stack(MmdsVersion::V1);
+        let mut guest = Guest::new();
+        // A reader that never reads: its window closes after 512 bytes.
+        let slow = guest.connect(&mut stack, 41000, 512);
+        let get = "GET /latest HTTP/1.1\r\nAccept: application/json\r\n\r\n";
+        let socket = guest.sockets.get_mut::<tcp::Socket>(slow);
+        let sent = socket.send_slice(get.repeat(100).as_bytes()).expect("send");
+        assert!(sent > 40 * get.len());
+        guest.exchange(&mut stack, &mut 100);
+        let endpoint = stack.endpoint.as_ref().expect("the endpoint");
+        let queued: usize = endpoint.conns.iter().map(|(_, c)| c.reply.len()).sum();
+        assert!(
+            queued < 200,
+            "{queued} answer bytes queued for a reader that never reads"
+        );
+        // Reading lets the rest come, each answer whole.
+        let mut answers = Vec::new();
+        for _ in 0..200 {
+            let socket = guest.sockets.get_mut::<tcp::Socket>(slow);
+            let mut buf = [0u8; 512];
+            let n = socket.recv_slice(&mut buf).unwrap_or(0);
+            answers.extend_from_slice(&buf[..n]);
+            guest.exchange(&mut stack, &mut 200);
+        }
+        let text = String::from_utf8_lossy(&answers);
+        assert_eq!(text.matches("HTTP/1.1 200").count(), 100, "{text}");
+    }
+
+    #[test]
+    fn a_newcomer_gets_the_socket_of_the_client_idle_longest() {
+        let mut stack = stack(MmdsVersion::V1);
+        let mut guest = Guest::new();
+        let idle: Vec<SocketHandle> = (0..CONNECTIONS)
+            .map(|i| {
+                let port = 42000 + u16::try_from(i).expect("a few connections");
+                guest.connect(&mut stack, port, 4096)
+            })
+            .collect();
+        let states = |g: &mut Guest| {
+            idle.iter()
+                .map(|h| g.sockets.get::<tcp::Socket>(*h).state())
+                .collect::<Vec<_>>()
+        };
+        assert!(states(&mut guest)
+            .iter()
+            .all(|s| *s == tcp::State::Established));
+        let answer = guest.request(
+            &mut stack,
+            "GET /latest/meta-data/id HTTP/1.1\r\n\r\n",
+            43000,
+        );
+        assert!(answer.ends_with("i-1234"), "{answer}");
+        // The evicted client learns it when it next sends.
+        for handle in &idle {
+            let socket = guest.sockets.get_mut::<tcp::Socket>(*handle);
+            socket.send_slice(b"GET / HTTP/1.1\r\n\r\n").expect("send");
+        }
+        guest.exchange(&mut stack, &mut 300);
+        let reset = states(&mut guest)
+            .iter()
+            .filter(|s| **s == tcp::State::Closed)
+            .count();
+        assert_eq!(
+            reset,
+            1,
+            "one idle client made room: {:?}",
+            states(&mut guest)
+        );
     }
 
     #[test]

@@ -322,6 +322,13 @@ impl MmioTransport {
                     self.status = value;
                     self.activated = true;
                     self.device.activate(self.driver_features);
+                    // Have the event loop look at the live device once, so it
+                    // watches the device's host side from now on (a net
+                    // device's TAP) even before the driver notifies a queue.
+                    for evt in &self.queue_events {
+                        // A failed write means the counter is non-zero already.
+                        let _ = evt.write(1);
+                    }
                 } else {
                     log::warn!("virtio: driver set DRIVER_OK with invalid queues");
                     self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
@@ -644,6 +651,11 @@ mod tests {
         write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
         write(&mut t, VIRTIO_MMIO_STATUS, 0xf);
         assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0xf);
+        assert_eq!(
+            t.queue_events()[0].read().unwrap(),
+            1,
+            "DRIVER_OK has the event loop look at the live device once"
+        );
         write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
         assert_eq!(t.queue_events()[0].read().unwrap(), 1);
         t.process_queue(0);

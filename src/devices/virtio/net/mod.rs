@@ -34,6 +34,10 @@ const QUEUE_SIZE: u16 = 256;
 /// Frames moved per direction per wake-up: a guest that keeps its tx ring
 /// full, or a host that floods the TAP, still lets everything else run.
 const WORK_BUDGET: usize = 64;
+/// Descriptors one frame may span, over all its chains (Firecracker's limit
+/// for a chain): an indirect table can make a chain 65535 descriptors long,
+/// and walking it is the guest's to pay for, not ember's.
+const MAX_FRAME_DESCRIPTORS: usize = 1024;
 
 /// A frame taken from the TAP (or MMDS) that waits for guest buffers.
 #[derive(Debug, Default)]
@@ -50,6 +54,8 @@ pub struct Net {
     acked: Option<u64>,
     rx_frame: Vec<u8>,
     pending: PendingRx,
+    /// The TAP failed a read (it was deleted, say): it is not watched again.
+    tap_failed: bool,
     tx_frame: Vec<u8>,
     mmds: Option<MmdsStack>,
     queue_sizes: [u16; 2],
@@ -86,6 +92,7 @@ impl Net {
             acked: None,
             rx_frame: vec![0; MAX_FRAME_LEN],
             pending: PendingRx::default(),
+            tap_failed: false,
             tx_frame: vec![0; MAX_FRAME_LEN],
             mmds,
             queue_sizes: [QUEUE_SIZE; 2],
@@ -94,6 +101,11 @@ impl Net {
 
     pub fn tap_name(&self) -> &str {
         self.tap.name()
+    }
+
+    /// Whether the TAP may be read: the driver is running and the TAP works.
+    fn tap_usable(&self) -> bool {
+        self.acked.is_some() && !self.tap_failed
     }
 
     fn acked(&self, bit: u32) -> bool {
@@ -179,7 +191,13 @@ impl Net {
             Ok(_) => None,
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::WouldBlock {
-                    log::warn!("net: cannot read TAP {}: {e}", self.tap.name());
+                    // A TAP deleted under ember fails every read at once: stop
+                    // watching it rather than spin on its error.
+                    log::warn!(
+                        "net: cannot read TAP {}, giving it up: {e}",
+                        self.tap.name()
+                    );
+                    self.tap_failed = true;
                 }
                 None
             }
@@ -195,6 +213,19 @@ impl Net {
         let (rx_used, rx_left) = if rx.ready() {
             self.process_rx(rx, mem)
         } else {
+            // A driver without a receive queue takes nothing: frames are
+            // dropped as a wire drops them, a budget's worth per wake-up.
+            for _ in 0..WORK_BUDGET {
+                if self
+                    .pending
+                    .len
+                    .take()
+                    .or_else(|| self.next_frame())
+                    .is_none()
+                {
+                    break;
+                }
+            }
             (false, false)
         };
         Activity {
@@ -204,6 +235,13 @@ impl Net {
             } else {
                 rx_left.then_some(RX)
             },
+        }
+    }
+
+    /// Takes every offload off the TAP, for a driver that has accepted none.
+    fn clear_offloads(&self) {
+        if let Err(e) = self.tap.set_offload(0) {
+            log::warn!("net: cannot clear offloads on TAP {}: {e}", self.tap.name());
         }
     }
 
@@ -234,8 +272,8 @@ enum Delivery {
 /// returned empty.
 fn deliver(rx: &mut Queue, mem: &GuestMemoryMmap, frame: &mut [u8], mergeable: bool) -> Delivery {
     let mut chains: Vec<(u16, Vec<(GuestAddress, usize)>)> = Vec::new();
-    let mut capacity = 0usize;
-    while capacity < frame.len() && (mergeable || chains.is_empty()) {
+    let (mut capacity, mut descriptors, mut usable) = (0usize, 0usize, true);
+    while usable && capacity < frame.len() && (mergeable || chains.is_empty()) {
         let Some(chain) = rx.pop_descriptor_chain(mem) else {
             // Give the chains back: the frame waits for more buffers.
             let taken = u16::try_from(chains.len()).unwrap_or(u16::MAX);
@@ -243,14 +281,18 @@ fn deliver(rx: &mut Queue, mem: &GuestMemoryMmap, frame: &mut [u8], mergeable: b
             return Delivery::NoBuffers;
         };
         let head = chain.head_index();
-        let buffers = writable_buffers(mem, chain).unwrap_or_default();
-        capacity = capacity.saturating_add(buffers.iter().map(|b| b.1).sum());
+        let limit = MAX_FRAME_DESCRIPTORS.saturating_sub(descriptors);
+        let buffers = writable_buffers(mem, chain, limit).unwrap_or_default();
+        let size: usize = buffers.iter().map(|b| b.1).sum();
+        // A chain that cannot take a byte (or the header, if first) spoils
+        // the frame: dropping it returns the chains, rather than putting
+        // them back to be walked again on every notification.
+        usable = size >= if chains.is_empty() { VNET_HDR_LEN } else { 1 };
+        descriptors += buffers.len();
+        capacity = capacity.saturating_add(size);
         chains.push((head, buffers));
     }
-    let header_fits = chains
-        .first()
-        .is_some_and(|(_, b)| b.iter().map(|b| b.1).sum::<usize>() >= VNET_HDR_LEN);
-    if capacity < frame.len() || !header_fits {
+    if capacity < frame.len() || !usable {
         for (head, _) in chains {
             let _ = rx.add_used(mem, head, 0);
         }
@@ -276,14 +318,18 @@ fn deliver(rx: &mut Queue, mem: &GuestMemoryMmap, frame: &mut [u8], mergeable: b
 
 /// Copies a tx chain's frame (header included) into `buf`; `None` if the
 /// chain is not a frame: a device-writable or unreadable buffer, shorter
-/// than a header and an Ethernet header, or longer than [`MAX_FRAME_LEN`].
+/// than a header and an Ethernet header, longer than [`MAX_FRAME_LEN`], or
+/// of more than [`MAX_FRAME_DESCRIPTORS`] descriptors.
 fn gather(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     buf: &mut [u8],
 ) -> Option<usize> {
     let mut len = 0usize;
-    for desc in chain {
+    for (count, desc) in chain.enumerate() {
+        if count >= MAX_FRAME_DESCRIPTORS {
+            return None;
+        }
         let size = usize::try_from(desc.len()).ok()?;
         let end = len.checked_add(size).filter(|&end| end <= buf.len())?;
         if desc.is_write_only() || mem.read_slice(&mut buf[len..end], desc.addr()).is_err() {
@@ -296,13 +342,20 @@ fn gather(
 
 const ETHERNET_HEADER_LEN: usize = 14;
 
-/// A rx chain's buffers, if all are device-writable and in guest memory.
+/// A rx chain's buffers, if all are device-writable and in guest memory and
+/// there are at most `limit` of them.
 fn writable_buffers(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
+    limit: usize,
 ) -> Option<Vec<(GuestAddress, usize)>> {
+    let mut count = 0;
     chain
         .map(|desc| {
+            count += 1;
+            if count > limit {
+                return None;
+            }
             let size = usize::try_from(desc.len()).ok()?;
             (desc.is_write_only() && mem.check_range(desc.addr(), size, Permissions::Write))
                 .then_some((desc.addr(), size))
@@ -342,7 +395,7 @@ impl VirtioDevice for Net {
     /// The TAP is read only while the driver runs and a frame can be taken:
     /// one waiting for rx buffers holds the rest back in the TAP's queue.
     fn wants_backend(&self) -> bool {
-        self.acked.is_some() && self.pending.len.is_none()
+        self.tap_usable() && self.pending.len.is_none()
     }
 
     fn process_backend(&mut self, queues: Option<&mut [Queue]>, mem: &GuestMemoryMmap) -> Activity {
@@ -350,13 +403,16 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, acked_features: u64) {
-        self.acked = Some(acked_features);
+        self.acked = Some(acked_features & self.features);
         if let Err(e) = self.tap.set_offload(self.tap_offloads()) {
+            // The TAP must not hand over frames the driver cannot take.
             log::warn!("net: cannot set offloads on TAP {}: {e}", self.tap.name());
+            self.clear_offloads();
         }
     }
 
     fn reset(&mut self) {
+        self.clear_offloads();
         self.acked = None;
         self.pending = PendingRx::default();
         if let Some(mmds) = &mut self.mmds {
@@ -452,6 +508,61 @@ mod tests {
         assert_eq!(
             deliver(&mut rx, &mem, &mut frame(10), false),
             Delivery::NoBuffers
+        );
+    }
+
+    #[test]
+    fn a_bad_chain_among_mergeable_ones_drops_the_frame_instead_of_waiting() {
+        let mem = guest_memory(0x40000);
+        let queue = MockSplitQueue::new(&mem, 16);
+        queue
+            .add_desc_chains(
+                &[
+                    desc(0x1000, 1000, WRITE, 0),
+                    desc(0x2000, 1000, 0, 0),
+                    desc(0x3000, 1000, WRITE, 0),
+                ],
+                0,
+            )
+            .unwrap();
+        let mut rx: Queue = queue.create_queue().unwrap();
+        assert_eq!(
+            deliver(&mut rx, &mem, &mut frame(2500), true),
+            Delivery::Dropped
+        );
+        assert_eq!(used_lens(&queue, 2), vec![0, 0]);
+        assert_eq!(
+            rx.next_avail(),
+            2,
+            "the chains went back used, not to the ring"
+        );
+    }
+
+    #[test]
+    fn chains_longer_than_a_frame_may_span_are_refused() {
+        let mem = guest_memory(0x100000);
+        let queue = MockSplitQueue::new(&mem, 2048);
+        let count = u16::try_from(MAX_FRAME_DESCRIPTORS + 1).unwrap();
+        let chain = |flags| -> Vec<_> {
+            (0..count)
+                .map(|i| {
+                    let more = if i + 1 < count { NEXT } else { 0 };
+                    desc(0x8000 + 64 * u64::from(i), 64, flags | more, i + 1)
+                })
+                .collect()
+        };
+        queue.add_desc_chains(&chain(0), 0).unwrap();
+        let mut tx: Queue = queue.create_queue().unwrap();
+        let mut buf = vec![0; MAX_FRAME_LEN];
+        let popped = tx.pop_descriptor_chain(&mem).expect("a chain");
+        assert_eq!(gather(&mem, popped, &mut buf), None);
+
+        let queue = MockSplitQueue::new(&mem, 2048);
+        queue.add_desc_chains(&chain(WRITE), 0).unwrap();
+        let mut rx: Queue = queue.create_queue().unwrap();
+        assert_eq!(
+            deliver(&mut rx, &mem, &mut frame(60), true),
+            Delivery::Dropped
         );
     }
 
