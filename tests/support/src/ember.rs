@@ -135,9 +135,36 @@ mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@
     }
 
     fn spawn_quiet(program: &Path, args: &[&str], socket: Option<&Path>) -> Ember {
+        Ember::spawn_command(Command::new(program).args(args), socket)
+    }
+
+    /// Spawns ember with `args` in the network namespace `netns` (an open
+    /// `/var/run/netns/<name>`), as `ip netns exec` would, without its exec.
+    pub fn spawn_in_netns(netns: &std::fs::File, args: &[&str], socket: Option<&Path>) -> Ember {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let fd = netns.as_raw_fd();
+        let mut command = Command::new(ember_bin());
+        command.args(args);
+        // SAFETY: the hook only calls setns, which is async-signal-safe, on an
+        // fd the parent keeps open until the spawn returns.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let mut ember = Ember::spawn_command(&mut command, socket);
+        ember.drain_console();
+        ember
+    }
+
+    fn spawn_command(command: &mut Command, socket: Option<&Path>) -> Ember {
         let spawned_at = Instant::now();
-        let mut child = Command::new(program)
-            .args(args)
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -8,7 +8,6 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 
-use crate::artifacts::ember_bin;
 use crate::ember::Ember;
 
 /// A network namespace, deleted (with its devices) on drop.
@@ -118,15 +117,8 @@ impl NetNs {
 
     /// Spawns ember in the namespace, with `args` (see [`Ember::spawn`]).
     pub fn spawn_ember(&self, args: &[&str], socket: Option<&Path>) -> Ember {
-        let ember = ember_bin();
-        let mut all = vec![
-            "netns",
-            "exec",
-            &self.name,
-            ember.to_str().expect("a UTF-8 path"),
-        ];
-        all.extend_from_slice(args);
-        Ember::spawn_program(Path::new("ip"), &all, socket)
+        let netns = File::open(self.path()).expect("open the namespace");
+        Ember::spawn_in_netns(&netns, args, socket)
     }
 }
 
