@@ -14,7 +14,7 @@ demo: guests build
 test: guests check build
 	cargo test --workspace --release
 	EMBER_TEST_JAILED=1 cargo test --release --test api --test boot --test function --test snapshot --test linux
-	cd resources/unikernel && cargo test -p rt
+	cd resources/unikernel && cargo test -p rt --features getrandom
 	cargo bench --bench boot -- --short
 	cargo bench --bench function -- --short
 	cargo bench --bench snapshot -- --short

@@ -80,6 +80,9 @@ pub enum Error {
     /// Rate limiters are not implemented for interfaces either.
     #[error("network interface '{0}': rx_rate_limiter and tx_rate_limiter are not supported by ember yet")]
     NetRateLimiter(String),
+    /// Rate limiters are not implemented for the entropy device either.
+    #[error("entropy: rate_limiter is not supported by ember yet")]
+    EntropyRateLimiter,
     /// An MMDS address outside the link-local range.
     #[error("mmds-config: ipv4_address '{0}' is invalid: use a link-local address in 169.254.1.0-169.254.254.255")]
     MmdsAddress(String),
@@ -491,6 +494,23 @@ impl MmdsConfig {
     }
 }
 
+/// `PUT /entropy`: a virtio-rng device fed by the host's `getrandom`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
+impl EntropyConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
+            return Err(Error::EntropyRateLimiter);
+        }
+        Ok(())
+    }
+}
+
 /// A device configured before InstanceStart. The controller passes devices on
 /// without looking inside, so a new kind of device is a new variant here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -501,6 +521,8 @@ pub enum DeviceConfig {
     Vsock(VsockConfig),
     /// `PUT /network-interfaces/{id}`, or a `network-interfaces` entry.
     Net(NetworkInterfaceConfig),
+    /// `PUT /entropy`, or the config file's `entropy`.
+    Entropy(EntropyConfig),
 }
 
 /// A change to a device of a running VM.
@@ -604,7 +626,7 @@ pub struct VmConfig {
     )]
     pub mmds_config: Option<MmdsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entropy: Option<serde_json::Value>,
+    pub entropy: Option<EntropyConfig>,
     #[serde(
         rename = "cpu-config",
         default,
@@ -643,7 +665,6 @@ impl VmConfig {
         [
             ("balloon", present(&self.balloon)),
             ("metrics", present(&self.metrics)),
-            ("entropy", present(&self.entropy)),
             ("cpu-config", present(&self.cpu_config)),
         ]
         .into_iter()

@@ -17,6 +17,7 @@ pub mod exit;
 pub mod logger;
 pub mod mmds;
 pub mod persist;
+pub mod random;
 pub mod resources;
 pub mod seccomp;
 pub mod stdio;

@@ -5,8 +5,9 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
 use crate::config::{
-    self, BootSourceConfig, DeviceConfig, DeviceUpdate, DriveConfig, FunctionConfig, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MmdsConfig, NetworkInterfaceConfig, VmConfig, VsockConfig,
+    self, BootSourceConfig, DeviceConfig, DeviceUpdate, DriveConfig, EntropyConfig, FunctionConfig,
+    LoggerConfig, MachineConfig, MachineConfigUpdate, MmdsConfig, NetworkInterfaceConfig, VmConfig,
+    VsockConfig,
 };
 use crate::devices::virtio::net::tap::{self, OpenTaps, Tap};
 use crate::mmds::SharedMmds;
@@ -61,6 +62,7 @@ pub struct VmResources {
     pub drives: Vec<DriveConfig>,
     pub vsock: Option<VsockConfig>,
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
+    pub entropy: Option<EntropyConfig>,
     pub mmds_config: Option<MmdsConfig>,
     pub function: FunctionConfig,
     pub logger: Option<LoggerConfig>,
@@ -92,6 +94,7 @@ impl VmResources {
             drives: config.drives,
             vsock: config.vsock,
             network_interfaces: config.network_interfaces,
+            entropy: config.entropy,
             mmds_config: config.mmds_config,
             function: config.function.unwrap_or_default(),
             logger: config.logger,
@@ -109,6 +112,7 @@ impl VmResources {
             logger: self.logger.clone(),
             vsock: self.vsock.clone(),
             network_interfaces: self.network_interfaces.clone(),
+            entropy: self.entropy.clone(),
             mmds_config: self.mmds_config.clone(),
             function: Some(self.function.clone()),
             ..Default::default()
@@ -122,6 +126,7 @@ impl VmResources {
             || !self.drives.is_empty()
             || self.vsock.is_some()
             || !self.network_interfaces.is_empty()
+            || self.entropy.is_some()
     }
 
     /// Adds or replaces a device.
@@ -130,6 +135,11 @@ impl VmResources {
             DeviceConfig::Drive(drive) => self.put_drive(drive),
             DeviceConfig::Vsock(vsock) => self.set_vsock(vsock),
             DeviceConfig::Net(net) => self.put_net(net),
+            DeviceConfig::Entropy(entropy) => {
+                entropy.validate()?;
+                self.entropy = Some(entropy);
+                Ok(())
+            }
         }
     }
 

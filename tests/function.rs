@@ -201,3 +201,64 @@ fn the_vsock_socket_is_gone_after_a_clean_exit() {
     assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
     assert!(!uds.exists(), "ember left {} behind", uds.display());
 }
+
+/// Boots the `random` function, with an entropy device if `entropy`.
+fn random_function(dir: &TempDir, entropy: bool) -> Ember {
+    require_kvm();
+    let ember = Ember::with_api(dir, &[]);
+    ember.put_boot_source(&artifact("unikernel-random"), "console=ttyS0");
+    ember.ok(
+        "PUT",
+        "/vsock",
+        &json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
+    );
+    if entropy {
+        let (status, body) = ember.api(
+            "PUT",
+            "/entropy",
+            r#"{"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
+        );
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("rate_limiter"), "{body}");
+        ember.ok("PUT", "/entropy", "{}");
+    }
+    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    ember.expect_line(READY, BOOT);
+    ember
+}
+
+#[test]
+fn random_gets_fresh_bytes_from_the_entropy_device_through_getrandom() {
+    let dir = TempDir::new("fn-random");
+    let ember = random_function(&dir, true);
+    let (status, first) = ember.invoke(b"32");
+    assert_eq!((status, first.len()), (200, 32));
+    let (status, second) = ember.invoke(b"32");
+    assert_eq!(status, 200);
+    assert_ne!(first, second, "two draws of 32 bytes came out the same");
+    let (status, big) = ember.invoke(b"1048576");
+    assert_eq!((status, big.len()), (200, 1 << 20));
+    let mut seen = [false; 256];
+    big.iter().for_each(|&b| seen[usize::from(b)] = true);
+    assert!(
+        seen.iter().all(|&s| s),
+        "1 MiB of random bytes lacks some byte values"
+    );
+    let (_, config) = ember.api("GET", "/vm/config", "");
+    assert!(config.contains(r#""entropy":{}"#), "{config}");
+    let (status, body) = ember.invoke(b"many");
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn without_an_entropy_device_random_says_what_is_missing() {
+    let dir = TempDir::new("fn-no-random");
+    let ember = random_function(&dir, false);
+    let (status, body) = ember.invoke(b"8");
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("no entropy device"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}

@@ -36,27 +36,34 @@ struct Devices {
     vsock: bool,
     /// A net device on a TAP in a namespace of the test's own.
     net: bool,
+    /// An entropy device.
+    entropy: bool,
 }
 
 const DRIVE: Devices = Devices {
     drive: true,
     vsock: false,
     net: false,
+    entropy: false,
 };
 const VSOCK: Devices = Devices {
     drive: false,
     vsock: true,
     net: false,
+    entropy: false,
 };
+/// Every kind of device the generic attacks can take on without a host side.
 const BOTH: Devices = Devices {
     drive: true,
     vsock: true,
     net: false,
+    entropy: true,
 };
 const NET: Devices = Devices {
     drive: false,
     vsock: true,
     net: true,
+    entropy: false,
 };
 /// The addresses of the attacked VM's link, host side and guest side.
 const TAP_HOST: &str = "10.0.0.1";
@@ -136,6 +143,9 @@ impl Attacked {
                 &serde_json::json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": GUEST_MAC})
                     .to_string(),
             );
+        }
+        if devices.entropy {
+            ember.ok("PUT", "/entropy", "{}");
         }
         if devices.vsock {
             ember.ok(

@@ -415,3 +415,37 @@ fn load_is_refused_after_configuring_a_boot() {
     assert_eq!(status, 400);
     assert!(body.contains("boot-specific"), "{body}");
 }
+
+#[test]
+fn a_restored_function_still_draws_from_its_entropy_device() {
+    require_kvm();
+    let dir = TempDir::new("snap-random");
+    let ember = Ember::with_api(&dir, &[]);
+    ember.put_boot_source(&artifact("unikernel-random"), "console=ttyS0");
+    ember.ok(
+        "PUT",
+        "/vsock",
+        &json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
+    );
+    ember.ok("PUT", "/entropy", "{}");
+    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    ember.expect_line("EMBER-FN: ready on port", BOOT);
+    let (status, before) = ember.invoke(b"16");
+    assert_eq!((status, before.len()), (200, 16));
+    let snap = Snapshot {
+        state: dir.path("fn.snap"),
+        mem: dir.path("fn.mem"),
+    };
+    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    ember.ok(
+        "PUT",
+        "/snapshot/create",
+        &json!({"snapshot_path": snap.state, "mem_file_path": snap.mem}).to_string(),
+    );
+    drop(ember);
+    let clone_dir = TempDir::new("snap-random-clone");
+    let clone = restore(&clone_dir, &snap, file_backend(&snap), true);
+    let (status, after) = clone.invoke(b"16");
+    assert_eq!((status, after.len()), (200, 16));
+    assert_ne!(before, after);
+}

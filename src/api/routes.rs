@@ -31,10 +31,9 @@ pub fn body_limit(method: &str, path: &str) -> usize {
 pub struct RouteError(pub String);
 
 /// Endpoints of Firecracker's API that ember does not serve yet.
-const NOT_YET: [&str; 7] = [
+const NOT_YET: [&str; 6] = [
     "balloon",
     "cpu-config",
-    "entropy",
     "hotplug",
     "metrics",
     "pmem",
@@ -90,6 +89,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
         ("PUT", ["vsock"]) => Ok(Request::PutDevice(DeviceConfig::Vsock(
             json::<VsockConfig>(body)?,
         ))),
+        ("PUT", ["entropy"]) => Ok(Request::PutDevice(DeviceConfig::Entropy(json(body)?))),
         ("PUT", ["function"]) => Ok(Request::PutFunction(json::<FunctionConfig>(body)?)),
         // The payload is the function's input, carried as is, not JSON.
         ("POST", ["invocations"]) => Ok(Request::GetInvocationTarget),
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn firecracker_endpoints_ember_lacks_say_so() {
-        for path in ["/balloon", "/entropy", "/metrics"] {
+        for path in ["/balloon", "/metrics", "/cpu-config"] {
             assert!(
                 err("PUT", path, "{}").contains("not supported by ember yet"),
                 "{path}"

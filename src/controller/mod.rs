@@ -146,7 +146,7 @@ pub enum Error {
     NoVsock,
     /// A snapshot load would discard the boot configuration already given.
     #[error(
-        "loading a snapshot is only allowed before configuring boot-specific resources (boot source, drives, network interfaces, vsock)"
+        "loading a snapshot is only allowed before configuring boot-specific resources (boot source, drives, network interfaces, vsock, entropy)"
     )]
     LoadAfterConfig,
     /// A metadata document the data store refuses.
@@ -275,6 +275,12 @@ impl<L: Launcher> Controller<L> {
                 config
                     .vsock
                     .map(DeviceConfig::Vsock)
+                    .map(Request::PutDevice),
+            )
+            .chain(
+                config
+                    .entropy
+                    .map(DeviceConfig::Entropy)
                     .map(Request::PutDevice),
             )
             .chain(config.mmds_config.map(Request::PutMmdsConfig))

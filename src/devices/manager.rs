@@ -29,6 +29,7 @@ use super::virtio::block::{self, Block, Disk};
 use super::virtio::mmio::{self, MmioTransport, TransportEvents, TransportState};
 use super::virtio::net::tap;
 use super::virtio::net::Net;
+use super::virtio::rng::Rng;
 use super::virtio::vsock::{self, Vsock};
 use super::virtio::{Interrupt, VirtioDevice, INT_CONFIG};
 use super::{EventSubscriber, IrqLine};
@@ -97,6 +98,8 @@ enum VirtioConfig<'a> {
     Block(&'a DriveConfig),
     Net(&'a NetworkInterfaceConfig),
     Vsock(&'a VsockConfig),
+    /// Its only setting, a rate limiter, is not implemented yet.
+    Entropy,
 }
 
 /// A virtio device in the layout, with its MMIO window and IRQ.
@@ -108,8 +111,8 @@ struct VirtioSlot<'a> {
 
 /// Where each virtio device sits: the root drive is the guest's first
 /// (/dev/vda), as in Firecracker, then the other drives, the network
-/// interfaces, then vsock. A boot and every restore of it lay devices out
-/// the same way.
+/// interfaces, then vsock, then the entropy device. A boot and every
+/// restore of it lay devices out the same way.
 pub struct DeviceLayout<'a> {
     virtio: Vec<VirtioSlot<'a>>,
     resources: &'a VmResources,
@@ -124,7 +127,8 @@ impl<'a> DeviceLayout<'a> {
             .chain(drives.iter().filter(|d| !d.is_root_device))
             .map(VirtioConfig::Block)
             .chain(resources.network_interfaces.iter().map(VirtioConfig::Net))
-            .chain(resources.vsock.iter().map(VirtioConfig::Vsock));
+            .chain(resources.vsock.iter().map(VirtioConfig::Vsock))
+            .chain(resources.entropy.iter().map(|_| VirtioConfig::Entropy));
         let virtio = configs
             .enumerate()
             .map(|(index, config)| {
@@ -177,6 +181,7 @@ impl<'a> DeviceLayout<'a> {
                         Backend::Block(drive, Arc::new(Mutex::new(disk)))
                     }
                     VirtioConfig::Net(net) => Backend::Net(Box::new(self.open_net(net)?)),
+                    VirtioConfig::Entropy => Backend::Entropy(Box::default()),
                     VirtioConfig::Vsock(config) => Backend::Vsock(Box::new(Vsock::new(
                         u64::from(config.guest_cid),
                         Path::new(&config.uds_path),
@@ -215,6 +220,7 @@ enum Backend<'a> {
     Block(&'a DriveConfig, Arc<Mutex<Disk>>),
     Net(Box<Net>),
     Vsock(Box<Vsock>),
+    Entropy(Box<Rng>),
 }
 
 /// A virtio device whose host side is open, where the layout puts it.
@@ -361,6 +367,7 @@ impl Devices {
                 }
                 Backend::Net(net) => net,
                 Backend::Vsock(vsock) => vsock,
+                Backend::Entropy(rng) => rng,
             };
             let transport = match saved_virtio.as_mut().and_then(Iterator::next) {
                 Some(state) => MmioTransport::restore(device, mem.clone(), interrupt, state)?,

@@ -38,7 +38,7 @@ impl Tokens {
             .filter(|s| TTL_RANGE.contains(s))
             .ok_or_else(|| Error::Ttl(ttl.to_string()))?;
         let mut bytes = [0u8; TOKEN_BYTES];
-        getrandom(&mut bytes)?;
+        crate::random::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         self.expiry.retain(|_, expires| *expires > now);
         if self.expiry.len() >= MAX_TOKENS {
@@ -58,25 +58,6 @@ impl Tokens {
     pub fn is_valid(&self, token: &str, now: Instant) -> bool {
         self.expiry.get(token).is_some_and(|expires| *expires > now)
     }
-}
-
-fn getrandom(buf: &mut [u8]) -> Result<(), Error> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`.
-        let got = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        match usize::try_from(got) {
-            Ok(n) => filled += n,
-            Err(_) => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(Error::Random(e.to_string()));
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

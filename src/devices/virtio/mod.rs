@@ -7,6 +7,7 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod rng;
 #[cfg(test)]
 pub mod test_utils;
 pub mod vsock;

@@ -28,6 +28,7 @@ pub mod io;
 pub mod irq;
 pub mod mptable;
 pub mod net;
+pub mod random;
 pub mod time;
 pub mod virtio;
 

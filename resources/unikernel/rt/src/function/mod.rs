@@ -5,8 +5,8 @@
 //! any number of sequential invocations (framing in [`framing`]). Requests are
 //! served one at a time, in the order they completed. Between invocations the vCPU
 //! sleeps in `hlt` until a device interrupts (or a network timer is due). The
-//! function may open streams to host ports ([`HostStream`]) and use the network
-//! ([`crate::net`]).
+//! function may open streams to host ports ([`HostStream`]), use the network
+//! ([`crate::net`]) and ask for random bytes ([`crate::random`]).
 //!
 //! A panicking function does not end the guest: the panic handler answers status 2
 //! with the panic message and restarts the serving loop on a fresh stack. The
@@ -82,7 +82,7 @@ mod runtime;
 #[cfg(not(any(test, feature = "hosted")))]
 pub use runtime::{HostStream, run};
 #[cfg(not(any(test, feature = "hosted")))]
-pub(crate) use runtime::{in_function, net_until, recover, with_stack};
+pub(crate) use runtime::{fill_random, in_function, net_until, recover, with_stack};
 
 #[cfg(test)]
 mod tests {

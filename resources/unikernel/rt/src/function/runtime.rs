@@ -1,5 +1,5 @@
 //! The serving loop on the devices: boot-time setup, waiting, responding, the
-//! network calls of functions, and the recovery from a function's panic.
+//! network and entropy calls of functions, and the recovery from a function's panic.
 
 use alloc::vec::Vec;
 use core::arch::asm;
@@ -16,6 +16,8 @@ use crate::bootinfo::BootInfo;
 use crate::cmdline::{IpConfig, ip_config, parse_number, value, virtio_mmio_devices};
 use crate::io::{rdtsc, reset, signal_boot_timer};
 use crate::net::{NetError, Stack as NetStack};
+use crate::random::{Filler, RandomError, Step};
+use crate::virtio::rng::{self, Rng};
 use crate::virtio::vsock::{self, Received, Vsock};
 use crate::virtio::{MmioTransport, net};
 use crate::{heap, irq, println, time};
@@ -33,6 +35,8 @@ struct Runtime {
     vsock: Vsock,
     /// The network, with a virtio-net device.
     net: Network,
+    /// The entropy device, if any.
+    entropy: Entropy,
     server: Server,
     function: Function,
     /// The request being served and its connection. The request lives here, not on
@@ -87,6 +91,42 @@ impl Network {
     }
 }
 
+/// The entropy device, brought up when the function first asks for random bytes,
+/// for the same reason as the network.
+enum Entropy {
+    Absent,
+    /// The device and its IRQ line, untouched yet.
+    Idle(MmioTransport, u32),
+    Up(alloc::boxed::Box<Rng>),
+}
+
+impl Entropy {
+    /// The device, brought up now if it was idle.
+    fn up(&mut self) -> Result<&mut Rng, RandomError> {
+        if let Entropy::Idle(..) = self {
+            let Entropy::Idle(transport, irq_line) = core::mem::replace(self, Entropy::Absent)
+            else {
+                return Err(RandomError::NoDevice);
+            };
+            let device =
+                Rng::new(transport).unwrap_or_else(|err| fail(format_args!("virtio-rng: {err}")));
+            if let Err(irq::BadIrq(line)) = irq::enable(irq_line) {
+                fail(format_args!("virtio-rng IRQ {line} not routable"));
+            }
+            *self = Entropy::Up(alloc::boxed::Box::new(device));
+        }
+        self.running().ok_or(RandomError::NoDevice)
+    }
+
+    /// The device, if it is up.
+    fn running(&mut self) -> Option<&mut Rng> {
+        match self {
+            Entropy::Up(rng) => Some(rng),
+            _ => None,
+        }
+    }
+}
+
 /// Memory that only the single, uninterrupted thread of ring 3 touches.
 struct Local<T>(UnsafeCell<T>);
 
@@ -103,8 +143,9 @@ static PANIC_MESSAGE: Local<[u8; PANIC_MESSAGE_MAX]> =
 /// Set while the function runs: its panics are answered, not fatal.
 static IN_FUNCTION: AtomicBool = AtomicBool::new(false);
 
-/// Sets up the heap, the vsock device (and the network device, if any) and their
-/// interrupts, prints `EMBER-FN: ready on port <n>`, then serves `function` forever.
+/// Sets up the heap, the vsock device and its interrupt (the network and entropy
+/// devices, if any, wait for their first use), prints `EMBER-FN: ready on port
+/// <n>`, then serves `function` forever.
 pub fn run(boot: &BootInfo, function: Function) -> ! {
     let port = match value(boot.cmdline, b"ember.port=") {
         None => DEFAULT_PORT,
@@ -114,7 +155,10 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
         },
     };
     let ip = ip_config(boot.cmdline).unwrap_or_else(|err| fail(format_args!("{err}")));
-    let [vsock_device, net_device] = find_devices(boot.cmdline, [vsock::DEVICE_ID, net::DEVICE_ID]);
+    let [vsock_device, net_device, rng_device] = find_devices(
+        boot.cmdline,
+        [vsock::DEVICE_ID, net::DEVICE_ID, rng::DEVICE_ID],
+    );
     let Some((transport, irq_line)) = vsock_device else {
         fail(format_args!("no virtio-vsock device"))
     };
@@ -133,12 +177,17 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
         Some((transport, irq_line)) => Network::Idle(transport, irq_line, ip),
         None => Network::Absent,
     };
+    let entropy = match rng_device {
+        Some((transport, irq_line)) => Entropy::Idle(transport, irq_line),
+        None => Entropy::Absent,
+    };
     let server = Server::new(vsock.guest_cid(), port, heap_size);
     // SAFETY: nothing else references the runtime yet.
     unsafe {
         *RUNTIME.0.get() = Some(Runtime {
             vsock,
             net,
+            entropy,
             server,
             function,
             request: Vec::new(),
@@ -187,10 +236,11 @@ fn find_devices<const N: usize>(
 /// cannot keep the reference (`R` cannot borrow from it); ring 3 has one thread,
 /// interrupted by no code that touches the runtime; and no `f` calls
 /// `with_runtime` again: this module's closures never call the function, the
-/// only caller of `HostStream` and of the network calls ([`with_stack`],
-/// [`net_until`], whose closures only touch the stack). The exception is
-/// [`recover`], which runs on the function's panic, maybe inside the `f` of such a
-/// call: those frames, and the reference they hold, are abandoned for good.
+/// only caller of `HostStream`, of the network calls ([`with_stack`],
+/// [`net_until`], whose closures only touch the stack) and of [`fill_random`].
+/// The exception is [`recover`], which runs on the function's panic, maybe inside
+/// the `f` of such a call: those frames, and the reference they hold, are
+/// abandoned for good.
 fn with_runtime<R>(f: impl FnOnce(&mut Runtime) -> R) -> R {
     // SAFETY: as above, the reference is the only one for as long as `f` runs.
     let runtime = unsafe { (*RUNTIME.0.get()).as_mut() };
@@ -348,6 +398,9 @@ impl Runtime {
             if let Some(net) = self.net.running() {
                 net.forget_neighbors(rdtsc());
             }
+            if let Some(rng) = self.entropy.running() {
+                rng.renotify();
+            }
         }
         let server = &mut self.server;
         self.vsock.receive(|packet| match packet {
@@ -383,11 +436,20 @@ impl Runtime {
         {
             self.poller.active(rdtsc());
         }
+        // Takes the answer (or garbage) off the ring, so that waits do not spin on
+        // it; the caller of `fill_random` copies it out.
+        if let Some(rng) = self.entropy.running()
+            && rng.reclaim()
+        {
+            self.poller.active(rdtsc());
+        }
     }
 
     /// Whether a device has returned buffers not yet looked at.
     fn has_used(&self) -> bool {
-        self.vsock.has_used() || matches!(&self.net, Network::Up(net) if net.has_used())
+        self.vsock.has_used()
+            || matches!(&self.net, Network::Up(net) if net.has_used())
+            || matches!(&self.entropy, Entropy::Up(rng) if rng.has_used())
     }
 
     /// Waits for the devices, or until the TSC reaches `deadline` or the network
@@ -421,7 +483,15 @@ impl Runtime {
         if let Some(net) = self.net.running() {
             exits += net.ack_interrupt();
         }
+        if let Some(rng) = self.entropy.running() {
+            exits += rng.ack_interrupt();
+        }
         self.poller.measured(exits, rdtsc().wrapping_sub(start));
+        if let Some(rng) = self.entropy.running()
+            && !rng.enable_interrupts()
+        {
+            return;
+        }
         let mut timer = None;
         if let Some(net) = self.net.running() {
             if !net.enable_interrupts() {
@@ -481,6 +551,28 @@ pub(crate) fn net_until<R>(
                 return Ok(None);
             }
             rt.wait(Wait::Traffic, deadline);
+        }
+    })
+}
+
+/// Fills `buf` (not empty) from the entropy device (see [`crate::random::fill`]),
+/// serving traffic until it is full.
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), RandomError> {
+    with_runtime(|rt| {
+        let mut filler = Filler::new();
+        loop {
+            // SAFETY: there is no response body in flight.
+            unsafe { rt.pump(&[]) };
+            let rng = rt.entropy.up()?;
+            let now = rdtsc();
+            match filler.step(rng, buf, now, time::tsc_khz()) {
+                Step::Full => return Ok(()),
+                Step::Requested => {
+                    rt.poller.active(now);
+                    rt.wait(Wait::Sent, None);
+                }
+                Step::Wait(until) => rt.wait(Wait::Sent, until),
+            }
         }
     })
 }

@@ -7,6 +7,7 @@ pub(crate) mod fake;
 mod mmio;
 pub mod net;
 pub mod queue;
+pub mod rng;
 pub mod vsock;
 
 use alloc::alloc::Layout;

@@ -48,6 +48,7 @@ const VERSION_1_HIGH: u32 = 1;
 /// Device IDs.
 pub const NET: u32 = 1;
 pub const BLOCK: u32 = 2;
+pub const RNG: u32 = 4;
 pub const VSOCK: u32 = 19;
 
 /// Width of a raw register access.

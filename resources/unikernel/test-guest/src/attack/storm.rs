@@ -9,7 +9,7 @@ use super::Error;
 use super::device::{
     self, ACKNOWLEDGE, BLOCK, CONFIG, CONFIG_END, DRIVER, DRIVER_FEATURES, DRIVER_FEATURES_SEL,
     DRIVER_OK, Device, FAILED, FEATURES_OK, INTERRUPT_ACK, NEEDS_RESET, QUEUE_DESC_LOW,
-    QUEUE_DRIVER_LOW, QUEUE_NOTIFY, QUEUE_NUM, QUEUE_READY, QUEUE_SEL, STATUS, VSOCK, Width,
+    QUEUE_DRIVER_LOW, QUEUE_NOTIFY, QUEUE_NUM, QUEUE_READY, QUEUE_SEL, RNG, STATUS, VSOCK, Width,
 };
 use super::ring::{RawQueue, Shared, addr};
 
@@ -174,7 +174,7 @@ fn mix(round: u32, salt: u32) -> u32 {
 }
 
 /// `notify-storm`: every device gets valid empty rings (one queue for a block
-/// device, three for vsock) and DRIVER_OK, then 1,000,000 unpaced QueueNotify
+/// or entropy device, three for vsock) and DRIVER_OK, then 1,000,000 unpaced QueueNotify
 /// writes each, cycling queue indices 0, 1, 2, 7 and 0xffff.
 pub fn notify_storm(cmdline: &[u8]) -> Result<(), Error> {
     if device::all(cmdline).next().is_none() {
@@ -182,7 +182,7 @@ pub fn notify_storm(cmdline: &[u8]) -> Result<(), Error> {
     }
     for device in device::all(cmdline) {
         let count = match device.id() {
-            Some(BLOCK) => 1,
+            Some(BLOCK) | Some(RNG) => 1,
             Some(VSOCK) => 3,
             _ => 0,
         };
