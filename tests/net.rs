@@ -228,6 +228,15 @@ fn metadata_reads_mmds_over_v2_tokens_and_sees_patches() {
     let (status, body) = read_mmds(&ember, "v1:/latest/meta-data/instance-id");
     assert_eq!(status, 502, "V2 needs a token");
     assert!(body.contains("mmds: 401"), "{body}");
+    // A token is good for its lifetime only.
+    let (status, token) = read_mmds(&ember, "new-token:1");
+    assert_eq!(status, 200, "{token}");
+    let with_token = format!("token:{token}:/latest/meta-data/instance-id");
+    assert_eq!(read_mmds(&ember, &with_token), (200, "i-4567".into()));
+    std::thread::sleep(Duration::from_millis(1100));
+    let (status, body) = read_mmds(&ember, &with_token);
+    assert_eq!(status, 502, "an expired token");
+    assert!(body.contains("mmds: 401"), "{body}");
 }
 
 #[test]
