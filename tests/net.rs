@@ -71,25 +71,22 @@ fn link(tag: &str, tap: &str) -> NetNs {
 /// Boots function `name` in `ns` on TAP `tap` through the API; `mmds` is
 /// the MMDS configuration, if any, applied before InstanceStart.
 fn boot_function(ns: &NetNs, dir: &TempDir, name: &str, tap: &str, mmds: Option<Value>) -> Ember {
-    boot_function_at(ns, dir, name, tap, mmds, (GUEST_IP, HOST_IP))
+    boot_function_at(ns, dir, name, tap, mmds, &boot_args(GUEST_IP, HOST_IP))
 }
 
-/// As [`boot_function`], with the guest at `guest` and its gateway `host`.
+/// As [`boot_function`], with the guest's command line `boot_args` (its addressing).
 fn boot_function_at(
     ns: &NetNs,
     dir: &TempDir,
     name: &str,
     tap: &str,
     mmds: Option<Value>,
-    (guest, host): (&str, &str),
+    boot_args: &str,
 ) -> Ember {
     require_kvm();
     let socket = dir.path("api.sock");
     let ember = ns.spawn_ember(&["--api-sock", socket.to_str().unwrap()], Some(&socket));
-    ember.put_boot_source(
-        &artifact(&format!("unikernel-{name}")),
-        &boot_args(guest, host),
-    );
+    ember.put_boot_source(&artifact(&format!("unikernel-{name}")), boot_args);
     ember.ok(
         "PUT",
         "/machine-config",
@@ -161,8 +158,22 @@ fn two_functions_on_two_taps_reach_only_their_own_host_side() {
     serve_http(a.listen("10.0.1.1:8080"), vec![("/", b"host a".to_vec())]);
     serve_http(b.listen("10.0.2.1:8080"), vec![("/", b"host b".to_vec())]);
     let (dir_a, dir_b) = (TempDir::new("net-iso-a"), TempDir::new("net-iso-b"));
-    let fn_a = boot_function_at(&a, &dir_a, "fetch", "tap0", None, ("10.0.1.2", "10.0.1.1"));
-    let fn_b = boot_function_at(&b, &dir_b, "fetch", "tap0", None, ("10.0.2.2", "10.0.2.1"));
+    let fn_a = boot_function_at(
+        &a,
+        &dir_a,
+        "fetch",
+        "tap0",
+        None,
+        &boot_args("10.0.1.2", "10.0.1.1"),
+    );
+    let fn_b = boot_function_at(
+        &b,
+        &dir_b,
+        "fetch",
+        "tap0",
+        None,
+        &boot_args("10.0.2.2", "10.0.2.1"),
+    );
     assert_eq!(
         fetch(&fn_a, "http://10.0.1.1:8080/"),
         (200, b"host a".to_vec())
@@ -566,24 +577,10 @@ fn fetch_resolves_names_through_the_dns_server_ip_names() {
     let dns =
         ns.within(|| std::net::UdpSocket::bind(format!("{HOST_IP}:53")).expect("bind port 53"));
     serve_dns(dns, "functions.test", [10, 0, 0, 1]);
-    require_kvm();
     let dir = TempDir::new("net-dns");
-    let socket = dir.path("api.sock");
-    let ember = ns.spawn_ember(&["--api-sock", socket.to_str().unwrap()], Some(&socket));
-    let boot_args = format!("{}:{HOST_IP}", boot_args(GUEST_IP, HOST_IP));
-    ember.put_boot_source(&artifact("unikernel-fetch"), &boot_args);
-    ember.ok(
-        "PUT",
-        "/network-interfaces/eth0",
-        r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#,
-    );
-    ember.ok(
-        "PUT",
-        "/vsock",
-        &json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
-    );
-    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-    ember.expect_line(READY, BOOT);
+    // dns0, after `off`, is the TAP's host side.
+    let with_dns = format!("{}:{HOST_IP}", boot_args(GUEST_IP, HOST_IP));
+    let ember = boot_function_at(&ns, &dir, "fetch", "tap0", None, &with_dns);
     assert_eq!(
         fetch(&ember, "http://functions.test:8080/"),
         (200, b"by name".to_vec())

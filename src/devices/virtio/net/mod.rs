@@ -39,12 +39,6 @@ const WORK_BUDGET: usize = 64;
 /// and walking it is the guest's to pay for, not ember's.
 const MAX_FRAME_DESCRIPTORS: usize = 1024;
 
-/// A frame taken from the TAP (or MMDS) that waits for guest buffers.
-#[derive(Debug, Default)]
-struct PendingRx {
-    len: Option<usize>,
-}
-
 pub struct Net {
     tap: Tap,
     mac: Option<[u8; 6]>,
@@ -53,7 +47,9 @@ pub struct Net {
     /// What the driver accepted, once it is running.
     acked: Option<u64>,
     rx_frame: Vec<u8>,
-    pending: PendingRx,
+    /// The length of a frame in `rx_frame`, taken from the TAP (or MMDS),
+    /// that waits for guest buffers.
+    pending: Option<usize>,
     /// The TAP failed a read (it was deleted, say): it is not watched again.
     tap_failed: bool,
     tx_frame: Vec<u8>,
@@ -91,7 +87,7 @@ impl Net {
             features,
             acked: None,
             rx_frame: vec![0; MAX_FRAME_LEN],
-            pending: PendingRx::default(),
+            pending: None,
             tap_failed: false,
             tx_frame: vec![0; MAX_FRAME_LEN],
             mmds,
@@ -153,14 +149,14 @@ impl Net {
     fn process_rx(&mut self, rx: &mut Queue, mem: &GuestMemoryMmap) -> (bool, bool) {
         let mut used = false;
         for _ in 0..WORK_BUDGET {
-            let len = match self.pending.len {
+            let len = match self.pending {
                 Some(len) => len,
                 None => match self.next_frame() {
                     Some(len) => len,
                     None => return (used, false),
                 },
             };
-            self.pending.len = Some(len);
+            self.pending = Some(len);
             let mergeable = self.acked(VIRTIO_NET_F_MRG_RXBUF);
             match deliver(rx, mem, &mut self.rx_frame[..len], mergeable) {
                 Delivery::Done => used = true,
@@ -170,7 +166,7 @@ impl Net {
                 }
                 Delivery::NoBuffers => return (used, false),
             }
-            self.pending.len = None;
+            self.pending = None;
         }
         (used, true)
     }
@@ -216,13 +212,7 @@ impl Net {
             // A driver without a receive queue takes nothing: frames are
             // dropped as a wire drops them, a budget's worth per wake-up.
             for _ in 0..WORK_BUDGET {
-                if self
-                    .pending
-                    .len
-                    .take()
-                    .or_else(|| self.next_frame())
-                    .is_none()
-                {
+                if self.pending.take().or_else(|| self.next_frame()).is_none() {
                     break;
                 }
             }
@@ -395,7 +385,7 @@ impl VirtioDevice for Net {
     /// The TAP is read only while the driver runs and a frame can be taken:
     /// one waiting for rx buffers holds the rest back in the TAP's queue.
     fn wants_backend(&self) -> bool {
-        self.tap_usable() && self.pending.len.is_none()
+        self.tap_usable() && self.pending.is_none()
     }
 
     fn process_backend(&mut self, queues: Option<&mut [Queue]>, mem: &GuestMemoryMmap) -> Activity {
@@ -414,7 +404,7 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.clear_offloads();
         self.acked = None;
-        self.pending = PendingRx::default();
+        self.pending = None;
         if let Some(mmds) = &mut self.mmds {
             mmds.reset();
         }
