@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ember_test_support::bench::{micros, BenchArgs, Samples};
 use ember_test_support::{artifact, require_kvm, Ember, NetNs, TempDir};
@@ -45,11 +45,16 @@ fn servers(ns: &NetNs, recv_bytes: usize) {
         }
     });
     server(ns, 5004, drop);
-    let listener = ns.listen(&format!("{HOST}:5002"));
+    source(ns, 5002, recv_bytes);
+}
+
+/// Sends `bytes` bytes on every connection to `port` in `ns`, then closes it.
+fn source(ns: &NetNs, port: u16, bytes: usize) {
+    let listener = ns.listen(&format!("{HOST}:{port}"));
     std::thread::spawn(move || {
         let block = vec![0x5au8; 1 << 20];
         for mut s in listener.incoming().flatten() {
-            let mut left = recv_bytes;
+            let mut left = bytes;
             while left > 0 {
                 let n = left.min(block.len());
                 if s.write_all(&block[..n]).is_err() {
@@ -136,6 +141,36 @@ fn mbits(fields: &[(String, u64)]) -> f64 {
     field(fields, "bytes", 0) * 8.0 * 1e3 / field(fields, "ns", 0)
 }
 
+/// The rate limiter's own rate: 1 MiB per 100 ms.
+const LIMIT_BYTES_PER_S: f64 = 10.0 * 1048576.0;
+
+/// Throughput through a PATCHed 10 MiB/s limit each way, as a percentage of
+/// the limit, over transfers of 5 s at the limit (1 s in short mode), timed
+/// on the host (the guest's clock is only as good as the TSC frequency it
+/// is told). The bucket starts full, so the first 1 MiB comes at once: it is
+/// left out.
+fn limited_rates(ember: &Ember, runs: usize, short: bool) -> [Samples; 2] {
+    let limit = json!({"bandwidth": {"size": 1048576, "refill_time": 100}});
+    let body = json!({"iface_id": "eth0", "rx_rate_limiter": limit, "tx_rate_limiter": limit});
+    ember.ok("PATCH", "/network-interfaces/eth0", &body.to_string());
+    let seconds = if short { 1 } else { 5 };
+    let bytes = (seconds * 10) << 20;
+    let percent = |input: String| {
+        let start = Instant::now();
+        let fields = run(ember, &input);
+        let elapsed = start.elapsed().as_secs_f64();
+        let rate = (field(&fields, "bytes", 0) - 1048576.0) / elapsed;
+        100.0 * rate / LIMIT_BYTES_PER_S
+    };
+    let mut tx = Samples::new("guest -> host through a 10 MiB/s limit", "% of limit");
+    let mut rx = Samples::new("host -> guest through a 10 MiB/s limit", "% of limit");
+    for _ in 0..runs {
+        tx.values.push(percent(format!("send:{HOST}:5001:{bytes}")));
+        rx.values.push(percent(format!("recv:{HOST}:5006")));
+    }
+    [tx, rx]
+}
+
 fn main() {
     let args = BenchArgs::parse("net");
     require_kvm();
@@ -150,6 +185,7 @@ fn main() {
         let ns = NetNs::new(&format!("bench{mtu}"));
         ns.add_tap("tap0", &format!("{HOST}/24"), mtu);
         servers(&ns, bytes);
+        source(&ns, 5006, if args.short { 10 << 20 } else { 50 << 20 });
         let dir = TempDir::new("net-bench");
         let (ember, _) = boot(&ns, &dir, "unikernel-netbench", Some(mtu), READY);
         let label = |what: &str| format!("{what}, MTU {mtu}");
@@ -178,8 +214,10 @@ fn main() {
             let r = run(&ember, &format!("mmds:{}", rounds / 4));
             mmds.values.push(field(&r, "ns", 0) / 1e3);
         }
-        drop(ember);
         all.extend([tx, rx, rr1, rr1k, conns, mmds]);
+        if mtu == 1500 {
+            all.extend(limited_rates(&ember, runs, args.short));
+        }
     }
 
     let ns = NetNs::new("benchboot");

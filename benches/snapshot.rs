@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ember_test_support::bench::{micros, print_table, BenchArgs, Samples};
-use ember_test_support::{artifact, require_kvm, Ember, TempDir, UffdHandler};
+use ember_test_support::{artifact, require_kvm, Ember, HugePagePool, TempDir, UffdHandler};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -86,6 +86,76 @@ impl Mode {
     }
 }
 
+/// The echo function of `GUEST_MEM_MIB` on `huge_pages` ("None" or "2M"):
+/// InstanceStart request -> the function listening.
+fn boot_time(huge_pages: &str) -> Duration {
+    let dir = TempDir::new("snap-bench-boot");
+    let ember = Ember::with_api(&dir, &[]);
+    ember.put_boot_source(&artifact("unikernel-echo"), "console=ttyS0");
+    let machine = json!({"vcpu_count": 1, "mem_size_mib": GUEST_MEM_MIB, "huge_pages": huge_pages});
+    ember.ok("PUT", "/machine-config", &machine.to_string());
+    let vsock = json!({"guest_cid": 3, "uds_path": dir.path("v.sock")});
+    ember.ok("PUT", "/vsock", &vsock.to_string());
+    let start = Instant::now();
+    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    let (ready, _) = ember
+        .wait_line(TIMEOUT, |l| l.starts_with("EMBER-FN: ready"))
+        .expect("the function is ready");
+    ready - start
+}
+
+/// Boot and cold starts with guest memory on 2 MiB huge pages, beside the
+/// same on 4 KiB pages.
+fn huge_pages(runs: usize) -> Vec<Samples> {
+    let pool = HugePagePool::take();
+    // Two VMs of GUEST_MEM_MIB at a time, at most.
+    pool.set_free(2 * GUEST_MEM_MIB / 2 + 8);
+    let mut boot_small = Samples::new("4 KiB pages: InstanceStart -> function ready", "us");
+    let mut boot_huge = Samples::new("2 MiB pages: InstanceStart -> function ready", "us");
+    for _ in 0..runs {
+        boot_small.values.push(micros(boot_time("None")));
+        boot_huge.values.push(micros(boot_time("2M")));
+    }
+    let dir = TempDir::new("snap-bench-huge");
+    let ember = Ember::function_via_api(
+        &dir,
+        &artifact("unikernel-echo"),
+        json!({"vcpu_count": 1, "mem_size_mib": GUEST_MEM_MIB, "huge_pages": "2M"}),
+    );
+    invoke(&ember, b"warm up");
+    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let (state, mem) = (dir.path("huge.snap"), dir.path("huge.mem"));
+    let mut create_huge = Samples::new("2 MiB pages: create Full snapshot", "us");
+    for _ in 0..runs {
+        create_huge
+            .values
+            .push(micros(create(&ember, "Full", &state, &mem)));
+    }
+    drop(ember);
+    let mut file = Mode::new("2 MiB pages, File");
+    let backend = json!({"backend_type": "File", "backend_path": mem});
+    for _ in 0..runs {
+        file.run(&state, &backend, None);
+    }
+    let handler = UffdHandler::start(&dir.path("uffd-huge.sock"), &mem, None);
+    let mut uffd = Mode::new("2 MiB pages, Uffd on demand");
+    let backend = json!({"backend_type": "Uffd", "backend_path": handler.socket});
+    let mut vm = 0;
+    for _ in 0..runs {
+        uffd.run(&state, &backend, Some((&handler, &mut vm)));
+    }
+    vec![
+        boot_small,
+        boot_huge,
+        create_huge,
+        file.load,
+        file.first,
+        uffd.load,
+        uffd.first,
+        uffd.faults,
+    ]
+}
+
 fn main() {
     let args = BenchArgs::parse("snapshot");
     require_kvm();
@@ -148,7 +218,12 @@ fn main() {
         prefetch.run(&state, &backend, Some((&handler, &mut vm)));
     }
 
-    let all = [
+    let huge = if args.demo {
+        Vec::new()
+    } else {
+        huge_pages(runs)
+    };
+    let mut all = vec![
         &full,
         &diff,
         &file.load,
@@ -160,6 +235,7 @@ fn main() {
         &prefetch.first,
         &prefetch.faults,
     ];
+    all.extend(&huge);
     println!(
         "\nember snapshot benchmark (echo function, PVH, {GUEST_MEM_MIB} MiB, 1 vCPU; memory file {} KiB allocated of {} MiB; {})\n",
         allocated_kib,

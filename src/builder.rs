@@ -20,7 +20,7 @@ use crate::exit::ExitSignal;
 use crate::resources::VmResources;
 use crate::seccomp::Filters;
 use crate::vmm::Vmm;
-use crate::vstate::memory::{self, GuestMemoryMmap, MemoryBackend};
+use crate::vstate::memory::{self, GuestMemoryMmap, MemoryBackend, Pages};
 use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuHandle, VcpuState, VcpuThread};
 use crate::vstate::vm::{self, VmState};
 
@@ -68,6 +68,15 @@ pub struct BuildOptions {
     pub start: Instant,
 }
 
+/// The pages `machine`'s guest memory is made of.
+pub fn guest_pages(machine: &MachineConfig) -> Pages {
+    if machine.huge_pages() {
+        Pages::Huge
+    } else {
+        Pages::Small
+    }
+}
+
 /// A VM being made ready off the start path.
 ///
 /// Creating the VM with its memory slots and interrupt controllers, querying
@@ -77,6 +86,7 @@ pub struct BuildOptions {
 /// kernel is being loaded. Guest memory itself is mapped right away.
 pub struct VmPrep {
     mem_size_mib: u64,
+    pages: Pages,
     track_dirty_pages: bool,
     mem: GuestMemoryMmap,
     /// Taken by `finish`; otherwise joined, and the VM destroyed, off the
@@ -92,7 +102,8 @@ impl VmPrep {
         exit: &Arc<ExitSignal>,
         seccomp: &Filters,
     ) -> Result<Self, Error> {
-        let mem = memory::create(machine.mem_size_mib)?;
+        let pages = guest_pages(machine);
+        let mem = memory::create(machine.mem_size_mib, pages)?;
         let slots = mem.clone();
         let track_dirty_pages = machine.track_dirty_pages;
         let kvm = std::thread::Builder::new()
@@ -109,6 +120,7 @@ impl VmPrep {
         let vcpu_threads = vcpu_threads(Vec::new(), machine.vcpu_count, exit, seccomp)?;
         Ok(VmPrep {
             mem_size_mib: machine.mem_size_mib,
+            pages,
             track_dirty_pages,
             mem,
             kvm: Some(kvm),
@@ -119,6 +131,7 @@ impl VmPrep {
     /// Whether this VM fits a machine configuration.
     pub fn fits(&self, machine: &MachineConfig) -> bool {
         self.mem_size_mib == machine.mem_size_mib
+            && self.pages == guest_pages(machine)
             && self.track_dirty_pages == machine.track_dirty_pages
             && self.vcpu_threads.len() == usize::from(machine.vcpu_count)
     }

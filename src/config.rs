@@ -27,17 +27,17 @@ pub enum Error {
     /// CPU templates are not implemented.
     #[error("cpu_template '{0}' is not supported by ember; omit it or use \"None\"")]
     CpuTemplate(String),
-    /// Huge pages are not implemented.
-    #[error("huge_pages '{0}' is not supported by ember yet; omit it or use \"None\"")]
+    /// A huge page size ember cannot back guest memory with.
+    #[error("huge_pages '{0}' is not supported: use \"None\" or \"2M\"")]
     HugePages(String),
+    /// Guest memory that is not a whole number of huge pages.
+    #[error("mem_size_mib {0} is not a whole number of 2 MiB huge pages")]
+    HugePageMultiple(u64),
     /// A drive without a host file (a vhost-user socket instead).
     #[error(
         "drive '{0}': path_on_host is required (vhost-user drives are not supported by ember)"
     )]
     DrivePath(String),
-    /// Rate limiters are not implemented.
-    #[error("drive '{0}': rate_limiter is not supported by ember yet")]
-    RateLimiter(String),
     /// Only synchronous I/O is implemented.
     #[error("drive '{0}': io_engine '{1}' is not supported by ember; use \"Sync\"")]
     IoEngine(String, String),
@@ -77,12 +77,6 @@ pub enum Error {
     /// An MTU Firecracker would refuse.
     #[error("network interface '{0}': mtu must be between 68 and 65535, got {1}")]
     Mtu(String, u64),
-    /// Rate limiters are not implemented for interfaces either.
-    #[error("network interface '{0}': rx_rate_limiter and tx_rate_limiter are not supported by ember yet")]
-    NetRateLimiter(String),
-    /// Rate limiters are not implemented for the entropy device either.
-    #[error("entropy: rate_limiter is not supported by ember yet")]
-    EntropyRateLimiter,
     /// An MMDS address outside the link-local range.
     #[error("mmds-config: ipv4_address '{0}' is invalid: use a link-local address in 169.254.1.0-169.254.254.255")]
     MmdsAddress(String),
@@ -131,7 +125,7 @@ pub struct DriveConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_on_host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,9 +145,6 @@ impl DriveConfig {
         if self.path_on_host.is_none() || self.socket.is_some() {
             return Err(Error::DrivePath(self.drive_id.clone()));
         }
-        if self.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
-            return Err(Error::RateLimiter(self.drive_id.clone()));
-        }
         match self.io_engine.as_deref() {
             None | Some("Sync") => Ok(()),
             Some(other) => Err(Error::IoEngine(self.drive_id.clone(), other.to_string())),
@@ -168,16 +159,45 @@ pub struct DriveUpdate {
     pub drive_id: String,
     #[serde(default)]
     pub path_on_host: Option<String>,
+    /// Replaces the buckets it names (see [`RateLimiterConfig::patched`]).
     #[serde(default)]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
-impl DriveUpdate {
-    pub fn validate(&self) -> Result<(), Error> {
-        if self.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
-            return Err(Error::RateLimiter(self.drive_id.clone()));
-        }
-        Ok(())
+/// Firecracker's token bucket: `size` tokens refilled evenly over
+/// `refill_time` milliseconds, plus `one_time_burst` tokens given once. A
+/// bucket of size 0 or refill time 0 limits nothing, as in Firecracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucketConfig {
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    pub refill_time: u64,
+}
+
+/// Firecracker's rate limiter: a bucket of bytes and one of operations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucketConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucketConfig>,
+}
+
+impl RateLimiterConfig {
+    /// `current` after a `PATCH` with `update`, as Firecracker applies one:
+    /// a bucket the update names replaces the current one, a bucket it
+    /// omits stays. `None` once no bucket limits anything.
+    pub fn patched(current: Option<Self>, update: &Self) -> Option<Self> {
+        let current = current.unwrap_or_default();
+        let limits = |b: &TokenBucketConfig| b.size > 0 && b.refill_time > 0;
+        let merged = RateLimiterConfig {
+            bandwidth: update.bandwidth.or(current.bandwidth).filter(limits),
+            ops: update.ops.or(current.ops).filter(limits),
+        };
+        (merged.bandwidth.is_some() || merged.ops.is_some()).then_some(merged)
     }
 }
 
@@ -262,12 +282,25 @@ impl MachineConfig {
         if let Some(t) = self.cpu_template.as_deref().filter(|t| *t != "None") {
             return Err(Error::CpuTemplate(t.to_string()));
         }
-        if let Some(h) = self.huge_pages.as_deref().filter(|h| *h != "None") {
-            return Err(Error::HugePages(h.to_string()));
+        match self.huge_pages.as_deref() {
+            None | Some("None") => {}
+            Some(HUGE_PAGES_2M) if !self.mem_size_mib.is_multiple_of(2) => {
+                return Err(Error::HugePageMultiple(self.mem_size_mib))
+            }
+            Some(HUGE_PAGES_2M) => {}
+            Some(other) => return Err(Error::HugePages(other.to_string())),
         }
         Ok(())
     }
+
+    /// Whether guest memory is backed by 2 MiB huge pages, once validated.
+    pub fn huge_pages(&self) -> bool {
+        self.huge_pages.as_deref() == Some(HUGE_PAGES_2M)
+    }
 }
+
+/// Firecracker's name for 2 MiB huge pages.
+const HUGE_PAGES_2M: &str = "2M";
 
 /// `PUT /machine-config` takes the full shape with vcpu_count as any integer,
 /// so an out-of-range count is a validation error, not a parse error.
@@ -352,9 +385,9 @@ pub struct NetworkInterfaceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_rate_limiter: Option<serde_json::Value>,
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_rate_limiter: Option<serde_json::Value>,
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// Linux's limit for an interface name, without the NUL.
@@ -374,10 +407,7 @@ impl NetworkInterfaceConfig {
         if let Some(mtu) = self.mtu.filter(|m| !MTU_RANGE.contains(m)) {
             return Err(Error::Mtu(self.iface_id.clone(), mtu));
         }
-        check_no_limiters(
-            &self.iface_id,
-            [&self.rx_rate_limiter, &self.tx_rate_limiter],
-        )
+        Ok(())
     }
 
     /// The guest's MAC address, once validated.
@@ -397,31 +427,9 @@ impl NetworkInterfaceConfig {
 pub struct NetworkInterfaceUpdate {
     pub iface_id: String,
     #[serde(default)]
-    pub rx_rate_limiter: Option<serde_json::Value>,
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
     #[serde(default)]
-    pub tx_rate_limiter: Option<serde_json::Value>,
-}
-
-impl NetworkInterfaceUpdate {
-    pub fn validate(&self) -> Result<(), Error> {
-        check_no_limiters(
-            &self.iface_id,
-            [&self.rx_rate_limiter, &self.tx_rate_limiter],
-        )
-    }
-}
-
-fn check_no_limiters(
-    iface_id: &str,
-    limiters: [&Option<serde_json::Value>; 2],
-) -> Result<(), Error> {
-    if limiters
-        .iter()
-        .any(|l| l.as_ref().is_some_and(|l| !l.is_null()))
-    {
-        return Err(Error::NetRateLimiter(iface_id.to_string()));
-    }
-    Ok(())
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 fn check_host_dev_name(iface_id: &str, name: &str) -> Result<(), Error> {
@@ -499,16 +507,7 @@ impl MmdsConfig {
 #[serde(deny_unknown_fields)]
 pub struct EntropyConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
-}
-
-impl EntropyConfig {
-    pub fn validate(&self) -> Result<(), Error> {
-        if self.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
-            return Err(Error::EntropyRateLimiter);
-        }
-        Ok(())
-    }
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// A device configured before InstanceStart. The controller passes devices on
@@ -733,10 +732,16 @@ mod tests {
                 .contains("T2")
         );
         assert!(
-            body(r#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#)
+            body(r#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "1G"}"#)
                 .unwrap_err()
-                .contains("2M")
+                .contains("1G")
         );
+        assert!(
+            body(r#"{"vcpu_count": 1, "mem_size_mib": 129, "huge_pages": "2M"}"#)
+                .unwrap_err()
+                .contains("2 MiB huge pages")
+        );
+        assert!(body(r#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#).is_ok());
         assert!(
             body(r#"{"vcpu_count": 1, "mem_size_mib": 128, "color": "red"}"#)
                 .unwrap_err()
@@ -782,21 +787,67 @@ mod tests {
             ..drive.clone()
         };
         assert_eq!(no_path.validate(), Err(Error::DrivePath("rootfs".into())));
-        let limited = DriveConfig {
-            rate_limiter: Some(serde_json::json!({"bandwidth": {}})),
-            ..drive.clone()
-        };
-        assert!(limited.validate().is_err());
-        let null_limiter = DriveConfig {
-            rate_limiter: Some(serde_json::Value::Null),
-            ..drive.clone()
-        };
-        assert_eq!(null_limiter.validate(), Ok(()));
         let bad_id = DriveConfig {
             drive_id: "a/b".into(),
             ..drive
         };
         assert!(bad_id.validate().is_err());
+    }
+
+    #[test]
+    fn rate_limiters_read_as_firecracker_writes_them() {
+        let drive: DriveConfig = serde_json::from_str(
+            r#"{"drive_id": "d", "path_on_host": "a.img", "is_root_device": false,
+                "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 100},
+                                 "ops": {"size": 10, "one_time_burst": 5, "refill_time": 1000}}}"#,
+        )
+        .unwrap();
+        let limiter = drive.rate_limiter.unwrap();
+        assert_eq!(limiter.bandwidth.unwrap().size, 1 << 20);
+        assert_eq!(limiter.ops.unwrap().one_time_burst, Some(5));
+        let null: EntropyConfig = serde_json::from_str(r#"{"rate_limiter": null}"#).unwrap();
+        assert_eq!(null.rate_limiter, None);
+        for bad in [
+            r#"{"rate_limiter": {"bandwidth": {}}}"#,
+            r#"{"rate_limiter": {"bandwidth": {"size": -1, "refill_time": 100}}}"#,
+            r#"{"rate_limiter": {"bytes": {"size": 1, "refill_time": 100}}}"#,
+        ] {
+            assert!(serde_json::from_str::<EntropyConfig>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_patch_replaces_the_buckets_it_names() {
+        let bucket = |size| TokenBucketConfig {
+            size,
+            one_time_burst: None,
+            refill_time: 100,
+        };
+        let both = RateLimiterConfig {
+            bandwidth: Some(bucket(1000)),
+            ops: Some(bucket(10)),
+        };
+        let new_ops = RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(bucket(20)),
+        };
+        assert_eq!(
+            RateLimiterConfig::patched(Some(both), &new_ops),
+            Some(RateLimiterConfig {
+                bandwidth: Some(bucket(1000)),
+                ops: Some(bucket(20)),
+            })
+        );
+        assert_eq!(RateLimiterConfig::patched(None, &new_ops), Some(new_ops));
+        let lift_all = RateLimiterConfig {
+            bandwidth: Some(bucket(0)),
+            ops: Some(bucket(0)),
+        };
+        assert_eq!(RateLimiterConfig::patched(Some(both), &lift_all), None);
+        assert_eq!(
+            RateLimiterConfig::patched(Some(both), &RateLimiterConfig::default()),
+            Some(both)
+        );
     }
 
     #[test]
@@ -883,10 +934,6 @@ mod tests {
         assert!(with(&|n| n.host_dev_name = String::new()).contains("host_dev_name"));
         assert!(with(&|n| n.iface_id = "eth/0".into()).contains("iface_id"));
         assert!(with(&|n| n.mtu = Some(67)).contains("mtu"));
-        assert!(
-            with(&|n| n.rx_rate_limiter = Some(serde_json::json!({"ops": {}})))
-                .contains("rate_limiter")
-        );
         assert!(serde_json::from_str::<NetworkInterfaceConfig>(r#"{"iface_id": "eth0"}"#).is_err());
     }
 

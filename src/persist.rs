@@ -24,7 +24,7 @@ use crate::mmds::SharedMmds;
 use crate::resources::VmResources;
 use crate::seccomp::Filters;
 use crate::vmm::{self, Vmm};
-use crate::vstate::memory::{self, GuestMemoryMmap, MemoryBackend};
+use crate::vstate::memory::{self, GuestMemoryMmap, MemoryBackend, Pages};
 use crate::vstate::vcpu::{VcpuState, VcpuThread};
 use crate::vstate::vm::{self, VmState};
 
@@ -275,8 +275,13 @@ pub fn load(
 
     let backend = params.backend().map_err(|e| inconsistent(e.to_string()))?;
     let size = regions.iter().map(|&(_, len)| len).sum();
-    let (mem, memory_backend) =
-        map_memory(&backend, machine.mem_size_mib, size, &state.mem_offsets)?;
+    let pages = builder::guest_pages(&machine);
+    let (mem, memory_backend) = map_memory(
+        &backend,
+        (machine.mem_size_mib, pages),
+        size,
+        &state.mem_offsets,
+    )?;
 
     config.machine_config = Some(machine);
     if let (Some(mmds_config), Some(mut service)) = (&config.mmds_config, mmds.lock()) {
@@ -305,12 +310,12 @@ pub fn load(
     Ok((vmm, resources))
 }
 
-/// Guest memory of `mem_size_mib` (`size` bytes of RAM) from `backend`,
-/// each region found at its offset in the memory file; with userfaultfd,
-/// also what serves it.
+/// Guest memory of `mem_size_mib` of `pages` (`size` bytes of RAM) from
+/// `backend`, each region found at its offset in the memory file; with
+/// userfaultfd, also what serves it.
 fn map_memory(
     backend: &MemBackend,
-    mem_size_mib: u64,
+    (mem_size_mib, pages): (u64, Pages),
     size: u64,
     mem_offsets: &[u64],
 ) -> Result<(GuestMemoryMmap, Option<MemoryBackend>), Error> {
@@ -322,11 +327,16 @@ fn map_memory(
                 path: backend_path.clone(),
                 source,
             })?;
-            Ok((memory::from_file(&file, mem_size_mib, mem_offsets)?, None))
+            let mem = match pages {
+                Pages::Small => memory::from_file(&file, mem_size_mib, mem_offsets)?,
+                Pages::Huge => memory::huge_from_file(&file, mem_size_mib, mem_offsets)?,
+            };
+            Ok((mem, None))
         }
         MemBackendType::Uffd => {
-            let mem = memory::create(mem_size_mib)?;
-            let served = memory::serve_with_uffd(&mem, mem_offsets, Path::new(backend_path))?;
+            let mem = memory::create(mem_size_mib, pages)?;
+            let socket = Path::new(backend_path);
+            let served = memory::serve_with_uffd(&mem, pages, mem_offsets, socket)?;
             Ok((mem, Some(served)))
         }
     }

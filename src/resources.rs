@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use crate::config::{
     self, BootSourceConfig, DeviceConfig, DeviceUpdate, DriveConfig, EntropyConfig, FunctionConfig,
-    LoggerConfig, MachineConfig, MachineConfigUpdate, MmdsConfig, NetworkInterfaceConfig, VmConfig,
-    VsockConfig,
+    LoggerConfig, MachineConfig, MachineConfigUpdate, MmdsConfig, NetworkInterfaceConfig,
+    RateLimiterConfig, VmConfig, VsockConfig,
 };
 use crate::devices::virtio::net::tap::{self, OpenTaps, Tap};
 use crate::mmds::SharedMmds;
@@ -46,11 +46,18 @@ pub enum Error {
 /// What a running VM's devices must do for a [`DeviceUpdate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceChange {
-    /// Drive `id` gets another backing file (its guest hears of the new size).
-    DriveFile {
+    /// Drive `id` gets another backing file (its guest hears of the new
+    /// size) and/or new rate limits.
+    Drive {
         id: String,
-        path: PathBuf,
-        read_only: bool,
+        file: Option<(PathBuf, bool)>,
+        rate_limiter: Option<RateLimiterConfig>,
+    },
+    /// Interface `id` gets new rate limits.
+    Net {
+        id: String,
+        rx_rate_limiter: Option<RateLimiterConfig>,
+        tx_rate_limiter: Option<RateLimiterConfig>,
     },
 }
 
@@ -136,7 +143,6 @@ impl VmResources {
             DeviceConfig::Vsock(vsock) => self.set_vsock(vsock),
             DeviceConfig::Net(net) => self.put_net(net),
             DeviceConfig::Entropy(entropy) => {
-                entropy.validate()?;
                 self.entropy = Some(entropy);
                 Ok(())
             }
@@ -148,25 +154,33 @@ impl VmResources {
     pub fn device_change(&self, update: &DeviceUpdate) -> Result<Option<DeviceChange>, Error> {
         match update {
             DeviceUpdate::Drive(update) => {
-                update.validate()?;
                 let drive = self
                     .drives
                     .iter()
                     .find(|d| d.drive_id == update.drive_id)
                     .ok_or_else(|| Error::NoSuchDrive(update.drive_id.clone()))?;
-                Ok(update
+                let file = update
                     .path_on_host
                     .as_ref()
-                    .map(|path| DeviceChange::DriveFile {
-                        id: drive.drive_id.clone(),
-                        path: PathBuf::from(path),
-                        read_only: drive.is_read_only,
-                    }))
+                    .map(|path| (PathBuf::from(path), drive.is_read_only));
+                Ok(
+                    (file.is_some() || update.rate_limiter.is_some()).then(|| {
+                        DeviceChange::Drive {
+                            id: drive.drive_id.clone(),
+                            file,
+                            rate_limiter: update.rate_limiter,
+                        }
+                    }),
+                )
             }
             DeviceUpdate::Net(update) => {
-                update.validate()?;
                 self.interface(&update.iface_id)?;
-                Ok(None)
+                let (rx, tx) = (update.rx_rate_limiter, update.tx_rate_limiter);
+                Ok((rx.is_some() || tx.is_some()).then(|| DeviceChange::Net {
+                    id: update.iface_id.clone(),
+                    rx_rate_limiter: rx,
+                    tx_rate_limiter: tx,
+                }))
             }
         }
     }
@@ -179,12 +193,31 @@ impl VmResources {
                     .drives
                     .iter_mut()
                     .find(|d| d.drive_id == update.drive_id);
-                if let (Some(drive), Some(path)) = (drive, update.path_on_host) {
+                let Some(drive) = drive else {
+                    return;
+                };
+                if let Some(path) = update.path_on_host {
                     drive.path_on_host = Some(path);
                 }
+                if let Some(limiter) = &update.rate_limiter {
+                    drive.rate_limiter = RateLimiterConfig::patched(drive.rate_limiter, limiter);
+                }
             }
-            // Only rate limiters could change, and none are set yet.
-            DeviceUpdate::Net(_) => {}
+            DeviceUpdate::Net(update) => {
+                let Some(net) = self
+                    .network_interfaces
+                    .iter_mut()
+                    .find(|n| n.iface_id == update.iface_id)
+                else {
+                    return;
+                };
+                if let Some(limiter) = &update.rx_rate_limiter {
+                    net.rx_rate_limiter = RateLimiterConfig::patched(net.rx_rate_limiter, limiter);
+                }
+                if let Some(limiter) = &update.tx_rate_limiter {
+                    net.tx_rate_limiter = RateLimiterConfig::patched(net.tx_rate_limiter, limiter);
+                }
+            }
         }
     }
 

@@ -242,3 +242,50 @@ fn largest_machine_sees_32_vcpus_and_memory_above_4g() {
     assert_eq!(mem, expected_memory_lines(4096));
     assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
 }
+
+/// The microseconds a `blk<index>: read <KiB> KiB in <us> us` line reports.
+fn read_micros(ember: &Ember, index: usize) -> u64 {
+    let prefix = format!("blk{index}: read ");
+    let line = ember.expect_line(&prefix, BOOT);
+    line.split_whitespace()
+        .nth(5)
+        .and_then(|us| us.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {line:?}"))
+}
+
+#[test]
+fn a_rate_limited_drive_reads_no_faster_than_its_limit_and_its_neighbour_is_not_slowed() {
+    require_kvm();
+    let dir = TempDir::new("drive-limits");
+    let limited = dir.disk("limited.img", 4096, b"limited");
+    let free = dir.disk("free.img", 4096, b"free");
+    // 128 KiB per 125 ms: 1 MiB/s, starting with a full bucket.
+    let config = json!({
+        "boot-source": {
+            "kernel_image_path": artifact("test-pvh"),
+            "boot_args": "console=ttyS0 ember.blkread=2048"
+        },
+        "drives": [
+            {"drive_id": "limited", "path_on_host": limited, "is_root_device": true, "is_read_only": true,
+             "rate_limiter": {"bandwidth": {"size": 131072, "refill_time": 125}}},
+            {"drive_id": "free", "path_on_host": free, "is_root_device": false, "is_read_only": true,
+             "rate_limiter": null}
+        ],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}
+    });
+    let mut ember = Ember::with_config(&dir, &config);
+    let limited_us = read_micros(&ember, 0);
+    let free_us = read_micros(&ember, 1);
+    assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
+    // 2 MiB, the first 128 KiB from the full bucket: at least 1.875 s at the
+    // limit (5% off for the guest's clock against the host's).
+    let floor_us = 1_875_000 * 95 / 100;
+    assert!(
+        limited_us >= floor_us,
+        "2 MiB read in {limited_us} us through a 1 MiB/s limit"
+    );
+    assert!(
+        free_us < floor_us,
+        "the unlimited drive took {free_us} us, as long as the limited one must"
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ember_test_support::{artifact, require_kvm, Ember, TempDir};
 use serde_json::{json, Value};
@@ -202,8 +202,9 @@ fn the_vsock_socket_is_gone_after_a_clean_exit() {
     assert!(!uds.exists(), "ember left {} behind", uds.display());
 }
 
-/// Boots the `random` function, with an entropy device if `entropy`.
-fn random_function(dir: &TempDir, entropy: bool) -> Ember {
+/// Boots the `random` function, with an entropy device configured by the
+/// body `entropy`, if any.
+fn random_function(dir: &TempDir, entropy: Option<&str>) -> Ember {
     require_kvm();
     let ember = Ember::with_api(dir, &[]);
     ember.put_boot_source(&artifact("unikernel-random"), "console=ttyS0");
@@ -212,15 +213,8 @@ fn random_function(dir: &TempDir, entropy: bool) -> Ember {
         "/vsock",
         &json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
     );
-    if entropy {
-        let (status, body) = ember.api(
-            "PUT",
-            "/entropy",
-            r#"{"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
-        );
-        assert_eq!(status, 400, "{body}");
-        assert!(body.contains("rate_limiter"), "{body}");
-        ember.ok("PUT", "/entropy", "{}");
+    if let Some(body) = entropy {
+        ember.ok("PUT", "/entropy", body);
     }
     ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     ember.expect_line(READY, BOOT);
@@ -230,7 +224,7 @@ fn random_function(dir: &TempDir, entropy: bool) -> Ember {
 #[test]
 fn random_gets_fresh_bytes_from_the_entropy_device_through_getrandom() {
     let dir = TempDir::new("fn-random");
-    let ember = random_function(&dir, true);
+    let ember = random_function(&dir, Some("{}"));
     let (status, first) = ember.invoke(b"32");
     assert_eq!((status, first.len()), (200, 32));
     let (status, second) = ember.invoke(b"32");
@@ -253,12 +247,48 @@ fn random_gets_fresh_bytes_from_the_entropy_device_through_getrandom() {
 #[test]
 fn without_an_entropy_device_random_says_what_is_missing() {
     let dir = TempDir::new("fn-no-random");
-    let ember = random_function(&dir, false);
+    let ember = random_function(&dir, None);
     let (status, body) = ember.invoke(b"8");
     assert_eq!(status, 502);
     assert!(
         String::from_utf8_lossy(&body).contains("no entropy device"),
         "{}",
         String::from_utf8_lossy(&body)
+    );
+}
+
+/// How long the `random` function takes for 1 MiB.
+fn time_a_mebibyte(ember: &Ember) -> Duration {
+    let start = Instant::now();
+    let (status, bytes) = ember.invoke(b"1048576");
+    assert_eq!((status, bytes.len()), (200, 1 << 20));
+    start.elapsed()
+}
+
+#[test]
+fn a_rate_limited_entropy_device_gives_no_more_than_its_limit() {
+    let dir = TempDir::new("fn-random-limited");
+    // 64 KiB per 100 ms: 640 KiB/s, starting with a full bucket.
+    let limits = r#"{"rate_limiter": {"bandwidth": {"size": 65536, "refill_time": 100}}}"#;
+    let limited = random_function(&dir, Some(limits));
+    let free_dir = TempDir::new("fn-random-free");
+    let free = random_function(&free_dir, Some(r#"{"rate_limiter": null}"#));
+    // 1 MiB, the first 64 KiB from the bucket: at least 1.5 s at the limit.
+    let floor = Duration::from_millis(1500);
+    let limited_time = time_a_mebibyte(&limited);
+    assert!(
+        limited_time >= floor,
+        "1 MiB in {limited_time:?} through a 640 KiB/s limit"
+    );
+    let free_time = time_a_mebibyte(&free);
+    assert!(
+        free_time < floor,
+        "the unlimited device took {free_time:?}, as long as the limited one must"
+    );
+    let (_, config) = limited.api("GET", "/vm/config", "");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(
+        config["entropy"]["rate_limiter"]["bandwidth"],
+        json!({"size": 65536, "refill_time": 100})
     );
 }

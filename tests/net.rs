@@ -593,3 +593,80 @@ fn fetch_resolves_names_through_the_dns_server_ip_names() {
         "{body}"
     );
 }
+
+/// Host sides for the netbench function: a sink on port 5001 and, on port
+/// 5002, a sender of `bytes` bytes per connection.
+fn netbench_peers(ns: &NetNs, bytes: usize) {
+    let sink = ns.listen(&format!("{HOST_IP}:5001"));
+    std::thread::spawn(move || {
+        for mut stream in sink.incoming().flatten() {
+            std::thread::spawn(move || std::io::copy(&mut stream, &mut std::io::sink()));
+        }
+    });
+    let source = ns.listen(&format!("{HOST_IP}:5002"));
+    std::thread::spawn(move || {
+        for mut stream in source.incoming().flatten() {
+            let _ = stream.write_all(&pattern(bytes));
+        }
+    });
+}
+
+/// How long netbench takes to send `bytes` to the host and to receive as many.
+fn time_both_ways(ember: &Ember, bytes: usize) -> (Duration, Duration) {
+    let timed = |input: String| {
+        let start = std::time::Instant::now();
+        let (status, body) = ember.invoke(input.as_bytes());
+        let elapsed = start.elapsed();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "{input}: {body}");
+        assert!(
+            body.starts_with(&format!("bytes={bytes} ")),
+            "{input}: {body}"
+        );
+        elapsed
+    };
+    (
+        timed(format!("send:{HOST_IP}:5001:{bytes}")),
+        timed(format!("recv:{HOST_IP}:5002")),
+    )
+}
+
+#[test]
+fn limited_interfaces_hold_their_rate_both_ways_until_a_patch_lifts_it() {
+    const BYTES: usize = 2 << 20;
+    let ns = link("net-limits", "tap0");
+    netbench_peers(&ns, BYTES);
+    let dir = TempDir::new("net-limits");
+    let ember = boot_function(&ns, &dir, "netbench", "tap0", None);
+    // 128 KiB per 125 ms: 1 MiB/s of frames each way, starting full.
+    let limit = json!({"bandwidth": {"size": 131072, "refill_time": 125}});
+    let patch = |limit: &Value| {
+        let body = json!({"iface_id": "eth0", "rx_rate_limiter": limit, "tx_rate_limiter": limit});
+        ember.ok("PATCH", "/network-interfaces/eth0", &body.to_string());
+    };
+    patch(&limit);
+    let (_, config) = ember.api("GET", "/vm/config", "");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["network-interfaces"][0]["tx_rate_limiter"], limit);
+
+    // 2 MiB of payload is more than 2 MiB of frames, less the full bucket:
+    // at least 1.875 s at the limit.
+    let floor = Duration::from_millis(1875);
+    let (send, recv) = time_both_ways(&ember, BYTES);
+    assert!(
+        send >= floor,
+        "sent 2 MiB in {send:?} through a 1 MiB/s limit"
+    );
+    assert!(
+        recv >= floor,
+        "received 2 MiB in {recv:?} through a 1 MiB/s limit"
+    );
+
+    patch(&json!({"bandwidth": {"size": 0, "refill_time": 0}}));
+    let (send, recv) = time_both_ways(&ember, BYTES);
+    assert!(send < floor, "unlimited, sending 2 MiB took {send:?}");
+    assert!(recv < floor, "unlimited, receiving 2 MiB took {recv:?}");
+    let (_, config) = ember.api("GET", "/vm/config", "");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["network-interfaces"][0].get("tx_rate_limiter"), None);
+}

@@ -5,7 +5,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ember_test_support::{artifact, ember_snapshot_bin, require_kvm, Ember, TempDir, UffdHandler};
+use ember_test_support::{
+    artifact, ember_snapshot_bin, hugetlb_kib, require_kvm, Ember, HugePagePool, TempDir,
+    UffdHandler,
+};
 use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(20);
@@ -417,7 +420,7 @@ fn load_is_refused_after_configuring_a_boot() {
 }
 
 #[test]
-fn a_restored_function_still_draws_from_its_entropy_device() {
+fn a_restored_function_still_draws_from_its_rate_limited_entropy_device() {
     require_kvm();
     let dir = TempDir::new("snap-random");
     let ember = Ember::with_api(&dir, &[]);
@@ -427,7 +430,13 @@ fn a_restored_function_still_draws_from_its_entropy_device() {
         "/vsock",
         &json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
     );
-    ember.ok("PUT", "/entropy", "{}");
+    // 64 KiB per 100 ms: 640 KiB/s.
+    let limiter = json!({"bandwidth": {"size": 65536, "refill_time": 100}});
+    ember.ok(
+        "PUT",
+        "/entropy",
+        &json!({ "rate_limiter": limiter }).to_string(),
+    );
     ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     ember.expect_line("EMBER-FN: ready on port", BOOT);
     let (status, before) = ember.invoke(b"16");
@@ -448,4 +457,82 @@ fn a_restored_function_still_draws_from_its_entropy_device() {
     let (status, after) = clone.invoke(b"16");
     assert_eq!((status, after.len()), (200, 16));
     assert_ne!(before, after);
+    let (_, config) = clone.api("GET", "/vm/config", "");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["entropy"]["rate_limiter"], limiter);
+    // The limit still holds: 640 KiB, less the full bucket, take 0.9 s at least.
+    let start = std::time::Instant::now();
+    let (status, bytes) = clone.invoke(b"655360");
+    assert_eq!((status, bytes.len()), (200, 655_360));
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "640 KiB in {elapsed:?}"
+    );
+}
+
+#[test]
+fn huge_page_guests_boot_snapshot_and_restore_from_a_file_and_over_uffd() {
+    require_kvm();
+    let pool = HugePagePool::take();
+    let machine = json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"});
+
+    // No free huge pages: InstanceStart says so, and ember stays up.
+    pool.set_free(0);
+    let dir = TempDir::new("snap-huge-none");
+    let ember = Ember::with_api(&dir, &[]);
+    ember.put_boot_source(&artifact("unikernel-echo"), "console=ttyS0");
+    ember.ok("PUT", "/machine-config", &machine.to_string());
+    let (status, body) = ember.api("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("huge pages") && body.contains("nr_hugepages"),
+        "{body}"
+    );
+    assert_eq!(state(&ember), "Not started");
+    drop(ember);
+
+    // 128 MiB is 64 pages; a VM and a clone at a time, with room to spare.
+    pool.set_free(160);
+    let dir = TempDir::new("snap-huge");
+    let ember = Ember::function_via_api(&dir, &artifact("unikernel-echo"), machine.clone());
+    assert_eq!(ember.invoke(b"huge"), (200, b"huge".to_vec()));
+    assert!(hugetlb_kib(ember.pid()) > 0, "the guest runs on huge pages");
+    let snap = Snapshot {
+        state: dir.path("fn.snap"),
+        mem: dir.path("fn.mem"),
+    };
+    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    ember.ok(
+        "PUT",
+        "/snapshot/create",
+        &json!({"snapshot_path": snap.state, "mem_file_path": snap.mem}).to_string(),
+    );
+    drop(ember);
+
+    let file_dir = TempDir::new("snap-huge-file");
+    let from_file = restore(&file_dir, &snap, file_backend(&snap), true);
+    assert_eq!(from_file.invoke(b"file"), (200, b"file".to_vec()));
+    assert!(
+        hugetlb_kib(from_file.pid()) > 0,
+        "the clone runs on huge pages"
+    );
+    let (_, machine_config) = from_file.api("GET", "/machine-config", "");
+    assert!(
+        machine_config.contains(r#""huge_pages":"2M""#),
+        "{machine_config}"
+    );
+    drop(from_file);
+
+    let handler = UffdHandler::start(&dir.path("uffd.sock"), &snap.mem, None);
+    let uffd_dir = TempDir::new("snap-huge-uffd");
+    let backend = json!({"backend_type": "Uffd", "backend_path": handler.socket});
+    let over_uffd = restore(&uffd_dir, &snap, backend, true);
+    assert_eq!(over_uffd.invoke(b"uffd"), (200, b"uffd".to_vec()));
+    drop(over_uffd);
+    let (_, faults) = handler.vm_stats(0);
+    assert!(
+        faults > 0 && faults < 64,
+        "{faults} faults of 2 MiB pages for a 128 MiB guest"
+    );
 }

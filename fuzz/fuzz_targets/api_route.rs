@@ -37,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = drive.path();
         }
         Request::UpdateDevice(DeviceUpdate::Drive(update)) => {
-            let _ = update.validate();
+            if let Some(limiter) = &update.rate_limiter {
+                let _ = ember::config::RateLimiterConfig::patched(None, limiter);
+            }
         }
         Request::PutLogger(logger) => {
             if let Some(level) = &logger.level {

@@ -15,6 +15,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use ember::config::{RateLimiterConfig, TokenBucketConfig};
+use ember::devices::rate_limiter::RateLimiter;
 use ember::devices::virtio::block::request::{self, RequestType, SECTOR_SIZE};
 use ember::devices::virtio::block::{Block, CacheType, Disk};
 use ember::devices::virtio::VirtioDevice;
@@ -114,7 +116,24 @@ fuzz_target!(|data: &[u8]| {
     let Ok(disk) = Disk::open(&path, read_only) else {
         return;
     };
-    let mut block = Block::new(Arc::new(Mutex::new(disk)), read_only, cache);
+    // Flag 8: a limiter of 3 requests and 4 KiB, so requests are also refused
+    // and left in the ring.
+    let limits = (flags & 8 != 0).then(|| RateLimiterConfig {
+        bandwidth: Some(TokenBucketConfig {
+            size: 4096,
+            one_time_burst: None,
+            refill_time: 60_000,
+        }),
+        ops: Some(TokenBucketConfig {
+            size: 3,
+            one_time_burst: None,
+            refill_time: 60_000,
+        }),
+    });
+    let Ok(limiter) = RateLimiter::shared(limits.as_ref()) else {
+        return;
+    };
+    let mut block = Block::new(Arc::new(Mutex::new(disk)), limiter, read_only, cache);
 
     let mem = queue::memory();
     let _ = mem.write_slice(r.chunk(1024), GuestAddress(DATA_START));

@@ -23,6 +23,7 @@
 use std::sync::{Arc, Mutex};
 
 use ember::devices::bus::BusDevice;
+use ember::devices::rate_limiter::RateLimiter;
 use ember::devices::virtio::block::{Block, CacheType, Disk};
 use ember::devices::virtio::mmio::{MmioTransport, TransportState};
 use ember::devices::virtio::vsock::Vsock;
@@ -131,6 +132,7 @@ fn device(kind: u8) -> Option<Box<dyn VirtioDevice>> {
             let disk = Disk::open(&path, false).ok()?;
             Some(Box::new(Block::new(
                 Arc::new(Mutex::new(disk)),
+                RateLimiter::shared(None).ok()?,
                 false,
                 CacheType::Writeback,
             )))
@@ -219,7 +221,7 @@ impl Fixture {
                 read32(t, reg);
             }
             4 => t.process_queue(usize::from(r.u8() % 4)),
-            5 => t.process_backend(),
+            5 => t.process_backend(0),
             6 => {
                 let addr = read_addr(r);
                 let _ = self.mem.write_slice(r.chunk(256), GuestAddress(addr));

@@ -187,7 +187,7 @@ impl Harness {
     /// Activity on the device's host side, with the driver ready or not yet.
     pub fn backend(&mut self, ready: bool) {
         let queues = ready.then_some(self.queues.as_mut_slice());
-        self.dev.process_backend(queues, &self.mem);
+        self.dev.process_backend(0, queues, &self.mem);
     }
 
     /// A port: a host-initiated connection's host end, a port a host asked

@@ -26,6 +26,11 @@ use userfaultfd::{Event, Uffd};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const PAGE: u64 = 4096;
+/// The huge page size a region may have besides [`PAGE`].
+const HUGE_PAGE: u64 = 2 << 20;
+/// What a zero-filled huge page is copied from (one [`HUGE_PAGE`]): hugetlb
+/// memory has no UFFDIO_ZEROPAGE.
+static ZEROS: [u8; 2 << 20] = [0; 2 << 20];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -258,6 +263,17 @@ impl Vm {
                 "region {r:?} runs past the end of the address space"
             )));
         }
+        // Faults are served a page at a time, so a region is whole pages.
+        if let Some(r) = regions.iter().find(|r| {
+            ![PAGE, HUGE_PAGE].contains(&r.page_size)
+                || [r.base_host_virt_addr, r.size, r.offset]
+                    .iter()
+                    .any(|v| !v.is_multiple_of(r.page_size))
+        }) {
+            return Err(Error::Handshake(format!(
+                "region {r:?} is not whole pages of 4 KiB or 2 MiB"
+            )));
+        }
         // SAFETY: the fd arrived with SCM_RIGHTS and is ours alone; the VMM sends a userfaultfd.
         let uffd = unsafe { Uffd::from_raw_fd(file.into_raw_fd()) };
         Ok(Vm {
@@ -268,23 +284,24 @@ impl Vm {
         })
     }
 
-    /// Where host address `addr` lives in the memory file.
-    fn file_offset(&self, addr: u64) -> Option<u64> {
+    /// The page holding host address `addr`: its address, where it lives
+    /// in the memory file, and its size.
+    fn page_at(&self, addr: u64) -> Option<(u64, u64, u64)> {
         self.regions
             .iter()
             .find(|r| addr >= r.base_host_virt_addr && addr - r.base_host_virt_addr < r.size)
-            .map(|r| r.offset + (addr - r.base_host_virt_addr))
+            .map(|r| {
+                let page = addr & !(r.page_size - 1);
+                let offset = r.offset + (page - r.base_host_virt_addr);
+                (page, offset, r.page_size)
+            })
     }
 
-    /// Where file offset `offset` is mapped in the VM, with the bytes left in its region.
-    fn host_address(&self, offset: u64) -> Option<(u64, u64)> {
+    /// The region holding file offset `offset`.
+    fn region_of(&self, offset: u64) -> Option<&Region> {
         self.regions
             .iter()
             .find(|r| offset >= r.offset && offset - r.offset < r.size)
-            .map(|r| {
-                let into = offset - r.offset;
-                (r.base_host_virt_addr + into, r.size - into)
-            })
     }
 
     /// Copies `len` bytes of the file at `offset` to host `addr`. False when
@@ -307,11 +324,25 @@ impl Vm {
     }
 
     fn zero(&self, addr: u64, len: u64) -> bool {
+        let huge = self
+            .page_at(addr)
+            .is_some_and(|(_, _, size)| size == HUGE_PAGE);
         let Some(len) = host_len(addr, len) else {
             return false;
         };
-        // SAFETY: `addr..addr+len` is inside a region this VM registered.
-        let result = unsafe { self.uffd.zeropage(addr as *mut _, len, true) };
+        let result = if huge {
+            // Huge pages are served one at a time, each at most ZEROS long.
+            let len = len.min(ZEROS.len());
+            // SAFETY: `addr..addr+len` is inside a region this VM registered,
+            // and ZEROS holds `len` bytes.
+            unsafe {
+                self.uffd
+                    .copy(ZEROS.as_ptr().cast(), addr as *mut _, len, true)
+            }
+        } else {
+            // SAFETY: `addr..addr+len` is inside a region this VM registered.
+            unsafe { self.uffd.zeropage(addr as *mut _, len, true) }
+        };
         self.settle(result, addr, len)
     }
 
@@ -338,23 +369,33 @@ impl Vm {
         }
     }
 
-    /// Copies in every page of `set`, in as few copies as its runs allow.
+    /// Copies in every page of `set`, in as few copies as its runs allow
+    /// (a run in a region of huge pages grows to whole huge pages). Returns
+    /// the 4 KiB pages copied.
     fn prefetch(&self, mem: &MemoryFile, set: &WorkingSet) -> Option<u64> {
         let mut pages = 0;
+        // File offsets below this are copied already (runs come in order).
+        let mut done = 0;
         for &(start, count) in &set.runs {
             // A run whose bytes are past any file's end is in no region.
             let mut offset = start.checked_mul(PAGE)?;
-            let mut left = count.checked_mul(PAGE)?;
+            let end = offset.checked_add(count.checked_mul(PAGE)?)?;
             // A run may cross regions: copy each part where it is mapped.
-            while left > 0 {
-                let (addr, room) = self.host_address(offset)?;
-                let len = left.min(room);
-                if !self.copy(mem, offset, addr, len) {
-                    return None;
+            while offset < end {
+                let region = self.region_of(offset)?;
+                let size = region.page_size;
+                let from = (offset & !(size - 1)).max(done);
+                let region_end = region.offset + region.size;
+                let to = end.div_ceil(size).saturating_mul(size).min(region_end);
+                if from < to {
+                    let addr = region.base_host_virt_addr + (from - region.offset);
+                    if !self.copy(mem, from, addr, to - from) {
+                        return None;
+                    }
+                    pages += (to - from) / PAGE;
+                    done = to;
                 }
-                pages += len / PAGE;
-                offset += len;
-                left -= len;
+                offset = to;
             }
         }
         Some(pages)
@@ -439,22 +480,23 @@ impl Vm {
             };
             match event {
                 Event::Pagefault { addr, .. } => {
-                    let page = addr as u64 & !(PAGE - 1);
-                    let removed = self.removed.iter().any(|&(s, e)| page >= s && page < e);
-                    let served = match self.file_offset(page) {
-                        Some(_) if removed => {
+                    let addr = addr as u64;
+                    let served = match self.page_at(addr) {
+                        Some((page, _, size))
+                            if self.removed.iter().any(|&(s, e)| page >= s && page < e) =>
+                        {
                             stats.zero_faults += 1;
-                            self.zero(page, PAGE)
+                            self.zero(page, size)
                         }
-                        Some(offset) => {
+                        Some((page, offset, size)) => {
                             stats.faults += 1;
                             if record {
-                                touched.insert(offset / PAGE);
+                                touched.extend((offset / PAGE)..((offset + size) / PAGE));
                             }
-                            self.copy(mem, offset, page, PAGE)
+                            self.copy(mem, offset, page, size)
                         }
                         None => {
-                            eprintln!("ember-snapshot: fault at {page:#x} outside every region");
+                            eprintln!("ember-snapshot: fault at {addr:#x} outside every region");
                             false
                         }
                     };
@@ -600,6 +642,23 @@ mod tests {
         ] {
             assert!(
                 matches!(handshake(bad), Err(Error::Handshake(m)) if m.contains("past the end")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn regions_must_be_whole_pages_of_a_size_the_handler_serves() {
+        let huge = r#"[{"base_host_virt_addr": 2097152, "size": 4194304, "offset": 0, "page_size": 2097152}]"#;
+        assert!(handshake(huge).is_ok());
+        for bad in [
+            r#"[{"base_host_virt_addr": 4096, "size": 4194304, "offset": 0, "page_size": 2097152}]"#,
+            r#"[{"base_host_virt_addr": 2097152, "size": 4096, "offset": 0, "page_size": 2097152}]"#,
+            r#"[{"base_host_virt_addr": 4096, "size": 8192, "offset": 0, "page_size": 65536}]"#,
+            r#"[{"base_host_virt_addr": 4096, "size": 8192, "offset": 0, "page_size": 0}]"#,
+        ] {
+            assert!(
+                matches!(handshake(bad), Err(Error::Handshake(m)) if m.contains("whole pages")),
                 "{bad}"
             );
         }

@@ -9,7 +9,7 @@ use serde_json::json;
 use vmm_sys_util::tempdir::TempDir;
 
 use super::*;
-use crate::config::{DriveConfig, DriveUpdate, VsockConfig};
+use crate::config::{DriveConfig, DriveUpdate, RateLimiterConfig, VsockConfig};
 
 /// What the fake VM and launcher were asked to do, in order.
 type Log = Rc<RefCell<Vec<String>>>;
@@ -42,10 +42,19 @@ impl RunningVm for FakeVm {
     }
 
     fn change_device(&self, change: &DeviceChange) -> Result<(), vmm::Error> {
-        let DeviceChange::DriveFile { id, path, .. } = change;
-        self.log
-            .borrow_mut()
-            .push(format!("update {id} {}", path.display()));
+        let entry = match change {
+            DeviceChange::Drive {
+                id,
+                file,
+                rate_limiter,
+            } => format!(
+                "update {id} {:?} limited {}",
+                file.as_ref().map(|f| f.0.display().to_string()),
+                rate_limiter.is_some()
+            ),
+            DeviceChange::Net { id, .. } => format!("update {id} limiters"),
+        };
+        self.log.borrow_mut().push(entry);
         Ok(())
     }
 
@@ -363,11 +372,24 @@ fn a_drive_update_needs_a_known_drive_and_then_reaches_the_vm() {
     );
     assert_eq!(
         fx.log().last().map(String::as_str),
-        Some("update data /new")
+        Some(r#"update data Some("/new") limited false"#)
+    );
+    let limits: RateLimiterConfig =
+        serde_json::from_str(r#"{"ops": {"size": 100, "refill_time": 1000}}"#).unwrap();
+    let limit = Request::UpdateDevice(DeviceUpdate::Drive(DriveUpdate {
+        drive_id: "data".into(),
+        path_on_host: None,
+        rate_limiter: Some(limits),
+    }));
+    assert_eq!(fx.handle(limit).ok(), Some(Response::NoContent));
+    assert_eq!(
+        fx.log().last().map(String::as_str),
+        Some("update data None limited true")
     );
     match fx.handle(Request::GetVmConfig) {
         Ok(Response::VmConfig(config)) => {
-            assert_eq!(config.drives[0].path_on_host.as_deref(), Some("/new"))
+            assert_eq!(config.drives[0].path_on_host.as_deref(), Some("/new"));
+            assert_eq!(config.drives[0].rate_limiter, Some(limits));
         }
         other => panic!("GET /vm/config answered {other:?}"),
     }

@@ -25,16 +25,19 @@ use super::legacy::i8042::{self, I8042State, I8042};
 use super::legacy::serial::{
     self, ConsoleIn, ConsoleOut, InputDrained, SerialDevice, SerialSnapshot,
 };
+use super::rate_limiter::{RateLimiter, SharedRateLimiter};
 use super::virtio::block::{self, Block, Disk};
 use super::virtio::mmio::{self, MmioTransport, TransportEvents, TransportState};
 use super::virtio::net::tap;
-use super::virtio::net::Net;
+use super::virtio::net::{Net, NetLimiters};
 use super::virtio::rng::Rng;
 use super::virtio::vsock::{self, Vsock};
 use super::virtio::{Interrupt, VirtioDevice, INT_CONFIG};
 use super::{EventSubscriber, IrqLine};
 use crate::arch::x86_64::layout::{virtio_slot, BOOT_TIMER_START, VIRTIO_MMIO_SIZE};
-use crate::config::{CacheType, DriveConfig, NetworkInterfaceConfig, VsockConfig};
+use crate::config::{
+    CacheType, DriveConfig, EntropyConfig, NetworkInterfaceConfig, RateLimiterConfig, VsockConfig,
+};
 use crate::exit::ExitSignal;
 use crate::mmds::stack::MmdsStack;
 use crate::resources::{DeviceChange, VmResources};
@@ -80,6 +83,9 @@ pub enum Error {
     /// A change for a drive the VM does not have.
     #[error("no drive with id '{0}'")]
     NoSuchDrive(String),
+    /// A change for an interface the VM does not have.
+    #[error("no network interface with id '{0}'")]
+    NoSuchInterface(String),
     /// A snapshot's device states that do not fit its devices.
     #[error("the snapshot's device state is invalid: {0}")]
     BadState(&'static str),
@@ -98,8 +104,7 @@ enum VirtioConfig<'a> {
     Block(&'a DriveConfig),
     Net(&'a NetworkInterfaceConfig),
     Vsock(&'a VsockConfig),
-    /// Its only setting, a rate limiter, is not implemented yet.
-    Entropy,
+    Entropy(&'a EntropyConfig),
 }
 
 /// A virtio device in the layout, with its MMIO window and IRQ.
@@ -128,7 +133,7 @@ impl<'a> DeviceLayout<'a> {
             .map(VirtioConfig::Block)
             .chain(resources.network_interfaces.iter().map(VirtioConfig::Net))
             .chain(resources.vsock.iter().map(VirtioConfig::Vsock))
-            .chain(resources.entropy.iter().map(|_| VirtioConfig::Entropy));
+            .chain(resources.entropy.iter().map(VirtioConfig::Entropy));
         let virtio = configs
             .enumerate()
             .map(|(index, config)| {
@@ -178,10 +183,18 @@ impl<'a> DeviceLayout<'a> {
                 let backend = match slot.config {
                     VirtioConfig::Block(drive) => {
                         let disk = Disk::open(Path::new(drive.path()), drive.is_read_only)?;
-                        Backend::Block(drive, Arc::new(Mutex::new(disk)))
+                        let limiter = limiter(drive.rate_limiter.as_ref())?;
+                        Backend::Block(drive, Arc::new(Mutex::new(disk)), limiter)
                     }
-                    VirtioConfig::Net(net) => Backend::Net(Box::new(self.open_net(net)?)),
-                    VirtioConfig::Entropy => Backend::Entropy(Box::default()),
+                    VirtioConfig::Net(net) => {
+                        let (device, interface) = self.open_net(net)?;
+                        Backend::Net(Box::new(device), interface)
+                    }
+                    VirtioConfig::Entropy(entropy) => {
+                        let limiter = RateLimiter::new(entropy.rate_limiter.as_ref())
+                            .map_err(setup_err("a rate limiter"))?;
+                        Backend::Entropy(Box::new(Rng::new(limiter)))
+                    }
                     VirtioConfig::Vsock(config) => Backend::Vsock(Box::new(Vsock::new(
                         u64::from(config.guest_cid),
                         Path::new(&config.uds_path),
@@ -197,8 +210,9 @@ impl<'a> DeviceLayout<'a> {
         Ok(Backends(backends))
     }
 
-    /// A net device on its TAP, with MMDS if the configuration puts it there.
-    fn open_net(&self, net: &NetworkInterfaceConfig) -> Result<Net, Error> {
+    /// A net device on its TAP, with MMDS if the configuration puts it
+    /// there, and the handle the controller changes its limits through.
+    fn open_net(&self, net: &NetworkInterfaceConfig) -> Result<(Net, Interface), Error> {
         let tap = self
             .resources
             .open_taps
@@ -211,14 +225,29 @@ impl<'a> DeviceLayout<'a> {
             .filter(|m| m.network_interfaces.contains(&net.iface_id))
             .and_then(|m| m.address().ok())
             .map(|address| MmdsStack::new(address, self.resources.mmds.clone()));
-        Ok(Net::new(tap, net.mac(), net.mtu(), mmds))
+        let limiters = NetLimiters {
+            rx: limiter(net.rx_rate_limiter.as_ref())?,
+            tx: limiter(net.tx_rate_limiter.as_ref())?,
+        };
+        let interface = Interface {
+            id: net.iface_id.clone(),
+            limiters: limiters.clone(),
+        };
+        Ok((
+            Net::new(tap, net.mac(), net.mtu(), mmds, limiters),
+            interface,
+        ))
     }
+}
+
+fn limiter(config: Option<&RateLimiterConfig>) -> Result<SharedRateLimiter, Error> {
+    RateLimiter::shared(config).map_err(setup_err("a rate limiter"))
 }
 
 /// The host side of one virtio device, with its configuration.
 enum Backend<'a> {
-    Block(&'a DriveConfig, Arc<Mutex<Disk>>),
-    Net(Box<Net>),
+    Block(&'a DriveConfig, Arc<Mutex<Disk>>, SharedRateLimiter),
+    Net(Box<Net>, Interface),
     Vsock(Box<Vsock>),
     Entropy(Box<Rng>),
 }
@@ -237,7 +266,14 @@ pub struct Backends<'a>(Vec<OpenDevice<'a>>);
 pub struct Drive {
     pub id: String,
     pub disk: Arc<Mutex<Disk>>,
+    pub limiter: SharedRateLimiter,
     pub interrupt: Arc<Interrupt>,
+}
+
+/// A network interface as the controller sees it after boot.
+pub struct Interface {
+    pub id: String,
+    pub limiters: NetLimiters,
 }
 
 /// Every device's state, in layout order for the virtio ones.
@@ -252,6 +288,7 @@ pub struct DeviceStates {
 pub struct Devices {
     pub i8042: Arc<Mutex<I8042>>,
     pub drives: Vec<Drive>,
+    pub interfaces: Vec<Interface>,
     serial: Arc<Mutex<SerialDevice>>,
     /// Every virtio transport, in layout order.
     transports: Vec<Arc<Mutex<MmioTransport>>>,
@@ -329,6 +366,7 @@ impl Devices {
         Ok(Devices {
             i8042,
             drives: Vec::new(),
+            interfaces: Vec::new(),
             serial,
             transports: Vec::new(),
             subscribers: vec![Box::new(console_in)],
@@ -353,7 +391,7 @@ impl Devices {
         for open in backends.0 {
             let interrupt = Arc::new(Interrupt::new(irq_line(vm, open.irq, "a virtio IRQ")?.0));
             let device: Box<dyn VirtioDevice> = match open.backend {
-                Backend::Block(drive, disk) => {
+                Backend::Block(drive, disk, limiter) => {
                     let cache = match drive.cache_type {
                         CacheType::Unsafe => block::CacheType::Unsafe,
                         CacheType::Writeback => block::CacheType::Writeback,
@@ -361,11 +399,15 @@ impl Devices {
                     self.drives.push(Drive {
                         id: drive.drive_id.clone(),
                         disk: disk.clone(),
+                        limiter: limiter.clone(),
                         interrupt: interrupt.clone(),
                     });
-                    Box::new(Block::new(disk, drive.is_read_only, cache))
+                    Box::new(Block::new(disk, limiter, drive.is_read_only, cache))
                 }
-                Backend::Net(net) => net,
+                Backend::Net(net, interface) => {
+                    self.interfaces.push(interface);
+                    net
+                }
                 Backend::Vsock(vsock) => vsock,
                 Backend::Entropy(rng) => rng,
             };
@@ -411,20 +453,46 @@ impl Devices {
     /// Makes a change the controller asked for on the running VM.
     pub fn apply(&self, change: &DeviceChange) -> Result<(), Error> {
         match change {
-            DeviceChange::DriveFile {
+            DeviceChange::Drive {
                 id,
-                path,
-                read_only,
+                file,
+                rate_limiter,
             } => {
                 let drive = self
                     .drives
                     .iter()
                     .find(|d| &d.id == id)
                     .ok_or_else(|| Error::NoSuchDrive(id.clone()))?;
-                let disk = Disk::open(path, *read_only)?;
-                *drive.disk.lock().map_err(|_| Error::Poisoned)? = disk;
-                // The guest learns the new size from the configuration space.
-                drive.interrupt.raise(INT_CONFIG);
+                if let Some((path, read_only)) = file {
+                    let disk = Disk::open(path, *read_only)?;
+                    *drive.disk.lock().map_err(|_| Error::Poisoned)? = disk;
+                    // The guest learns the new size from the configuration space.
+                    drive.interrupt.raise(INT_CONFIG);
+                }
+                if let Some(update) = rate_limiter {
+                    update_limiter(&drive.limiter, update)?;
+                }
+                Ok(())
+            }
+            DeviceChange::Net {
+                id,
+                rx_rate_limiter,
+                tx_rate_limiter,
+            } => {
+                let interface = self
+                    .interfaces
+                    .iter()
+                    .find(|i| &i.id == id)
+                    .ok_or_else(|| Error::NoSuchInterface(id.clone()))?;
+                let limiters = &interface.limiters;
+                for (limiter, update) in [
+                    (&limiters.rx, rx_rate_limiter),
+                    (&limiters.tx, tx_rate_limiter),
+                ] {
+                    if let Some(update) = update {
+                        update_limiter(limiter, update)?;
+                    }
+                }
                 Ok(())
             }
         }
@@ -434,6 +502,11 @@ impl Devices {
     pub fn take_subscribers(&mut self) -> Vec<Box<dyn EventSubscriber>> {
         std::mem::take(&mut self.subscribers)
     }
+}
+
+fn update_limiter(limiter: &SharedRateLimiter, update: &RateLimiterConfig) -> Result<(), Error> {
+    limiter.lock().map_err(|_| Error::Poisoned)?.update(update);
+    Ok(())
 }
 
 /// An interrupt line: an eventfd KVM turns into guest IRQ `irq`.

@@ -5,11 +5,13 @@ pub mod boot_timer;
 pub mod bus;
 pub mod legacy;
 pub mod manager;
+pub mod rate_limiter;
 pub mod virtio;
 
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, RawFd};
 
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 /// A device's host side, as the main thread's event loop serves it: the fds
 /// it wants watched and its work when one is readable. Each device handles
@@ -36,4 +38,20 @@ impl vm_superio::Trigger for IrqLine {
     fn trigger(&self) -> std::io::Result<()> {
         self.0.write(1)
     }
+}
+
+/// A timer whose read never blocks, so a stale readiness report costs nothing.
+pub fn nonblocking_timer() -> std::io::Result<TimerFd> {
+    // SAFETY: timerfd_create takes no pointers; the result is checked.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh timerfd that nothing else owns.
+    Ok(unsafe { TimerFd::from_raw_fd(fd) })
 }

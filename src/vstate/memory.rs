@@ -1,11 +1,13 @@
 //! Guest memory: lazily populated mappings laid out around the MMIO gap,
-//! anonymous for a fresh boot and private file mappings for a restore.
+//! anonymous for a fresh boot and private file mappings for a restore, or
+//! 2 MiB huge pages (hugetlb) for either when the machine asks for them.
 //!
 //! Every region carries a dirty-page bitmap that vm-memory sets on each write
 //! ember's devices make, so a diff snapshot also holds the pages KVM's own
 //! dirty log cannot see.
 
 use std::fs::File;
+use std::io::{ErrorKind, Seek, SeekFrom};
 use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -16,8 +18,8 @@ use userfaultfd::{FeatureFlags, Uffd, UffdBuilder};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
+use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::ram_ranges;
 
@@ -31,20 +33,51 @@ const PAGE: NonZeroUsize = match NonZeroUsize::new(PAGE_SIZE) {
     None => unreachable!(),
 };
 
+/// The pages guest RAM is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pages {
+    /// The host's 4 KiB pages, populated as the guest touches them.
+    Small,
+    /// 2 MiB huge pages from the host's hugetlb pool, reserved at once.
+    Huge,
+}
+
+impl Pages {
+    pub fn size(self) -> usize {
+        match self {
+            Pages::Small => PAGE_SIZE,
+            Pages::Huge => HUGE_PAGE_SIZE,
+        }
+    }
+
+    /// The flags of an anonymous mapping of these pages. Huge pages are
+    /// reserved when mapped (no MAP_NORESERVE), so a host without enough of
+    /// them fails here instead of at a guest's page fault.
+    fn anonymous_flags(self) -> i32 {
+        let private = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        match self {
+            Pages::Small => private | libc::MAP_NORESERVE,
+            Pages::Huge => private | libc::MAP_HUGETLB | libc::MAP_HUGE_2MB,
+        }
+    }
+}
+
+pub const HUGE_PAGE_SIZE: usize = 2 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Anonymous guest memory cannot be mapped.
-    #[error("cannot map {size_mib} MiB of guest memory: {source}")]
-    Map {
-        size_mib: u64,
-        source: vm_memory::mmap::FromRangesError,
-    },
+    /// The host's hugetlb pool has too few free 2 MiB pages.
+    #[error(
+        "the host has fewer free 2 MiB huge pages than {size_mib} MiB of guest memory need: \
+         reserve more in /proc/sys/vm/nr_hugepages"
+    )]
+    NoHugePages { size_mib: u64 },
+    /// Reading a memory file into huge pages failed.
+    #[error("cannot read the memory file into guest memory: {0}")]
+    Fill(std::io::Error),
     /// A memory file region cannot be mapped.
     #[error("cannot map guest memory at {start:#x}: {source}")]
-    Region {
-        start: u64,
-        source: vm_memory::mmap::MmapRegionError,
-    },
+    Region { start: u64, source: MmapRegionError },
     /// vm-memory refused the region layout: a layout bug.
     #[error("guest memory regions overlap or are empty")]
     Layout,
@@ -62,14 +95,89 @@ pub enum Error {
     },
 }
 
-/// Maps `size_mib` MiB of anonymous guest RAM. Pages are only touched when the
-/// guest (or a loader) first uses them, so the cost does not grow with the size.
-pub fn create(size_mib: u64) -> Result<GuestMemoryMmap, Error> {
-    let ranges = ram_ranges(size_mib << 20)
+/// Maps `size_mib` MiB of anonymous guest RAM of `pages`. Pages are only
+/// touched when the guest (or a loader) first uses them, so the cost does not
+/// grow with the size.
+pub fn create(size_mib: u64, pages: Pages) -> Result<GuestMemoryMmap, Error> {
+    let regions = ram_ranges(size_mib << 20)
         .into_iter()
-        .map(|(start, len)| Ok((GuestAddress(start), host_len(size_mib, len)?)))
-        .collect::<Result<Vec<_>, Error>>()?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Map { size_mib, source })
+        .map(|(start, len)| {
+            let len = host_len(size_mib, len)?;
+            let mapping = MmapRegionBuilder::new_with_bitmap(len, bitmap(len))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(pages.anonymous_flags())
+                .build()
+                .map_err(|source| match source {
+                    MmapRegionError::Mmap(e)
+                        if pages == Pages::Huge && e.raw_os_error() == Some(libc::ENOMEM) =>
+                    {
+                        Error::NoHugePages { size_mib }
+                    }
+                    source => Error::Region { start, source },
+                })?;
+            GuestRegionMmap::new(mapping, GuestAddress(start)).ok_or(Error::Layout)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    GuestMemoryMmap::from_regions(regions).map_err(|_| Error::Layout)
+}
+
+/// Huge-page guest RAM holding `file`'s contents, region `i` read from
+/// `offsets[i]`: a private mapping of a file cannot be of huge pages, so
+/// the file's data (not its holes, which are zeros) is read in at once.
+pub fn huge_from_file(
+    file: &File,
+    size_mib: u64,
+    offsets: &[u64],
+) -> Result<GuestMemoryMmap, Error> {
+    let mem = create(size_mib, Pages::Huge)?;
+    let mut reader = file;
+    for (region, &offset) in mem.iter().zip(offsets) {
+        let len = region.len();
+        for (start, end) in data_ranges(file, offset, offset.saturating_add(len))? {
+            let at = region.start_addr().unchecked_add(start - offset);
+            let count = usize::try_from(end - start).map_err(|_| Error::TooLarge { size_mib })?;
+            reader
+                .seek(SeekFrom::Start(start))
+                .and_then(|_| {
+                    mem.read_exact_volatile_from(at, &mut reader, count)
+                        .map_err(std::io::Error::other)
+                })
+                .map_err(Error::Fill)?;
+        }
+    }
+    // Loading is not the VMM writing guest memory: no diff snapshot needs it.
+    take_vmm_dirty(&mem);
+    Ok(mem)
+}
+
+/// The ranges of `start..end` in `file` that hold data, as SEEK_DATA and
+/// SEEK_HOLE find them; a file system without holes reports one range.
+fn data_ranges(file: &File, start: u64, end: u64) -> Result<Vec<(u64, u64)>, Error> {
+    let seek = |from: u64, whence| -> Result<Option<u64>, Error> {
+        let from =
+            libc::off_t::try_from(from).map_err(|_| Error::Fill(ErrorKind::InvalidInput.into()))?;
+        // SAFETY: lseek on an fd this function borrows; no memory is passed.
+        let at = unsafe { libc::lseek(file.as_raw_fd(), from, whence) };
+        if at >= 0 {
+            return Ok(u64::try_from(at).ok());
+        }
+        match std::io::Error::last_os_error() {
+            // No data after `from`.
+            e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            e => Err(Error::Fill(e)),
+        }
+    };
+    let mut ranges = Vec::new();
+    let mut at = start;
+    while at < end {
+        let Some(data) = seek(at, libc::SEEK_DATA)?.filter(|&d| d < end) else {
+            break;
+        };
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        ranges.push((data, hole));
+        at = hole;
+    }
+    Ok(ranges)
 }
 
 /// Maps guest RAM privately from `file`, region `i` at `offsets[i]`: clones of
@@ -82,7 +190,7 @@ pub fn from_file(file: &File, size_mib: u64, offsets: &[u64]) -> Result<GuestMem
             let len = host_len(size_mib, len)?;
             let file = file.try_clone().map_err(|e| Error::Region {
                 start,
-                source: vm_memory::mmap::MmapRegionError::Mmap(e),
+                source: MmapRegionError::Mmap(e),
             })?;
             let mapping = MmapRegionBuilder::new_with_bitmap(len, bitmap(len))
                 .with_file_offset(FileOffset::new(file, offset))
@@ -142,6 +250,7 @@ pub struct MemoryBackend {
 /// JSON list of where each region lives in the memory file (`offsets`).
 pub fn serve_with_uffd(
     mem: &GuestMemoryMmap,
+    pages: Pages,
     offsets: &[u64],
     socket: &Path,
 ) -> Result<MemoryBackend, Error> {
@@ -159,7 +268,7 @@ pub fn serve_with_uffd(
             base_host_virt_addr: host as u64,
             size: len as u64,
             offset,
-            page_size: PAGE_SIZE as u64,
+            page_size: pages.size() as u64,
         });
     }
     let handler_err = |source| Error::Handler {
@@ -199,7 +308,7 @@ mod tests {
 
     #[test]
     fn memory_has_the_requested_size_around_the_gap() {
-        let mem = create(128).unwrap();
+        let mem = create(128, Pages::Small).unwrap();
         assert_eq!(mem.num_regions(), 1);
         assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), 128 << 20);
     }

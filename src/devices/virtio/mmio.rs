@@ -232,15 +232,10 @@ impl MmioTransport {
         self.after(activity);
     }
 
-    /// The device's host-side fd, if it has one.
-    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.device.backend_fd()
-    }
-
-    /// Runs the device's host side after activity on its fd.
-    pub fn process_backend(&mut self) {
+    /// Runs the device's host side after activity on its fd `index`.
+    pub fn process_backend(&mut self, index: usize) {
         let queues = self.activated.then_some(self.queues.as_mut_slice());
-        let activity = self.device.process_backend(queues, &self.mem);
+        let activity = self.device.process_backend(index, queues, &self.mem);
         self.after(activity);
     }
 
@@ -429,16 +424,16 @@ impl MmioTransport {
     }
 }
 
-/// A transport's events: its queue notifications, then its backend's fd.
+/// A transport's events: its queue notifications, then its backend's fds.
 pub struct TransportEvents {
     transport: Arc<Mutex<MmioTransport>>,
     queue_events: Vec<EventFd>,
-    backend_fd: Option<RawFd>,
+    backend_fds: Vec<RawFd>,
 }
 
 impl TransportEvents {
     pub fn new(transport: Arc<Mutex<MmioTransport>>) -> Result<Self, Error> {
-        let (queue_events, backend_fd) = {
+        let (queue_events, backend_fds) = {
             let t = transport.lock().map_err(|_| Error::Poisoned)?;
             let events = t
                 .queue_events
@@ -446,12 +441,12 @@ impl TransportEvents {
                 .map(EventFd::try_clone)
                 .collect::<Result<_, _>>()
                 .map_err(Error::Event)?;
-            (events, t.backend_fd())
+            (events, t.device.backend_fds())
         };
         Ok(TransportEvents {
             transport,
             queue_events,
-            backend_fd,
+            backend_fds,
         })
     }
 }
@@ -461,7 +456,7 @@ impl EventSubscriber for TransportEvents {
         self.queue_events
             .iter()
             .map(AsRawFd::as_raw_fd)
-            .chain(self.backend_fd)
+            .chain(self.backend_fds.iter().copied())
             .collect()
     }
 
@@ -476,16 +471,18 @@ impl EventSubscriber for TransportEvents {
         };
         match queue {
             Some(()) => transport.process_queue(index),
-            None => transport.process_backend(),
+            None => transport.process_backend(index - self.queue_events.len()),
         }
     }
 
     fn wants(&self, index: usize) -> bool {
-        index < self.queue_events.len()
-            || self
-                .transport
-                .lock()
-                .is_ok_and(|t| t.device.wants_backend())
+        index
+            .checked_sub(self.queue_events.len())
+            .is_none_or(|backend| {
+                self.transport
+                    .lock()
+                    .is_ok_and(|t| t.device.wants_backend(backend))
+            })
     }
 }
 

@@ -53,20 +53,22 @@ pub trait VirtioDevice: Send {
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
     ) -> Activity;
-    /// An fd the device's host side wants watched (vsock's sockets, say).
-    fn backend_fd(&self) -> Option<RawFd> {
-        None
+    /// The fds the device's host side wants watched: vsock's sockets, a
+    /// TAP, rate limiters' timers.
+    fn backend_fds(&self) -> Vec<RawFd> {
+        Vec::new()
     }
-    /// Whether `backend_fd` is worth watching now: a device that cannot take
-    /// more from its host side holds it off, so level-triggered epoll does
-    /// not spin on it.
-    fn wants_backend(&self) -> bool {
+    /// Whether backend fd `index` is worth watching now: a device that
+    /// cannot take more from its host side holds it off, so level-triggered
+    /// epoll does not spin on it.
+    fn wants_backend(&self, _index: usize) -> bool {
         true
     }
-    /// Handles activity on `backend_fd`; `queues` is `None` until the driver
-    /// is ready.
+    /// Handles activity on backend fd `index`; `queues` is `None` until the
+    /// driver is ready.
     fn process_backend(
         &mut self,
+        _index: usize,
         _queues: Option<&mut [Queue]>,
         _mem: &GuestMemoryMmap,
     ) -> Activity {

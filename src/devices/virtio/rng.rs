@@ -1,10 +1,13 @@
 //! virtio-rng (device id 4), Firecracker's entropy device: each buffer the
 //! driver posts comes back filled from the host's `getrandom`.
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
+use std::os::fd::RawFd;
+
 use super::{Activity, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::rate_limiter::RateLimiter;
 use crate::vstate::memory::GuestMemoryMmap;
 
 pub const VIRTIO_ID_RNG: u32 = 4;
@@ -21,40 +24,29 @@ const MAX_DESCRIPTORS: usize = 64;
 pub struct Rng {
     /// Random bytes for one request, reused.
     scratch: Vec<u8>,
+    limiter: RateLimiter,
     queue_sizes: [u16; 1],
 }
 
-impl Default for Rng {
-    fn default() -> Self {
-        Rng {
-            scratch: vec![0; MAX_REQUEST_BYTES],
-            queue_sizes: [QUEUE_SIZE],
-        }
-    }
+/// One request's writable buffers, and the bytes it gets.
+struct Request {
+    buffers: Vec<(GuestAddress, usize)>,
+    total: usize,
 }
 
 impl Rng {
-    /// Fills one request's writable buffers; returns the bytes written (0
-    /// for a chain that is not a valid request, or if the host had no
-    /// randomness to give).
-    fn fill(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> usize {
-        let mut buffers: Vec<(GuestAddress, usize)> = Vec::new();
-        for desc in chain.take(MAX_DESCRIPTORS + 1) {
-            let Ok(len) = usize::try_from(desc.len()) else {
-                return 0;
-            };
-            let valid =
-                desc.is_write_only() && mem.check_range(desc.addr(), len, Permissions::Write);
-            if !valid || buffers.len() == MAX_DESCRIPTORS {
-                return 0;
-            }
-            buffers.push((desc.addr(), len));
+    pub fn new(limiter: RateLimiter) -> Self {
+        Rng {
+            scratch: vec![0; MAX_REQUEST_BYTES],
+            limiter,
+            queue_sizes: [QUEUE_SIZE],
         }
-        let total = buffers
-            .iter()
-            .map(|b| b.1)
-            .sum::<usize>()
-            .min(MAX_REQUEST_BYTES);
+    }
+
+    /// Fills one request's buffers; returns the bytes written (0 if the host
+    /// had no randomness to give).
+    fn fill(&mut self, mem: &GuestMemoryMmap, request: Request) -> usize {
+        let Request { buffers, total } = request;
         let Some(random) = self.scratch.get_mut(..total) else {
             return 0;
         };
@@ -76,6 +68,27 @@ impl Rng {
         }
         written
     }
+}
+
+/// A chain's writable buffers; an empty request for a chain that is not a
+/// valid one.
+fn parse(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> Request {
+    let mut buffers: Vec<(GuestAddress, usize)> = Vec::new();
+    for desc in chain.take(MAX_DESCRIPTORS + 1) {
+        let len = usize::try_from(desc.len()).unwrap_or(usize::MAX);
+        let valid = desc.is_write_only() && mem.check_range(desc.addr(), len, Permissions::Write);
+        if !valid || buffers.len() == MAX_DESCRIPTORS {
+            buffers.clear();
+            break;
+        }
+        buffers.push((desc.addr(), len));
+    }
+    let total = buffers
+        .iter()
+        .map(|b| b.1)
+        .sum::<usize>()
+        .min(MAX_REQUEST_BYTES);
+    Request { buffers, total }
 }
 
 impl VirtioDevice for Rng {
@@ -102,11 +115,22 @@ impl VirtioDevice for Rng {
         };
         let (mut used, mut given) = (false, 0usize);
         while given < BYTES_PER_WAKE_UP {
+            if self.limiter.is_waiting() {
+                // The limiter's timer brings the device back.
+                return Activity { used, rerun: None };
+            }
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 return Activity { used, rerun: None };
             };
             let head = chain.head_index();
-            let written = self.fill(mem, chain);
+            let request = parse(mem, chain);
+            let bytes = u64::try_from(request.total).unwrap_or(u64::MAX);
+            if !self.limiter.consume(bytes) {
+                // The request waits in the ring for its tokens.
+                queue.go_to_previous_position();
+                return Activity { used, rerun: None };
+            }
+            let written = self.fill(mem, request);
             // Even an empty answer counts against the budget: the walk cost something.
             given += written.max(1024);
             let len = u32::try_from(written).unwrap_or(0);
@@ -117,6 +141,21 @@ impl VirtioDevice for Rng {
             rerun: Some(0),
         }
     }
+
+    fn backend_fds(&self) -> Vec<RawFd> {
+        vec![self.limiter.timer_fd()]
+    }
+
+    /// The rate limiter's timer: requests it held back may go now.
+    fn process_backend(
+        &mut self,
+        _index: usize,
+        queues: Option<&mut [Queue]>,
+        mem: &GuestMemoryMmap,
+    ) -> Activity {
+        self.limiter.on_timer();
+        queues.map_or_else(Activity::default, |q| self.process_queue(0, q, mem))
+    }
 }
 
 #[cfg(test)]
@@ -124,7 +163,12 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
+    use crate::config::{RateLimiterConfig, TokenBucketConfig};
     use crate::devices::virtio::test_utils::{desc, guest_memory, used_lens, NEXT, WRITE};
+
+    fn unlimited() -> Rng {
+        Rng::new(RateLimiter::new(None).unwrap())
+    }
 
     #[test]
     fn buffers_come_back_full_of_different_random_bytes() {
@@ -142,7 +186,7 @@ mod tests {
             )
             .unwrap();
         let mut q: Queue = queue.create_queue().unwrap();
-        let mut rng = Rng::default();
+        let mut rng = unlimited();
         let activity = rng.process_queue(0, std::slice::from_mut(&mut q), &mem);
         assert!(activity.used);
         assert_eq!(activity.rerun, None);
@@ -177,7 +221,7 @@ mod tests {
             )
             .unwrap();
         let mut q: Queue = queue.create_queue().unwrap();
-        Rng::default().process_queue(0, std::slice::from_mut(&mut q), &mem);
+        unlimited().process_queue(0, std::slice::from_mut(&mut q), &mem);
         assert_eq!(used_lens(&queue, 3), vec![0, 0, 0]);
     }
 
@@ -190,7 +234,7 @@ mod tests {
             .collect();
         queue.add_desc_chains(&descs, 0).unwrap();
         let mut q: Queue = queue.create_queue().unwrap();
-        let mut rng = Rng::default();
+        let mut rng = unlimited();
         let first = rng.process_queue(0, std::slice::from_mut(&mut q), &mem);
         assert_eq!(first.rerun, Some(0), "stopped at its budget");
         let served = BYTES_PER_WAKE_UP / MAX_REQUEST_BYTES;
@@ -199,5 +243,32 @@ mod tests {
             rng.process_queue(0, std::slice::from_mut(&mut q), &mem);
         }
         assert_eq!(q.next_avail(), 16);
+    }
+
+    #[test]
+    fn a_rate_limited_request_waits_in_the_ring() {
+        let mem = guest_memory(0x100000);
+        let queue = MockSplitQueue::new(&mem, 16);
+        queue
+            .add_desc_chains(&[desc(0x1000, 64, WRITE, 0), desc(0x2000, 64, WRITE, 0)], 0)
+            .unwrap();
+        let mut q: Queue = queue.create_queue().unwrap();
+        // 64 bytes a minute.
+        let limits = RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 64,
+                one_time_burst: None,
+                refill_time: 60_000,
+            }),
+            ops: None,
+        };
+        let mut rng = Rng::new(RateLimiter::new(Some(&limits)).unwrap());
+        let activity = rng.process_queue(0, std::slice::from_mut(&mut q), &mem);
+        assert_eq!(
+            activity.rerun, None,
+            "the timer, not a rerun, brings it back"
+        );
+        assert_eq!(q.next_avail(), 1, "the second request is left in the ring");
+        assert_eq!(used_lens(&queue, 1), vec![64]);
     }
 }

@@ -80,7 +80,12 @@ fn block_devices(cmdline: &[u8]) {
         match transport.probe() {
             Ok(blk::DEVICE_ID) => {
                 match Block::new(transport) {
-                    Ok(mut block) => exercise(count, &mut block),
+                    Ok(mut block) => {
+                        exercise(count, &mut block);
+                        if let Some(kib) = value(cmdline, b"ember.blkread=") {
+                            read_for_time(count, &mut block, kib);
+                        }
+                    }
                     Err(err) => println!("blk{count}: error {err}"),
                 }
                 count += 1;
@@ -131,6 +136,38 @@ fn exercise(i: usize, block: &mut Block) {
 
     let status = status(block.read(block.capacity(), &mut sector));
     println!("blk{i}: beyond-end status={status}");
+}
+
+/// `ember.blkread=<KiB>`: reads that much from the start of the device (round
+/// and round), 4 KiB per request, and prints how long it took, for the rate
+/// limiter's tests.
+fn read_for_time(i: usize, block: &mut Block, kib: &[u8]) {
+    const CHUNK_SECTORS: u64 = 8;
+    let Some(kib) = core::str::from_utf8(kib)
+        .ok()
+        .and_then(|k| k.parse::<u64>().ok())
+    else {
+        println!("blk{i}: error bad ember.blkread");
+        return;
+    };
+    let Some(chunks) = block
+        .capacity()
+        .checked_div(CHUNK_SECTORS)
+        .filter(|&c| c > 0)
+    else {
+        println!("blk{i}: error the device is smaller than 4 KiB");
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    let start = rt::time::now();
+    for n in 0..kib.div_ceil(4) {
+        if let Err(RequestError(status)) = block.read((n % chunks) * CHUNK_SECTORS, &mut buf) {
+            println!("blk{i}: error read status={status}");
+            return;
+        }
+    }
+    let micros = rt::time::elapsed_nanos(start) / 1000;
+    println!("blk{i}: read {kib} KiB in {micros} us");
 }
 
 /// The status byte of a request, as the output shows it (0 for success).

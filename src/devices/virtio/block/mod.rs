@@ -4,6 +4,7 @@ pub mod request;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
+use std::os::fd::RawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,11 +13,12 @@ use crate::vstate::memory::GuestMemoryMmap;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
 
 use self::request::{Request, RequestType, ID_BYTES, SECTOR_SIZE};
 use super::{narrow, read_config_space, Activity, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::rate_limiter::SharedRateLimiter;
 
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 const QUEUE_SIZE: u16 = 256;
@@ -89,13 +91,19 @@ impl Disk {
 
 pub struct Block {
     disk: Arc<Mutex<Disk>>,
+    limiter: SharedRateLimiter,
     features: u64,
     cache: CacheType,
     queue_sizes: [u16; 1],
 }
 
 impl Block {
-    pub fn new(disk: Arc<Mutex<Disk>>, read_only: bool, cache: CacheType) -> Self {
+    pub fn new(
+        disk: Arc<Mutex<Disk>>,
+        limiter: SharedRateLimiter,
+        read_only: bool,
+        cache: CacheType,
+    ) -> Self {
         let mut features = 1u64 << VIRTIO_F_VERSION_1;
         if read_only {
             features |= 1 << VIRTIO_BLK_F_RO;
@@ -105,6 +113,7 @@ impl Block {
         }
         Block {
             disk,
+            limiter,
             features,
             cache,
             queue_sizes: [QUEUE_SIZE],
@@ -201,17 +210,28 @@ impl VirtioDevice for Block {
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
     ) -> Activity {
-        let (Some(queue), Ok(mut disk)) = (queues.first_mut(), self.disk.lock()) else {
+        let (Some(queue), Ok(mut disk), Ok(mut limiter)) =
+            (queues.first_mut(), self.disk.lock(), self.limiter.lock())
+        else {
             return Activity::default();
         };
         let mut activity = Activity::default();
         for _ in 0..WORK_BUDGET {
+            if limiter.is_waiting() {
+                // The limiter's timer brings the device back.
+                return activity;
+            }
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 return activity;
             };
             let head = chain.head_index();
             let (status_addr, status, len) = match request::parse(mem, chain) {
                 Ok(req) => {
+                    if !limiter.consume(req.limited_bytes()) {
+                        // The request waits in the ring for its tokens.
+                        queue.go_to_previous_position();
+                        return activity;
+                    }
                     let (status, len) = self.execute(&mut disk, &req, mem);
                     (Some(req.status), status, len)
                 }
@@ -234,6 +254,26 @@ impl VirtioDevice for Block {
         activity.rerun = Some(0);
         activity
     }
+
+    fn backend_fds(&self) -> Vec<RawFd> {
+        self.limiter
+            .lock()
+            .map(|l| vec![l.timer_fd()])
+            .unwrap_or_default()
+    }
+
+    /// The rate limiter's timer: requests it held back may go now.
+    fn process_backend(
+        &mut self,
+        _index: usize,
+        queues: Option<&mut [Queue]>,
+        mem: &GuestMemoryMmap,
+    ) -> Activity {
+        if let Ok(mut limiter) = self.limiter.lock() {
+            limiter.on_timer();
+        }
+        queues.map_or_else(Activity::default, |q| self.process_queue(0, q, mem))
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +289,8 @@ mod tests {
     use vmm_sys_util::tempdir::TempDir;
 
     use super::*;
+    use crate::config::{RateLimiterConfig, TokenBucketConfig};
+    use crate::devices::rate_limiter::RateLimiter;
     use crate::devices::virtio::test_utils::{desc, guest_memory, NEXT, WRITE};
 
     #[repr(C)]
@@ -269,6 +311,10 @@ mod tests {
     }
 
     fn fixture(read_only: bool) -> Fixture {
+        limited_fixture(read_only, None)
+    }
+
+    fn limited_fixture(read_only: bool, limits: Option<&RateLimiterConfig>) -> Fixture {
         let dir = TempDir::new().expect("a temporary directory");
         let path = dir.as_path().join("disk.img");
         let mut f = File::create(&path).unwrap();
@@ -279,7 +325,12 @@ mod tests {
         Fixture {
             _dir: dir,
             path,
-            block: Block::new(disk, read_only, CacheType::Writeback),
+            block: Block::new(
+                disk,
+                RateLimiter::shared(limits).unwrap(),
+                read_only,
+                CacheType::Writeback,
+            ),
             mem: guest_memory(0x10000),
         }
     }
@@ -434,5 +485,53 @@ mod tests {
             assert_eq!(activity.rerun, Some(0), "the same queue comes back");
         }
         assert_eq!(served, vec![64, 64, 0]);
+    }
+
+    #[test]
+    fn a_rate_limited_request_waits_in_the_ring_for_the_timer() {
+        // One read of 512 bytes per minute.
+        let limits = RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 512,
+                one_time_burst: None,
+                refill_time: 60_000,
+            }),
+            ops: None,
+        };
+        let mut fx = limited_fixture(false, Some(&limits));
+        assert_eq!(submit(&mut fx, VIRTIO_BLK_T_IN, 0, 512, true), (0, 513));
+        let queue = MockSplitQueue::new(&fx.mem, 16);
+        queue
+            .build_desc_chain(&[
+                desc(0x1000, 16, 0, 0),
+                desc(0x2000, 512, WRITE, 0),
+                desc(0x3000, 1, WRITE, 0),
+            ])
+            .unwrap();
+        let mut q: Queue = queue.create_queue().unwrap();
+        let queues = std::slice::from_mut(&mut q);
+        let activity = fx.block.process_queue(0, queues, &fx.mem);
+        assert_eq!(activity, Activity::default());
+        assert_eq!(queue.used().idx().load(), 0);
+        assert_eq!(queues[0].next_avail(), 0, "the request is left in the ring");
+        // Lifting the limit fires the timer; the device then serves it.
+        fx.block.limiter.lock().unwrap().update(&RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 0,
+                one_time_burst: None,
+                refill_time: 0,
+            }),
+            ops: None,
+        });
+        let timer = fx.block.backend_fds()[0];
+        let mut pollfd = libc::pollfd {
+            fd: timer,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        assert_eq!(unsafe { libc::poll(&mut pollfd, 1, 1000) }, 1);
+        assert!(fx.block.process_backend(0, Some(queues), &fx.mem).used);
+        assert_eq!(queue.used().idx().load(), 1);
     }
 }

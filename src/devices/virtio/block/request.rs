@@ -48,6 +48,14 @@ impl Request {
     pub fn data_len(&self) -> u64 {
         self.data.iter().map(|&(_, len)| u64::from(len)).sum()
     }
+
+    /// The bytes a rate limiter counts: those read or written, as in Firecracker.
+    pub fn limited_bytes(&self) -> u64 {
+        match self.kind {
+            RequestType::In | RequestType::Out => self.data_len(),
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -12,11 +12,14 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO,
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
 };
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+
+use std::os::fd::RawFd;
 
 use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO};
 use super::{read_config_space, Activity, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::rate_limiter::SharedRateLimiter;
 use crate::mmds::stack::MmdsStack;
 use crate::vstate::memory::GuestMemoryMmap;
 
@@ -50,16 +53,38 @@ pub struct Net {
     /// The length of a frame in `rx_frame`, taken from the TAP (or MMDS),
     /// that waits for guest buffers.
     pending: Option<usize>,
+    /// The pending frame has passed the rx rate limiter.
+    pending_paid: bool,
     /// The TAP failed a read (it was deleted, say): it is not watched again.
     tap_failed: bool,
     tx_frame: Vec<u8>,
     mmds: Option<MmdsStack>,
+    limiters: NetLimiters,
     queue_sizes: [u16; 2],
 }
 
+/// An interface's rate limiters, shared with the controller's `PATCH`es.
+#[derive(Clone)]
+pub struct NetLimiters {
+    pub rx: SharedRateLimiter,
+    pub tx: SharedRateLimiter,
+}
+
+/// Backend fds: the TAP, then the limiters' timers.
+const TAP_FD: usize = 0;
+const RX_TIMER_FD: usize = 1;
+const TX_TIMER_FD: usize = 2;
+
 impl Net {
-    /// A device on `tap`; `mmds` if the metadata service is reachable through it.
-    pub fn new(tap: Tap, mac: Option<[u8; 6]>, mtu: Option<u16>, mmds: Option<MmdsStack>) -> Net {
+    /// A device on `tap`, limited by `limiters`; `mmds` if the metadata
+    /// service is reachable through it.
+    pub fn new(
+        tap: Tap,
+        mac: Option<[u8; 6]>,
+        mtu: Option<u16>,
+        mmds: Option<MmdsStack>,
+        limiters: NetLimiters,
+    ) -> Net {
         let mut features = [
             VIRTIO_F_VERSION_1,
             VIRTIO_NET_F_CSUM,
@@ -88,9 +113,11 @@ impl Net {
             acked: None,
             rx_frame: vec![0; MAX_FRAME_LEN],
             pending: None,
+            pending_paid: false,
             tap_failed: false,
             tx_frame: vec![0; MAX_FRAME_LEN],
             mmds,
+            limiters,
             queue_sizes: [QUEUE_SIZE; 2],
         }
     }
@@ -111,13 +138,26 @@ impl Net {
     /// Takes the guest's frames to the TAP (or MMDS), at most a budget's
     /// worth. Returns whether buffers were used and whether frames were left.
     fn process_tx(&mut self, tx: &mut Queue, mem: &GuestMemoryMmap) -> (bool, bool) {
+        let limiter = self.limiters.tx.clone();
+        let Ok(mut limiter) = limiter.lock() else {
+            return (false, false);
+        };
         let mut used = false;
         for _ in 0..WORK_BUDGET {
+            if limiter.is_waiting() {
+                // The limiter's timer brings the device back.
+                return (used, false);
+            }
             let Some(chain) = tx.pop_descriptor_chain(mem) else {
                 return (used, false);
             };
             let head = chain.head_index();
             match gather(mem, chain, &mut self.tx_frame) {
+                Some(len) if !limiter.consume(u64::try_from(len).unwrap_or(u64::MAX)) => {
+                    // The frame waits in the ring for its tokens.
+                    tx.go_to_previous_position();
+                    return (used, false);
+                }
                 Some(len) => self.send(len),
                 None => log::debug!("net: dropped a malformed tx frame"),
             }
@@ -147,6 +187,10 @@ impl Net {
     /// frames, at most a budget's worth. Returns whether buffers were used and
     /// whether it stopped at the budget with frames perhaps left.
     fn process_rx(&mut self, rx: &mut Queue, mem: &GuestMemoryMmap) -> (bool, bool) {
+        let limiter = self.limiters.rx.clone();
+        let Ok(mut limiter) = limiter.lock() else {
+            return (false, false);
+        };
         let mut used = false;
         for _ in 0..WORK_BUDGET {
             let len = match self.pending {
@@ -157,6 +201,14 @@ impl Net {
                 },
             };
             self.pending = Some(len);
+            if !self.pending_paid {
+                // Refused, the frame waits with the TAP unwatched until
+                // the limiter's timer brings the device back.
+                if !limiter.consume(u64::try_from(len).unwrap_or(u64::MAX)) {
+                    return (used, false);
+                }
+                self.pending_paid = true;
+            }
             let mergeable = self.acked(VIRTIO_NET_F_MRG_RXBUF);
             match deliver(rx, mem, &mut self.rx_frame[..len], mergeable) {
                 Delivery::Done => used = true,
@@ -167,6 +219,7 @@ impl Net {
                 Delivery::NoBuffers => return (used, false),
             }
             self.pending = None;
+            self.pending_paid = false;
         }
         (used, true)
     }
@@ -211,6 +264,7 @@ impl Net {
         } else {
             // A driver without a receive queue takes nothing: frames are
             // dropped as a wire drops them, a budget's worth per wake-up.
+            self.pending_paid = false;
             for _ in 0..WORK_BUDGET {
                 if self.pending.take().or_else(|| self.next_frame()).is_none() {
                     break;
@@ -378,17 +432,39 @@ impl VirtioDevice for Net {
         self.run(queues, mem)
     }
 
-    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(self.tap.fd())
+    fn backend_fds(&self) -> Vec<RawFd> {
+        let timer = |l: &SharedRateLimiter| l.lock().map(|l| l.timer_fd()).ok();
+        [
+            Some(self.tap.fd()),
+            timer(&self.limiters.rx),
+            timer(&self.limiters.tx),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// The TAP is read only while the driver runs and a frame can be taken:
-    /// one waiting for rx buffers holds the rest back in the TAP's queue.
-    fn wants_backend(&self) -> bool {
-        self.tap_usable() && self.pending.is_none()
+    /// one waiting for rx buffers or tokens holds the rest back in the
+    /// TAP's queue. The timers are read whenever they fire.
+    fn wants_backend(&self, index: usize) -> bool {
+        index != TAP_FD || (self.tap_usable() && self.pending.is_none())
     }
 
-    fn process_backend(&mut self, queues: Option<&mut [Queue]>, mem: &GuestMemoryMmap) -> Activity {
+    fn process_backend(
+        &mut self,
+        index: usize,
+        queues: Option<&mut [Queue]>,
+        mem: &GuestMemoryMmap,
+    ) -> Activity {
+        let timer = match index {
+            RX_TIMER_FD => Some(&self.limiters.rx),
+            TX_TIMER_FD => Some(&self.limiters.tx),
+            _ => None,
+        };
+        if let Some(Ok(mut limiter)) = timer.map(|l| l.lock()) {
+            limiter.on_timer();
+        }
         queues.map_or_else(Activity::default, |q| self.run(q, mem))
     }
 
@@ -405,6 +481,7 @@ impl VirtioDevice for Net {
         self.clear_offloads();
         self.acked = None;
         self.pending = None;
+        self.pending_paid = false;
         if let Some(mmds) = &mut self.mmds {
             mmds.reset();
         }

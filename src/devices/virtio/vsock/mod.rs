@@ -109,11 +109,16 @@ impl VirtioDevice for Vsock {
         self.run(queues, mem)
     }
 
-    fn backend_fd(&self) -> Option<RawFd> {
-        Some(self.muxer.epoll_fd())
+    fn backend_fds(&self) -> Vec<RawFd> {
+        vec![self.muxer.epoll_fd()]
     }
 
-    fn process_backend(&mut self, queues: Option<&mut [Queue]>, mem: &GuestMemoryMmap) -> Activity {
+    fn process_backend(
+        &mut self,
+        _index: usize,
+        queues: Option<&mut [Queue]>,
+        mem: &GuestMemoryMmap,
+    ) -> Activity {
         self.muxer.process_host_events();
         // Host sockets that drained may let waiting tx packets through, and
         // host data may wait for rx buffers.

@@ -25,6 +25,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::devices::nonblocking_timer;
 use crate::vstate::memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryBackend, ReadVolatile, WriteVolatile};
@@ -821,22 +822,6 @@ impl Drop for Muxer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.uds_path);
     }
-}
-
-/// A timer whose read never blocks, so a stale readiness report costs nothing.
-fn nonblocking_timer() -> std::io::Result<TimerFd> {
-    // SAFETY: timerfd_create takes no pointers; the result is checked.
-    let fd = unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh timerfd that nothing else owns.
-    Ok(unsafe { TimerFd::from_raw_fd(fd) })
 }
 
 /// Connects to the Unix socket at `path` without blocking: a listener whose
