@@ -4,6 +4,7 @@ use std::ffi::OsString;
 
 use log::LevelFilter;
 
+use crate::api::routes::DEFAULT_MAX_BODY_BYTES;
 use crate::config::is_valid_id;
 use crate::logger::parse_level;
 use crate::seccomp::Selftest;
@@ -28,7 +29,15 @@ usage: ember [options]
   --no-seccomp         run without seccomp filters
   --seccomp-filter PATH  use these filters (JSON, as resources/seccomp/x86_64.json) instead of the built-in ones
   --metadata PATH      start the metadata service's (MMDS) data store with this JSON file
-  --mmds-size-limit N  largest MMDS data store, in bytes of JSON (default 51200)
+  --mmds-size-limit N  largest MMDS data store, in bytes of JSON (default: the API's payload limit)
+  --http-api-max-payload-size N  largest API request body, in bytes (default 51200)
+  --module PREFIX      log only records of modules whose path starts with PREFIX (e.g. ember::devices)
+  --start-time-us N    the jailer's start, CLOCK_MONOTONIC microseconds: ember logs (Info) the time to a ready API
+  --start-time-cpu-us N, --parent-cpu-time-us N
+                       the jailer's CPU times: accepted from Firecracker's jailer, not used
+  --enable-pci         refused: ember's devices are virtio-mmio only
+  --snapshot-version   print the snapshot format version ember writes and exit
+  --describe-snapshot PATH  print the format version of the snapshot state file PATH and exit
   --version            print the version and exit
   --help               print this help and exit";
 
@@ -48,6 +57,13 @@ pub struct Args {
     /// A JSON file that starts the MMDS data store.
     pub metadata: Option<String>,
     pub mmds_size_limit: usize,
+    /// Largest API request body, in bytes.
+    pub http_api_max_payload_size: usize,
+    /// Only records of modules whose path starts with this are logged.
+    pub module: Option<String>,
+    /// When the jailer started, in CLOCK_MONOTONIC microseconds: ember logs
+    /// the time from then to a ready API, as Firecracker records it.
+    pub start_time_us: Option<u64>,
 }
 
 /// Which seccomp filters to install.
@@ -63,6 +79,10 @@ pub enum Command {
     Run(Args),
     Help,
     Version,
+    /// `--snapshot-version`: the format version ember writes.
+    SnapshotVersion,
+    /// `--describe-snapshot PATH`: the format version of the state file at PATH.
+    DescribeSnapshot(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,15 +111,21 @@ pub enum Error {
     /// Two contradicting filter choices.
     #[error("--no-seccomp and --seccomp-filter exclude each other")]
     SeccompConflict,
-    /// A --mmds-size-limit that is not a byte count.
-    #[error("invalid --mmds-size-limit '{0}': give a number of bytes")]
-    MmdsSizeLimit(String),
+    /// A flag that takes a number, given something else.
+    #[error("invalid {flag} '{value}': give a whole number")]
+    Number { flag: &'static str, value: String },
+    /// Firecracker's `--enable-pci`: accepting it silently would leave a
+    /// client expecting PCI devices with virtio-mmio ones.
+    #[error(
+        "--enable-pci: PCI is not supported yet; ember's devices are virtio-mmio only for now"
+    )]
+    Pci,
     /// A --seccomp-selftest the test hook does not know.
     #[error("invalid --seccomp-selftest '{0}': use vmm, api or vcpu, optionally followed by :acct, :execve, :fork, :mprotect-exec or :signal-other")]
     SelftestKind(String),
 }
 
-const VALUE_FLAGS: [&str; 9] = [
+const VALUE_FLAGS: [&str; 15] = [
     "--api-sock",
     "--config-file",
     "--id",
@@ -109,19 +135,30 @@ const VALUE_FLAGS: [&str; 9] = [
     "--seccomp-selftest",
     "--mmds-size-limit",
     "--metadata",
+    "--http-api-max-payload-size",
+    "--module",
+    "--start-time-us",
+    "--start-time-cpu-us",
+    "--parent-cpu-time-us",
+    "--describe-snapshot",
 ];
-const SWITCHES: [&str; 6] = [
+const SWITCHES: [&str; 8] = [
     "--no-api",
     "--boot-timer",
     "--show-level",
     "--show-log-origin",
     "--no-seccomp",
+    "--enable-pci",
+    "--snapshot-version",
     "--help",
 ];
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Error> {
     match Flags::read(args)? {
-        Ok(flags) => flags.into_args().map(Command::Run),
+        Ok(flags) => match flags.value("--describe-snapshot") {
+            Some(path) => Ok(Command::DescribeSnapshot(path)),
+            None => flags.into_args().map(Command::Run),
+        },
         Err(command) => Ok(command),
     }
 }
@@ -139,7 +176,8 @@ struct Flags {
 }
 
 impl Flags {
-    /// The flags, or the command `--help` or `--version` asked for instead.
+    /// The flags, or the command `--help`, `--version` or `--snapshot-version`
+    /// asked for instead.
     fn read(args: impl IntoIterator<Item = OsString>) -> Result<Result<Flags, Command>, Error> {
         let mut flags = Flags::default();
         let mut args = args.into_iter();
@@ -160,8 +198,10 @@ impl Flags {
                 };
                 flags.add_value(flag, value)?;
             } else if let Some(&switch) = SWITCHES.iter().find(|s| **s == arg) {
-                if switch == "--help" {
-                    return Ok(Err(Command::Help));
+                match switch {
+                    "--help" => return Ok(Err(Command::Help)),
+                    "--snapshot-version" => return Ok(Err(Command::SnapshotVersion)),
+                    _ => {}
                 }
                 flags.switches.push(switch);
             } else {
@@ -193,7 +233,17 @@ impl Flags {
         self.switches.contains(&switch)
     }
 
+    /// The value of `flag` as a number, if given.
+    fn number<T: std::str::FromStr>(&self, flag: &'static str) -> Result<Option<T>, Error> {
+        self.value(flag)
+            .map(|value| value.parse().map_err(|_| Error::Number { flag, value }))
+            .transpose()
+    }
+
     fn into_args(self) -> Result<Args, Error> {
+        if self.has("--enable-pci") {
+            return Err(Error::Pci);
+        }
         let id = self
             .value("--id")
             .unwrap_or_else(|| DEFAULT_INSTANCE_ID.to_string());
@@ -226,10 +276,17 @@ impl Flags {
             .value("--seccomp-selftest")
             .map(|text| Selftest::parse(&text).ok_or(Error::SelftestKind(text)))
             .transpose()?;
-        let mmds_size_limit = match self.value("--mmds-size-limit") {
-            Some(text) => text.parse().map_err(|_| Error::MmdsSizeLimit(text))?,
-            None => crate::mmds::DEFAULT_SIZE_LIMIT,
-        };
+        let http_api_max_payload_size = self
+            .number("--http-api-max-payload-size")?
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        // As in Firecracker, the data store holds at most what one request can carry.
+        let mmds_size_limit = self
+            .number("--mmds-size-limit")?
+            .unwrap_or(http_api_max_payload_size);
+        // Firecracker's jailer passes its CPU times too; ember cannot read its
+        // own without a syscall its seccomp filters leave out, so it only checks them.
+        self.number::<u64>("--start-time-cpu-us")?;
+        self.number::<u64>("--parent-cpu-time-us")?;
         Ok(Args {
             api_sock,
             config_file,
@@ -243,6 +300,9 @@ impl Flags {
             seccomp_selftest,
             metadata: self.value("--metadata"),
             mmds_size_limit,
+            http_api_max_payload_size,
+            module: self.value("--module"),
+            start_time_us: self.number("--start-time-us")?,
         })
     }
 }
@@ -266,6 +326,83 @@ mod tests {
         assert_eq!(a.id, DEFAULT_INSTANCE_ID);
         assert_eq!(a.level, LevelFilter::Warn);
         assert!(!a.boot_timer);
+        assert_eq!(a.http_api_max_payload_size, 51_200);
+        assert_eq!(a.mmds_size_limit, 51_200);
+        assert_eq!((a.module, a.start_time_us), (None, None));
+    }
+
+    #[test]
+    fn every_flag_firecrackers_jailer_passes_is_taken() {
+        let a = run(&[
+            "--id",
+            "fn-1",
+            "--start-time-us",
+            "123456789",
+            "--start-time-cpu-us=42",
+            "--parent-cpu-time-us",
+            "7",
+            "--api-sock",
+            "/run/api.sock",
+        ])
+        .unwrap();
+        assert_eq!(a.start_time_us, Some(123_456_789));
+        for flag in [
+            "--start-time-us",
+            "--start-time-cpu-us",
+            "--parent-cpu-time-us",
+            "--http-api-max-payload-size",
+            "--mmds-size-limit",
+        ] {
+            assert_eq!(
+                run(&[flag, "soon"]),
+                Err(Error::Number {
+                    flag,
+                    value: "soon".into()
+                })
+            );
+            let message = run(&[flag, "-1"]).unwrap_err().to_string();
+            assert!(message.contains(flag), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_payload_limit_also_caps_the_metadata_unless_that_has_its_own() {
+        let a = run(&["--http-api-max-payload-size", "1000"]).unwrap();
+        assert_eq!(
+            (a.http_api_max_payload_size, a.mmds_size_limit),
+            (1000, 1000)
+        );
+        let a = run(&[
+            "--http-api-max-payload-size",
+            "1000",
+            "--mmds-size-limit",
+            "300",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.http_api_max_payload_size, a.mmds_size_limit),
+            (1000, 300)
+        );
+        let a = run(&["--module", "ember::devices"]).unwrap();
+        assert_eq!(a.module.as_deref(), Some("ember::devices"));
+    }
+
+    #[test]
+    fn snapshot_commands_and_pci() {
+        assert_eq!(
+            parse(["--snapshot-version"].map(OsString::from)),
+            Ok(Command::SnapshotVersion)
+        );
+        assert_eq!(
+            parse(["--describe-snapshot", "fn.snap"].map(OsString::from)),
+            Ok(Command::DescribeSnapshot("fn.snap".into()))
+        );
+        assert_eq!(
+            run(&["--describe-snapshot"]),
+            Err(Error::MissingValue("--describe-snapshot"))
+        );
+        assert_eq!(run(&["--enable-pci"]), Err(Error::Pci));
+        assert!(Error::Pci.to_string().contains("virtio-mmio"));
     }
 
     #[test]

@@ -126,18 +126,20 @@ fn open_sink(path: Option<&str>) -> Result<Box<dyn Write + Send>, Error> {
 }
 
 /// Installs the logger; called once at start-up from the command line flags.
+/// With `module`, only records of modules whose path starts with it are logged.
 pub fn init(
     instance_id: &str,
     level: LevelFilter,
     path: Option<&str>,
     show_level: bool,
     show_origin: bool,
+    module: Option<&str>,
 ) -> Result<(), Error> {
     let settings = Settings {
         sink: open_sink(path)?,
         show_level,
         show_origin,
-        module: None,
+        module: module.map(str::to_string),
     };
     let logger = LOGGER.get_or_init(|| Logger {
         instance_id: instance_id.to_string(),
@@ -173,7 +175,11 @@ pub fn configure(config: &LoggerConfig) -> Result<(), Error> {
             }
             s.show_level = config.show_level;
             s.show_origin = config.show_log_origin;
-            s.module = config.module.clone();
+            // As in Firecracker, a request without a module keeps the filter
+            // (`--module`'s, say) rather than lifting it.
+            if let Some(module) = &config.module {
+                s.module = Some(module.clone());
+            }
         }
     }
     if let Some(level) = level {
@@ -208,14 +214,8 @@ impl Log for Logger {
         let Ok(mut s) = self.settings.lock() else {
             return;
         };
-        if let Some(module) = &s.module {
-            if !record
-                .module_path()
-                .unwrap_or_default()
-                .starts_with(module.as_str())
-            {
-                return;
-            }
+        if !module_allows(s.module.as_deref(), record.module_path()) {
+            return;
         }
         let mut line = format!(
             "{} [{}:{}]",
@@ -247,6 +247,11 @@ impl Log for Logger {
             let _ = s.sink.flush();
         }
     }
+}
+
+/// Whether the module filter lets through a record from `module_path`.
+fn module_allows(filter: Option<&str>, module_path: Option<&str>) -> bool {
+    filter.is_none_or(|prefix| module_path.unwrap_or_default().starts_with(prefix))
 }
 
 /// RFC 3339 UTC time with nanoseconds, without pulling in a date crate.
@@ -305,6 +310,20 @@ mod tests {
         let later = start + SITE_WINDOW;
         assert_eq!(limiter.admit(site, later), Some(1000));
         assert_eq!(limiter.admit(site, later), Some(0));
+    }
+
+    #[test]
+    fn the_module_filter_keeps_records_under_its_prefix() {
+        assert!(module_allows(None, Some("ember::api")));
+        assert!(module_allows(
+            Some("ember::api"),
+            Some("ember::api::routes")
+        ));
+        assert!(!module_allows(
+            Some("ember::api"),
+            Some("ember::controller")
+        ));
+        assert!(!module_allows(Some("ember::api"), None));
     }
 
     #[test]

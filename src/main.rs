@@ -13,6 +13,7 @@ use ember::controller::{Controller, KvmLauncher, Request, VmmController, VERSION
 use ember::event_loop::EventLoop;
 use ember::exit::ExitSignal;
 use ember::logger;
+use ember::persist;
 use ember::seccomp::{Filters, PendingVmmFilter};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -73,7 +74,8 @@ fn run() -> i32 {
 }
 
 /// The flags, with the logger they ask for installed; `None` when the
-/// command was `--help` or `--version`, answered here.
+/// command was one answered here (`--help`, `--version`, `--snapshot-version`,
+/// `--describe-snapshot`).
 fn parse_args() -> Result<Option<Args>, i32> {
     let args = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(args)) => args,
@@ -84,6 +86,22 @@ fn parse_args() -> Result<Option<Args>, i32> {
         Ok(Command::Version) => {
             println!("ember v{VERSION}");
             return Ok(None);
+        }
+        Ok(Command::SnapshotVersion) => {
+            println!("{}", persist::format_version());
+            return Ok(None);
+        }
+        Ok(Command::DescribeSnapshot(path)) => {
+            return match persist::describe(&path) {
+                Ok(version) => {
+                    println!("{version}");
+                    Ok(None)
+                }
+                Err(e) => {
+                    eprintln!("ember: {e}");
+                    Err(EXIT_GENERIC)
+                }
+            };
         }
         Err(e) => {
             eprintln!("ember: {e}");
@@ -96,6 +114,7 @@ fn parse_args() -> Result<Option<Args>, i32> {
         args.log_path.as_deref(),
         args.show_level,
         args.show_log_origin,
+        args.module.as_deref(),
     ) {
         eprintln!("ember: {e}");
         return Err(EXIT_ARG_PARSING);
@@ -139,7 +158,14 @@ fn start(
         let listener = UnixListener::bind(path)
             .map_err(|e| generic(&format!("cannot bind the API socket '{path}'"), e))?;
         *socket_path = Some(path.clone());
-        serve_api(listener, &mut event_loop, &mut vmm_filter, filters)?;
+        serve_api(
+            listener,
+            &mut event_loop,
+            &mut vmm_filter,
+            filters,
+            args.http_api_max_payload_size,
+        )?;
+        log_start_up_time(args.start_time_us);
     }
     wait_for_filter(&mut vmm_filter)?;
     // Requests wait in the channel until the event loop runs, so none sees
@@ -164,6 +190,7 @@ fn serve_api(
     event_loop: &mut EventLoop,
     vmm_filter: &mut Option<PendingVmmFilter>,
     filters: Filters,
+    max_payload: usize,
 ) -> Result<(), Failure> {
     let (calls_tx, calls_rx) = channel();
     let wake = EventFd::new(EFD_NONBLOCK)
@@ -173,9 +200,37 @@ fn serve_api(
         .add_api(calls_rx, wake.clone())
         .map_err(|e| generic("cannot watch the API", e))?;
     wait_for_filter(vmm_filter)?;
-    api::spawn(listener, ToVmm::new(calls_tx, wake), filters)
+    api::spawn(listener, ToVmm::new(calls_tx, wake), filters, max_payload)
         .map_err(|e| generic("cannot start the API thread", e))?;
     Ok(())
+}
+
+/// Logs, as Firecracker records it, how long ember took from the jailer's
+/// start (`--start-time-us`, CLOCK_MONOTONIC microseconds) to a ready API.
+fn log_start_up_time(start_time_us: Option<u64>) {
+    let Some(start_time_us) = start_time_us else {
+        return;
+    };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // Read as `Instant::now` reads it, through the vDSO: no syscall for the
+    // seccomp filters to judge.
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) } != 0 {
+        return;
+    }
+    let now_us = u64::try_from(now.tv_sec).unwrap_or_default() * 1_000_000
+        + u64::try_from(now.tv_nsec).unwrap_or_default() / 1_000;
+    match now_us.checked_sub(start_time_us) {
+        Some(us) => {
+            log::info!("Process start-up time = {us} us (from --start-time-us to a ready API)")
+        }
+        None => log::warn!(
+            "--start-time-us {start_time_us} is in the future of CLOCK_MONOTONIC ({now_us} us)"
+        ),
+    }
 }
 
 /// Waits, once, until the vmm filter is on every thread.

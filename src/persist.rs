@@ -94,6 +94,32 @@ fn io_err<'a>(what: &'static str, path: &'a str) -> impl FnOnce(std::io::Error) 
     }
 }
 
+/// The state file format this build writes (`--snapshot-version`), in the
+/// shape Firecracker prints its own: `v` and a semantic version. ember's
+/// format version is its major number, as a build reads no other.
+pub fn format_version() -> String {
+    semver(format::FORMAT_VERSION)
+}
+
+/// The format version of the state file at `path` (`--describe-snapshot`),
+/// as `format_version` prints it. A file of another version is described,
+/// not refused: describing is how one learns it cannot be loaded.
+pub fn describe(path: &str) -> Result<String, Error> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    match format::read_header(BufReader::new(file)) {
+        Ok(header) => Ok(semver(header.version)),
+        Err(format::Error::UnsupportedVersion { found, .. }) => Ok(semver(found)),
+        Err(source) => Err(Error::State {
+            path: path.to_string(),
+            source,
+        }),
+    }
+}
+
+fn semver(format_version: u16) -> String {
+    format!("v{format_version}.0.0")
+}
+
 /// What a state file holds. Public (its fields are not) so that the fuzz
 /// targets can decode state files as `load` does.
 #[derive(Serialize, Deserialize)]
@@ -339,5 +365,41 @@ fn map_memory(
             let served = memory::serve_with_uffd(&mem, pages, mem_offsets, socket)?;
             Ok((mem, Some(served)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str, bytes: &[u8]) -> String {
+        let path = std::env::temp_dir().join(format!("ember-{name}-{}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn state_files_are_described_by_their_format_version() {
+        let mut bytes = Vec::new();
+        format::save(&mut bytes, &"any state").unwrap();
+        let path = scratch("describe-ok", &bytes);
+        assert_eq!(describe(&path).unwrap(), format_version());
+        assert_eq!(format_version(), format!("v{}.0.0", format::FORMAT_VERSION));
+
+        // Another version is described even though this build cannot load it.
+        bytes[format::MAGIC.len()..format::MAGIC.len() + 2].copy_from_slice(&7u16.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(describe(&path).unwrap(), "v7.0.0");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn what_is_not_a_state_file_is_an_error_naming_it() {
+        let path = scratch("describe-bad", b"{\"not\": \"a snapshot\"}");
+        let message = describe(&path).unwrap_err().to_string();
+        assert!(message.contains(&path), "{message}");
+        assert!(message.contains("not an ember snapshot"), "{message}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(describe(&path), Err(Error::Io { .. })));
     }
 }

@@ -41,9 +41,21 @@ fn instance_info_version_and_defaults_have_firecrackers_shape() {
     assert_eq!(info["app_name"], "ember");
     assert!(info["vmm_version"].is_string());
 
+    // Firecracker clients read `firecracker_version` as a semantic version.
     let (status, body) = ember.api("GET", "/version", "");
     assert_eq!(status, 200);
-    assert!(serde_json::from_str::<Value>(&body).unwrap()["firecracker_version"].is_string());
+    let version: Value = serde_json::from_str(&body).unwrap();
+    let semver = version["firecracker_version"].as_str().unwrap();
+    let numbers: Vec<&str> = semver
+        .split(['-', '+'])
+        .next()
+        .unwrap()
+        .split('.')
+        .collect();
+    assert_eq!(numbers.len(), 3, "{semver}");
+    assert!(numbers.iter().all(|n| n.parse::<u64>().is_ok()), "{semver}");
+    assert_eq!(version["app_name"], "ember");
+    assert_eq!(version["vmm_version"], info["vmm_version"]);
 
     let (_, body) = ember.api("GET", "/machine-config", "");
     let machine: Value = serde_json::from_str(&body).unwrap();
@@ -180,13 +192,28 @@ fn bad_requests_get_a_400_that_says_why() {
         "names interface 'eth0' twice",
     );
 
+    rejects(&ember, "PATCH", "/machine-config", "{}", "changes nothing");
+    // serde would read an array as the fields in order: 2 vCPUs, 256 MiB.
+    rejects(
+        &ember,
+        "PUT",
+        "/machine-config",
+        "[2, 256]",
+        "must be a JSON object, not an array",
+    );
+    let (_, body) = ember.api("GET", "/machine-config", "");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["vcpu_count"],
+        1
+    );
+
     let huge = format!(r#"{{"kernel_image_path": "{}"}}"#, "k".repeat(60_000));
     rejects(
         &ember,
         "PUT",
         "/boot-source",
         &huge,
-        "larger than the limit",
+        "larger than the limit of 51200 bytes",
     );
 
     // A root device may exist only once.
@@ -331,6 +358,9 @@ fn command_line_errors_are_one_clear_line_and_nonzero() {
         &["--level", "loud"],
         &["--id", "not valid!"],
         &["--no-api"],
+        &["--start-time-us", "yesterday"],
+        &["--http-api-max-payload-size", "-1"],
+        &["--enable-pci"],
     ] {
         let (code, _, stderr) = run_ember(args);
         assert_ne!(code, Some(0), "{args:?}");
@@ -349,9 +379,126 @@ fn command_line_errors_are_one_clear_line_and_nonzero() {
         "--level",
         "--log-path",
         "--boot-timer",
+        "--start-time-us",
+        "--http-api-max-payload-size",
+        "--module",
+        "--snapshot-version",
+        "--describe-snapshot",
     ] {
         assert!(stdout.contains(flag), "--help does not mention {flag}");
     }
+}
+
+#[test]
+fn the_api_payload_limit_is_a_flag() {
+    let dir = TempDir::new("payload");
+    let ember = Ember::with_api(&dir, &["--http-api-max-payload-size", "100"]);
+    let boot = |name: &str| json!({"kernel_image_path": name}).to_string();
+    rejects(
+        &ember,
+        "PUT",
+        "/boot-source",
+        &boot(&"k".repeat(100)),
+        "larger than the limit of 100 bytes",
+    );
+    // Under the limit, the body is read (and the missing kernel named).
+    rejects(&ember, "PUT", "/boot-source", &boot("k"), "'k'");
+    // The metadata store is capped at the same size unless told otherwise:
+    // two requests under the limit, whose merge is over it.
+    ember.ok("PUT", "/mmds", &json!({"a": "x".repeat(80)}).to_string());
+    let patch = json!({"b": "y".repeat(40)}).to_string();
+    rejects(&ember, "PATCH", "/mmds", &patch, "over its limit of 100");
+}
+
+/// CLOCK_MONOTONIC in microseconds, as Firecracker's jailer passes it in `--start-time-us`.
+fn monotonic_us() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    assert_eq!(rc, 0);
+    u64::try_from(now.tv_sec).unwrap() * 1_000_000 + u64::try_from(now.tv_nsec).unwrap() / 1_000
+}
+
+#[test]
+fn firecrackers_jailer_flags_are_taken_and_the_start_up_time_logged() {
+    let dir = TempDir::new("start-time");
+    for (name, module) in [("all", None), ("api", Some("ember::api"))] {
+        let log = dir.path(&format!("{name}.log"));
+        let start = (monotonic_us() - 5_000).to_string();
+        let mut args = vec![
+            "--start-time-us",
+            &start,
+            "--start-time-cpu-us",
+            "1000",
+            "--parent-cpu-time-us",
+            "2000",
+            "--level",
+            "Info",
+            "--log-path",
+            log.to_str().unwrap(),
+        ];
+        if let Some(module) = module {
+            args.extend(["--module", module]);
+        }
+        let sub = TempDir::new(&format!("start-time-{name}"));
+        let ember = Ember::with_api(&sub, &args);
+        // Refused by the controller, so the API thread logs a warning.
+        let (status, _) = ember.api("PATCH", "/vm", r#"{"state": "Paused"}"#);
+        assert_eq!(status, 400);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let failed = text.contains("API request PATCH /vm failed");
+        let start_up = text
+            .lines()
+            .find_map(|l| l.split("Process start-up time = ").nth(1))
+            .map(|rest| rest.split(' ').next().unwrap().parse::<u64>().unwrap());
+        match module {
+            None => {
+                // At least the 5 ms the start time was set back, and not 10 s more.
+                let us = start_up.unwrap_or_else(|| panic!("no start-up time in {text}"));
+                assert!((5_000..10_000_000).contains(&us), "{us} us");
+                assert!(failed, "{text}");
+            }
+            // Only the API's records pass the filter: the start-up line is main's.
+            Some(_) => assert_eq!((start_up, failed), (None, true), "{text}"),
+        }
+    }
+}
+
+#[test]
+fn snapshot_versions_are_printed_and_pci_is_refused() {
+    let (code, stdout, _) = run_ember(&["--snapshot-version"]);
+    assert_eq!(code, Some(0));
+    let written = stdout.trim().to_string();
+    assert_eq!(
+        written,
+        format!("v{}.0.0", ember_snapshot::format::FORMAT_VERSION)
+    );
+
+    let dir = TempDir::new("describe");
+    let state = dir.path("fn.snap");
+    let mut bytes = Vec::new();
+    ember_snapshot::format::save(&mut bytes, &"state").unwrap();
+    std::fs::write(&state, &bytes).unwrap();
+    let (code, stdout, _) = run_ember(&["--describe-snapshot", state.to_str().unwrap()]);
+    assert_eq!((code, stdout.trim()), (Some(0), written.as_str()));
+
+    std::fs::write(&state, b"not a snapshot").unwrap();
+    let (code, _, stderr) = run_ember(&["--describe-snapshot", state.to_str().unwrap()]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("fn.snap") && stderr.contains("not an ember snapshot"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_ember(&["--describe-snapshot", "/no/such/file"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("/no/such/file"), "{stderr}");
+
+    let (code, _, stderr) = run_ember(&["--enable-pci"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("virtio-mmio"), "{stderr}");
 }
 
 #[test]

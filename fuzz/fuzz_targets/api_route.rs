@@ -7,7 +7,7 @@
 
 #![no_main]
 
-use ember::api::routes::{body_limit, route};
+use ember::api::routes::{body_limit, route, DEFAULT_MAX_BODY_BYTES};
 use ember::config::{DeviceConfig, DeviceUpdate};
 use ember::controller::Request;
 use ember::mmds::MmdsStore;
@@ -19,8 +19,8 @@ fuzz_target!(|data: &[u8]| {
     let path = String::from_utf8_lossy(parts.next().unwrap_or_default());
     let body = parts.next().unwrap_or_default();
 
-    let limit = body_limit(&method, &path);
-    assert!(limit >= ember::api::routes::MAX_BODY_BYTES);
+    let limit = body_limit(&method, &path, DEFAULT_MAX_BODY_BYTES);
+    assert!(limit >= DEFAULT_MAX_BODY_BYTES);
     let Ok(request) = route(&method, &path, body) else {
         return;
     };

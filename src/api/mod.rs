@@ -125,13 +125,16 @@ fn json_reply(value: &impl serde::Serialize) -> hyper::Response<Full<Bytes>> {
     }
 }
 
+/// Answers one request; bodies of Firecracker's endpoints may hold up to
+/// `max_payload` bytes (`--http-api-max-payload-size`).
 async fn serve(
     to_vmm: ToVmm,
     request: hyper::Request<Incoming>,
+    max_payload: usize,
 ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
     let method: Method = request.method().clone();
     let path = request.uri().path().to_string();
-    let limit = body_limit(method.as_str(), &path);
+    let limit = body_limit(method.as_str(), &path, max_payload);
     let body = match Limited::new(request.into_body(), limit).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => {
@@ -181,11 +184,13 @@ async fn serve(
     })
 }
 
-/// Serves the API on `listener` until the process exits.
+/// Serves the API on `listener` until the process exits, refusing bodies
+/// over `max_payload` bytes (invocations have their own limit).
 pub fn spawn(
     listener: StdUnixListener,
     to_vmm: ToVmm,
     seccomp: Filters,
+    max_payload: usize,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -221,7 +226,8 @@ pub fn spawn(
                     };
                     let to_vmm = to_vmm.clone();
                     tokio::spawn(async move {
-                        let service = service_fn(move |req| serve(to_vmm.clone(), req));
+                        let service =
+                            service_fn(move |req| serve(to_vmm.clone(), req, max_payload));
                         if let Err(e) = http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
                             .await

@@ -3,6 +3,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::config::{
     BootSourceConfig, DeviceConfig, DeviceUpdate, DriveConfig, DriveUpdate, FunctionConfig,
@@ -11,17 +12,19 @@ use crate::config::{
 };
 use crate::controller::Request;
 
-/// Firecracker's default limit for a request body.
-pub const MAX_BODY_BYTES: usize = 51_200;
-/// Limit for an invocation's payload (ember's extension).
+/// Firecracker's default limit for a request body (`--http-api-max-payload-size`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 51_200;
+/// Limit for an invocation's payload (ember's extension): a function's
+/// input, not configuration, so `--http-api-max-payload-size` leaves it be.
 pub const MAX_INVOCATION_BYTES: usize = 32 << 20;
 
-/// The body limit of the request `method` `path`.
-pub fn body_limit(method: &str, path: &str) -> usize {
+/// The body limit of the request `method` `path`, where Firecracker's
+/// endpoints take up to `max_payload` bytes.
+pub fn body_limit(method: &str, path: &str, max_payload: usize) -> usize {
     if method == "POST" && path.trim_end_matches('/') == "/invocations" {
         MAX_INVOCATION_BYTES
     } else {
-        MAX_BODY_BYTES
+        max_payload
     }
 }
 
@@ -52,13 +55,36 @@ struct VmState {
     state: String,
 }
 
+/// A typed body, which must be a JSON object: serde's derived structs also
+/// take an array, field by field in order, so `PUT /machine-config [2, 256]`
+/// would otherwise set 2 vCPUs.
 fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, RouteError> {
+    let kind = match document(body)? {
+        // Parsed again as `T` so that errors say where in the body they are.
+        Value::Object(_) => return serde_json::from_slice(body).map_err(invalid_body),
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
+    };
+    Err(RouteError(format!(
+        "the request body must be a JSON object, not {kind}"
+    )))
+}
+
+/// Any JSON document, as the MMDS data store takes.
+fn document(body: &[u8]) -> Result<Value, RouteError> {
     if body.is_empty() {
         return Err(RouteError(
             "the request body is empty; this endpoint needs a JSON body".into(),
         ));
     }
-    serde_json::from_slice(body).map_err(|e| RouteError(format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(invalid_body)
+}
+
+fn invalid_body(e: serde_json::Error) -> RouteError {
+    RouteError(format!("invalid request body: {e}"))
 }
 
 /// Maps one HTTP request to a controller request.
@@ -74,15 +100,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
         ("GET", []) | ("GET", [""]) => Ok(Request::GetInstanceInfo),
         ("GET", ["version"]) => Ok(Request::GetVersion),
         ("GET", ["machine-config"]) => Ok(Request::GetMachineConfig),
-        ("PUT", ["machine-config"]) => {
-            let body: MachineConfigBody = json(body)?;
-            body.into_config()
-                .map(Request::PutMachineConfig)
-                .map_err(|e| RouteError(e.to_string()))
-        }
-        ("PATCH", ["machine-config"]) => Ok(Request::PatchMachineConfig(json::<
-            MachineConfigUpdate,
-        >(body)?)),
+        ("PUT" | "PATCH", ["machine-config"]) => machine_config(method, body),
         ("GET", ["vm", "config"]) => Ok(Request::GetVmConfig),
         ("PUT", ["boot-source"]) => Ok(Request::PutBootSource(json::<BootSourceConfig>(body)?)),
         ("PUT", ["logger"]) => Ok(Request::PutLogger(json::<LoggerConfig>(body)?)),
@@ -115,8 +133,8 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
         },
         ("PUT" | "PATCH", ["network-interfaces", id]) => network_interface(method, id, body),
         ("PUT", ["mmds", "config"]) => Ok(Request::PutMmdsConfig(json(body)?)),
-        ("PUT", ["mmds"]) => Ok(Request::PutMmds(json(body)?)),
-        ("PATCH", ["mmds"]) => Ok(Request::PatchMmds(json(body)?)),
+        ("PUT", ["mmds"]) => Ok(Request::PutMmds(document(body)?)),
+        ("PATCH", ["mmds"]) => Ok(Request::PatchMmds(document(body)?)),
         ("GET", ["mmds"]) => Ok(Request::GetMmds),
         ("PUT", ["snapshot", "create"]) => {
             Ok(Request::CreateSnapshot(json::<SnapshotCreateConfig>(body)?))
@@ -136,6 +154,25 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
         ))),
         _ => Err(invalid()),
     }
+}
+
+/// `PUT` (the whole configuration) or `PATCH` (some fields) of `/machine-config`.
+fn machine_config(method: &str, body: &[u8]) -> Result<Request, RouteError> {
+    if method == "PUT" {
+        let body: MachineConfigBody = json(body)?;
+        return body
+            .into_config()
+            .map(Request::PutMachineConfig)
+            .map_err(|e| RouteError(e.to_string()));
+    }
+    let update: MachineConfigUpdate = json(body)?;
+    // Firecracker refuses an update that changes nothing, too.
+    if update == MachineConfigUpdate::default() {
+        return Err(RouteError(
+            "PATCH /machine-config changes nothing: give at least one field".into(),
+        ));
+    }
+    Ok(Request::PatchMachineConfig(update))
 }
 
 /// `PUT` (a new interface) or `PATCH` (an update) of `/network-interfaces/{id}`.
@@ -222,8 +259,12 @@ mod tests {
             route("POST", "/invocations", b"\x00not json").unwrap(),
             Request::GetInvocationTarget
         );
-        assert_eq!(body_limit("POST", "/invocations"), MAX_INVOCATION_BYTES);
-        assert_eq!(body_limit("PUT", "/invocations"), MAX_BODY_BYTES);
+        assert_eq!(
+            body_limit("POST", "/invocations", 100),
+            MAX_INVOCATION_BYTES
+        );
+        assert_eq!(body_limit("PUT", "/invocations", 100), 100);
+        assert_eq!(body_limit("PUT", "/machine-config", 100), 100);
     }
 
     #[test]
@@ -252,6 +293,60 @@ mod tests {
         assert!(err("PATCH", "/vm", r#"{"state": "Sleeping"}"#).contains("Sleeping"));
         assert!(err("DELETE", "/machine-config", "").contains("invalid request method and/or path"));
         assert!(err("GET", "/nowhere", "").contains("GET /nowhere"));
+    }
+
+    #[test]
+    fn typed_bodies_must_be_json_objects() {
+        let typed = [
+            ("PUT", "/machine-config"),
+            ("PATCH", "/machine-config"),
+            ("PUT", "/boot-source"),
+            ("PUT", "/logger"),
+            ("PUT", "/vsock"),
+            ("PUT", "/entropy"),
+            ("PUT", "/function"),
+            ("PUT", "/drives/a"),
+            ("PATCH", "/drives/a"),
+            ("PUT", "/actions"),
+            ("PUT", "/network-interfaces/a"),
+            ("PATCH", "/network-interfaces/a"),
+            ("PUT", "/mmds/config"),
+            ("PUT", "/snapshot/create"),
+            ("PUT", "/snapshot/load"),
+            ("PATCH", "/vm"),
+        ];
+        for (method, path) in typed {
+            for (body, kind) in [
+                ("[2, 256]", "an array"),
+                ("2", "a number"),
+                (r#""InstanceStart""#, "a string"),
+                ("true", "a boolean"),
+                (" null ", "null"),
+            ] {
+                assert_eq!(
+                    err(method, path, body),
+                    format!("the request body must be a JSON object, not {kind}"),
+                    "{method} {path} {body}"
+                );
+            }
+        }
+        // The metadata store is the exception: it takes any JSON document.
+        assert_eq!(
+            route("PUT", "/mmds", b"[1, 2]").unwrap(),
+            Request::PutMmds(serde_json::json!([1, 2]))
+        );
+    }
+
+    #[test]
+    fn a_machine_config_patch_must_change_something() {
+        assert!(err("PATCH", "/machine-config", "{}").contains("changes nothing"));
+        assert_eq!(
+            route("PATCH", "/machine-config", br#"{"mem_size_mib": 256}"#).unwrap(),
+            Request::PatchMachineConfig(MachineConfigUpdate {
+                mem_size_mib: Some(256),
+                ..MachineConfigUpdate::default()
+            })
+        );
     }
 
     #[test]

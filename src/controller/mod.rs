@@ -95,10 +95,13 @@ pub enum InstanceState {
     Paused,
 }
 
-/// `GET /version`, in Firecracker's shape.
+/// `GET /version`, in Firecracker's shape: clients read `firecracker_version`
+/// as a semantic version, here ember's. The other fields say whose it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VersionInfo {
     pub firecracker_version: &'static str,
+    pub app_name: &'static str,
+    pub vmm_version: &'static str,
 }
 
 /// How to reach the guest's function: the vsock socket, port and time limit.
@@ -198,6 +201,8 @@ pub trait RunningVm {
 fn version() -> Response {
     Response::Version(VersionInfo {
         firecracker_version: VERSION,
+        app_name: APP_NAME,
+        vmm_version: VERSION,
     })
 }
 

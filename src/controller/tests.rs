@@ -528,3 +528,40 @@ fn a_config_file_with_a_section_ember_lacks_is_refused_whole() {
     let error = fx.controller.apply_config(config).expect_err("balloon");
     assert!(matches!(error, Error::Unsupported("balloon")), "{error}");
 }
+
+/// A semantic version as clients parse one: three numbers without leading
+/// zeros, then an optional pre-release or build suffix.
+fn is_semver(text: &str) -> bool {
+    let core = text.split(['-', '+']).next().unwrap_or_default();
+    let numbers: Vec<&str> = core.split('.').collect();
+    numbers.len() == 3
+        && numbers.iter().all(|n| {
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n.len() == 1 || !n.starts_with('0'))
+        })
+}
+
+#[test]
+fn version_and_instance_info_answer_in_firecrackers_shape() {
+    let mut fx = Fixture::new();
+    let Ok(Response::Version(version)) = fx.handle(Request::GetVersion) else {
+        panic!("GET /version answered something else");
+    };
+    let version = serde_json::to_value(&version).expect("JSON");
+    assert_eq!(
+        version,
+        json!({"firecracker_version": VERSION, "app_name": "ember", "vmm_version": VERSION})
+    );
+    assert!(is_semver(VERSION), "{VERSION}");
+    assert!(!is_semver("v0.1.0") && !is_semver("0.1") && !is_semver("01.0.0"));
+
+    fx.boot();
+    let Ok(Response::InstanceInfo(info)) = fx.handle(Request::GetInstanceInfo) else {
+        panic!("GET / answered something else");
+    };
+    assert_eq!(
+        serde_json::to_value(&info).expect("JSON"),
+        json!({"app_name": "ember", "id": "vm-1", "state": "Running", "vmm_version": VERSION})
+    );
+}
