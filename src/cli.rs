@@ -38,6 +38,7 @@ usage: ember [options]
   --enable-pci         refused: ember's devices are virtio-mmio only
   --snapshot-version   print the snapshot format version ember writes and exit
   --describe-snapshot PATH  print the format version of the snapshot state file PATH and exit
+  --metrics-path PATH  flush metrics (one JSON object per line) to this file or named pipe
   --version            print the version and exit
   --help               print this help and exit";
 
@@ -64,6 +65,8 @@ pub struct Args {
     /// When the jailer started, in CLOCK_MONOTONIC microseconds: ember logs
     /// the time from then to a ready API, as Firecracker records it.
     pub start_time_us: Option<u64>,
+    /// The file or named pipe metrics are flushed to, as `PUT /metrics` sets it.
+    pub metrics_path: Option<String>,
 }
 
 /// Which seccomp filters to install.
@@ -76,7 +79,7 @@ pub enum Seccomp {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Run(Args),
+    Run(Box<Args>),
     Help,
     Version,
     /// `--snapshot-version`: the format version ember writes.
@@ -125,7 +128,7 @@ pub enum Error {
     SelftestKind(String),
 }
 
-const VALUE_FLAGS: [&str; 15] = [
+const VALUE_FLAGS: [&str; 16] = [
     "--api-sock",
     "--config-file",
     "--id",
@@ -141,6 +144,7 @@ const VALUE_FLAGS: [&str; 15] = [
     "--start-time-cpu-us",
     "--parent-cpu-time-us",
     "--describe-snapshot",
+    "--metrics-path",
 ];
 const SWITCHES: [&str; 8] = [
     "--no-api",
@@ -157,7 +161,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Error>
     match Flags::read(args)? {
         Ok(flags) => match flags.value("--describe-snapshot") {
             Some(path) => Ok(Command::DescribeSnapshot(path)),
-            None => flags.into_args().map(Command::Run),
+            None => flags.into_args().map(|args| Command::Run(Box::new(args))),
         },
         Err(command) => Ok(command),
     }
@@ -303,6 +307,7 @@ impl Flags {
             http_api_max_payload_size,
             module: self.value("--module"),
             start_time_us: self.number("--start-time-us")?,
+            metrics_path: self.value("--metrics-path"),
         })
     }
 }
@@ -314,7 +319,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Args, Error> {
         match parse(args.iter().map(OsString::from))? {
-            Command::Run(a) => Ok(a),
+            Command::Run(a) => Ok(*a),
             other => panic!("expected a run, got {other:?}"),
         }
     }
@@ -343,9 +348,12 @@ mod tests {
             "7",
             "--api-sock",
             "/run/api.sock",
+            "--metrics-path",
+            "/run/metrics.fifo",
         ])
         .unwrap();
         assert_eq!(a.start_time_us, Some(123_456_789));
+        assert_eq!(a.metrics_path.as_deref(), Some("/run/metrics.fifo"));
         for flag in [
             "--start-time-us",
             "--start-time-cpu-us",

@@ -510,6 +510,13 @@ pub struct EntropyConfig {
     pub rate_limiter: Option<RateLimiterConfig>,
 }
 
+/// `PUT /metrics`: where metrics are flushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub metrics_path: String,
+}
+
 /// A device configured before InstanceStart. The controller passes devices on
 /// without looking inside, so a new kind of device is a new variant here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -616,8 +623,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<FunctionConfig>,
+    /// Where metrics go, as `PUT /metrics`; not kept in snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<serde_json::Value>,
+    pub metrics: Option<MetricsConfig>,
     #[serde(
         rename = "mmds-config",
         default,
@@ -663,7 +671,6 @@ impl VmConfig {
         let present = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
         [
             ("balloon", present(&self.balloon)),
-            ("metrics", present(&self.metrics)),
             ("cpu-config", present(&self.cpu_config)),
         ]
         .into_iter()

@@ -7,17 +7,21 @@ use std::sync::Arc;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::api::ApiCall;
 use crate::controller::VmmController;
-use crate::devices::EventSubscriber;
+use crate::devices::{nonblocking_timer, EventSubscriber};
 use crate::exit::{ExitReason, ExitSignal};
+use crate::metrics::{self, METRICS};
 
 /// What an epoll token stands for.
 #[derive(Clone, Copy)]
 enum Source {
     Exit,
     Api,
+    /// The periodic metrics flush.
+    MetricsTimer,
     /// Fd `fd_index` of device subscriber `subscriber`.
     Device {
         subscriber: usize,
@@ -40,6 +44,9 @@ struct ApiInbox {
 
 pub struct EventLoop {
     epoll: Epoll,
+    /// Fires every [`metrics::FLUSH_INTERVAL`] once metrics are configured.
+    metrics_timer: TimerFd,
+    metrics_timer_armed: bool,
     registrations: Vec<Registration>,
     subscribers: Vec<Box<dyn EventSubscriber>>,
     exit: Arc<ExitSignal>,
@@ -54,6 +61,8 @@ impl EventLoop {
     pub fn new(exit: Arc<ExitSignal>) -> std::io::Result<Self> {
         let mut event_loop = EventLoop {
             epoll: Epoll::new()?,
+            metrics_timer: nonblocking_timer()?,
+            metrics_timer_armed: false,
             registrations: Vec::new(),
             subscribers: Vec::new(),
             exit: exit.clone(),
@@ -62,6 +71,8 @@ impl EventLoop {
             vm_running: true,
         };
         event_loop.add(exit.event_fd().as_raw_fd(), Source::Exit)?;
+        let timer = event_loop.metrics_timer.as_raw_fd();
+        event_loop.add(timer, Source::MetricsTimer)?;
         Ok(event_loop)
     }
 
@@ -161,12 +172,26 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Starts the periodic flush once metrics have somewhere to go (they
+    /// never stop having it).
+    fn follow_metrics(&mut self) {
+        if self.metrics_timer_armed || !METRICS.is_configured() {
+            return;
+        }
+        let interval = metrics::FLUSH_INTERVAL;
+        match self.metrics_timer.reset(interval, Some(interval)) {
+            Ok(()) => self.metrics_timer_armed = true,
+            Err(e) => log::warn!("cannot start the periodic metrics flush: {e}"),
+        }
+    }
+
     /// Runs until the guest or a fault ends the VM.
     pub fn run(&mut self, controller: &mut VmmController) -> ExitReason {
         if let Err(e) = self.add_vm_sources(controller) {
             return cannot_watch(e);
         }
         self.follow_pause(controller);
+        self.follow_metrics();
         let mut events = vec![EpollEvent::default(); 32];
         loop {
             let ready = match self.epoll.wait(-1, &mut events) {
@@ -184,8 +209,15 @@ impl EventLoop {
                             return reason;
                         }
                     }
+                    Some(Source::MetricsTimer) => {
+                        let _ = self.metrics_timer.wait();
+                        if let Err(e) = METRICS.flush() {
+                            log::warn!("periodic metrics flush: {e}");
+                        }
+                    }
                     Some(Source::Api) => {
                         self.serve_api(controller);
+                        self.follow_metrics();
                         if let Err(e) = self.add_vm_sources(controller) {
                             return cannot_watch(e);
                         }
@@ -196,6 +228,7 @@ impl EventLoop {
                         subscriber,
                         fd_index,
                     }) if self.vm_running => {
+                        METRICS.vmm.device_events.inc();
                         self.subscribers[subscriber].on_ready(fd_index);
                         self.sync_watches(Some(subscriber));
                     }

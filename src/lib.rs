@@ -15,6 +15,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod logger;
+pub mod metrics;
 pub mod mmds;
 pub mod persist;
 pub mod random;

@@ -209,6 +209,7 @@ impl Log for Logger {
             Err(_) => return,
         };
         let Some(suppressed) = suppressed else {
+            crate::metrics::METRICS.logger.missed_log_count.inc();
             return;
         };
         let Ok(mut s) = self.settings.lock() else {

@@ -13,6 +13,7 @@ use ember::controller::{Controller, KvmLauncher, Request, VmmController, VERSION
 use ember::event_loop::EventLoop;
 use ember::exit::ExitSignal;
 use ember::logger;
+use ember::metrics::METRICS;
 use ember::persist;
 use ember::seccomp::{Filters, PendingVmmFilter};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -62,6 +63,12 @@ fn run() -> i32 {
         Ok((mut event_loop, mut controller)) => {
             let reason = event_loop.run(&mut controller);
             log::info!("ember exiting: {reason:?}");
+            // The last line holds what happened since the previous flush, as in Firecracker.
+            if METRICS.is_configured() {
+                if let Err(e) = METRICS.flush() {
+                    log::warn!("last metrics flush: {e}");
+                }
+            }
             remove_socket(&socket_path);
             remove_socket(&controller.vsock_socket().map(str::to_string));
             reason.exit_code()
@@ -78,7 +85,7 @@ fn run() -> i32 {
 /// `--describe-snapshot`).
 fn parse_args() -> Result<Option<Args>, i32> {
     let args = match cli::parse(std::env::args_os().skip(1)) {
-        Ok(Command::Run(args)) => args,
+        Ok(Command::Run(args)) => *args,
         Ok(Command::Help) => {
             println!("{USAGE}");
             return Ok(None);
@@ -167,6 +174,11 @@ fn start(
         )?;
         log_start_up_time(args.start_time_us);
     }
+    if let Some(path) = &args.metrics_path {
+        METRICS
+            .configure(path)
+            .map_err(|e| Failure::new(EXIT_BAD_CONFIGURATION, e.to_string()))?;
+    }
     wait_for_filter(&mut vmm_filter)?;
     // Requests wait in the channel until the event loop runs, so none sees
     // the data store before the metadata is in.
@@ -225,6 +237,7 @@ fn log_start_up_time(start_time_us: Option<u64>) {
         + u64::try_from(now.tv_nsec).unwrap_or_default() / 1_000;
     match now_us.checked_sub(start_time_us) {
         Some(us) => {
+            METRICS.api_server.process_startup_time_us.set(us);
             log::info!("Process start-up time = {us} us (from --start-time-us to a ready API)")
         }
         None => log::warn!(

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::arch::x86_64::layout::ram_ranges;
 use crate::builder::{self, RestoreOptions, SavedVm};
 use crate::config::{
-    MemBackend, MemBackendType, SnapshotCreateConfig, SnapshotLoadConfig, SnapshotType, VmConfig,
+    MachineConfig, MemBackend, MemBackendType, SnapshotCreateConfig, SnapshotLoadConfig,
+    SnapshotType, VmConfig,
 };
 use crate::devices::manager::{self, DeviceStates};
 use crate::exit::ExitSignal;
@@ -301,13 +302,7 @@ pub fn load(
 
     let backend = params.backend().map_err(|e| inconsistent(e.to_string()))?;
     let size = regions.iter().map(|&(_, len)| len).sum();
-    let pages = builder::guest_pages(&machine);
-    let (mem, memory_backend) = map_memory(
-        &backend,
-        (machine.mem_size_mib, pages),
-        size,
-        &state.mem_offsets,
-    )?;
+    let (mem, memory_backend) = map_memory(&backend, &machine, size, &state.mem_offsets)?;
 
     config.machine_config = Some(machine);
     if let (Some(mmds_config), Some(mut service)) = (&config.mmds_config, mmds.lock()) {
@@ -336,16 +331,17 @@ pub fn load(
     Ok((vmm, resources))
 }
 
-/// Guest memory of `mem_size_mib` of `pages` (`size` bytes of RAM) from
-/// `backend`, each region found at its offset in the memory file; with
-/// userfaultfd, also what serves it.
+/// Guest memory for `machine` (`size` bytes of RAM) from `backend`, each
+/// region found at its offset in the memory file; with userfaultfd, also
+/// what serves it.
 fn map_memory(
     backend: &MemBackend,
-    (mem_size_mib, pages): (u64, Pages),
+    machine: &MachineConfig,
     size: u64,
     mem_offsets: &[u64],
 ) -> Result<(GuestMemoryMmap, Option<MemoryBackend>), Error> {
     let backend_path = &backend.backend_path;
+    let (mem_size_mib, pages) = (machine.mem_size_mib, builder::guest_pages(machine));
     match backend.backend_type {
         MemBackendType::File => {
             let file = File::open(backend_path).map_err(io_err("open", backend_path))?;

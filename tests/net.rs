@@ -363,8 +363,8 @@ fn bad_interfaces_and_mmds_configs_get_a_400_that_says_which() {
         &net("eth0", "tap0", Some("zz")),
         "guest_mac",
     );
-    let limited = json!({"iface_id": "eth0", "host_dev_name": "tap0", "rx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}});
-    refused(&ember, "/network-interfaces/eth0", &limited, "rate_limiter");
+    let limited = json!({"iface_id": "eth0", "host_dev_name": "tap0", "rx_rate_limiter": {"bandwidth": {"size": -1, "refill_time": 1}}});
+    refused(&ember, "/network-interfaces/eth0", &limited, "integer `-1`");
     refused(
         &ember,
         "/mmds/config",

@@ -133,7 +133,13 @@ fuzz_target!(|data: &[u8]| {
     let Ok(limiter) = RateLimiter::shared(limits.as_ref()) else {
         return;
     };
-    let mut block = Block::new(Arc::new(Mutex::new(disk)), limiter, read_only, cache);
+    let mut block = Block::new(
+        Arc::new(Mutex::new(disk)),
+        limiter,
+        Arc::default(),
+        read_only,
+        cache,
+    );
 
     let mem = queue::memory();
     let _ = mem.write_slice(r.chunk(1024), GuestAddress(DATA_START));

@@ -133,6 +133,7 @@ fn device(kind: u8) -> Option<Box<dyn VirtioDevice>> {
             Some(Box::new(Block::new(
                 Arc::new(Mutex::new(disk)),
                 RateLimiter::shared(None).ok()?,
+                Arc::default(),
                 false,
                 CacheType::Writeback,
             )))

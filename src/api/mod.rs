@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::DeviceConfig;
 use crate::controller::{self, InvocationTarget, Request, Response};
+use crate::metrics::METRICS;
 use crate::seccomp::{Filters, ThreadKind};
 use routes::{body_limit, route};
 
@@ -156,8 +157,19 @@ async fn serve(
         Ok(Response::MachineConfig(machine)) => json_reply(&machine),
         Ok(Response::VmConfig(config)) => json_reply(&config),
         Ok(Response::Mmds(data)) => json_reply(&data),
+        Ok(Response::Metrics(text)) => {
+            let mut response = reply(StatusCode::OK, Some(text));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
         Ok(Response::Invocation(target)) => {
-            match invoke::invoke(&to_vmm.functions, &target, &body).await {
+            let started = std::time::Instant::now();
+            let result = invoke::invoke(&to_vmm.functions, &target, &body).await;
+            count_invocation(&result, started);
+            match result {
                 Ok(output) => {
                     let mut response = hyper::Response::new(Full::new(Bytes::from(output)));
                     response.headers_mut().insert(
@@ -182,6 +194,18 @@ async fn serve(
             fault(StatusCode::BAD_REQUEST, &message)
         }
     })
+}
+
+/// Counts an invocation in the metrics: every one, the failed ones, and
+/// how long the answered ones took.
+fn count_invocation(result: &Result<Vec<u8>, invoke::Error>, started: std::time::Instant) {
+    let ember = &METRICS.ember;
+    ember.invocations.inc();
+    match result {
+        Ok(_) => METRICS.invocation_latency.record(started.elapsed()),
+        Err(invoke::Error::Timeout(_)) => ember.invocation_timeouts.inc(),
+        Err(_) => ember.invocation_errors.inc(),
+    }
 }
 
 /// Serves the API on `listener` until the process exits, refusing bodies

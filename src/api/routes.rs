@@ -34,14 +34,7 @@ pub fn body_limit(method: &str, path: &str, max_payload: usize) -> usize {
 pub struct RouteError(pub String);
 
 /// Endpoints of Firecracker's API that ember does not serve yet.
-const NOT_YET: [&str; 6] = [
-    "balloon",
-    "cpu-config",
-    "hotplug",
-    "metrics",
-    "pmem",
-    "serial",
-];
+const NOT_YET: [&str; 5] = ["balloon", "cpu-config", "hotplug", "pmem", "serial"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,14 +117,14 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
         ("PUT", ["actions"]) => match json::<Action>(body)?.action_type.as_str() {
             "InstanceStart" => Ok(Request::StartInstance),
             "SendCtrlAltDel" => Ok(Request::SendCtrlAltDel),
-            "FlushMetrics" => Err(RouteError(
-                "FlushMetrics: metrics are not supported by ember yet".into(),
-            )),
+            "FlushMetrics" => Ok(Request::FlushMetrics),
             other => Err(RouteError(format!(
-                "unknown action_type '{other}': use InstanceStart or SendCtrlAltDel"
+                "unknown action_type '{other}': use InstanceStart, SendCtrlAltDel or FlushMetrics"
             ))),
         },
         ("PUT" | "PATCH", ["network-interfaces", id]) => network_interface(method, id, body),
+        ("PUT", ["metrics"]) => Ok(Request::PutMetrics(json(body)?)),
+        ("GET", ["metrics"]) => Ok(Request::GetMetrics),
         ("PUT", ["mmds", "config"]) => Ok(Request::PutMmdsConfig(json(body)?)),
         ("PUT", ["mmds"]) => Ok(Request::PutMmds(document(body)?)),
         ("PATCH", ["mmds"]) => Ok(Request::PatchMmds(document(body)?)),
@@ -201,6 +194,7 @@ fn check_id(path_id: &str, body_id: &str) -> Result<(), RouteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MetricsConfig;
 
     fn err(method: &str, path: &str, body: &str) -> String {
         route(method, path, body.as_bytes()).unwrap_err().0
@@ -351,12 +345,28 @@ mod tests {
 
     #[test]
     fn firecracker_endpoints_ember_lacks_say_so() {
-        for path in ["/balloon", "/metrics", "/cpu-config"] {
+        for path in ["/balloon", "/hotplug/memory", "/cpu-config"] {
             assert!(
                 err("PUT", path, "{}").contains("not supported by ember yet"),
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn metrics_routes_take_firecrackers_shapes() {
+        assert_eq!(
+            route("PUT", "/metrics", br#"{"metrics_path": "/m.fifo"}"#).unwrap(),
+            Request::PutMetrics(MetricsConfig {
+                metrics_path: "/m.fifo".into()
+            })
+        );
+        assert!(err("PUT", "/metrics", r#"{"path": "/m"}"#).contains("metrics_path"));
+        assert_eq!(
+            route("PUT", "/actions", br#"{"action_type": "FlushMetrics"}"#).unwrap(),
+            Request::FlushMetrics
+        );
+        assert_eq!(route("GET", "/metrics", b"").unwrap(), Request::GetMetrics);
     }
 
     #[test]

@@ -6,21 +6,23 @@
 //! requests it refuses. Making and driving the VM goes through [`Launcher`]
 //! and [`RunningVm`], so the rules here are tested without KVM.
 
+mod accounting;
 mod kvm;
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{
     self, BootSourceConfig, DeviceConfig, DeviceUpdate, FunctionConfig, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MmdsConfig, SnapshotCreateConfig, SnapshotLoadConfig,
-    VmConfig,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, MmdsConfig, SnapshotCreateConfig,
+    SnapshotLoadConfig, VmConfig,
 };
 use crate::logger;
+use crate::metrics::{self, METRICS};
 use crate::mmds::{self, SharedMmds};
 use crate::persist;
 use crate::resources::{self, DeviceChange, VmResources};
@@ -63,6 +65,11 @@ pub enum Request {
     Resume,
     CreateSnapshot(SnapshotCreateConfig),
     LoadSnapshot(SnapshotLoadConfig),
+    /// Where metrics are flushed, for the life of the process.
+    PutMetrics(MetricsConfig),
+    FlushMetrics,
+    /// The metrics as Prometheus text (ember's extension).
+    GetMetrics,
 }
 
 /// A typed answer; the API turns it into JSON.
@@ -75,6 +82,8 @@ pub enum Response {
     VmConfig(Box<VmConfig>),
     /// The metadata service's document.
     Mmds(Value),
+    /// Prometheus's text exposition of the metrics.
+    Metrics(String),
     Invocation(InvocationTarget),
 }
 
@@ -161,6 +170,9 @@ pub enum Error {
     /// Creating or loading a snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] persist::Error),
+    /// Configuring or flushing the metrics failed.
+    #[error(transparent)]
+    Metrics(#[from] metrics::Error),
 }
 
 /// Makes VMs: boots them from resources or brings them back from snapshots.
@@ -260,6 +272,7 @@ impl<L: Launcher> Controller<L> {
             .logger
             .map(Request::PutLogger)
             .into_iter()
+            .chain(config.metrics.map(Request::PutMetrics))
             .chain(config.machine_config.map(Request::PutMachineConfig))
             .chain(config.boot_source.map(Request::PutBootSource))
             .chain(
@@ -297,11 +310,43 @@ impl<L: Launcher> Controller<L> {
     }
 
     pub fn handle(&mut self, request: Request) -> Result<Response, Error> {
-        if self.vm.is_some() {
+        let counters = accounting::request_counters(&request);
+        let latency = accounting::latency(&request);
+        if accounting::uses_deprecated_fields(&request) {
+            METRICS.deprecated_api.deprecated_http_api_calls.inc();
+        }
+        let loads_snapshot = matches!(request, Request::LoadSnapshot(_));
+        let started = Instant::now();
+        let result = if self.vm.is_some() {
             self.handle_runtime(request)
         } else {
             self.handle_pre_boot(request)
+        };
+        if let Some((count, fails)) = counters {
+            count.inc();
+            if let (Some(fails), Err(_)) = (fails, &result) {
+                fails.inc();
+            }
         }
+        if result.is_ok() {
+            if let Some(latency) = latency {
+                latency.set_since(started);
+            }
+            if loads_snapshot {
+                METRICS.ember.snapshot_loads.inc();
+            }
+        }
+        result
+    }
+
+    /// The metrics requests, served the same before and after boot.
+    fn metrics(&self, request: Request) -> Result<Response, Error> {
+        match request {
+            Request::PutMetrics(config) => METRICS.configure(&config.metrics_path)?,
+            Request::FlushMetrics => METRICS.flush()?,
+            _ => return Ok(Response::Metrics(METRICS.prometheus())),
+        }
+        Ok(Response::NoContent)
     }
 
     fn handle_pre_boot(&mut self, request: Request) -> Result<Response, Error> {
@@ -324,6 +369,9 @@ impl<L: Launcher> Controller<L> {
             Request::PatchMmds(patch) => self.set_mmds(|m| m.patch(patch)),
             Request::GetMmds => self.mmds_document(),
             Request::PutMmdsConfig(config) => self.configured(|r| r.set_mmds_config(config)),
+            Request::PutMetrics(_) | Request::FlushMetrics | Request::GetMetrics => {
+                self.metrics(request)
+            }
             Request::GetInvocationTarget
             | Request::UpdateDevice(_)
             | Request::SendCtrlAltDel
@@ -357,6 +405,9 @@ impl<L: Launcher> Controller<L> {
             Request::PutMmds(data) => self.set_mmds(|m| m.put(data)),
             Request::PatchMmds(patch) => self.set_mmds(|m| m.patch(patch)),
             Request::GetMmds => self.mmds_document(),
+            Request::PutMetrics(_) | Request::FlushMetrics | Request::GetMetrics => {
+                self.metrics(request)
+            }
         }
     }
 

@@ -39,6 +39,7 @@ use crate::config::{
     CacheType, DriveConfig, EntropyConfig, NetworkInterfaceConfig, RateLimiterConfig, VsockConfig,
 };
 use crate::exit::ExitSignal;
+use crate::metrics::METRICS;
 use crate::mmds::stack::MmdsStack;
 use crate::resources::{DeviceChange, VmResources};
 use crate::vstate::memory::GuestMemoryMmap;
@@ -234,7 +235,14 @@ impl<'a> DeviceLayout<'a> {
             limiters: limiters.clone(),
         };
         Ok((
-            Net::new(tap, net.mac(), net.mtu(), mmds, limiters),
+            Net::new(
+                tap,
+                net.mac(),
+                net.mtu(),
+                mmds,
+                limiters,
+                METRICS.interface(&net.iface_id),
+            ),
             interface,
         ))
     }
@@ -402,7 +410,14 @@ impl Devices {
                         limiter: limiter.clone(),
                         interrupt: interrupt.clone(),
                     });
-                    Box::new(Block::new(disk, limiter, drive.is_read_only, cache))
+                    let metrics = METRICS.drive(&drive.drive_id);
+                    Box::new(Block::new(
+                        disk,
+                        limiter,
+                        metrics,
+                        drive.is_read_only,
+                        cache,
+                    ))
                 }
                 Backend::Net(net, interface) => {
                     self.interfaces.push(interface);
@@ -464,7 +479,10 @@ impl Devices {
                     .find(|d| &d.id == id)
                     .ok_or_else(|| Error::NoSuchDrive(id.clone()))?;
                 if let Some((path, read_only)) = file {
-                    let disk = Disk::open(path, *read_only)?;
+                    let metrics = METRICS.drive(id);
+                    metrics.update_count.inc();
+                    let disk =
+                        Disk::open(path, *read_only).inspect_err(|_| metrics.update_fails.inc())?;
                     *drive.disk.lock().map_err(|_| Error::Poisoned)? = disk;
                     // The guest learns the new size from the configuration space.
                     drive.interrupt.raise(INT_CONFIG);

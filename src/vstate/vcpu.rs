@@ -23,6 +23,7 @@ use super::vm::Vm;
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::Bus;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::metrics::METRICS;
 use crate::seccomp::{Filters, ThreadKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -492,18 +493,22 @@ impl VcpuLoop {
             let index = self.vcpu.index;
             let stop = match self.vcpu.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    METRICS.vcpu.exit_io_in.inc();
                     self.buses.pio.read(u64::from(port), data);
                     None
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    METRICS.vcpu.exit_io_out.inc();
                     self.buses.pio.write(u64::from(port), data);
                     None
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    METRICS.vcpu.exit_mmio_read.inc();
                     self.buses.mmio.read(addr, data);
                     None
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    METRICS.vcpu.exit_mmio_write.inc();
                     self.buses.mmio.write(addr, data);
                     None
                 }
@@ -536,6 +541,7 @@ impl VcpuLoop {
             };
             if let Some(reason) = stop {
                 if let ExitReason::Fault(message) = &reason {
+                    METRICS.vcpu.failures.inc();
                     log::error!("{message}");
                 }
                 self.exit.raise(reason);

@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::super::bus::BusDevice;
 use super::super::{EventSubscriber, IrqLine};
+use crate::metrics::METRICS;
 
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
@@ -56,7 +57,12 @@ impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         // A full pipe, or a closed stdout, takes nothing; neither stops the guest.
         let written = self.out.write(buf).unwrap_or_default();
+        METRICS.uart.write_count.inc();
         if written < buf.len() {
+            METRICS
+                .uart
+                .missed_write_count
+                .add((buf.len() - written) as u64);
             self.dropped += (buf.len() - written) as u64;
             log::warn!(
                 "serial console: output is not being read; {} bytes dropped so far",
@@ -165,6 +171,7 @@ impl ConsoleIn {
         match self.stdin.read(&mut buf[..room.min(64)]) {
             Ok(0) => self.stdin_open = false,
             Ok(n) => {
+                METRICS.uart.read_count.inc();
                 serial.enqueue_input(&buf[..n]);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -8,6 +8,7 @@ use std::os::fd::RawFd;
 
 use super::{Activity, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::rate_limiter::RateLimiter;
+use crate::metrics::METRICS;
 use crate::vstate::memory::GuestMemoryMmap;
 
 pub const VIRTIO_ID_RNG: u32 = 4;
@@ -51,6 +52,7 @@ impl Rng {
             return 0;
         };
         if crate::random::fill(random).is_err() {
+            METRICS.entropy.host_rng_fails.inc();
             log::warn!("entropy: the host's getrandom failed");
             return 0;
         }
@@ -113,6 +115,7 @@ impl VirtioDevice for Rng {
         let Some(queue) = queues.first_mut() else {
             return Activity::default();
         };
+        METRICS.entropy.entropy_event_count.inc();
         let (mut used, mut given) = (false, 0usize);
         while given < BYTES_PER_WAKE_UP {
             if self.limiter.is_waiting() {
@@ -127,10 +130,12 @@ impl VirtioDevice for Rng {
             let bytes = u64::try_from(request.total).unwrap_or(u64::MAX);
             if !self.limiter.consume(bytes) {
                 // The request waits in the ring for its tokens.
+                METRICS.entropy.entropy_rate_limiter_throttled.inc();
                 queue.go_to_previous_position();
                 return Activity { used, rerun: None };
             }
             let written = self.fill(mem, request);
+            METRICS.entropy.entropy_bytes.add(written as u64);
             // Even an empty answer counts against the budget: the walk cost something.
             given += written.max(1024);
             let len = u32::try_from(written).unwrap_or(0);
@@ -154,6 +159,7 @@ impl VirtioDevice for Rng {
         mem: &GuestMemoryMmap,
     ) -> Activity {
         self.limiter.on_timer();
+        METRICS.entropy.rate_limiter_event_count.inc();
         queues.map_or_else(Activity::default, |q| self.process_queue(0, q, mem))
     }
 }

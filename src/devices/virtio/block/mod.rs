@@ -19,6 +19,7 @@ use vm_memory::Bytes;
 use self::request::{Request, RequestType, ID_BYTES, SECTOR_SIZE};
 use super::{narrow, read_config_space, Activity, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::rate_limiter::SharedRateLimiter;
+use crate::metrics::BlockMetrics;
 
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 const QUEUE_SIZE: u16 = 256;
@@ -92,6 +93,7 @@ impl Disk {
 pub struct Block {
     disk: Arc<Mutex<Disk>>,
     limiter: SharedRateLimiter,
+    metrics: Arc<BlockMetrics>,
     features: u64,
     cache: CacheType,
     queue_sizes: [u16; 1],
@@ -101,6 +103,7 @@ impl Block {
     pub fn new(
         disk: Arc<Mutex<Disk>>,
         limiter: SharedRateLimiter,
+        metrics: Arc<BlockMetrics>,
         read_only: bool,
         cache: CacheType,
     ) -> Self {
@@ -114,9 +117,28 @@ impl Block {
         Block {
             disk,
             limiter,
+            metrics,
             features,
             cache,
             queue_sizes: [QUEUE_SIZE],
+        }
+    }
+
+    /// Counts a request that was carried out with `status`.
+    fn count(&self, req: &Request, status: u8) {
+        let metrics = &self.metrics;
+        match (req.kind, status) {
+            (_, STATUS_IOERR) => metrics.execute_fails.inc(),
+            (RequestType::In, STATUS_OK) => {
+                metrics.read_count.inc();
+                metrics.read_bytes.add(req.data_len());
+            }
+            (RequestType::Out, STATUS_OK) => {
+                metrics.write_count.inc();
+                metrics.write_bytes.add(req.data_len());
+            }
+            (RequestType::Flush, STATUS_OK) => metrics.flush_count.inc(),
+            _ => {}
         }
     }
 
@@ -215,6 +237,7 @@ impl VirtioDevice for Block {
         else {
             return Activity::default();
         };
+        self.metrics.queue_event_count.inc();
         let mut activity = Activity::default();
         for _ in 0..WORK_BUDGET {
             if limiter.is_waiting() {
@@ -229,13 +252,16 @@ impl VirtioDevice for Block {
                 Ok(req) => {
                     if !limiter.consume(req.limited_bytes()) {
                         // The request waits in the ring for its tokens.
+                        self.metrics.rate_limiter_throttled_events.inc();
                         queue.go_to_previous_position();
                         return activity;
                     }
                     let (status, len) = self.execute(&mut disk, &req, mem);
+                    self.count(&req, status);
                     (Some(req.status), status, len)
                 }
                 Err(e) => {
+                    self.metrics.invalid_reqs_count.inc();
                     log::debug!("virtio-blk: malformed request: {}", e.error);
                     (e.status, STATUS_IOERR, 0)
                 }
@@ -272,6 +298,7 @@ impl VirtioDevice for Block {
         if let Ok(mut limiter) = self.limiter.lock() {
             limiter.on_timer();
         }
+        self.metrics.rate_limiter_event_count.inc();
         queues.map_or_else(Activity::default, |q| self.process_queue(0, q, mem))
     }
 }
@@ -328,6 +355,7 @@ mod tests {
             block: Block::new(
                 disk,
                 RateLimiter::shared(limits).unwrap(),
+                Arc::default(),
                 read_only,
                 CacheType::Writeback,
             ),

@@ -16,10 +16,12 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use self::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO};
 use super::{read_config_space, Activity, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::rate_limiter::SharedRateLimiter;
+use crate::metrics::{NetMetrics, METRICS};
 use crate::mmds::stack::MmdsStack;
 use crate::vstate::memory::GuestMemoryMmap;
 
@@ -60,6 +62,7 @@ pub struct Net {
     tx_frame: Vec<u8>,
     mmds: Option<MmdsStack>,
     limiters: NetLimiters,
+    metrics: Arc<NetMetrics>,
     queue_sizes: [u16; 2],
 }
 
@@ -84,6 +87,7 @@ impl Net {
         mtu: Option<u16>,
         mmds: Option<MmdsStack>,
         limiters: NetLimiters,
+        metrics: Arc<NetMetrics>,
     ) -> Net {
         let mut features = [
             VIRTIO_F_VERSION_1,
@@ -118,6 +122,7 @@ impl Net {
             tx_frame: vec![0; MAX_FRAME_LEN],
             mmds,
             limiters,
+            metrics,
             queue_sizes: [QUEUE_SIZE; 2],
         }
     }
@@ -155,11 +160,15 @@ impl Net {
             match gather(mem, chain, &mut self.tx_frame) {
                 Some(len) if !limiter.consume(u64::try_from(len).unwrap_or(u64::MAX)) => {
                     // The frame waits in the ring for its tokens.
+                    self.metrics.tx_rate_limiter_throttled.inc();
                     tx.go_to_previous_position();
                     return (used, false);
                 }
                 Some(len) => self.send(len),
-                None => log::debug!("net: dropped a malformed tx frame"),
+                None => {
+                    self.metrics.tx_malformed_frames.inc();
+                    log::debug!("net: dropped a malformed tx frame");
+                }
             }
             used |= tx.add_used(mem, head, 0).is_ok();
         }
@@ -174,12 +183,20 @@ impl Net {
             .as_mut()
             .filter(|m| m.is_for_mmds(&frame[VNET_HDR_LEN..]))
         {
+            METRICS.mmds.rx_accepted.inc();
             mmds.receive(&frame[VNET_HDR_LEN..]);
             return;
         }
         // A TAP whose host side is down or full drops the frame, as a wire would.
-        if let Err(e) = self.tap.write_frame(frame) {
-            log::debug!("net: TAP {} dropped a frame: {e}", self.tap.name());
+        match self.tap.write_frame(frame) {
+            Ok(written) => {
+                self.metrics.tx_packets_count.inc();
+                self.metrics.tx_bytes_count.add(written as u64);
+            }
+            Err(e) => {
+                self.metrics.tap_write_fails.inc();
+                log::debug!("net: TAP {} dropped a frame: {e}", self.tap.name());
+            }
         }
     }
 
@@ -205,15 +222,21 @@ impl Net {
                 // Refused, the frame waits with the TAP unwatched until
                 // the limiter's timer brings the device back.
                 if !limiter.consume(u64::try_from(len).unwrap_or(u64::MAX)) {
+                    self.metrics.rx_rate_limiter_throttled.inc();
                     return (used, false);
                 }
                 self.pending_paid = true;
             }
             let mergeable = self.acked(VIRTIO_NET_F_MRG_RXBUF);
             match deliver(rx, mem, &mut self.rx_frame[..len], mergeable) {
-                Delivery::Done => used = true,
+                Delivery::Done => {
+                    used = true;
+                    self.metrics.rx_packets_count.inc();
+                    self.metrics.rx_bytes_count.add(len as u64);
+                }
                 Delivery::Dropped => {
                     used = true;
+                    self.metrics.rx_fails.inc();
                     log::debug!("net: rx buffers too small or unusable; dropped a frame");
                 }
                 Delivery::NoBuffers => return (used, false),
@@ -228,6 +251,7 @@ impl Net {
     fn next_frame(&mut self) -> Option<usize> {
         if let Some(len) = self.mmds.as_mut().and_then(|m| {
             let frame = m.pop_reply()?;
+            METRICS.mmds.tx_frames.inc();
             let len = (VNET_HDR_LEN + frame.len()).min(MAX_FRAME_LEN);
             self.rx_frame[..VNET_HDR_LEN].fill(0);
             self.rx_frame[VNET_HDR_LEN..len].copy_from_slice(&frame[..len - VNET_HDR_LEN]);
@@ -240,6 +264,7 @@ impl Net {
             Ok(_) => None,
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::WouldBlock {
+                    self.metrics.tap_read_fails.inc();
                     // A TAP deleted under ember fails every read at once: stop
                     // watching it rather than spin on its error.
                     log::warn!(
@@ -428,7 +453,16 @@ impl VirtioDevice for Net {
         read_config_space(&config, offset, data);
     }
 
-    fn process_queue(&mut self, _: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Activity {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> Activity {
+        match index {
+            RX => self.metrics.rx_queue_event_count.inc(),
+            _ => self.metrics.tx_queue_event_count.inc(),
+        }
         self.run(queues, mem)
     }
 
@@ -458,9 +492,18 @@ impl VirtioDevice for Net {
         mem: &GuestMemoryMmap,
     ) -> Activity {
         let timer = match index {
-            RX_TIMER_FD => Some(&self.limiters.rx),
-            TX_TIMER_FD => Some(&self.limiters.tx),
-            _ => None,
+            RX_TIMER_FD => {
+                self.metrics.rx_event_rate_limiter_count.inc();
+                Some(&self.limiters.rx)
+            }
+            TX_TIMER_FD => {
+                self.metrics.tx_rate_limiter_event_count.inc();
+                Some(&self.limiters.tx)
+            }
+            _ => {
+                self.metrics.rx_tap_event_count.inc();
+                None
+            }
         };
         if let Some(Ok(mut limiter)) = timer.map(|l| l.lock()) {
             limiter.on_timer();

@@ -12,6 +12,7 @@ use vm_memory::Bytes;
 
 use self::muxer::{Muxer, WORK_BUDGET};
 use super::{read_config_space, Activity, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::metrics::METRICS;
 use crate::vstate::memory::GuestMemoryMmap;
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -57,8 +58,14 @@ impl Vsock {
             };
             let head = chain.head_index();
             match packet::parse_tx(mem, chain) {
-                Ok(packet) => self.muxer.handle_tx(mem, &packet),
-                Err(e) => log::debug!("vsock: malformed tx packet: {e}"),
+                Ok(packet) => {
+                    METRICS.vsock.tx_packets_count.inc();
+                    self.muxer.handle_tx(mem, &packet);
+                }
+                Err(e) => {
+                    METRICS.vsock.tx_malformed_packets.inc();
+                    log::debug!("vsock: malformed tx packet: {e}");
+                }
             }
             used |= tx.add_used(mem, head, 0).is_ok();
         }
@@ -102,10 +109,16 @@ impl VirtioDevice for Vsock {
 
     fn process_queue(
         &mut self,
-        _index: usize,
+        index: usize,
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
     ) -> Activity {
+        let metrics = &METRICS.vsock;
+        match index {
+            RX => metrics.rx_queue_event_count.inc(),
+            TX => metrics.tx_queue_event_count.inc(),
+            _ => metrics.ev_queue_event_count.inc(),
+        }
         self.run(queues, mem)
     }
 
@@ -119,6 +132,7 @@ impl VirtioDevice for Vsock {
         queues: Option<&mut [Queue]>,
         mem: &GuestMemoryMmap,
     ) -> Activity {
+        METRICS.vsock.muxer_event_count.inc();
         self.muxer.process_host_events();
         // Host sockets that drained may let waiting tx packets through, and
         // host data may wait for rx buffers.
