@@ -20,6 +20,7 @@ test: guests check build
 	cargo bench --bench snapshot -- --short
 	cargo bench --bench jail -- --short
 	cargo bench --bench net -- --short
+	cargo bench --bench balloon -- --short
 	$(MAKE) fuzz-short
 
 # ember, ember-snapshot and ember-jailer, which the tests and benchmarks run, and the
@@ -48,6 +49,7 @@ bench: guests build
 	cargo bench --bench snapshot
 	cargo bench --bench jail
 	cargo bench --bench net
+	cargo bench --bench balloon
 
 # Coverage-guided fuzzing (fuzz/README.md): cargo-fuzz on the nightly toolchain, which is
 # for fuzzing only. Each run starts from a copy of the committed corpus in

@@ -83,6 +83,15 @@ pub enum Error {
     /// MMDS reachable from nowhere.
     #[error("mmds-config: network_interfaces must name at least one interface")]
     MmdsNoInterface,
+    /// A balloon larger than the guest.
+    #[error("balloon: amount_mib {0} is more than the guest's memory ({1} MiB)")]
+    BalloonTooBig(u32, u64),
+    /// Free page hinting is not implemented.
+    #[error("balloon: free_page_hinting is not supported by ember; free_page_reporting gives freed pages back instead")]
+    FreePageHinting,
+    /// hugetlbfs pages cannot be given back 4 KiB at a time.
+    #[error("a balloon cannot be used with huge_pages \"2M\": hugetlbfs pages are not given back 4 KiB at a time")]
+    BalloonHugePages,
     /// A config file that names one device twice.
     #[error("{0} '{1}' is configured twice")]
     DuplicateId(&'static str, String),
@@ -98,9 +107,9 @@ pub const MAX_MEM_MIB: u64 = 1 << 20;
 #[serde(deny_unknown_fields)]
 pub struct BootSourceConfig {
     pub kernel_image_path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub initrd_path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub boot_args: Option<String>,
 }
 
@@ -116,19 +125,19 @@ pub enum CacheType {
 pub struct DriveConfig {
     pub drive_id: String,
     pub is_root_device: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub partuuid: Option<String>,
     #[serde(default)]
     pub cache_type: CacheType,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub is_read_only: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub path_on_host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rate_limiter: Option<RateLimiterConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub io_engine: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub socket: Option<String>,
 }
 
@@ -171,7 +180,7 @@ pub struct DriveUpdate {
 #[serde(deny_unknown_fields)]
 pub struct TokenBucketConfig {
     pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub one_time_burst: Option<u64>,
     pub refill_time: u64,
 }
@@ -180,9 +189,9 @@ pub struct TokenBucketConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimiterConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub bandwidth: Option<TokenBucketConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ops: Option<TokenBucketConfig>,
 }
 
@@ -212,8 +221,26 @@ pub struct MachineConfig {
     pub track_dirty_pages: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Shown as `"None"` when unset, as Firecracker shows it.
+    #[serde(default, serialize_with = "huge_pages_or_none")]
     pub huge_pages: Option<String>,
+}
+
+fn huge_pages_or_none<S: serde::Serializer>(
+    huge_pages: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(huge_pages.as_deref().unwrap_or("None"))
+}
+
+/// Reads `null` as the type's default: Firecracker's optional booleans are
+/// `null` in its own `GET /vm/config`, and such exports must load here.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl Default for MachineConfig {
@@ -335,16 +362,34 @@ impl MachineConfigBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggerConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub log_path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub level: Option<String>,
+    /// Left out (or `null`), the current setting stays, as in Firecracker.
     #[serde(default)]
-    pub show_level: bool,
+    pub show_level: Option<bool>,
     #[serde(default)]
-    pub show_log_origin: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    #[serde(default)]
     pub module: Option<String>,
+}
+
+impl LoggerConfig {
+    /// The settings in force after this `PUT /logger` on top of `previous`:
+    /// what the request leaves out stays as it was.
+    pub fn over(self, previous: Option<&LoggerConfig>) -> LoggerConfig {
+        let Some(previous) = previous else {
+            return self;
+        };
+        LoggerConfig {
+            log_path: self.log_path.or_else(|| previous.log_path.clone()),
+            level: self.level.or_else(|| previous.level.clone()),
+            show_level: self.show_level.or(previous.show_level),
+            show_log_origin: self.show_log_origin.or(previous.show_log_origin),
+            module: self.module.or_else(|| previous.module.clone()),
+        }
+    }
 }
 
 /// `PUT /vsock`: Firecracker's hybrid vsock device.
@@ -379,14 +424,14 @@ impl VsockConfig {
 pub struct NetworkInterfaceConfig {
     pub iface_id: String,
     pub host_dev_name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub guest_mac: Option<String>,
     /// Offered to the guest with VIRTIO_NET_F_MTU when set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub mtu: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rx_rate_limiter: Option<RateLimiterConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
@@ -471,7 +516,7 @@ pub struct MmdsConfig {
     #[serde(default)]
     pub version: MmdsVersion,
     pub network_interfaces: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ipv4_address: Option<String>,
     #[serde(default)]
     pub imds_compat: bool,
@@ -506,8 +551,58 @@ impl MmdsConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntropyConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PUT /balloon`: a virtio-balloon device that the guest inflates to give
+/// memory back to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    /// The balloon's target size.
+    pub amount_mib: u32,
+    /// Offers VIRTIO_BALLOON_F_DEFLATE_ON_OOM: the guest may take pages back
+    /// from the balloon when it runs out of memory.
+    pub deflate_on_oom: bool,
+    /// How often the guest's memory statistics are refreshed; 0 turns
+    /// statistics off, for the life of the device.
+    #[serde(default)]
+    pub stats_polling_interval_s: u16,
+    #[serde(default)]
+    pub free_page_hinting: bool,
+    /// The guest reports pages it has freed, which go back to the host.
+    #[serde(default)]
+    pub free_page_reporting: bool,
+}
+
+impl BalloonConfig {
+    pub fn validate(&self, machine: &MachineConfig) -> Result<(), Error> {
+        if u64::from(self.amount_mib) > machine.mem_size_mib {
+            return Err(Error::BalloonTooBig(self.amount_mib, machine.mem_size_mib));
+        }
+        if self.free_page_hinting {
+            return Err(Error::FreePageHinting);
+        }
+        if machine.huge_pages() {
+            return Err(Error::BalloonHugePages);
+        }
+        Ok(())
+    }
+}
+
+/// `PATCH /balloon`: a new target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonUpdate {
+    pub amount_mib: u32,
+}
+
+/// `PATCH /balloon/statistics`: a new polling interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    pub stats_polling_interval_s: u16,
 }
 
 /// `PUT /metrics`: where metrics are flushed.
@@ -529,6 +624,8 @@ pub enum DeviceConfig {
     Net(NetworkInterfaceConfig),
     /// `PUT /entropy`, or the config file's `entropy`.
     Entropy(EntropyConfig),
+    /// `PUT /balloon`, or the config file's `balloon`.
+    Balloon(BalloonConfig),
 }
 
 /// A change to a device of a running VM.
@@ -593,53 +690,42 @@ impl Default for FunctionConfig {
     }
 }
 
-/// The whole VM in one document: `--config-file` input and `GET /vm/config` output.
+/// The whole VM in one document: `--config-file` input and `GET /vm/config`
+/// output. Every key is always written, `null` or empty where unset, as
+/// Firecracker writes it, so a document exported by either loads in both.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct VmConfig {
-    #[serde(
-        rename = "boot-source",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub boot_source: Option<BootSourceConfig>,
+    #[serde(default)]
+    pub balloon: Option<BalloonConfig>,
     #[serde(default)]
     pub drives: Vec<DriveConfig>,
-    #[serde(
-        rename = "machine-config",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub machine_config: Option<MachineConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logger: Option<LoggerConfig>,
-    #[serde(rename = "network-interfaces", default)]
-    pub network_interfaces: Vec<NetworkInterfaceConfig>,
-    /// Sections of Firecracker's configuration ember does not implement yet:
-    /// accepted only when empty, so a config that needs them fails loudly.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balloon: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vsock: Option<VsockConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub function: Option<FunctionConfig>,
-    /// Where metrics go, as `PUT /metrics`; not kept in snapshots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<MetricsConfig>,
-    #[serde(
-        rename = "mmds-config",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mmds_config: Option<MmdsConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entropy: Option<EntropyConfig>,
-    #[serde(
-        rename = "cpu-config",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default)]
+    pub boot_source: Option<BootSourceConfig>,
+    #[serde(default)]
     pub cpu_config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub logger: Option<LoggerConfig>,
+    #[serde(default)]
+    pub machine_config: Option<MachineConfig>,
+    /// Where metrics go, as `PUT /metrics`; not kept in snapshots.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    pub mmds_config: Option<MmdsConfig>,
+    #[serde(default)]
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    #[serde(default)]
+    pub entropy: Option<EntropyConfig>,
+    #[serde(default)]
+    pub pmem: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub memory_hotplug: Option<serde_json::Value>,
+    /// ember's own section: the function `POST /invocations` calls.
+    #[serde(default)]
+    pub function: Option<FunctionConfig>,
 }
 
 impl VmConfig {
@@ -670,8 +756,9 @@ impl VmConfig {
     pub fn unsupported_section(&self) -> Option<&'static str> {
         let present = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
         [
-            ("balloon", present(&self.balloon)),
             ("cpu-config", present(&self.cpu_config)),
+            ("pmem", !self.pmem.is_empty()),
+            ("memory-hotplug", present(&self.memory_hotplug)),
         ]
         .into_iter()
         .find_map(|(name, used)| used.then_some(name))
@@ -860,10 +947,10 @@ mod tests {
     #[test]
     fn config_file_sections_ember_lacks_are_named() {
         let config: VmConfig = serde_json::from_str(
-            r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [], "balloon": {"amount_mib": 1}}"#,
+            r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [], "pmem": [{"id": "p"}]}"#,
         )
         .unwrap();
-        assert_eq!(config.unsupported_section(), Some("balloon"));
+        assert_eq!(config.unsupported_section(), Some("pmem"));
         let config: VmConfig =
             serde_json::from_str(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": null}"#)
                 .unwrap();

@@ -173,8 +173,8 @@ pub fn configure(config: &LoggerConfig) -> Result<(), Error> {
             if let Some(sink) = sink {
                 s.sink = sink;
             }
-            s.show_level = config.show_level;
-            s.show_origin = config.show_log_origin;
+            s.show_level = config.show_level.unwrap_or(s.show_level);
+            s.show_origin = config.show_log_origin.unwrap_or(s.show_origin);
             // As in Firecracker, a request without a module keeps the filter
             // (`--module`'s, say) rather than lifting it.
             if let Some(module) = &config.module {

@@ -130,14 +130,14 @@ group!(
         actions_count, actions_fails, boot_source_count, boot_source_fails, drive_count,
         drive_fails, logger_count, logger_fails, machine_cfg_count, machine_cfg_fails,
         metrics_count, metrics_fails, network_count, network_fails, mmds_count, mmds_fails,
-        vsock_count, vsock_fails, entropy_count, entropy_fails,
+        vsock_count, vsock_fails, entropy_count, entropy_fails, balloon_count, balloon_fails,
     }
 );
 group!(
     /// `PATCH` requests, by route.
     PatchRequestsMetrics {
         drive_count, drive_fails, network_count, network_fails, machine_cfg_count,
-        machine_cfg_fails, mmds_count, mmds_fails,
+        machine_cfg_fails, mmds_count, mmds_fails, balloon_count, balloon_fails,
     }
 );
 group!(
@@ -168,6 +168,13 @@ group!(
     EntropyMetrics {
         entropy_event_count, entropy_bytes, host_rng_fails, entropy_rate_limiter_throttled,
         rate_limiter_event_count,
+    }
+);
+group!(
+    /// The balloon device.
+    BalloonMetrics {
+        inflate_count, deflate_count, stats_updates_count, stats_update_fails,
+        free_page_report_count, free_page_report_freed, free_page_report_fails, event_fails,
     }
 );
 group!(
@@ -255,6 +262,7 @@ pub struct Metrics {
     pub patch_api_requests: PatchRequestsMetrics,
     pub vsock: VsockMetrics,
     pub entropy: EntropyMetrics,
+    pub balloon: BalloonMetrics,
     pub vcpu: VcpuMetrics,
     pub uart: UartMetrics,
     pub vmm: VmmMetrics,
@@ -405,7 +413,7 @@ impl Metrics {
             .collect()
     }
 
-    fn static_groups(&self) -> [(&'static str, &dyn Group); 14] {
+    fn static_groups(&self) -> [(&'static str, &dyn Group); 15] {
         [
             ("api_server", &self.api_server),
             ("get_api_requests", &self.get_api_requests),
@@ -413,6 +421,7 @@ impl Metrics {
             ("patch_api_requests", &self.patch_api_requests),
             ("vsock", &self.vsock),
             ("entropy", &self.entropy),
+            ("balloon", &self.balloon),
             ("vcpu", &self.vcpu),
             ("uart", &self.uart),
             ("vmm", &self.vmm),

@@ -5,9 +5,10 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
 use crate::config::{
-    self, BootSourceConfig, DeviceConfig, DeviceUpdate, DriveConfig, EntropyConfig, FunctionConfig,
-    LoggerConfig, MachineConfig, MachineConfigUpdate, MmdsConfig, NetworkInterfaceConfig,
-    RateLimiterConfig, VmConfig, VsockConfig,
+    self, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, DeviceConfig,
+    DeviceUpdate, DriveConfig, EntropyConfig, FunctionConfig, LoggerConfig, MachineConfig,
+    MachineConfigUpdate, MmdsConfig, NetworkInterfaceConfig, RateLimiterConfig, VmConfig,
+    VsockConfig,
 };
 use crate::devices::virtio::net::tap::{self, OpenTaps, Tap};
 use crate::mmds::SharedMmds;
@@ -38,6 +39,12 @@ pub enum Error {
     /// A TAP that cannot be opened.
     #[error("network interface '{0}': {1}")]
     Tap(String, tap::Error),
+    /// A balloon request without a balloon.
+    #[error("no balloon device: PUT /balloon before InstanceStart")]
+    NoBalloon,
+    /// Statistics switched on or off after boot, which Firecracker refuses too.
+    #[error("balloon statistics cannot be turned on or off after InstanceStart: set stats_polling_interval_s when the balloon is configured")]
+    StatsToggle,
     /// MMDS configured on an interface the VM does not have.
     #[error("mmds-config: no network interface with id '{0}'")]
     MmdsInterface(String),
@@ -59,6 +66,10 @@ pub enum DeviceChange {
         rx_rate_limiter: Option<RateLimiterConfig>,
         tx_rate_limiter: Option<RateLimiterConfig>,
     },
+    /// The balloon gets a new target, which its guest hears of.
+    BalloonTarget { amount_mib: u32 },
+    /// The balloon polls statistics at a new interval.
+    BalloonStatsInterval { seconds: u16 },
 }
 
 /// The microVM's configuration, as the pre-boot requests leave it.
@@ -70,6 +81,7 @@ pub struct VmResources {
     pub vsock: Option<VsockConfig>,
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
     pub entropy: Option<EntropyConfig>,
+    pub balloon: Option<BalloonConfig>,
     pub mmds_config: Option<MmdsConfig>,
     pub function: FunctionConfig,
     pub logger: Option<LoggerConfig>,
@@ -102,6 +114,7 @@ impl VmResources {
             vsock: config.vsock,
             network_interfaces: config.network_interfaces,
             entropy: config.entropy,
+            balloon: config.balloon,
             mmds_config: config.mmds_config,
             function: config.function.unwrap_or_default(),
             logger: config.logger,
@@ -120,6 +133,7 @@ impl VmResources {
             vsock: self.vsock.clone(),
             network_interfaces: self.network_interfaces.clone(),
             entropy: self.entropy.clone(),
+            balloon: self.balloon,
             mmds_config: self.mmds_config.clone(),
             function: Some(self.function.clone()),
             ..Default::default()
@@ -134,6 +148,7 @@ impl VmResources {
             || self.vsock.is_some()
             || !self.network_interfaces.is_empty()
             || self.entropy.is_some()
+            || self.balloon.is_some()
     }
 
     /// Adds or replaces a device.
@@ -144,6 +159,11 @@ impl VmResources {
             DeviceConfig::Net(net) => self.put_net(net),
             DeviceConfig::Entropy(entropy) => {
                 self.entropy = Some(entropy);
+                Ok(())
+            }
+            DeviceConfig::Balloon(balloon) => {
+                balloon.validate(&self.machine)?;
+                self.balloon = Some(balloon);
                 Ok(())
             }
         }
@@ -232,13 +252,57 @@ impl VmResources {
 
     pub fn set_machine(&mut self, machine: MachineConfig) -> Result<(), Error> {
         machine.validate()?;
+        self.check_balloon_fits(&machine)?;
         self.machine = machine;
         Ok(())
     }
 
     pub fn update_machine(&mut self, update: &MachineConfigUpdate) -> Result<(), Error> {
-        self.machine = self.machine.updated(update)?;
+        let machine = self.machine.updated(update)?;
+        self.check_balloon_fits(&machine)?;
+        self.machine = machine;
         Ok(())
+    }
+
+    /// A machine change must leave room for the balloon already configured.
+    fn check_balloon_fits(&self, machine: &MachineConfig) -> Result<(), Error> {
+        match &self.balloon {
+            Some(balloon) => Ok(balloon.validate(machine)?),
+            None => Ok(()),
+        }
+    }
+
+    /// The balloon after `PATCH /balloon`, checked; the caller records it
+    /// once a running VM has taken it.
+    pub fn patched_balloon(&self, update: BalloonUpdate) -> Result<BalloonConfig, Error> {
+        let balloon = self.balloon.ok_or(Error::NoBalloon)?;
+        let patched = BalloonConfig {
+            amount_mib: update.amount_mib,
+            ..balloon
+        };
+        patched.validate(&self.machine)?;
+        Ok(patched)
+    }
+
+    /// The balloon after `PATCH /balloon/statistics`; after boot, statistics
+    /// stay on or off as configured.
+    pub fn patched_balloon_stats(
+        &self,
+        update: BalloonStatsUpdate,
+        started: bool,
+    ) -> Result<BalloonConfig, Error> {
+        let balloon = self.balloon.ok_or(Error::NoBalloon)?;
+        let (was_on, is_on) = (
+            balloon.stats_polling_interval_s > 0,
+            update.stats_polling_interval_s > 0,
+        );
+        if started && was_on != is_on {
+            return Err(Error::StatsToggle);
+        }
+        Ok(BalloonConfig {
+            stats_polling_interval_s: update.stats_polling_interval_s,
+            ..balloon
+        })
     }
 
     /// Adds a drive, or replaces the one with the same id.

@@ -3,6 +3,7 @@
 
 use crate::devices::legacy::i8042;
 use crate::devices::manager::{self, Devices};
+use crate::devices::virtio::balloon::BalloonStatus;
 use crate::devices::EventSubscriber;
 use crate::resources::DeviceChange;
 use crate::vstate::memory::GuestMemoryMmap;
@@ -101,6 +102,11 @@ impl Vmm {
     /// Makes a change to the devices.
     pub fn change_device(&self, change: &DeviceChange) -> Result<(), Error> {
         Ok(self.devices.apply(change)?)
+    }
+
+    /// What the balloon holds and the guest last reported.
+    pub fn balloon_status(&self) -> Result<BalloonStatus, Error> {
+        Ok(self.devices.balloon_status()?)
     }
 
     /// The devices' host-side events, for the event loop to serve from now on.

@@ -66,12 +66,108 @@ fn instance_info_version_and_defaults_have_firecrackers_shape() {
         ),
         (Some(1), Some(128))
     );
+    assert_eq!(machine["huge_pages"], "None", "{machine}");
 
     ember.ok("PATCH", "/machine-config", r#"{"mem_size_mib": 512}"#);
     let (_, body) = ember.api("GET", "/vm/config", "");
     let config: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(config["machine-config"]["mem_size_mib"], 512);
     assert_eq!(config["machine-config"]["vcpu_count"], 1);
+    // Every key Firecracker writes is there, `null` or empty while unset.
+    for key in ["balloon", "boot-source", "cpu-config", "logger", "metrics"] {
+        assert_eq!(config.get(key), Some(&Value::Null), "{key}: {config}");
+    }
+    for key in ["mmds-config", "vsock", "entropy", "memory-hotplug"] {
+        assert_eq!(config.get(key), Some(&Value::Null), "{key}: {config}");
+    }
+    for key in ["drives", "network-interfaces", "pmem"] {
+        assert_eq!(config.get(key), Some(&json!([])), "{key}: {config}");
+    }
+}
+
+/// What Firecracker's `GET /vm/config` prints for a VM with one drive and a
+/// logger, nulls and all, with `kernel` as its kernel and `disk` as its drive.
+fn firecracker_export(kernel: &str, disk: &str) -> Value {
+    json!({
+        "balloon": null,
+        "drives": [{"drive_id": "rootfs", "partuuid": null, "is_root_device": true,
+                    "cache_type": "Unsafe", "is_read_only": null, "path_on_host": disk,
+                    "rate_limiter": null, "io_engine": "Sync", "socket": null}],
+        "boot-source": {"kernel_image_path": kernel, "initrd_path": null,
+                        "boot_args": "console=ttyS0"},
+        "cpu-config": null,
+        "logger": {"log_path": null, "level": "Warning", "show_level": null,
+                   "show_log_origin": null, "module": null},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "smt": false,
+                           "track_dirty_pages": false, "huge_pages": "None"},
+        "metrics": null,
+        "mmds-config": null,
+        "network-interfaces": [],
+        "vsock": null,
+        "entropy": {"rate_limiter": null},
+        "pmem": [],
+        "memory-hotplug": null
+    })
+}
+
+#[test]
+fn a_firecracker_export_loads_and_names_what_ember_lacks() {
+    require_kvm();
+    let dir = TempDir::new("export");
+    let disk = dir.path("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let kernel = artifact("test-pvh");
+    let export = firecracker_export(kernel.to_str().unwrap(), disk.to_str().unwrap());
+    let path = dir.path("vm.json");
+    let path_str = path.to_str().unwrap();
+    std::fs::write(&path, export.to_string()).unwrap();
+    let mut ember = Ember::spawn(&["--no-api", "--config-file", path_str], None);
+    assert_eq!(ember.wait_exit(Duration::from_secs(20)).code(), Some(0));
+
+    for (key, value) in [
+        (
+            "pmem",
+            json!([{"id": "p0", "path_on_host": "x", "root_device": false}]),
+        ),
+        ("memory-hotplug", json!({"total_size_mib": 1024})),
+        ("cpu-config", json!({"cpuid_modifiers": []})),
+    ] {
+        let mut config = export.clone();
+        config[key] = value;
+        std::fs::write(&path, config.to_string()).unwrap();
+        let (code, _, stderr) = run_ember(&["--no-api", "--config-file", path_str]);
+        assert_eq!(code, Some(152), "{key}: {stderr}");
+        assert!(stderr.contains(&format!("'{key}'")), "{key}: {stderr}");
+    }
+    let mut config = export.clone();
+    config["serial"] = json!({"serial_out_path": "x"});
+    std::fs::write(&path, config.to_string()).unwrap();
+    let (code, _, stderr) = run_ember(&["--no-api", "--config-file", path_str]);
+    assert_eq!(code, Some(152), "{stderr}");
+    assert!(stderr.contains("`serial`"), "{stderr}");
+}
+
+#[test]
+fn put_logger_keeps_the_settings_a_request_leaves_out() {
+    let dir = TempDir::new("logger");
+    let log = dir.path("ember.log");
+    let ember = Ember::with_api(&dir, &[]);
+    let first = json!({"log_path": log.to_str().unwrap(), "level": "Warning", "show_level": true});
+    ember.ok("PUT", "/logger", &first.to_string());
+    ember.ok("PUT", "/logger", r#"{"show_log_origin": true}"#);
+    let (status, _) = ember.api("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
+    assert_eq!(status, 400, "nothing to reset before boot");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("PUT /actions failed"))
+        .unwrap_or_else(|| panic!("no line for the bad request in {text:?}"));
+    assert!(line.contains(" :WARN"), "the level went missing: {line}");
+    assert!(line.contains(".rs:"), "the origin is not shown: {line}");
+    let (_, body) = ember.api("GET", "/vm/config", "");
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["logger"]["show_level"], true, "{config}");
+    assert_eq!(config["logger"]["level"], "Warning", "{config}");
 }
 
 #[test]
@@ -168,8 +264,23 @@ fn bad_requests_get_a_400_that_says_why() {
         "PUT",
         "/balloon",
         "{}",
-        "not supported by ember yet",
+        "missing field `amount_mib`",
     );
+    rejects(
+        &ember,
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 4096, "deflate_on_oom": false}"#,
+        "more than the guest's memory (128 MiB)",
+    );
+    rejects(
+        &ember,
+        "PATCH",
+        "/balloon/hinting/start",
+        "{}",
+        "free page hinting is not supported by ember",
+    );
+    rejects(&ember, "GET", "/balloon", "", "no balloon device");
     rejects(
         &ember,
         "PUT",

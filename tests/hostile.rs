@@ -38,6 +38,8 @@ struct Devices {
     net: bool,
     /// An entropy device.
     entropy: bool,
+    /// A balloon with every queue: statistics and free page reporting.
+    balloon: bool,
 }
 
 const DRIVE: Devices = Devices {
@@ -45,12 +47,14 @@ const DRIVE: Devices = Devices {
     vsock: false,
     net: false,
     entropy: false,
+    balloon: false,
 };
 const VSOCK: Devices = Devices {
     drive: false,
     vsock: true,
     net: false,
     entropy: false,
+    balloon: false,
 };
 /// Every kind of device the generic attacks can take on without a host side.
 const BOTH: Devices = Devices {
@@ -58,12 +62,14 @@ const BOTH: Devices = Devices {
     vsock: true,
     net: false,
     entropy: true,
+    balloon: true,
 };
 const NET: Devices = Devices {
     drive: false,
     vsock: true,
     net: true,
     entropy: false,
+    balloon: false,
 };
 /// The addresses of the attacked VM's link, host side and guest side.
 const TAP_HOST: &str = "10.0.0.1";
@@ -146,6 +152,13 @@ impl Attacked {
         }
         if devices.entropy {
             ember.ok("PUT", "/entropy", "{}");
+        }
+        if devices.balloon {
+            ember.ok(
+                "PUT",
+                "/balloon",
+                r#"{"amount_mib": 8, "deflate_on_oom": true, "stats_polling_interval_s": 1, "free_page_reporting": true}"#,
+            );
         }
         if devices.vsock {
             ember.ok(

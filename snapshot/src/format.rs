@@ -5,7 +5,7 @@
 //! | bytes | field |
 //! | --- | --- |
 //! | 8 | magic `EMBERSNP` |
-//! | 2 | format version (`u16`, currently 1) |
+//! | 2 | format version (`u16`, currently 2) |
 //! | 16 | architecture the snapshot was taken on, ASCII, NUL-padded |
 //! | 8 | payload length (`u64`) |
 //! | n | payload: the state, encoded with postcard |
@@ -30,7 +30,7 @@ use serde::Serialize;
 /// First bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"EMBERSNP";
 /// The format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// The architecture recorded in snapshots taken here: register and device
 /// state of one architecture means nothing on another.
 pub const ARCH: &str = std::env::consts::ARCH;

@@ -157,6 +157,8 @@ async fn serve(
         Ok(Response::MachineConfig(machine)) => json_reply(&machine),
         Ok(Response::VmConfig(config)) => json_reply(&config),
         Ok(Response::Mmds(data)) => json_reply(&data),
+        Ok(Response::Balloon(balloon)) => json_reply(&balloon),
+        Ok(Response::BalloonStats(stats)) => json_reply(&stats),
         Ok(Response::Metrics(text)) => {
             let mut response = reply(StatusCode::OK, Some(text));
             response.headers_mut().insert(

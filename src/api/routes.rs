@@ -34,7 +34,7 @@ pub fn body_limit(method: &str, path: &str, max_payload: usize) -> usize {
 pub struct RouteError(pub String);
 
 /// Endpoints of Firecracker's API that ember does not serve yet.
-const NOT_YET: [&str; 5] = ["balloon", "cpu-config", "hotplug", "pmem", "serial"];
+const NOT_YET: [&str; 4] = ["cpu-config", "hotplug", "pmem", "serial"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +99,15 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
         ("PUT", ["logger"]) => Ok(Request::PutLogger(json::<LoggerConfig>(body)?)),
         ("PUT", ["vsock"]) => Ok(Request::PutDevice(DeviceConfig::Vsock(
             json::<VsockConfig>(body)?,
+        ))),
+        ("PUT", ["balloon"]) => Ok(Request::PutDevice(DeviceConfig::Balloon(json(body)?))),
+        ("PATCH", ["balloon"]) => Ok(Request::PatchBalloon(json(body)?)),
+        ("GET", ["balloon"]) => Ok(Request::GetBalloon),
+        ("GET", ["balloon", "statistics"]) => Ok(Request::GetBalloonStats),
+        ("PATCH", ["balloon", "statistics"]) => Ok(Request::PatchBalloonStats(json(body)?)),
+        ("PATCH", ["balloon", "hinting", "start" | "stop"])
+        | ("GET", ["balloon", "hinting", "status"]) => Err(RouteError(format!(
+            "{method} {path}: free page hinting is not supported by ember; configure the balloon with free_page_reporting instead"
         ))),
         ("PUT", ["entropy"]) => Ok(Request::PutDevice(DeviceConfig::Entropy(json(body)?))),
         ("PUT", ["function"]) => Ok(Request::PutFunction(json::<FunctionConfig>(body)?)),
@@ -345,7 +354,7 @@ mod tests {
 
     #[test]
     fn firecracker_endpoints_ember_lacks_say_so() {
-        for path in ["/balloon", "/hotplug/memory", "/cpu-config"] {
+        for path in ["/pmem/p0", "/hotplug/memory", "/cpu-config"] {
             assert!(
                 err("PUT", path, "{}").contains("not supported by ember yet"),
                 "{path}"

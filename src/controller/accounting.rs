@@ -25,6 +25,12 @@ pub fn request_counters(request: &Request) -> Option<(&'static Counter, Option<&
         Request::PutDevice(DeviceConfig::Entropy(_)) => {
             (&put.entropy_count, Some(&put.entropy_fails))
         }
+        Request::PutDevice(DeviceConfig::Balloon(_)) => {
+            (&put.balloon_count, Some(&put.balloon_fails))
+        }
+        Request::PatchBalloon(_) | Request::PatchBalloonStats(_) => {
+            (&patch.balloon_count, Some(&patch.balloon_fails))
+        }
         Request::UpdateDevice(DeviceUpdate::Drive(_)) => {
             (&patch.drive_count, Some(&patch.drive_fails))
         }

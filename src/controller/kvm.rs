@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::{Launcher, RunningVm};
 use crate::builder::{self, BuildOptions, VmPrep};
 use crate::config::{MachineConfig, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig};
+use crate::devices::virtio::balloon::BalloonStatus;
 use crate::exit::ExitSignal;
 use crate::mmds::SharedMmds;
 use crate::persist;
@@ -95,6 +96,10 @@ impl RunningVm for Vmm {
 
     fn change_device(&self, change: &DeviceChange) -> Result<(), vmm::Error> {
         Vmm::change_device(self, change)
+    }
+
+    fn balloon_status(&self) -> Result<BalloonStatus, vmm::Error> {
+        Vmm::balloon_status(self)
     }
 
     fn snapshot(

@@ -17,10 +17,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{
-    self, BootSourceConfig, DeviceConfig, DeviceUpdate, FunctionConfig, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, MmdsConfig, SnapshotCreateConfig,
-    SnapshotLoadConfig, VmConfig,
+    self, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, DeviceConfig,
+    DeviceUpdate, FunctionConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
+    MmdsConfig, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig,
 };
+use crate::devices::virtio::balloon::BalloonStatus;
 use crate::logger;
 use crate::metrics::{self, METRICS};
 use crate::mmds::{self, SharedMmds};
@@ -70,6 +71,12 @@ pub enum Request {
     FlushMetrics,
     /// The metrics as Prometheus text (ember's extension).
     GetMetrics,
+    GetBalloon,
+    /// A new balloon target, before or after boot.
+    PatchBalloon(BalloonUpdate),
+    GetBalloonStats,
+    /// A new statistics polling interval, before or after boot.
+    PatchBalloonStats(BalloonStatsUpdate),
 }
 
 /// A typed answer; the API turns it into JSON.
@@ -85,6 +92,57 @@ pub enum Response {
     /// Prometheus's text exposition of the metrics.
     Metrics(String),
     Invocation(InvocationTarget),
+    Balloon(BalloonConfig),
+    BalloonStats(Box<BalloonStats>),
+}
+
+/// `GET /balloon/statistics`, in Firecracker's shape: the target and what
+/// the guest holds, then whatever statistics the guest last reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BalloonStats {
+    pub target_pages: u32,
+    pub actual_pages: u32,
+    pub target_mib: u32,
+    pub actual_mib: u32,
+    #[serde(flatten)]
+    pub reported: serde_json::Map<String, Value>,
+}
+
+/// virtio's statistic tags, by number, under Firecracker's names.
+const STAT_NAMES: [&str; 16] = [
+    "swap_in",
+    "swap_out",
+    "major_faults",
+    "minor_faults",
+    "free_memory",
+    "total_memory",
+    "available_memory",
+    "disk_caches",
+    "hugetlb_allocations",
+    "hugetlb_failures",
+    "oom_kill",
+    "alloc_stall",
+    "async_scan",
+    "direct_scan",
+    "async_reclaim",
+    "direct_reclaim",
+];
+
+impl From<BalloonStatus> for BalloonStats {
+    fn from(status: BalloonStatus) -> Self {
+        let pages_per_mib = crate::devices::manager::mib_to_pages(1);
+        BalloonStats {
+            target_pages: status.target_pages,
+            actual_pages: status.actual_pages,
+            target_mib: status.target_pages / pages_per_mib,
+            actual_mib: status.actual_pages / pages_per_mib,
+            reported: STAT_NAMES
+                .iter()
+                .zip(status.stats)
+                .filter_map(|(name, value)| Some((name.to_string(), Value::from(value?))))
+                .collect(),
+        }
+    }
 }
 
 /// `GET /`, in Firecracker's shape.
@@ -158,7 +216,7 @@ pub enum Error {
     NoVsock,
     /// A snapshot load would discard the boot configuration already given.
     #[error(
-        "loading a snapshot is only allowed before configuring boot-specific resources (boot source, drives, network interfaces, vsock, entropy)"
+        "loading a snapshot is only allowed before configuring boot-specific resources (boot source, drives, network interfaces, vsock, entropy, balloon)"
     )]
     LoadAfterConfig,
     /// A metadata document the data store refuses.
@@ -170,6 +228,9 @@ pub enum Error {
     /// Creating or loading a snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] persist::Error),
+    /// Statistics asked of a balloon configured without them.
+    #[error("balloon statistics are not enabled: set stats_polling_interval_s when the balloon is configured")]
+    BalloonStatsOff,
     /// Configuring or flushing the metrics failed.
     #[error(transparent)]
     Metrics(#[from] metrics::Error),
@@ -202,6 +263,8 @@ pub trait RunningVm {
     fn send_ctrl_alt_del(&self) -> Result<(), vmm::Error>;
     /// Makes a change to the VM's devices.
     fn change_device(&self, change: &DeviceChange) -> Result<(), vmm::Error>;
+    /// What the balloon holds and the guest last reported.
+    fn balloon_status(&self) -> Result<BalloonStatus, vmm::Error>;
     /// Saves the paused VM, whose configuration is `config`.
     fn snapshot(
         &self,
@@ -301,6 +364,12 @@ impl<L: Launcher> Controller<L> {
                     .map(DeviceConfig::Entropy)
                     .map(Request::PutDevice),
             )
+            .chain(
+                config
+                    .balloon
+                    .map(DeviceConfig::Balloon)
+                    .map(Request::PutDevice),
+            )
             .chain(config.mmds_config.map(Request::PutMmdsConfig))
             .chain(config.function.map(Request::PutFunction));
         for request in requests {
@@ -372,6 +441,18 @@ impl<L: Launcher> Controller<L> {
             Request::PutMetrics(_) | Request::FlushMetrics | Request::GetMetrics => {
                 self.metrics(request)
             }
+            Request::GetBalloon => self.balloon(),
+            Request::PatchBalloon(update) => {
+                let patched = self.resources.patched_balloon(update)?;
+                self.resources.balloon = Some(patched);
+                Ok(Response::NoContent)
+            }
+            Request::PatchBalloonStats(update) => {
+                let patched = self.resources.patched_balloon_stats(update, false)?;
+                self.resources.balloon = Some(patched);
+                Ok(Response::NoContent)
+            }
+            Request::GetBalloonStats => self.balloon_stats(),
             Request::GetInvocationTarget
             | Request::UpdateDevice(_)
             | Request::SendCtrlAltDel
@@ -408,7 +489,41 @@ impl<L: Launcher> Controller<L> {
             Request::PutMetrics(_) | Request::FlushMetrics | Request::GetMetrics => {
                 self.metrics(request)
             }
+            Request::GetBalloon => self.balloon(),
+            Request::PatchBalloon(update) => {
+                let patched = self.resources.patched_balloon(update)?;
+                let change = DeviceChange::BalloonTarget {
+                    amount_mib: patched.amount_mib,
+                };
+                self.running()?.change_device(&change)?;
+                self.resources.balloon = Some(patched);
+                Ok(Response::NoContent)
+            }
+            Request::PatchBalloonStats(update) => {
+                let patched = self.resources.patched_balloon_stats(update, true)?;
+                let change = DeviceChange::BalloonStatsInterval {
+                    seconds: patched.stats_polling_interval_s,
+                };
+                self.running()?.change_device(&change)?;
+                self.resources.balloon = Some(patched);
+                Ok(Response::NoContent)
+            }
+            Request::GetBalloonStats => self.balloon_stats(),
         }
+    }
+
+    fn balloon(&self) -> Result<Response, Error> {
+        let balloon = self.resources.balloon.ok_or(resources::Error::NoBalloon)?;
+        Ok(Response::Balloon(balloon))
+    }
+
+    fn balloon_stats(&mut self) -> Result<Response, Error> {
+        let balloon = self.resources.balloon.ok_or(resources::Error::NoBalloon)?;
+        if balloon.stats_polling_interval_s == 0 {
+            return Err(Error::BalloonStatsOff);
+        }
+        let status = self.running()?.balloon_status()?;
+        Ok(Response::BalloonStats(Box::new(status.into())))
     }
 
     fn machine_config(&self) -> Response {
@@ -435,7 +550,7 @@ impl<L: Launcher> Controller<L> {
 
     fn set_logger(&mut self, logger: LoggerConfig) -> Result<Response, Error> {
         logger::configure(&logger)?;
-        self.resources.logger = Some(logger);
+        self.resources.logger = Some(logger.over(self.resources.logger.as_ref()));
         Ok(Response::NoContent)
     }
 

@@ -53,9 +53,21 @@ impl RunningVm for FakeVm {
                 rate_limiter.is_some()
             ),
             DeviceChange::Net { id, .. } => format!("update {id} limiters"),
+            DeviceChange::BalloonTarget { amount_mib } => format!("balloon to {amount_mib} MiB"),
+            DeviceChange::BalloonStatsInterval { seconds } => format!("balloon stats {seconds}s"),
         };
         self.log.borrow_mut().push(entry);
         Ok(())
+    }
+
+    fn balloon_status(&self) -> Result<BalloonStatus, vmm::Error> {
+        let mut stats = crate::devices::virtio::balloon::Stats::default();
+        stats[4] = Some(4096);
+        Ok(BalloonStatus {
+            target_pages: 512,
+            actual_pages: 256,
+            stats,
+        })
     }
 
     fn snapshot(
@@ -234,8 +246,8 @@ fn any_state_requests() -> Vec<Request> {
         Request::PutLogger(LoggerConfig {
             log_path: None,
             level: None,
-            show_level: false,
-            show_log_origin: false,
+            show_level: None,
+            show_log_origin: None,
             module: None,
         }),
         Request::PutFunction(FunctionConfig::default()),
@@ -451,8 +463,8 @@ fn a_snapshot_load_takes_the_saved_configuration_and_keeps_the_logger() {
     let logger = LoggerConfig {
         log_path: None,
         level: None,
-        show_level: true,
-        show_log_origin: false,
+        show_level: Some(true),
+        show_log_origin: None,
         module: None,
     };
     fx.handle(Request::PutLogger(logger.clone()))
@@ -524,9 +536,13 @@ fn invocations_need_a_vsock_device() {
 fn a_config_file_with_a_section_ember_lacks_is_refused_whole() {
     let mut fx = Fixture::new();
     let config: VmConfig =
-        serde_json::from_value(json!({"balloon": {"amount_mib": 1}})).expect("a config");
-    let error = fx.controller.apply_config(config).expect_err("balloon");
-    assert!(matches!(error, Error::Unsupported("balloon")), "{error}");
+        serde_json::from_value(json!({"memory-hotplug": {"total_size_mib": 1024}}))
+            .expect("a config");
+    let error = fx.controller.apply_config(config).expect_err("hotplug");
+    assert!(
+        matches!(error, Error::Unsupported("memory-hotplug")),
+        "{error}"
+    );
 }
 
 /// A semantic version as clients parse one: three numbers without leading
@@ -564,4 +580,76 @@ fn version_and_instance_info_answer_in_firecrackers_shape() {
         serde_json::to_value(&info).expect("JSON"),
         json!({"app_name": "ember", "id": "vm-1", "state": "Running", "vmm_version": VERSION})
     );
+}
+
+fn balloon(amount_mib: u32, stats_polling_interval_s: u16) -> Request {
+    Request::PutDevice(DeviceConfig::Balloon(config::BalloonConfig {
+        amount_mib,
+        deflate_on_oom: false,
+        stats_polling_interval_s,
+        free_page_hinting: false,
+        free_page_reporting: false,
+    }))
+}
+
+#[test]
+fn the_balloon_is_configured_before_boot_and_steered_after() {
+    let mut fx = Fixture::new();
+    let no_balloon = fx.handle(Request::GetBalloon).expect_err("no balloon");
+    assert!(
+        no_balloon.to_string().contains("PUT /balloon"),
+        "{no_balloon}"
+    );
+    let too_big = fx
+        .handle(balloon(129, 1))
+        .expect_err("bigger than the guest");
+    assert!(too_big.to_string().contains("128 MiB"), "{too_big}");
+    fx.handle(balloon(64, 1)).expect("balloon");
+    let shrink = Request::PatchMachineConfig(MachineConfigUpdate {
+        mem_size_mib: Some(32),
+        ..Default::default()
+    });
+    assert!(fx.handle(shrink).is_err(), "the balloon must still fit");
+    fx.handle(Request::PatchBalloon(BalloonUpdate { amount_mib: 32 }))
+        .expect("pre-boot patch");
+    assert!(matches!(
+        fx.handle(Request::GetBalloon),
+        Ok(Response::Balloon(config::BalloonConfig {
+            amount_mib: 32,
+            ..
+        }))
+    ));
+    assert!(matches!(
+        fx.handle(Request::GetBalloonStats),
+        Err(Error::BeforeStart)
+    ));
+
+    fx.boot();
+    fx.handle(Request::PatchBalloon(BalloonUpdate { amount_mib: 100 }))
+        .expect("inflate");
+    fx.handle(Request::PatchBalloonStats(BalloonStatsUpdate {
+        stats_polling_interval_s: 5,
+    }))
+    .expect("a new interval");
+    let off = BalloonStatsUpdate {
+        stats_polling_interval_s: 0,
+    };
+    let toggled = fx
+        .handle(Request::PatchBalloonStats(off))
+        .expect_err("statistics stay on");
+    assert!(
+        toggled.to_string().contains("cannot be turned on or off"),
+        "{toggled}"
+    );
+    let log = fx.log();
+    assert!(log.contains(&"balloon to 100 MiB".to_string()), "{log:?}");
+    assert!(log.contains(&"balloon stats 5s".to_string()), "{log:?}");
+    match fx.handle(Request::GetBalloonStats) {
+        Ok(Response::BalloonStats(stats)) => {
+            assert_eq!((stats.target_mib, stats.actual_mib), (2, 1));
+            assert_eq!(stats.reported.get("free_memory"), Some(&json!(4096)));
+            assert_eq!(stats.reported.get("swap_in"), None);
+        }
+        other => panic!("{other:?}"),
+    }
 }

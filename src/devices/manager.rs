@@ -26,6 +26,7 @@ use super::legacy::serial::{
     self, ConsoleIn, ConsoleOut, InputDrained, SerialDevice, SerialSnapshot,
 };
 use super::rate_limiter::{RateLimiter, SharedRateLimiter};
+use super::virtio::balloon::{self, Balloon, BalloonHandle, BalloonStatus};
 use super::virtio::block::{self, Block, Disk};
 use super::virtio::mmio::{self, MmioTransport, TransportEvents, TransportState};
 use super::virtio::net::tap;
@@ -36,7 +37,8 @@ use super::virtio::{Interrupt, VirtioDevice, INT_CONFIG};
 use super::{EventSubscriber, IrqLine};
 use crate::arch::x86_64::layout::{virtio_slot, BOOT_TIMER_START, VIRTIO_MMIO_SIZE};
 use crate::config::{
-    CacheType, DriveConfig, EntropyConfig, NetworkInterfaceConfig, RateLimiterConfig, VsockConfig,
+    BalloonConfig, CacheType, DriveConfig, EntropyConfig, NetworkInterfaceConfig,
+    RateLimiterConfig, VsockConfig,
 };
 use crate::exit::ExitSignal;
 use crate::metrics::METRICS;
@@ -87,6 +89,9 @@ pub enum Error {
     /// A change for an interface the VM does not have.
     #[error("no network interface with id '{0}'")]
     NoSuchInterface(String),
+    /// A balloon request on a VM without one.
+    #[error("the microVM has no balloon device: PUT /balloon before InstanceStart")]
+    NoBalloon,
     /// A snapshot's device states that do not fit its devices.
     #[error("the snapshot's device state is invalid: {0}")]
     BadState(&'static str),
@@ -106,6 +111,7 @@ enum VirtioConfig<'a> {
     Net(&'a NetworkInterfaceConfig),
     Vsock(&'a VsockConfig),
     Entropy(&'a EntropyConfig),
+    Balloon(&'a BalloonConfig),
 }
 
 /// A virtio device in the layout, with its MMIO window and IRQ.
@@ -117,7 +123,7 @@ struct VirtioSlot<'a> {
 
 /// Where each virtio device sits: the root drive is the guest's first
 /// (/dev/vda), as in Firecracker, then the other drives, the network
-/// interfaces, then vsock, then the entropy device. A boot and every
+/// interfaces, then vsock, the entropy device and the balloon. A boot and every
 /// restore of it lay devices out the same way.
 pub struct DeviceLayout<'a> {
     virtio: Vec<VirtioSlot<'a>>,
@@ -134,7 +140,8 @@ impl<'a> DeviceLayout<'a> {
             .map(VirtioConfig::Block)
             .chain(resources.network_interfaces.iter().map(VirtioConfig::Net))
             .chain(resources.vsock.iter().map(VirtioConfig::Vsock))
-            .chain(resources.entropy.iter().map(VirtioConfig::Entropy));
+            .chain(resources.entropy.iter().map(VirtioConfig::Entropy))
+            .chain(resources.balloon.iter().map(VirtioConfig::Balloon));
         let virtio = configs
             .enumerate()
             .map(|(index, config)| {
@@ -196,6 +203,16 @@ impl<'a> DeviceLayout<'a> {
                             .map_err(setup_err("a rate limiter"))?;
                         Backend::Entropy(Box::new(Rng::new(limiter)))
                     }
+                    VirtioConfig::Balloon(config) => {
+                        let (balloon, handle) = Balloon::new(
+                            mib_to_pages(config.amount_mib),
+                            config.deflate_on_oom,
+                            config.stats_polling_interval_s,
+                            config.free_page_reporting,
+                        )
+                        .map_err(setup_err("the balloon's statistics timer"))?;
+                        Backend::Balloon(Box::new(balloon), handle)
+                    }
                     VirtioConfig::Vsock(config) => Backend::Vsock(Box::new(Vsock::new(
                         u64::from(config.guest_cid),
                         Path::new(&config.uds_path),
@@ -248,6 +265,11 @@ impl<'a> DeviceLayout<'a> {
     }
 }
 
+/// Balloon pages (4 KiB) in `mib` MiB.
+pub fn mib_to_pages(mib: u32) -> u32 {
+    mib.saturating_mul(balloon::PAGES_PER_MIB)
+}
+
 fn limiter(config: Option<&RateLimiterConfig>) -> Result<SharedRateLimiter, Error> {
     RateLimiter::shared(config).map_err(setup_err("a rate limiter"))
 }
@@ -258,6 +280,7 @@ enum Backend<'a> {
     Net(Box<Net>, Interface),
     Vsock(Box<Vsock>),
     Entropy(Box<Rng>),
+    Balloon(Box<Balloon>, BalloonHandle),
 }
 
 /// A virtio device whose host side is open, where the layout puts it.
@@ -284,6 +307,12 @@ pub struct Interface {
     pub limiters: NetLimiters,
 }
 
+/// The balloon as the controller sees it after boot.
+pub struct BalloonDevice {
+    pub handle: BalloonHandle,
+    pub interrupt: Arc<Interrupt>,
+}
+
 /// Every device's state, in layout order for the virtio ones.
 #[derive(Serialize, Deserialize)]
 pub struct DeviceStates {
@@ -297,6 +326,7 @@ pub struct Devices {
     pub i8042: Arc<Mutex<I8042>>,
     pub drives: Vec<Drive>,
     pub interfaces: Vec<Interface>,
+    pub balloon: Option<BalloonDevice>,
     serial: Arc<Mutex<SerialDevice>>,
     /// Every virtio transport, in layout order.
     transports: Vec<Arc<Mutex<MmioTransport>>>,
@@ -375,6 +405,7 @@ impl Devices {
             i8042,
             drives: Vec::new(),
             interfaces: Vec::new(),
+            balloon: None,
             serial,
             transports: Vec::new(),
             subscribers: vec![Box::new(console_in)],
@@ -425,6 +456,13 @@ impl Devices {
                 }
                 Backend::Vsock(vsock) => vsock,
                 Backend::Entropy(rng) => rng,
+                Backend::Balloon(balloon, handle) => {
+                    self.balloon = Some(BalloonDevice {
+                        handle,
+                        interrupt: interrupt.clone(),
+                    });
+                    balloon
+                }
             };
             let transport = match saved_virtio.as_mut().and_then(Iterator::next) {
                 Some(state) => MmioTransport::restore(device, mem.clone(), interrupt, state)?,
@@ -513,7 +551,33 @@ impl Devices {
                 }
                 Ok(())
             }
+            DeviceChange::BalloonTarget { amount_mib } => {
+                let balloon = self.balloon.as_ref().ok_or(Error::NoBalloon)?;
+                balloon
+                    .handle
+                    .status
+                    .lock()
+                    .map_err(|_| Error::Poisoned)?
+                    .target_pages = mib_to_pages(*amount_mib);
+                // The guest reads the new target from the configuration space.
+                balloon.interrupt.raise(INT_CONFIG);
+                Ok(())
+            }
+            DeviceChange::BalloonStatsInterval { seconds } => {
+                let balloon = self.balloon.as_ref().ok_or(Error::NoBalloon)?;
+                balloon
+                    .handle
+                    .set_stats_interval(*seconds)
+                    .map_err(setup_err("the balloon's statistics timer"))
+            }
         }
+    }
+
+    /// What the balloon holds and the guest last reported, if there is one.
+    pub fn balloon_status(&self) -> Result<BalloonStatus, Error> {
+        let balloon = self.balloon.as_ref().ok_or(Error::NoBalloon)?;
+        let status = balloon.handle.status.lock().map_err(|_| Error::Poisoned)?;
+        Ok(status.clone())
     }
 
     /// The devices' host-side events, for the event loop to serve from now on.

@@ -58,6 +58,12 @@ pub enum Error {
         saved: usize,
         expected: usize,
     },
+    /// Device state in a snapshot that its device cannot take.
+    #[error("the saved state of a device of type {device_type} is invalid: {what}")]
+    DeviceState {
+        device_type: u32,
+        what: &'static str,
+    },
 }
 
 /// The transport's registers and queues, as a snapshot stores them.
@@ -73,6 +79,8 @@ pub struct TransportState {
     interrupt_status: u32,
     #[serde(with = "queue_states")]
     queues: Vec<QueueState>,
+    /// What the device itself keeps, in its own encoding.
+    device: Vec<u8>,
 }
 
 /// serde for virtio-queue's `QueueState`, whose fields are all public.
@@ -162,6 +170,7 @@ impl MmioTransport {
             activated: self.activated,
             interrupt_status: self.interrupt.status(),
             queues: self.queues.iter().map(Queue::state).collect(),
+            device: self.device.save_device(),
         }
     }
 
@@ -182,6 +191,13 @@ impl MmioTransport {
             });
         }
         let mut transport = Self::new(device, mem, interrupt)?;
+        transport
+            .device
+            .restore_device(&state.device)
+            .map_err(|what| Error::DeviceState {
+                device_type: state.device_type,
+                what,
+            })?;
         transport.queues = state
             .queues
             .iter()
@@ -501,8 +517,8 @@ impl BusDevice for MmioTransport {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            log::debug!("virtio-mmio: config space is read-only");
+        if let Some(config_offset) = offset.checked_sub(u64::from(VIRTIO_MMIO_CONFIG)) {
+            self.device.write_config(config_offset, data);
         } else if let (Ok(bytes), Ok(offset)) = (<[u8; 4]>::try_from(data), u32::try_from(offset)) {
             self.write_register(offset, u32::from_le_bytes(bytes));
         }

@@ -4,6 +4,7 @@
 //! registers, feature negotiation, queues and interrupt, and calls the device
 //! when a queue is notified.
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;
@@ -46,6 +47,14 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Reads the device-specific configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver writes the device-specific configuration space, which is
+    /// read-only for most devices.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        log::debug!(
+            "virtio: the config space of device type {} is read-only",
+            self.device_type()
+        );
+    }
     /// Handles a notification of queue `index`.
     fn process_queue(
         &mut self,
@@ -79,6 +88,16 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, _acked_features: u64) {}
     /// The driver reset the device: forget everything it set up.
     fn reset(&mut self) {}
+    /// What a snapshot keeps of the device beyond its transport and its
+    /// configuration, in the device's own encoding.
+    fn save_device(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Takes back what [`VirtioDevice::save_device`] returned; says what is
+    /// wrong with a state it cannot take.
+    fn restore_device(&mut self, _state: &[u8]) -> Result<(), &'static str> {
+        Ok(())
+    }
     /// Runs once after the device was restored from a snapshot, with the
     /// driver ready; true if any buffer was used.
     fn restored(&mut self, _queues: &mut [Queue], _mem: &GuestMemoryMmap) -> bool {

@@ -17,9 +17,10 @@ use crate::cmdline::{IpConfig, ip_config, parse_number, value, virtio_mmio_devic
 use crate::io::{rdtsc, reset, signal_boot_timer};
 use crate::net::{NetError, Stack as NetStack};
 use crate::random::{Filler, RandomError, Step};
+use crate::virtio::balloon::{self, Balloon};
 use crate::virtio::rng::{self, Rng};
 use crate::virtio::vsock::{self, Received, Vsock};
-use crate::virtio::{MmioTransport, net};
+use crate::virtio::{INTERRUPT_CONFIG, MmioTransport, Transport, net};
 use crate::{heap, irq, println, time};
 
 /// The port served unless the command line says `ember.port=<n>`.
@@ -37,6 +38,8 @@ struct Runtime {
     net: Network,
     /// The entropy device, if any.
     entropy: Entropy,
+    /// The balloon, if any.
+    memory: Memory,
     server: Server,
     function: Function,
     /// The request being served and its connection. The request lives here, not on
@@ -127,6 +130,51 @@ impl Entropy {
     }
 }
 
+/// The balloon, brought up when the host first gives it a target: until then it
+/// costs nothing but its interrupt line.
+enum Memory {
+    Absent,
+    /// The device, untouched since boot.
+    Idle(MmioTransport),
+    Up(alloc::boxed::Box<Balloon>),
+}
+
+impl Memory {
+    fn up(&mut self) {
+        if let Memory::Idle(_) = self {
+            let Memory::Idle(transport) = core::mem::replace(self, Memory::Absent) else {
+                return;
+            };
+            let balloon = Balloon::new(transport)
+                .unwrap_or_else(|err| fail(format_args!("virtio-balloon: {err}")));
+            *self = Memory::Up(alloc::boxed::Box::new(balloon));
+        }
+    }
+
+    /// After a wake-up that no returned buffer explains: the host may have set a
+    /// target. Returns the VM exits it took.
+    fn woken(&mut self) -> u64 {
+        match self {
+            Memory::Absent => 0,
+            Memory::Up(balloon) => balloon.ack_interrupt(),
+            Memory::Idle(transport) => {
+                let status = transport.take_interrupt();
+                if status & INTERRUPT_CONFIG != 0 {
+                    self.up();
+                }
+                1 + u64::from(status != 0)
+            }
+        }
+    }
+
+    fn running(&mut self) -> Option<&mut Balloon> {
+        match self {
+            Memory::Up(balloon) => Some(balloon),
+            _ => None,
+        }
+    }
+}
+
 /// Memory that only the single, uninterrupted thread of ring 3 touches.
 struct Local<T>(UnsafeCell<T>);
 
@@ -155,9 +203,14 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
         },
     };
     let ip = ip_config(boot.cmdline).unwrap_or_else(|err| fail(format_args!("{err}")));
-    let [vsock_device, net_device, rng_device] = find_devices(
+    let [vsock_device, net_device, rng_device, balloon_device] = find_devices(
         boot.cmdline,
-        [vsock::DEVICE_ID, net::DEVICE_ID, rng::DEVICE_ID],
+        [
+            vsock::DEVICE_ID,
+            net::DEVICE_ID,
+            rng::DEVICE_ID,
+            balloon::DEVICE_ID,
+        ],
     );
     let Some((transport, irq_line)) = vsock_device else {
         fail(format_args!("no virtio-vsock device"))
@@ -181,6 +234,18 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
         Some((transport, irq_line)) => Entropy::Idle(transport, irq_line),
         None => Entropy::Absent,
     };
+    let mut memory = Memory::Absent;
+    if let Some((transport, irq_line)) = balloon_device {
+        if let Err(irq::BadIrq(line)) = irq::enable(irq_line) {
+            fail(format_args!("virtio-balloon IRQ {line} not routable"));
+        }
+        // A target set before boot is there at once; later ones interrupt.
+        let targeted = transport.config_u32(0) != 0;
+        memory = Memory::Idle(transport);
+        if targeted {
+            memory.up();
+        }
+    }
     let server = Server::new(vsock.guest_cid(), port, heap_size);
     // SAFETY: nothing else references the runtime yet.
     unsafe {
@@ -188,6 +253,7 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
             vsock,
             net,
             entropy,
+            memory,
             server,
             function,
             request: Vec::new(),
@@ -443,13 +509,18 @@ impl Runtime {
         {
             self.poller.active(rdtsc());
         }
+        if let Some(balloon) = self.memory.running() {
+            balloon.poll();
+        }
     }
 
-    /// Whether a device has returned buffers not yet looked at.
+    /// Whether a device has returned buffers not yet looked at, or the balloon
+    /// has a step to take.
     fn has_used(&self) -> bool {
         self.vsock.has_used()
             || matches!(&self.net, Network::Up(net) if net.has_used())
             || matches!(&self.entropy, Entropy::Up(rng) if rng.has_used())
+            || matches!(&self.memory, Memory::Up(balloon) if balloon.has_work())
     }
 
     /// Waits for the devices, or until the TSC reaches `deadline` or the network
@@ -502,6 +573,9 @@ impl Runtime {
         match [deadline, timer].into_iter().flatten().min() {
             Some(until) => irq::wait_until(until),
             None => irq::wait(),
+        }
+        if !self.has_used() {
+            self.memory.woken();
         }
     }
 

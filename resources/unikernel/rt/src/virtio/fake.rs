@@ -274,8 +274,12 @@ impl Transport for FakeTransport {
         }
     }
 
-    fn ack_interrupt(&self) -> bool {
-        core::mem::take(&mut self.0.borrow_mut().interrupt) != 0
+    fn take_interrupt(&self) -> u32 {
+        core::mem::take(&mut self.0.borrow_mut().interrupt)
+    }
+
+    fn set_config_u32(&self, offset: usize, value: u32) {
+        self.set_config(offset, &value.to_le_bytes());
     }
 
     fn config_generation(&self) -> u32 {

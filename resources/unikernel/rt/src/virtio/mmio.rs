@@ -117,12 +117,12 @@ impl Transport for MmioTransport {
         self.write(QUEUE_NOTIFY, index);
     }
 
-    fn ack_interrupt(&self) -> bool {
+    fn take_interrupt(&self) -> u32 {
         let pending = self.read(INTERRUPT_STATUS);
         if pending != 0 {
             self.write(INTERRUPT_ACK, pending);
         }
-        pending != 0
+        pending
     }
 
     fn config_generation(&self) -> u32 {
@@ -131,5 +131,9 @@ impl Transport for MmioTransport {
 
     fn config_u32(&self, offset: usize) -> u32 {
         self.read(CONFIG + offset)
+    }
+
+    fn set_config_u32(&self, offset: usize, value: u32) {
+        self.write(CONFIG + offset, value);
     }
 }

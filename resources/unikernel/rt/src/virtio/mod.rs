@@ -1,6 +1,7 @@
 //! virtio, driven from ring 3: the [`Transport`] the drivers talk to, its modern
 //! (version 2) virtio-mmio implementation, the split [`Queue`] and the drivers.
 
+pub mod balloon;
 pub mod blk;
 #[cfg(test)]
 pub(crate) mod fake;
@@ -17,6 +18,9 @@ use core::ptr::NonNull;
 
 pub use mmio::MmioTransport;
 pub use queue::{Buffer, Queue};
+
+/// Interrupt status bit: the device changed its configuration space.
+pub const INTERRUPT_CONFIG: u32 = 2;
 
 const STATUS_ACKNOWLEDGE: u32 = 1;
 const STATUS_DRIVER: u32 = 2;
@@ -85,14 +89,21 @@ pub trait Transport {
     fn activate_queue(&self, size: u16, desc: u64, driver: u64, device: u64);
     /// Tells the device that queue `index` has new buffers.
     fn notify(&self, index: u32);
-    /// Acknowledges whatever interrupt the device raised; polling drivers call this
-    /// so a level-triggered line does not stay asserted. Returns whether there was
-    /// one (then it took a second register access).
-    fn ack_interrupt(&self) -> bool;
+    /// Acknowledges whatever interrupt the device raised and returns its bits
+    /// (used buffers, configuration change); polling drivers call this so a
+    /// level-triggered line does not stay asserted. A second register access when
+    /// there was one.
+    fn take_interrupt(&self) -> u32;
+    /// [`Transport::take_interrupt`], saying only whether there was one.
+    fn ack_interrupt(&self) -> bool {
+        self.take_interrupt() != 0
+    }
     /// Changes whenever the device config space changes.
     fn config_generation(&self) -> u32;
     /// The 32-bit field at `offset` in the device config space.
     fn config_u32(&self, offset: usize) -> u32;
+    /// Writes the 32-bit field at `offset` in the device config space.
+    fn set_config_u32(&self, offset: usize, value: u32);
 
     /// Resets the device and negotiates features: takes `required` (failing without
     /// them) plus whatever of `optional` the device offers. Returns the features.

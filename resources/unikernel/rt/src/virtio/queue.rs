@@ -72,7 +72,7 @@ fn ring_page() -> Result<NonNull<Rings>, Error> {
     use core::sync::atomic::AtomicUsize;
 
     /// Ring pages in the pool: queues live for the whole run.
-    const POOL_QUEUES: usize = 8;
+    const POOL_QUEUES: usize = 10;
     struct Pool(UnsafeCell<[Rings; POOL_QUEUES]>);
     // SAFETY: each element is handed out at most once (atomic `NEXT`), so no two
     // users ever share one.
