@@ -55,7 +55,8 @@ bench: guests build
 # for fuzzing only. Each run starts from a copy of the committed corpus in
 # target/fuzz-corpus/<target>, so fuzz/corpus keeps only the seeds; crashes are saved
 # under fuzz/artifacts/<target>. A full run gives every target FUZZ_RUNS inputs; with
-# FUZZ_SECONDS set, each runs that long instead.
+# FUZZ_SECONDS set, each runs that long instead. Then schemathesis checks the API against
+# its spec for FUZZ_SECONDS (15 minutes without it; `make test` gives it a minute).
 FUZZ_TARGETS := api_route config_file ember_cli jailer_cli vsock_tx vsock_rx mmio_transport \
 	block_request snapshot_state memory_merge uffd_handshake invocation_framing rt_server \
 	rt_framing mmds_guest
@@ -75,6 +76,8 @@ fuzz: fuzz-build
 		cargo +nightly fuzz run $$t $(CURDIR)/target/fuzz-corpus/$$t -- \
 			$(FUZZ_STOP) -timeout=10 -print_final_stats=1 || exit 1; \
 	done
+	EMBER_SCHEMATHESIS_SECONDS=$(or $(FUZZ_SECONDS),900) \
+		cargo test --release --test api_schema
 
 fuzz-short:
 	$(MAKE) fuzz FUZZ_SECONDS=5

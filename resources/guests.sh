@@ -2,7 +2,7 @@
 # Builds, or finds in the cache, every guest artifact that ember's tests and users need,
 # and prints them as `name=absolute-path` lines on stdout (nothing else goes to stdout):
 #   test-elf=, test-pvh=           from resources/unikernel/build.sh
-#   kernel=, bzimage=, rootfs=, initrd=   from resources/linux/build.sh
+#   kernel=, kernel-acpi=, bzimage=, rootfs=, initrd=   from resources/linux/build.sh
 # Progress goes to stderr. Works from any working directory.
 # Cache: ${EMBER_CACHE:-$HOME/.cache/ember} (passed through to both builders).
 set -euo pipefail

@@ -212,6 +212,7 @@ pub fn build(
         initrd,
         mem_size,
         machine.vcpu_count,
+        &layout.acpi_devices(),
     )?;
     let backends = layout.open_backends()?;
     stages.mark("boot params");

@@ -133,7 +133,7 @@ pub struct DriveConfig {
     pub is_read_only: bool,
     #[serde(default)]
     pub path_on_host: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub rate_limiter: Option<RateLimiterConfig>,
     #[serde(default)]
     pub io_engine: Option<String>,
@@ -169,7 +169,7 @@ pub struct DriveUpdate {
     #[serde(default)]
     pub path_on_host: Option<String>,
     /// Replaces the buckets it names (see [`RateLimiterConfig::patched`]).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub rate_limiter: Option<RateLimiterConfig>,
 }
 
@@ -189,9 +189,9 @@ pub struct TokenBucketConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimiterConfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub bandwidth: Option<TokenBucketConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub ops: Option<TokenBucketConfig>,
 }
 
@@ -231,6 +231,52 @@ fn huge_pages_or_none<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(huge_pages.as_deref().unwrap_or("None"))
+}
+
+/// A nested struct from a JSON object only: serde also reads a struct from an
+/// array (its fields in order), which no client means, so `[]` where an object
+/// belongs is refused as the wrong type.
+fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::{Error as _, Unexpected};
+    let value = serde_json::Value::deserialize(deserializer)?;
+    let unexpected = match &value {
+        serde_json::Value::Object(_) => return T::deserialize(value).map_err(D::Error::custom),
+        serde_json::Value::Array(_) => Unexpected::Seq,
+        serde_json::Value::String(s) => Unexpected::Str(s),
+        serde_json::Value::Bool(b) => Unexpected::Bool(*b),
+        serde_json::Value::Number(_) => Unexpected::Other("a number"),
+        serde_json::Value::Null => Unexpected::Unit,
+    };
+    Err(D::Error::invalid_type(unexpected, &"a JSON object"))
+}
+
+/// As [`object`], for an optional one: `null` or left out is `None`.
+fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+    value
+        .map(|v| object(v).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// As [`object`], for each element of a list.
+fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let values = Vec::<serde_json::Value>::deserialize(deserializer)?;
+    values
+        .into_iter()
+        .map(|v| object(v).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// Reads `null` as the type's default: Firecracker's optional booleans are
@@ -429,9 +475,9 @@ pub struct NetworkInterfaceConfig {
     /// Offered to the guest with VIRTIO_NET_F_MTU when set.
     #[serde(default)]
     pub mtu: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub rx_rate_limiter: Option<RateLimiterConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
@@ -471,9 +517,9 @@ impl NetworkInterfaceConfig {
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfaceUpdate {
     pub iface_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub rx_rate_limiter: Option<RateLimiterConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
@@ -551,7 +597,7 @@ impl MmdsConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntropyConfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub rate_limiter: Option<RateLimiterConfig>,
 }
 
@@ -696,39 +742,45 @@ impl Default for FunctionConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct VmConfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub balloon: Option<BalloonConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub drives: Vec<DriveConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub boot_source: Option<BootSourceConfig>,
     #[serde(default)]
     pub cpu_config: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub logger: Option<LoggerConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub machine_config: Option<MachineConfig>,
     /// Where metrics go, as `PUT /metrics`; not kept in snapshots.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub metrics: Option<MetricsConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub mmds_config: Option<MmdsConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub vsock: Option<VsockConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub entropy: Option<EntropyConfig>,
     #[serde(default)]
     pub pmem: Vec<serde_json::Value>,
     #[serde(default)]
     pub memory_hotplug: Option<serde_json::Value>,
     /// ember's own section: the function `POST /invocations` calls.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub function: Option<FunctionConfig>,
 }
 
 impl VmConfig {
+    /// A `--config-file` document, which must be a JSON object.
+    pub fn from_json(text: &[u8]) -> Result<VmConfig, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_slice(text)?;
+        object(value)
+    }
+
     /// Refuses a document that names a drive or an interface twice: the
     /// API replaces a device on a second PUT, but a file that does so is a mistake.
     pub fn check_unique_ids(&self) -> Result<(), Error> {
@@ -959,6 +1011,28 @@ mod tests {
     }
 
     #[test]
+    fn arrays_where_objects_belong_are_refused_at_every_depth() {
+        let refused = |text: &str| {
+            let e = VmConfig::from_json(text.as_bytes()).expect_err(text);
+            assert!(
+                e.to_string().contains("expected a JSON object"),
+                "{text}: {e}"
+            );
+        };
+        refused("[]");
+        refused(r#"{"machine-config": [2, 256]}"#);
+        refused(r#"{"entropy": {"rate_limiter": []}}"#);
+        refused(r#"{"entropy": {"rate_limiter": {"ops": [1, 0, 1]}}}"#);
+        refused(r#"{"drives": [["rootfs", true]]}"#);
+        let load = serde_json::from_str::<SnapshotLoadConfig>(
+            r#"{"snapshot_path": "s", "mem_backend": ["File", "m"]}"#,
+        );
+        assert!(load.is_err());
+        let fine = VmConfig::from_json(br#"{"entropy": {"rate_limiter": null}, "vsock": null}"#);
+        assert_eq!(fine.unwrap().entropy, Some(EntropyConfig::default()));
+    }
+
+    #[test]
     fn vsock_and_function_sections_validate() {
         let vsock: VsockConfig =
             serde_json::from_str(r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#).unwrap();
@@ -1126,7 +1200,7 @@ pub struct NetworkOverride {
 #[serde(deny_unknown_fields)]
 pub struct SnapshotLoadConfig {
     pub snapshot_path: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub mem_backend: Option<MemBackend>,
     /// Deprecated by Firecracker in favour of `mem_backend`; still accepted.
     #[serde(default)]
@@ -1138,9 +1212,9 @@ pub struct SnapshotLoadConfig {
     pub enable_diff_snapshots: bool,
     #[serde(default)]
     pub resume_vm: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub network_overrides: Vec<NetworkOverride>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub vsock_override: Option<VsockOverride>,
     #[serde(default)]
     pub clock_realtime: bool,

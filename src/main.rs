@@ -270,8 +270,8 @@ fn load_metadata(controller: &mut VmmController, path: &str) -> Result<(), Strin
 fn boot_from_file(controller: &mut VmmController, path: &str) -> Result<(), String> {
     let bytes =
         std::fs::read(path).map_err(|e| format!("cannot read config file '{path}': {e}"))?;
-    let config = serde_json::from_slice::<VmConfig>(&bytes)
-        .map_err(|e| format!("invalid config file '{path}': {e}"))?;
+    let config =
+        VmConfig::from_json(&bytes).map_err(|e| format!("invalid config file '{path}': {e}"))?;
     controller.apply_config(config).map_err(|e| e.to_string())?;
     controller
         .handle(Request::StartInstance)

@@ -1,6 +1,6 @@
 //! A Linux guest, up to the early boot lines this machine's emulated ring 0
 //! reaches (see `../shared/MACHINE.md`): banner, our command line, our e820
-//! map and our vCPU count.
+//! map, our ACPI tables and our vCPU count, found through ACPI or the MP table.
 
 use std::time::Duration;
 
@@ -31,29 +31,31 @@ fn expected_usable(mem_mib: u64) -> Vec<String> {
 
 const BOOT_ARGS: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=1 pci=off";
 
-/// Boots `kernel` with the rootfs drive and the initrd, 2 vCPUs and 256 MiB, and
-/// checks its early lines.
-fn boot_linux(kernel: &str) {
+/// Boots `kernel` with the rootfs drive, the initrd, `vcpus` vCPUs and 256 MiB and
+/// `extra_args` after the usual command line, and checks its early lines: the
+/// vCPU count among them. Returns the running guest.
+fn boot_linux(kernel: &str, extra_args: &str, vcpus: u8) -> Ember {
     require_kvm();
     let dir = TempDir::new("linux");
+    let boot_args = format!("{BOOT_ARGS}{extra_args}");
     let rootfs = artifact("rootfs");
     let initrd = artifact("initrd");
     let config = json!({
-        "boot-source": {"kernel_image_path": artifact(kernel), "initrd_path": initrd, "boot_args": BOOT_ARGS},
+        "boot-source": {"kernel_image_path": artifact(kernel), "initrd_path": initrd, "boot_args": boot_args},
         "drives": [{"drive_id": "rootfs", "path_on_host": rootfs, "is_root_device": true, "is_read_only": true}],
-        "machine-config": {"vcpu_count": 2, "mem_size_mib": 256}
+        "machine-config": {"vcpu_count": vcpus, "mem_size_mib": 256}
     });
     let ember = Ember::with_config(&dir, &config);
 
     let banner = ember.expect_line("Linux version 6.1", EARLY_BOOT);
     assert!(banner.contains("SMP"), "{banner}");
     let expected_cmdline =
-        format!("Command line: {BOOT_ARGS} root=/dev/vda ro virtio_mmio.device=4K@0xd0001000:5");
+        format!("Command line: {boot_args} root=/dev/vda ro virtio_mmio.device=4K@0xd0001000:5");
     assert_eq!(
         ember.expect_line("Command line: ", EARLY_BOOT),
         expected_cmdline
     );
-    ember.expect_line("smpboot: Allowing 2 CPUs", EARLY_BOOT);
+    ember.expect_line(&format!("smpboot: Allowing {vcpus} CPUs"), EARLY_BOOT);
     let usable: Vec<String> = ember
         .console()
         .into_iter()
@@ -75,14 +77,34 @@ fn boot_linux(kernel: &str) {
             (256u64 << 20) - 1
         ))
     );
+    ember
+}
+
+/// The tables Linux lists as it finds them: ember's RSDP where the BIOS area scan
+/// and the boot protocols point, and the four tables it chains to.
+fn expect_acpi_tables(ember: &Ember) {
+    let rsdp = ember.expect_line("ACPI: RSDP ", EARLY_BOOT);
+    assert!(rsdp.starts_with("ACPI: RSDP 0x00000000000E0000"), "{rsdp}");
+    assert!(rsdp.contains("EMBER"), "{rsdp}");
+    for table in ["XSDT", "FACP", "DSDT", "APIC"] {
+        let line = ember.expect_line(&format!("ACPI: {table} "), EARLY_BOOT);
+        assert!(line.contains("EMBER"), "{line}");
+    }
 }
 
 #[test]
 fn linux_vmlinux_through_pvh_reports_our_command_line_memory_map_initrd_and_vcpus() {
-    boot_linux("kernel");
+    let ember = boot_linux("kernel", "", 2);
+    expect_acpi_tables(&ember);
 }
 
 #[test]
-fn linux_bzimage_through_the_64bit_boot_protocol_does_the_same() {
-    boot_linux("bzimage");
+fn linux_bzimage_through_the_64bit_boot_protocol_finds_the_vcpus_in_the_mp_table() {
+    boot_linux("bzimage", " acpi=off", 2);
+}
+
+#[test]
+fn linux_without_mp_table_parsing_finds_every_vcpu_through_acpi() {
+    let ember = boot_linux("kernel-acpi", "", 3);
+    expect_acpi_tables(&ember);
 }

@@ -406,7 +406,7 @@ fn bad_interfaces_and_mmds_configs_get_a_400_that_says_which() {
     let ifaces = config["network-interfaces"].as_array().expect("a list");
     assert_eq!(ifaces.len(), 1, "nothing half-made: {config}");
     assert_eq!(ifaces[0]["host_dev_name"], "tap0");
-    assert!(config.get("mmds-config").is_none(), "{config}");
+    assert_eq!(config["mmds-config"], Value::Null, "{config}");
 }
 
 #[test]
@@ -647,7 +647,11 @@ fn limited_interfaces_hold_their_rate_both_ways_until_a_patch_lifts_it() {
     patch(&limit);
     let (_, config) = ember.api("GET", "/vm/config", "");
     let config: Value = serde_json::from_str(&config).unwrap();
-    assert_eq!(config["network-interfaces"][0]["tx_rate_limiter"], limit);
+    // Firecracker's shape: the bucket not given is null, as is the burst.
+    assert_eq!(
+        config["network-interfaces"][0]["tx_rate_limiter"],
+        json!({"bandwidth": {"size": 131072, "one_time_burst": null, "refill_time": 125}, "ops": null})
+    );
 
     // 2 MiB of payload is more than 2 MiB of frames, less the full bucket:
     // at least 1.875 s at the limit.
@@ -668,5 +672,8 @@ fn limited_interfaces_hold_their_rate_both_ways_until_a_patch_lifts_it() {
     assert!(recv < floor, "unlimited, receiving 2 MiB took {recv:?}");
     let (_, config) = ember.api("GET", "/vm/config", "");
     let config: Value = serde_json::from_str(&config).unwrap();
-    assert_eq!(config["network-interfaces"][0].get("tx_rate_limiter"), None);
+    assert_eq!(
+        config["network-interfaces"][0]["tx_rate_limiter"],
+        Value::Null
+    );
 }

@@ -10,7 +10,7 @@ use ember::config::VmConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(config) = serde_json::from_slice::<VmConfig>(data) else {
+    let Ok(config) = VmConfig::from_json(data) else {
         return;
     };
     let _ = config.unsupported_section();
@@ -34,5 +34,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let shown = serde_json::to_vec(&config).expect("a parsed config serializes");
     // What ember shows it reads back.
-    serde_json::from_slice::<VmConfig>(&shown).expect("a shown config parses");
+    VmConfig::from_json(&shown).expect("a shown config parses");
 });

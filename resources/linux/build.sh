@@ -2,6 +2,8 @@
 # Builds, or finds in the cache, ember's Linux guest artifacts:
 #   kernel=  vmlinux (ELF, with the PVH entry note) from Debian's linux-source-6.1,
 #            configured as `tinyconfig` + ember.config
+#   kernel-acpi= the same vmlinux without MP table parsing (CONFIG_X86_MPPARSE off, as
+#            in Firecracker's recommended configs): it finds CPUs only through ACPI
 #   bzimage= the same kernel as a bzImage
 #   rootfs=  ext4 image (busybox-static + ./init as /sbin/init), made without mounting
 #   initrd=  gzip'd cpio of the same tree, ./init as /init
@@ -51,8 +53,8 @@ cache="${EMBER_CACHE:-$HOME/.cache/ember}"
 mkdir -p "$cache"
 cache="$(cd "$cache" && pwd)"
 final="$cache/linux-$hash"
-names=(kernel bzimage rootfs initrd)
-files=(vmlinux bzImage rootfs.ext4 initrd.cpio.gz)
+names=(kernel kernel-acpi bzimage rootfs initrd)
+files=(vmlinux vmlinux-acpi bzImage rootfs.ext4 initrd.cpio.gz)
 
 emit() {
     local i
@@ -209,6 +211,16 @@ run "${kmake[@]}" -j"$jobs" vmlinux bzImage
 run strip --strip-debug -o "$out/vmlinux" "$src/vmlinux"
 cp "$src/arch/x86/boot/bzImage" "$out/bzImage"
 cp "$src/System.map" "$out/System.map"
+
+# The variant without MP table parsing, built incrementally in the same tree: Kbuild
+# recompiles only what depends on the option.
+log "compiling the variant without MP table parsing"
+run "$src/scripts/config" --file "$src/.config" --disable X86_MPPARSE
+run "${kmake[@]}" olddefconfig
+grep -q '^# CONFIG_X86_MPPARSE is not set' "$src/.config" || die "CONFIG_X86_MPPARSE stayed on"
+grep -q '^CONFIG_ACPI=y' "$src/.config" || die "the variant lost CONFIG_ACPI"
+run "${kmake[@]}" -j"$jobs" vmlinux
+run strip --strip-debug -o "$out/vmlinux-acpi" "$src/vmlinux"
 
 # Sanity checks on what we produced.
 elf_header="$(readelf -h "$out/vmlinux")"

@@ -35,6 +35,7 @@ use super::virtio::rng::Rng;
 use super::virtio::vsock::{self, Vsock};
 use super::virtio::{Interrupt, VirtioDevice, INT_CONFIG};
 use super::{EventSubscriber, IrqLine};
+use crate::arch::x86_64::acpi::DsdtDevice;
 use crate::arch::x86_64::layout::{virtio_slot, BOOT_TIMER_START, VIRTIO_MMIO_SIZE};
 use crate::config::{
     BalloonConfig, CacheType, DriveConfig, EntropyConfig, NetworkInterfaceConfig,
@@ -179,6 +180,29 @@ impl<'a> DeviceLayout<'a> {
                 .map_err(Error::Cmdline)?;
         }
         Ok(())
+    }
+
+    /// Every device the guest's ACPI DSDT describes: the legacy ones, then
+    /// each virtio-mmio window in layout order.
+    pub fn acpi_devices(&self) -> Vec<DsdtDevice> {
+        let uart = u16::try_from(serial::COM1_PORT)
+            .ok()
+            .map(|port| DsdtDevice::Uart {
+                port,
+                irq: serial::COM1_IRQ,
+            });
+        let keyboard = DsdtDevice::Keyboard {
+            irq: i8042::KBD_IRQ,
+        };
+        let legacy = uart.into_iter().chain([keyboard]);
+        let virtio = self.virtio.iter().filter_map(|slot| {
+            Some(DsdtDevice::VirtioMmio {
+                address: u32::try_from(slot.address).ok()?,
+                size: u32::try_from(VIRTIO_MMIO_SIZE).ok()?,
+                irq: slot.irq,
+            })
+        });
+        legacy.chain(virtio).collect()
     }
 
     /// Opens every device's host side: before the VM exists, so a bad path

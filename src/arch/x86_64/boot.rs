@@ -16,6 +16,7 @@ use linux_loader::loader::elf::start_info::{
 use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::acpi::{self, DsdtDevice};
 use super::layout::{
     e820_map, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_START, PVH_INFO_START,
     PVH_MEMMAP_START, ZERO_PAGE_START,
@@ -53,6 +54,9 @@ pub enum Error {
     /// The zero page or PVH start info cannot be written.
     #[error("cannot write boot parameters: {0}")]
     BootParams(#[from] linux_loader::configurator::Error),
+    /// The ACPI tables cannot be built or written.
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
     /// The MP table cannot be built or written.
     #[error("cannot write the MP table: {0}")]
     MpTable(String),
@@ -171,7 +175,8 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, mem_size: u64) -> Result<
     Ok(Initrd { address, size })
 }
 
-/// Writes the command line, the protocol's boot information and the MP table.
+/// Writes the command line, the protocol's boot information, the MP table
+/// and the ACPI tables, whose DSDT lists `devices`.
 pub fn configure_system(
     mem: &GuestMemoryMmap,
     kernel: &LoadedKernel,
@@ -179,6 +184,7 @@ pub fn configure_system(
     initrd: Option<Initrd>,
     mem_size: u64,
     num_cpus: u8,
+    devices: &[DsdtDevice],
 ) -> Result<(), Error> {
     loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline).map_err(Error::Cmdline)?;
     let cmdline_len = cmdline
@@ -191,10 +197,12 @@ pub fn configure_system(
     mem.write_slice(&table, GuestAddress(EBDA_START))
         .map_err(|e| Error::MpTable(e.to_string()))?;
 
+    let rsdp = acpi::write(mem, num_cpus, devices)?;
+
     let e820 = e820_map(mem_size);
     match kernel.entry.protocol {
-        BootProtocol::Linux64 => write_zero_page(mem, kernel, cmdline_len, initrd, &e820),
-        BootProtocol::Pvh => write_pvh_start_info(mem, initrd, &e820),
+        BootProtocol::Linux64 => write_zero_page(mem, kernel, cmdline_len, initrd, &e820, rsdp),
+        BootProtocol::Pvh => write_pvh_start_info(mem, initrd, &e820, rsdp),
     }
 }
 
@@ -205,8 +213,12 @@ fn write_zero_page(
     cmdline_len: usize,
     initrd: Option<Initrd>,
     e820: &[(u64, u64, u32)],
+    rsdp: u64,
 ) -> Result<(), Error> {
-    let mut params = boot_params::default();
+    let mut params = boot_params {
+        acpi_rsdp_addr: rsdp,
+        ..Default::default()
+    };
     if let Some(header) = kernel.setup_header {
         params.hdr = header;
     }
@@ -239,6 +251,7 @@ fn write_pvh_start_info(
     mem: &GuestMemoryMmap,
     initrd: Option<Initrd>,
     e820: &[(u64, u64, u32)],
+    rsdp: u64,
 ) -> Result<(), Error> {
     let memmap: Vec<hvm_memmap_table_entry> = e820
         .iter()
@@ -267,6 +280,7 @@ fn write_pvh_start_info(
         memmap_entries: field("memory map entry count", memmap.len() as u64)?,
         nr_modules: field("module count", modules.len() as u64)?,
         modlist_paddr: if modules.is_empty() { 0 } else { modlist_start },
+        rsdp_paddr: rsdp,
         ..Default::default()
     };
     let mut params = BootParams::new(&start_info, GuestAddress(PVH_INFO_START));

@@ -28,6 +28,10 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// First address past the legacy VGA/BIOS hole: kernels are loaded above it.
 pub const HIMEM_START: u64 = 0x10_0000;
+/// ACPI's RSDP, in the BIOS area guests scan (0xe0000-0xfffff); the other
+/// tables follow it, up to [`ACPI_END`].
+pub const RSDP_START: u64 = 0xe_0000;
+pub const ACPI_END: u64 = HIMEM_START;
 
 /// Start of the 32-bit MMIO gap: guest RAM never covers [gap start, 4 GiB).
 pub const MMIO_GAP_START: u64 = 0xd000_0000;

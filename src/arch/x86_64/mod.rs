@@ -1,5 +1,6 @@
-//! x86_64: memory layout, boot protocols, CPU state, CPUID and MP table.
+//! x86_64: memory layout, boot protocols, CPU state, CPUID, MP table and ACPI tables.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod layout;
