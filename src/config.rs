@@ -86,9 +86,6 @@ pub enum Error {
     /// A balloon larger than the guest.
     #[error("balloon: amount_mib {0} is more than the guest's memory ({1} MiB)")]
     BalloonTooBig(u32, u64),
-    /// Free page hinting is not implemented.
-    #[error("balloon: free_page_hinting is not supported by ember; free_page_reporting gives freed pages back instead")]
-    FreePageHinting,
     /// hugetlbfs pages cannot be given back 4 KiB at a time.
     #[error("a balloon cannot be used with huge_pages \"2M\": hugetlbfs pages are not given back 4 KiB at a time")]
     BalloonHugePages,
@@ -615,6 +612,8 @@ pub struct BalloonConfig {
     /// statistics off, for the life of the device.
     #[serde(default)]
     pub stats_polling_interval_s: u16,
+    /// The guest hints free pages during runs the host starts
+    /// (`/balloon/hinting/*`), which go back to the host.
     #[serde(default)]
     pub free_page_hinting: bool,
     /// The guest reports pages it has freed, which go back to the host.
@@ -626,9 +625,6 @@ impl BalloonConfig {
     pub fn validate(&self, machine: &MachineConfig) -> Result<(), Error> {
         if u64::from(self.amount_mib) > machine.mem_size_mib {
             return Err(Error::BalloonTooBig(self.amount_mib, machine.mem_size_mib));
-        }
-        if self.free_page_hinting {
-            return Err(Error::FreePageHinting);
         }
         if machine.huge_pages() {
             return Err(Error::BalloonHugePages);
@@ -642,6 +638,29 @@ impl BalloonConfig {
 #[serde(deny_unknown_fields)]
 pub struct BalloonUpdate {
     pub amount_mib: u32,
+}
+
+/// `PATCH /balloon/hinting/start`: whether the guest's STOP ends the run by
+/// itself (as Firecracker's default) or waits for `/balloon/hinting/stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HintingStart {
+    #[serde(default = "HintingStart::acknowledge_by_default")]
+    pub acknowledge_on_stop: bool,
+}
+
+impl HintingStart {
+    fn acknowledge_by_default() -> bool {
+        true
+    }
+}
+
+impl Default for HintingStart {
+    fn default() -> Self {
+        HintingStart {
+            acknowledge_on_stop: true,
+        }
+    }
 }
 
 /// `PATCH /balloon/statistics`: a new polling interval.

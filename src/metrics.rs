@@ -174,7 +174,8 @@ group!(
     /// The balloon device.
     BalloonMetrics {
         inflate_count, deflate_count, stats_updates_count, stats_update_fails,
-        free_page_report_count, free_page_report_freed, free_page_report_fails, event_fails,
+        free_page_report_count, free_page_report_freed, free_page_report_fails,
+        free_page_hint_count, free_page_hint_freed, free_page_hint_fails,
     }
 );
 group!(

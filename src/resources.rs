@@ -42,6 +42,9 @@ pub enum Error {
     /// A balloon request without a balloon.
     #[error("no balloon device: PUT /balloon before InstanceStart")]
     NoBalloon,
+    /// A hinting request for a balloon configured without hinting.
+    #[error("free page hinting is not enabled: configure the balloon with free_page_hinting")]
+    NoHinting,
     /// Statistics switched on or off after boot, which Firecracker refuses too.
     #[error("balloon statistics cannot be turned on or off after InstanceStart: set stats_polling_interval_s when the balloon is configured")]
     StatsToggle,
@@ -70,6 +73,9 @@ pub enum DeviceChange {
     BalloonTarget { amount_mib: u32 },
     /// The balloon polls statistics at a new interval.
     BalloonStatsInterval { seconds: u16 },
+    /// A free page hinting run starts (`Some`, with whether the guest's STOP
+    /// ends it) or ends (`None`).
+    BalloonHinting(Option<bool>),
 }
 
 /// The microVM's configuration, as the pre-boot requests leave it.
@@ -282,6 +288,15 @@ impl VmResources {
         };
         patched.validate(&self.machine)?;
         Ok(patched)
+    }
+
+    /// Checks that the balloon does free page hinting.
+    pub fn check_hinting(&self) -> Result<(), Error> {
+        match self.balloon {
+            None => Err(Error::NoBalloon),
+            Some(balloon) if !balloon.free_page_hinting => Err(Error::NoHinting),
+            Some(_) => Ok(()),
+        }
     }
 
     /// The balloon after `PATCH /balloon/statistics`; after boot, statistics

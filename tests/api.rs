@@ -278,7 +278,7 @@ fn bad_requests_get_a_400_that_says_why() {
         "PATCH",
         "/balloon/hinting/start",
         "{}",
-        "free page hinting is not supported by ember",
+        "no balloon device",
     );
     rejects(&ember, "GET", "/balloon", "", "no balloon device");
     rejects(

@@ -168,12 +168,6 @@ fn balloon_requests_ember_cannot_serve_are_refused_by_name() {
         "huge_pages",
     );
     ember.ok("PATCH", "/machine-config", r#"{"huge_pages": "None"}"#);
-    refused(
-        "PUT",
-        "/balloon",
-        r#"{"amount_mib": 1, "deflate_on_oom": false, "free_page_hinting": true}"#,
-        "free_page_hinting is not supported",
-    );
     ember.ok(
         "PUT",
         "/balloon",
@@ -191,5 +185,59 @@ fn balloon_requests_ember_cannot_serve_are_refused_by_name() {
         r#"{"huge_pages": "2M"}"#,
         "huge_pages",
     );
-    refused("GET", "/balloon/hinting/status", "", "free page hinting");
+    refused(
+        "GET",
+        "/balloon/hinting/status",
+        "",
+        "hinting is not enabled",
+    );
+}
+
+#[test]
+fn a_hinting_run_is_started_and_stopped_through_the_api() {
+    require_kvm();
+    let dir = TempDir::new("balloon-hinting");
+    let ember = Ember::with_api(&dir, &[]);
+    ember.put_boot_source(&artifact("unikernel-echo"), "console=ttyS0");
+    ember.ok(
+        "PUT",
+        "/vsock",
+        &json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
+    );
+    ember.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true}"#,
+    );
+    let (status, body) = ember.api("PATCH", "/balloon/hinting/start", "");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("before starting"), "{body}");
+    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    ember.expect_line("EMBER-FN: ready on port", Duration::from_secs(20));
+
+    let hinting = |ember: &Ember| -> Value {
+        let (status, body) = ember.api("GET", "/balloon/hinting/status", "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    assert_eq!(hinting(&ember), json!({"host_cmd": 0, "guest_cmd": null}));
+    ember.ok("PATCH", "/balloon/hinting/start", "");
+    assert_eq!(hinting(&ember)["host_cmd"], 2, "the first run's id");
+    ember.ok("PATCH", "/balloon/hinting/stop", "");
+    assert_eq!(
+        hinting(&ember)["host_cmd"],
+        1,
+        "done: the guest may use its pages"
+    );
+    ember.ok(
+        "PATCH",
+        "/balloon/hinting/start",
+        r#"{"acknowledge_on_stop": false}"#,
+    );
+    assert_eq!(
+        hinting(&ember)["host_cmd"],
+        3,
+        "each run has an id of its own"
+    );
+    assert_eq!(ember.invoke(b"still here"), (200, b"still here".to_vec()));
 }

@@ -330,7 +330,7 @@ mod tests {
     fn header_describes_the_file() {
         let bytes = saved(&sample());
         let header = read_header(&bytes[..]).unwrap();
-        assert_eq!(header.version, 1);
+        assert_eq!(header.version, FORMAT_VERSION);
         assert_eq!(header.arch, ARCH);
         assert_eq!(
             header.payload_len,
@@ -361,12 +361,12 @@ mod tests {
 
     #[test]
     fn other_versions_are_refused() {
-        for version in [0u16, 2, 0x0100, u16::MAX] {
+        for version in [0u16, 1, 3, 0x0100, u16::MAX] {
             let mut bytes = saved(&sample());
             bytes[8..10].copy_from_slice(&version.to_le_bytes());
             match load_state(&bytes) {
                 Err(Error::UnsupportedVersion { found, supported }) => {
-                    assert_eq!((found, supported), (version, 1));
+                    assert_eq!((found, supported), (version, FORMAT_VERSION));
                 }
                 other => panic!("version {version}: {other:?}"),
             }

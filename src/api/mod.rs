@@ -159,6 +159,7 @@ async fn serve(
         Ok(Response::Mmds(data)) => json_reply(&data),
         Ok(Response::Balloon(balloon)) => json_reply(&balloon),
         Ok(Response::BalloonStats(stats)) => json_reply(&stats),
+        Ok(Response::HintingStatus(status)) => json_reply(&status),
         Ok(Response::Metrics(text)) => {
             let mut response = reply(StatusCode::OK, Some(text));
             response.headers_mut().insert(

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::config::{
     BootSourceConfig, DeviceConfig, DeviceUpdate, DriveConfig, DriveUpdate, FunctionConfig,
-    LoggerConfig, MachineConfigBody, MachineConfigUpdate, NetworkInterfaceConfig,
+    HintingStart, LoggerConfig, MachineConfigBody, MachineConfigUpdate, NetworkInterfaceConfig,
     NetworkInterfaceUpdate, SnapshotCreateConfig, SnapshotLoadConfig, VsockConfig,
 };
 use crate::controller::Request;
@@ -105,10 +105,13 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RouteErro
         ("GET", ["balloon"]) => Ok(Request::GetBalloon),
         ("GET", ["balloon", "statistics"]) => Ok(Request::GetBalloonStats),
         ("PATCH", ["balloon", "statistics"]) => Ok(Request::PatchBalloonStats(json(body)?)),
-        ("PATCH", ["balloon", "hinting", "start" | "stop"])
-        | ("GET", ["balloon", "hinting", "status"]) => Err(RouteError(format!(
-            "{method} {path}: free page hinting is not supported by ember; configure the balloon with free_page_reporting instead"
-        ))),
+        // Firecracker's body is optional: without one, the guest's STOP ends the run.
+        ("PATCH", ["balloon", "hinting", "start"]) if body.is_empty() => {
+            Ok(Request::StartHinting(HintingStart::default()))
+        }
+        ("PATCH", ["balloon", "hinting", "start"]) => Ok(Request::StartHinting(json(body)?)),
+        ("PATCH", ["balloon", "hinting", "stop"]) => Ok(Request::StopHinting),
+        ("GET", ["balloon", "hinting", "status"]) => Ok(Request::GetHintingStatus),
         ("PUT", ["entropy"]) => Ok(Request::PutDevice(DeviceConfig::Entropy(json(body)?))),
         ("PUT", ["function"]) => Ok(Request::PutFunction(json::<FunctionConfig>(body)?)),
         // The payload is the function's input, carried as is, not JSON.

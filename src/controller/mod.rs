@@ -18,8 +18,8 @@ use serde_json::Value;
 
 use crate::config::{
     self, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, DeviceConfig,
-    DeviceUpdate, FunctionConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
-    MmdsConfig, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig,
+    DeviceUpdate, FunctionConfig, HintingStart, LoggerConfig, MachineConfig, MachineConfigUpdate,
+    MetricsConfig, MmdsConfig, SnapshotCreateConfig, SnapshotLoadConfig, VmConfig,
 };
 use crate::devices::virtio::balloon::BalloonStatus;
 use crate::logger;
@@ -77,6 +77,11 @@ pub enum Request {
     GetBalloonStats,
     /// A new statistics polling interval, before or after boot.
     PatchBalloonStats(BalloonStatsUpdate),
+    /// Starts a free page hinting run.
+    StartHinting(HintingStart),
+    /// Ends the free page hinting run.
+    StopHinting,
+    GetHintingStatus,
 }
 
 /// A typed answer; the API turns it into JSON.
@@ -94,6 +99,15 @@ pub enum Response {
     Invocation(InvocationTarget),
     Balloon(BalloonConfig),
     BalloonStats(Box<BalloonStats>),
+    HintingStatus(HintingStatus),
+}
+
+/// `GET /balloon/hinting/status`, in Firecracker's shape: the command the
+/// host last gave and the one the guest last sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HintingStatus {
+    pub host_cmd: u32,
+    pub guest_cmd: Option<u32>,
 }
 
 /// `GET /balloon/statistics`, in Firecracker's shape: the target and what
@@ -453,6 +467,10 @@ impl<L: Launcher> Controller<L> {
                 Ok(Response::NoContent)
             }
             Request::GetBalloonStats => self.balloon_stats(),
+            Request::StartHinting(_) | Request::StopHinting | Request::GetHintingStatus => {
+                self.resources.check_hinting()?;
+                Err(Error::BeforeStart)
+            }
             Request::GetInvocationTarget
             | Request::UpdateDevice(_)
             | Request::SendCtrlAltDel
@@ -509,7 +527,25 @@ impl<L: Launcher> Controller<L> {
                 Ok(Response::NoContent)
             }
             Request::GetBalloonStats => self.balloon_stats(),
+            Request::StartHinting(start) => self.hinting(Some(start.acknowledge_on_stop)),
+            Request::StopHinting => self.hinting(None),
+            Request::GetHintingStatus => {
+                self.resources.check_hinting()?;
+                let hinting = self.running()?.balloon_status()?.hinting;
+                Ok(Response::HintingStatus(HintingStatus {
+                    host_cmd: hinting.host_cmd,
+                    guest_cmd: hinting.guest_cmd,
+                }))
+            }
         }
+    }
+
+    /// Starts (`Some`) or ends a free page hinting run on the running VM.
+    fn hinting(&mut self, start: Option<bool>) -> Result<Response, Error> {
+        self.resources.check_hinting()?;
+        self.running()?
+            .change_device(&DeviceChange::BalloonHinting(start))?;
+        Ok(Response::NoContent)
     }
 
     fn balloon(&self) -> Result<Response, Error> {

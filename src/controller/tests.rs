@@ -55,6 +55,7 @@ impl RunningVm for FakeVm {
             DeviceChange::Net { id, .. } => format!("update {id} limiters"),
             DeviceChange::BalloonTarget { amount_mib } => format!("balloon to {amount_mib} MiB"),
             DeviceChange::BalloonStatsInterval { seconds } => format!("balloon stats {seconds}s"),
+            DeviceChange::BalloonHinting(start) => format!("balloon hinting {start:?}"),
         };
         self.log.borrow_mut().push(entry);
         Ok(())
@@ -63,10 +64,13 @@ impl RunningVm for FakeVm {
     fn balloon_status(&self) -> Result<BalloonStatus, vmm::Error> {
         let mut stats = crate::devices::virtio::balloon::Stats::default();
         stats[4] = Some(4096);
+        let mut hinting = crate::devices::virtio::balloon::Hinting::default();
+        hinting.start(true);
         Ok(BalloonStatus {
             target_pages: 512,
             actual_pages: 256,
             stats,
+            hinting,
         })
     }
 
@@ -644,6 +648,11 @@ fn the_balloon_is_configured_before_boot_and_steered_after() {
     let log = fx.log();
     assert!(log.contains(&"balloon to 100 MiB".to_string()), "{log:?}");
     assert!(log.contains(&"balloon stats 5s".to_string()), "{log:?}");
+    let no_hinting = fx.handle(Request::StopHinting).expect_err("not configured");
+    assert!(
+        no_hinting.to_string().contains("not enabled"),
+        "{no_hinting}"
+    );
     match fx.handle(Request::GetBalloonStats) {
         Ok(Response::BalloonStats(stats)) => {
             assert_eq!((stats.target_mib, stats.actual_mib), (2, 1));

@@ -232,6 +232,7 @@ impl<'a> DeviceLayout<'a> {
                             mib_to_pages(config.amount_mib),
                             config.deflate_on_oom,
                             config.stats_polling_interval_s,
+                            config.free_page_hinting,
                             config.free_page_reporting,
                         )
                         .map_err(setup_err("the balloon's statistics timer"))?;
@@ -584,6 +585,18 @@ impl Devices {
                     .map_err(|_| Error::Poisoned)?
                     .target_pages = mib_to_pages(*amount_mib);
                 // The guest reads the new target from the configuration space.
+                balloon.interrupt.raise(INT_CONFIG);
+                Ok(())
+            }
+            DeviceChange::BalloonHinting(start) => {
+                let balloon = self.balloon.as_ref().ok_or(Error::NoBalloon)?;
+                let mut status = balloon.handle.status.lock().map_err(|_| Error::Poisoned)?;
+                match start {
+                    Some(acknowledge_on_stop) => status.hinting.start(*acknowledge_on_stop),
+                    None => status.hinting.stop(),
+                }
+                drop(status);
+                // The guest reads the command from the configuration space.
                 balloon.interrupt.raise(INT_CONFIG);
                 Ok(())
             }

@@ -2,8 +2,9 @@
 //! target in the configuration space, the guest hands that many 4 KiB pages
 //! to the device (inflate) or takes them back (deflate), and the device gives
 //! inflated pages back to the host with `MADV_DONTNEED`. The guest may also
-//! report memory statistics on a queue the device polls on a timer, and
-//! report pages it freed, which go back to the host the same way.
+//! report memory statistics on a queue the device polls on a timer, report
+//! pages it freed, and hint free pages during a run the host starts; reported
+//! and hinted pages go back to the host the same way.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use crate::vstate::memory::GuestMemoryMmap;
 pub const VIRTIO_ID_BALLOON: u32 = 5;
 const F_STATS_VQ: u32 = 1;
 const F_DEFLATE_ON_OOM: u32 = 2;
+const F_FREE_PAGE_HINT: u32 = 3;
 const F_FREE_PAGE_REPORTING: u32 = 5;
 const QUEUE_SIZE: u16 = 256;
 /// Balloon pages are 4 KiB whatever the guest's page size (virtio 1.2 §5.5.6).
@@ -38,19 +40,70 @@ const MAX_DESCRIPTORS: usize = 64;
 const MAX_STATS: usize = 32;
 /// One statistic: a 16-bit tag and a 64-bit value, packed.
 const STAT_LEN: usize = 10;
-/// Configuration space: `num_pages` (the target), then `actual`.
+/// Configuration space: `num_pages` (the target), `actual`, then
+/// `free_page_hint_cmd_id`.
 const CONFIG_ACTUAL: u64 = 4;
+/// Hinting command ids with a fixed meaning: the guest ends a run with STOP,
+/// the host lets the guest use hinted pages again with DONE. Runs take ids
+/// from 2 up.
+pub const HINT_STOP: u32 = 0;
+pub const HINT_DONE: u32 = 1;
+/// A hint's command id travels in a 4-byte device-readable buffer.
+const HINT_CMD_LEN: u32 = 4;
 
 /// The guest's memory statistics by virtio tag (swap_in = 0 ... direct_reclaim = 15).
 pub type Stats = [Option<u64>; 16];
 
 /// What the balloon shares with the controller: the target it sets, what
-/// the guest says it holds, and the statistics it last reported.
+/// the guest says it holds, the statistics it last reported, and where a
+/// free page hinting run stands.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BalloonStatus {
     pub target_pages: u32,
     pub actual_pages: u32,
     pub stats: Stats,
+    pub hinting: Hinting,
+}
+
+/// A free page hinting run: the command the host last gave, the one the
+/// guest last sent, and whether the guest's STOP ends the run by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hinting {
+    pub host_cmd: u32,
+    pub guest_cmd: Option<u32>,
+    pub last_run: u32,
+    pub acknowledge_on_stop: bool,
+}
+
+impl Default for Hinting {
+    fn default() -> Self {
+        Hinting {
+            host_cmd: HINT_STOP,
+            guest_cmd: None,
+            last_run: HINT_DONE,
+            acknowledge_on_stop: true,
+        }
+    }
+}
+
+impl Hinting {
+    /// Starts a run under a fresh command id; the guest hears of it from the
+    /// configuration space.
+    pub fn start(&mut self, acknowledge_on_stop: bool) {
+        self.last_run = self.last_run.wrapping_add(1).max(HINT_DONE + 1);
+        self.host_cmd = self.last_run;
+        self.acknowledge_on_stop = acknowledge_on_stop;
+    }
+
+    /// Ends the run: the guest may use the hinted pages again.
+    pub fn stop(&mut self) {
+        self.host_cmd = HINT_DONE;
+    }
+
+    /// Whether a hinted range belongs to the run in progress.
+    fn accepts_hints(&self) -> bool {
+        self.host_cmd > HINT_DONE && self.guest_cmd == Some(self.host_cmd)
+    }
 }
 
 /// The controller's handle on a running balloon.
@@ -87,6 +140,7 @@ enum Role {
     Inflate,
     Deflate,
     Stats,
+    Hinting,
     Reporting,
 }
 
@@ -101,6 +155,8 @@ pub struct Balloon {
     held_stats: Option<u16>,
     /// Page numbers of one inflate buffer, reused.
     pfns: Vec<u32>,
+    /// The device ended a hinting run itself: the guest must hear of it.
+    config_changed: bool,
 }
 
 impl Balloon {
@@ -110,6 +166,7 @@ impl Balloon {
         target_pages: u32,
         deflate_on_oom: bool,
         stats_interval: u16,
+        free_page_hinting: bool,
         free_page_reporting: bool,
     ) -> std::io::Result<(Self, BalloonHandle)> {
         let mut features = 1 << VIRTIO_F_VERSION_1;
@@ -118,6 +175,9 @@ impl Balloon {
         }
         if stats_interval > 0 {
             features |= 1 << F_STATS_VQ;
+        }
+        if free_page_hinting {
+            features |= 1 << F_FREE_PAGE_HINT;
         }
         if free_page_reporting {
             features |= 1 << F_FREE_PAGE_REPORTING;
@@ -142,6 +202,7 @@ impl Balloon {
             queue_sizes: Vec::new(),
             held_stats: None,
             pfns: Vec::new(),
+            config_changed: false,
         };
         balloon.queue_sizes = vec![QUEUE_SIZE; balloon.roles_for(features).len()];
         let handle = BalloonHandle {
@@ -158,6 +219,9 @@ impl Balloon {
         let mut roles = vec![Role::Inflate, Role::Deflate];
         if has(F_STATS_VQ) {
             roles.push(Role::Stats);
+        }
+        if has(F_FREE_PAGE_HINT) {
+            roles.push(Role::Hinting);
         }
         if has(F_FREE_PAGE_REPORTING) {
             roles.push(Role::Reporting);
@@ -223,6 +287,40 @@ impl Balloon {
             }
         }
         METRICS.balloon.free_page_report_count.inc();
+    }
+
+    /// A chain on the hinting queue: a command id from the guest (a run's
+    /// start, or STOP at its end), or free ranges of the run in progress,
+    /// which go back to the host.
+    fn hint(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
+        let Ok(mut status) = self.status.lock() else {
+            return;
+        };
+        for desc in chain.take(MAX_DESCRIPTORS) {
+            if !desc.is_write_only() {
+                let mut cmd = [0u8; 4];
+                if desc.len() != HINT_CMD_LEN || mem.read_slice(&mut cmd, desc.addr()).is_err() {
+                    METRICS.balloon.free_page_hint_fails.inc();
+                    continue;
+                }
+                let cmd = u32::from_le_bytes(cmd);
+                status.hinting.guest_cmd = Some(cmd);
+                if cmd == HINT_STOP && status.hinting.acknowledge_on_stop {
+                    status.hinting.stop();
+                    self.config_changed = true;
+                }
+            } else if status.hinting.accepts_hints() {
+                METRICS.balloon.free_page_hint_count.inc();
+                if discard(mem, desc.addr().0, u64::from(desc.len())) {
+                    METRICS
+                        .balloon
+                        .free_page_hint_freed
+                        .add(u64::from(desc.len()));
+                } else {
+                    METRICS.balloon.free_page_hint_fails.inc();
+                }
+            }
+        }
     }
 
     /// Reads the statistics a buffer carries (up to [`MAX_STATS`]).
@@ -301,12 +399,13 @@ impl VirtioDevice for Balloon {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let (target, actual) = self
-            .with_status(|s| (s.target_pages, s.actual_pages))
+        let (target, actual, hint) = self
+            .with_status(|s| (s.target_pages, s.actual_pages, s.hinting.host_cmd))
             .unwrap_or_default();
-        let mut config = [0u8; 8];
+        let mut config = [0u8; 16];
         config[..4].copy_from_slice(&target.to_le_bytes());
-        config[4..].copy_from_slice(&actual.to_le_bytes());
+        config[4..8].copy_from_slice(&actual.to_le_bytes());
+        config[8..12].copy_from_slice(&hint.to_le_bytes());
         read_config_space(&config, offset, data);
     }
 
@@ -344,6 +443,10 @@ impl VirtioDevice for Balloon {
                 }
                 Role::Reporting => {
                     self.report(mem, chain);
+                    pages += MAX_DESCRIPTORS;
+                }
+                Role::Hinting => {
+                    self.hint(mem, chain);
                     pages += MAX_DESCRIPTORS;
                 }
                 Role::Stats => {
@@ -392,6 +495,10 @@ impl VirtioDevice for Balloon {
         }
     }
 
+    fn take_config_change(&mut self) -> bool {
+        std::mem::take(&mut self.config_changed)
+    }
+
     fn activate(&mut self, acked_features: u64) {
         self.roles = self.roles_for(acked_features & self.features);
     }
@@ -402,43 +509,68 @@ impl VirtioDevice for Balloon {
         self.with_status(|s| {
             s.actual_pages = 0;
             s.stats = Stats::default();
+            s.hinting = Hinting::default();
         });
     }
 
-    /// `actual`, then the head of the held statistics buffer if any.
+    /// `actual`, the held statistics buffer (`u16::MAX`: none), then the
+    /// hinting run: host command, guest command (with a flag), last run id
+    /// and whether STOP acknowledges. 20 bytes, little-endian.
     fn save_device(&self) -> Vec<u8> {
-        let actual = self.with_status(|s| s.actual_pages).unwrap_or_default();
-        let mut state = actual.to_le_bytes().to_vec();
-        if let Some(head) = self.held_stats {
-            state.extend_from_slice(&head.to_le_bytes());
-        }
+        let (actual, hinting) = self
+            .with_status(|s| (s.actual_pages, s.hinting))
+            .unwrap_or_default();
+        let mut state = Vec::with_capacity(STATE_LEN);
+        state.extend_from_slice(&actual.to_le_bytes());
+        state.extend_from_slice(&self.held_stats.unwrap_or(u16::MAX).to_le_bytes());
+        state.extend_from_slice(&hinting.host_cmd.to_le_bytes());
+        state.extend_from_slice(&hinting.guest_cmd.unwrap_or_default().to_le_bytes());
+        state.push(u8::from(hinting.guest_cmd.is_some()));
+        state.extend_from_slice(&hinting.last_run.to_le_bytes());
+        state.push(u8::from(hinting.acknowledge_on_stop));
         state
     }
 
     fn restore_device(&mut self, state: &[u8]) -> Result<(), &'static str> {
-        let (actual, held) = match state {
-            [a, b, c, d] => ([*a, *b, *c, *d], None),
-            [a, b, c, d, h, l] => ([*a, *b, *c, *d], Some(u16::from_le_bytes([*h, *l]))),
-            _ => return Err("a balloon's state is 4 or 6 bytes"),
+        let state: &[u8; STATE_LEN] = state
+            .try_into()
+            .map_err(|_| "a balloon's state is 20 bytes")?;
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([state[at], state[at + 1], state[at + 2], state[at + 3]])
         };
+        let held = u16::from_le_bytes([state[4], state[5]]);
+        let held = (held != u16::MAX).then_some(held);
         if held.is_some_and(|h| h >= QUEUE_SIZE) {
             return Err("the held statistics buffer is outside the queue");
         }
+        let hinting = Hinting {
+            host_cmd: u32_at(6),
+            guest_cmd: (state[14] != 0).then(|| u32_at(10)),
+            last_run: u32_at(15),
+            acknowledge_on_stop: state[19] != 0,
+        };
         self.held_stats = held;
-        self.with_status(|s| s.actual_pages = u32::from_le_bytes(actual));
+        self.with_status(|s| {
+            s.actual_pages = u32_at(0);
+            s.hinting = hinting;
+        });
         Ok(())
     }
 }
+
+/// Bytes of [`Balloon::save_device`]'s state.
+const STATE_LEN: usize = 20;
 
 #[cfg(test)]
 mod tests {
     use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
-    use crate::devices::virtio::test_utils::{desc, used_lens, WRITE};
+    use crate::devices::virtio::test_utils::{desc, used_lens, NEXT, WRITE};
+    use virtio_queue::desc::RawDescriptor;
 
     fn balloon(stats: u16) -> Balloon {
-        let (mut balloon, _) = Balloon::new(0, false, stats, true).unwrap();
+        let (mut balloon, _) = Balloon::new(0, false, stats, false, true).unwrap();
         balloon.activate(balloon.features);
         balloon
     }
@@ -521,7 +653,7 @@ mod tests {
 
     #[test]
     fn the_driver_writes_actual_and_reads_the_target() {
-        let (mut b, handle) = Balloon::new(256, true, 0, false).unwrap();
+        let (mut b, handle) = Balloon::new(256, true, 0, false, false).unwrap();
         assert_ne!(b.features() & (1 << F_DEFLATE_ON_OOM), 0);
         assert_eq!(
             b.queue_max_sizes().len(),
@@ -536,11 +668,13 @@ mod tests {
         let status = handle.status.lock().unwrap().clone();
         assert_eq!((status.target_pages, status.actual_pages), (256, 200));
         let state = b.save_device();
-        let (mut restored, handle) = Balloon::new(256, true, 0, false).unwrap();
+        let (mut restored, handle) = Balloon::new(256, true, 0, false, false).unwrap();
         restored.restore_device(&state).unwrap();
         assert_eq!(handle.status.lock().unwrap().actual_pages, 200);
         assert!(restored.restore_device(&[1, 2, 3]).is_err());
-        assert!(restored.restore_device(&[0, 0, 0, 0, 0xff, 0xff]).is_err());
+        let mut bad_head = state.clone();
+        bad_head[4..6].copy_from_slice(&QUEUE_SIZE.to_le_bytes());
+        assert!(restored.restore_device(&bad_head).is_err());
     }
 
     #[test]
@@ -569,6 +703,84 @@ mod tests {
         let activity = b.process_backend(0, Some(&mut q), &mem);
         assert!(activity.used, "the timer gives the buffer back");
         assert_eq!(b.held_stats, None);
+    }
+
+    /// A hinting chain: the command id (device-readable), then free ranges.
+    fn hint_chain(mem: &GuestMemoryMmap, cmd: u32, ranges: &[(u64, u32)]) -> Vec<RawDescriptor> {
+        mem.write_obj(cmd, GuestAddress(0x1000)).unwrap();
+        let mut descs = vec![desc(0x1000, 4, NEXT, 1)];
+        for (i, &(addr, len)) in ranges.iter().enumerate() {
+            let last = i + 1 == ranges.len();
+            let flags = if last { WRITE } else { WRITE | NEXT };
+            descs.push(desc(addr, len, flags, u16::try_from(i + 2).unwrap()));
+        }
+        descs
+    }
+
+    #[test]
+    fn hinted_pages_go_back_during_a_run_and_its_stop_is_acknowledged() {
+        let mem = touched_memory(0x100000);
+        let (mut b, handle) = Balloon::new(0, false, 0, true, false).unwrap();
+        b.activate(b.features);
+        assert_eq!(b.roles, [Role::Inflate, Role::Deflate, Role::Hinting]);
+        let cmd_in_config = |b: &Balloon| {
+            let mut bytes = [0u8; 4];
+            b.read_config(8, &mut bytes);
+            u32::from_le_bytes(bytes)
+        };
+        assert_eq!(cmd_in_config(&b), HINT_STOP, "no run yet");
+        handle.status.lock().unwrap().hinting.start(true);
+        let run = cmd_in_config(&b);
+        assert!(run > HINT_DONE, "a run has an id of its own: {run}");
+
+        let queue = MockSplitQueue::new(&mem, 16);
+        queue
+            .add_desc_chains(&hint_chain(&mem, run - 1, &[(0x20000, 0x1000)]), 0)
+            .unwrap();
+        let mut q: Vec<Queue> = (0..3).map(|_| queue.create_queue().unwrap()).collect();
+        b.process_queue(2, &mut q, &mem);
+        assert_eq!(
+            byte_at(&mem, 0x20000),
+            0xab,
+            "a stale run's hint is ignored"
+        );
+
+        let queue = MockSplitQueue::new(&mem, 16);
+        queue
+            .add_desc_chains(&hint_chain(&mem, run, &[(0x40000, 0x2000)]), 0)
+            .unwrap();
+        let mut q: Vec<Queue> = (0..3).map(|_| queue.create_queue().unwrap()).collect();
+        b.process_queue(2, &mut q, &mem);
+        assert_eq!(byte_at(&mem, 0x40000), 0);
+        assert_eq!(byte_at(&mem, 0x41000), 0);
+        assert_eq!(byte_at(&mem, 0x42000), 0xab);
+        assert!(!b.take_config_change());
+
+        let queue = MockSplitQueue::new(&mem, 16);
+        queue.add_desc_chains(&[desc(0x1000, 4, 0, 0)], 0).unwrap();
+        mem.write_obj(HINT_STOP, GuestAddress(0x1000)).unwrap();
+        let mut q: Vec<Queue> = (0..3).map(|_| queue.create_queue().unwrap()).collect();
+        b.process_queue(2, &mut q, &mem);
+        let hinting = handle.status.lock().unwrap().hinting;
+        assert_eq!(
+            (hinting.host_cmd, hinting.guest_cmd),
+            (HINT_DONE, Some(HINT_STOP))
+        );
+        assert!(
+            b.take_config_change(),
+            "the guest hears that the run is done"
+        );
+
+        let state = b.save_device();
+        let (mut restored, restored_handle) = Balloon::new(0, false, 0, true, false).unwrap();
+        restored.restore_device(&state).unwrap();
+        assert_eq!(restored_handle.status.lock().unwrap().hinting, hinting);
+        restored_handle.status.lock().unwrap().hinting.start(true);
+        assert_eq!(
+            cmd_in_config(&restored),
+            run + 1,
+            "run ids go on after a restore"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Activity, Interrupt, VirtioDevice, INT_VRING, VIRTIO_F_VERSION_1};
+use super::{Activity, Interrupt, VirtioDevice, INT_CONFIG, INT_VRING, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
 use crate::devices::EventSubscriber;
 
@@ -259,6 +259,9 @@ impl MmioTransport {
     /// for work a device left at its budget.
     fn after(&mut self, activity: Activity) {
         self.notify(activity.used);
+        if self.device.take_config_change() {
+            self.interrupt.raise(INT_CONFIG);
+        }
         if let Some(evt) = activity.rerun.and_then(|q| self.queue_events.get(q)) {
             // A failed write means the counter is already non-zero: it fires anyway.
             let _ = evt.write(1);

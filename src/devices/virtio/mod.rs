@@ -88,6 +88,11 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, _acked_features: u64) {}
     /// The driver reset the device: forget everything it set up.
     fn reset(&mut self) {}
+    /// Whether the device changed its configuration space on its own since
+    /// last asked (the transport then raises a configuration interrupt).
+    fn take_config_change(&mut self) -> bool {
+        false
+    }
     /// What a snapshot keeps of the device beyond its transport and its
     /// configuration, in the device's own encoding.
     fn save_device(&self) -> Vec<u8> {
