@@ -213,7 +213,10 @@ group!(
     /// ember's own: invocations through `POST /invocations` and snapshot
     /// loads (a flush also reports the percentiles of the invocations'
     /// latency since the previous one).
-    EmberMetrics { invocations, invocation_errors, invocation_timeouts, snapshot_loads }
+    EmberMetrics {
+        invocations, invocation_errors, invocation_timeouts, snapshot_loads;
+        page_faults_served, pages_prefetched
+    }
 );
 
 /// Invocation latencies in power-of-two buckets of microseconds: fixed
@@ -276,7 +279,13 @@ pub struct Metrics {
     drives: Mutex<Vec<(String, Arc<BlockMetrics>)>>,
     interfaces: Mutex<Vec<(String, Arc<NetMetrics>)>>,
     sink: Mutex<Option<File>>,
+    /// Brings values kept elsewhere up to date before they are reported.
+    refresher: Mutex<Option<Refresher>>,
 }
+
+/// A source of values that lives outside ember's own counters (a page-fault
+/// handler's reports, say), read when the metrics are.
+pub type Refresher = Box<dyn Fn(&Metrics) + Send>;
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
@@ -334,7 +343,23 @@ impl Metrics {
     }
 
     /// Writes one line with what happened since the previous flush.
+    /// Reads `refresher` before every flush and Prometheus answer from now on.
+    pub fn on_refresh(&self, refresher: Refresher) {
+        if let Ok(mut slot) = self.refresher.lock() {
+            *slot = Some(refresher);
+        }
+    }
+
+    fn refresh(&self) {
+        if let Ok(slot) = self.refresher.lock() {
+            if let Some(refresher) = slot.as_ref() {
+                refresher(self);
+            }
+        }
+    }
+
     pub fn flush(&self) -> Result<(), Error> {
+        self.refresh();
         let mut sink = self.sink.lock().map_err(|_| Error::NotConfigured)?;
         let file = sink.as_mut().ok_or(Error::NotConfigured)?;
         let mut line = self.snapshot_json().to_string();
@@ -438,6 +463,7 @@ impl Metrics {
     /// `ember_<group>_<field>_total`, per-device ones labelled with the
     /// device's id, latencies as gauges, invocation latency as a histogram.
     pub fn prometheus(&self) -> String {
+        self.refresh();
         let mut text = String::new();
         for (group, metrics) in self.static_groups() {
             for (field, counter) in metrics.counters() {

@@ -170,10 +170,13 @@ fn uffd_restores_serve_on_demand_then_prefetch_the_recorded_working_set() {
     let first_dir = TempDir::new("snap-uffd-1");
     let first = restore(&first_dir, &snap, backend.clone(), true);
     assert_eq!(first.invoke(b"on demand"), (200, b"on demand".to_vec()));
+    // ember's metrics carry what its handler reports (within 10 ms of a fault).
+    let seen = reported(&first, "ember_ember_page_faults_served", |v| v > 0);
     drop(first);
     let (prefetched, faults) = handler.vm_stats(0);
     assert_eq!(prefetched, 0);
     assert!(faults > 0, "the restored guest faulted its memory in");
+    assert!(seen <= faults, "ember saw {seen} of {faults} faults");
     let recorded = handler.expect_line("vm 0: recorded a working set of", BOOT);
     assert!(recorded.contains(&format!("{faults} pages")), "{recorded}");
     assert!(working_set.exists());
@@ -182,13 +185,38 @@ fn uffd_restores_serve_on_demand_then_prefetch_the_recorded_working_set() {
     let second_dir = TempDir::new("snap-uffd-2");
     let second = restore(&second_dir, &snap, backend, true);
     assert_eq!(second.invoke(b"prefetched"), (200, b"prefetched".to_vec()));
+    let prefetched_seen = reported(&second, "ember_ember_pages_prefetched", |v| v > 0);
     drop(second);
     let (prefetched, faults_left) = handler.vm_stats(1);
     assert_eq!(prefetched, faults, "the whole working set was prefetched");
+    assert_eq!(prefetched_seen, prefetched, "ember's metrics say as much");
     assert!(
         faults_left < faults,
         "prefetching left {faults_left} of {faults} faults"
     );
+}
+
+/// The value of Prometheus gauge `name` on `ember`'s `GET /metrics`, once it
+/// satisfies `ready` (within 2 s).
+fn reported(ember: &Ember, name: &str, ready: impl Fn(u64) -> bool) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let (status, text) = ember.api("GET", "/metrics", "");
+        assert_eq!(status, 200, "{text}");
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        if ready(value) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stayed at {value}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! dirty log cannot see.
 
 use std::fs::File;
-use std::io::{ErrorKind, Seek, SeekFrom};
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -245,6 +245,39 @@ pub struct MemoryBackend {
     _handler: UnixStream,
 }
 
+/// One report of ember's own handler on the handshake socket: faults served
+/// and pages prefetched so far, two little-endian `u64`s. (Firecracker's
+/// handlers send nothing, and then there is nothing to read.)
+const REPORT_LEN: usize = 16;
+/// Bytes read per refresh at most: a handler that reports faster than
+/// metrics are read costs ember a bounded read, and the newest report wins.
+const REPORTS_READ: usize = 64 * REPORT_LEN;
+
+/// Reads the handler's newest report (nonblocking) into ember's metrics.
+fn read_reports(handler: &UnixStream, metrics: &crate::metrics::Metrics) {
+    let mut buf = [0u8; REPORTS_READ];
+    let mut newest = None;
+    // Each report is one 16-byte write, and a read of a multiple of 16 bytes
+    // takes whole ones; a full read means more may wait.
+    while let Ok(len) = (&*handler).read(&mut buf) {
+        if let Some(report) = buf[..len].chunks_exact(REPORT_LEN).last() {
+            newest = Some(<[u8; REPORT_LEN]>::try_from(report).unwrap_or([0; REPORT_LEN]));
+        }
+        if len < buf.len() {
+            break;
+        }
+    }
+    if let Some(report) = newest {
+        let word = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&report[at..at + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        metrics.ember.page_faults_served.set(word(0));
+        metrics.ember.pages_prefetched.set(word(8));
+    }
+}
+
 /// Hands `mem`'s page faults to the handler listening at `socket`, as
 /// Firecracker does: a userfaultfd registered over every region, sent with a
 /// JSON list of where each region lives in the memory file (`offsets`).
@@ -280,6 +313,10 @@ pub fn serve_with_uffd(
     handler
         .send_with_fd(body.as_bytes(), uffd.as_raw_fd())
         .map_err(|e| handler_err(std::io::Error::from_raw_os_error(e.errno())))?;
+    // ember's own handler reports what it served on the same socket.
+    handler.set_nonblocking(true).map_err(handler_err)?;
+    let reports = handler.try_clone().map_err(handler_err)?;
+    crate::metrics::METRICS.on_refresh(Box::new(move |metrics| read_reports(&reports, metrics)));
     Ok(MemoryBackend {
         _uffd: uffd,
         _handler: handler,
