@@ -2,9 +2,7 @@
 //! back to the host when the balloon inflates, gets it back when it deflates,
 //! and its balloon keeps working after a snapshot restore.
 
-use std::time::{Duration, Instant};
-
-use ember_test_support::{artifact, require_kvm, Ember, TempDir};
+use ember_test_support::{artifact, require_kvm, resident_mib, Ember, TempDir};
 use serde_json::{json, Value};
 
 const GUEST_MIB: u64 = 256;
@@ -12,69 +10,15 @@ const GUEST_MIB: u64 = 256;
 const TOUCHED_MIB: u64 = 160;
 const BALLOON_MIB: u64 = 200;
 
-/// ember's resident memory, guest memory included, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib / 1024.0
-}
-
-fn stats(ember: &Ember) -> Value {
-    let (status, body) = ember.api("GET", "/balloon/statistics", "");
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Sets the balloon's target and waits until the guest holds that much;
-/// returns how long that took.
-fn steer(ember: &Ember, mib: u64) -> Duration {
-    let started = Instant::now();
-    ember.ok("PATCH", "/balloon", &json!({"amount_mib": mib}).to_string());
-    loop {
-        let stats = stats(ember);
-        assert_eq!(stats["target_mib"], mib, "{stats}");
-        if stats["actual_mib"] == mib {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the guest never reached {mib} MiB: {stats}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 fn touch(ember: &Ember, mib: u64) -> (u16, String) {
     let (status, out) = ember.invoke(mib.to_string().as_bytes());
     (status, String::from_utf8_lossy(&out).into_owned())
 }
 
+/// The memory function with an empty balloon that reports statistics.
 fn memory_function(dir: &TempDir) -> Ember {
-    require_kvm();
-    let ember = Ember::with_api(dir, &[]);
-    ember.put_boot_source(&artifact("unikernel-memory"), "console=ttyS0");
-    ember.ok(
-        "PUT",
-        "/machine-config",
-        &json!({"vcpu_count": 1, "mem_size_mib": GUEST_MIB}).to_string(),
-    );
-    ember.ok(
-        "PUT",
-        "/vsock",
-        &json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
-    );
-    ember.ok(
-        "PUT",
-        "/balloon",
-        r#"{"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#,
-    );
-    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-    ember.expect_line("EMBER-FN: ready on port", Duration::from_secs(20));
-    ember
+    let balloon = json!({"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 1});
+    Ember::with_balloon(dir, &artifact("unikernel-memory"), GUEST_MIB, &balloon)
 }
 
 #[test]
@@ -87,9 +31,9 @@ fn an_inflated_balloon_gives_memory_back_and_a_deflated_one_returns_it() {
 
     let touched = format!("touched {TOUCHED_MIB} MiB");
     assert_eq!(touch(&ember, TOUCHED_MIB), (200, touched.clone()));
-    let full = rss_mib(ember.pid());
-    let took = steer(&ember, BALLOON_MIB);
-    let inflated = rss_mib(ember.pid());
+    let full = resident_mib(ember.pid());
+    let took = ember.steer_balloon(BALLOON_MIB);
+    let inflated = resident_mib(ember.pid());
     eprintln!("inflating {BALLOON_MIB} MiB took {took:?}; RSS {full:.0} -> {inflated:.0} MiB");
     // The balloon covers all but what the heap had beyond the touched pages.
     let heap_untouched = GUEST_MIB - TOUCHED_MIB;
@@ -105,9 +49,9 @@ fn an_inflated_balloon_gives_memory_back_and_a_deflated_one_returns_it() {
         "the balloon holds the memory: {out}"
     );
 
-    steer(&ember, 0);
+    ember.steer_balloon(0);
     assert_eq!(touch(&ember, TOUCHED_MIB), (200, touched));
-    assert_eq!(stats(&ember)["actual_pages"], 0);
+    assert_eq!(ember.balloon_stats()["actual_pages"], 0);
 }
 
 #[test]
@@ -115,7 +59,7 @@ fn a_restored_balloon_keeps_its_pages_and_still_deflates() {
     let dir = TempDir::new("balloon-snap");
     let ember = memory_function(&dir);
     assert_eq!(touch(&ember, 64).0, 200);
-    steer(&ember, BALLOON_MIB);
+    ember.steer_balloon(BALLOON_MIB);
     ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let (state, mem) = (dir.path("fn.snap"), dir.path("fn.mem"));
     let create = json!({"snapshot_path": state, "mem_file_path": mem});
@@ -131,14 +75,14 @@ fn a_restored_balloon_keeps_its_pages_and_still_deflates() {
         "vsock_override": {"uds_path": clone_dir.path("v.sock")},
     });
     restored.ok("PUT", "/snapshot/load", &load.to_string());
-    let stats = stats(&restored);
+    let stats = restored.balloon_stats();
     assert_eq!(
         (stats["target_mib"].clone(), stats["actual_mib"].clone()),
         (json!(BALLOON_MIB), json!(BALLOON_MIB)),
         "{stats}"
     );
     assert_eq!(touch(&restored, TOUCHED_MIB).0, 502, "still inflated");
-    steer(&restored, 0);
+    restored.steer_balloon(0);
     let touched = format!("touched {TOUCHED_MIB} MiB");
     assert_eq!(touch(&restored, TOUCHED_MIB), (200, touched));
 }
@@ -197,24 +141,8 @@ fn balloon_requests_ember_cannot_serve_are_refused_by_name() {
 fn a_hinting_run_is_started_and_stopped_through_the_api() {
     require_kvm();
     let dir = TempDir::new("balloon-hinting");
-    let ember = Ember::with_api(&dir, &[]);
-    ember.put_boot_source(&artifact("unikernel-echo"), "console=ttyS0");
-    ember.ok(
-        "PUT",
-        "/vsock",
-        &json!({"guest_cid": 3, "uds_path": dir.path("v.sock")}).to_string(),
-    );
-    ember.ok(
-        "PUT",
-        "/balloon",
-        r#"{"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true}"#,
-    );
-    let (status, body) = ember.api("PATCH", "/balloon/hinting/start", "");
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("before starting"), "{body}");
-    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-    ember.expect_line("EMBER-FN: ready on port", Duration::from_secs(20));
-
+    let balloon = json!({"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true});
+    let ember = Ember::with_balloon(&dir, &artifact("unikernel-echo"), 128, &balloon);
     let hinting = |ember: &Ember| -> Value {
         let (status, body) = ember.api("GET", "/balloon/hinting/status", "");
         assert_eq!(status, 200, "{body}");

@@ -40,6 +40,21 @@ fn snapshot_echo_function(dir: &TempDir) -> Snapshot {
     snap
 }
 
+/// Pauses `ember` and takes a `Full` snapshot into `dir`.
+fn pause_and_snapshot(ember: &Ember, dir: &TempDir) -> Snapshot {
+    let snap = Snapshot {
+        state: dir.path("fn.snap"),
+        mem: dir.path("fn.mem"),
+    };
+    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    ember.ok(
+        "PUT",
+        "/snapshot/create",
+        &json!({"snapshot_path": snap.state, "mem_file_path": snap.mem}).to_string(),
+    );
+    snap
+}
+
 fn state(ember: &Ember) -> String {
     let (_, info) = ember.api("GET", "/", "");
     let info: Value = serde_json::from_str(&info).unwrap();
@@ -469,16 +484,7 @@ fn a_restored_function_still_draws_from_its_rate_limited_entropy_device() {
     ember.expect_line("EMBER-FN: ready on port", BOOT);
     let (status, before) = ember.invoke(b"16");
     assert_eq!((status, before.len()), (200, 16));
-    let snap = Snapshot {
-        state: dir.path("fn.snap"),
-        mem: dir.path("fn.mem"),
-    };
-    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
-    ember.ok(
-        "PUT",
-        "/snapshot/create",
-        &json!({"snapshot_path": snap.state, "mem_file_path": snap.mem}).to_string(),
-    );
+    let snap = pause_and_snapshot(&ember, &dir);
     drop(ember);
     let clone_dir = TempDir::new("snap-random-clone");
     let clone = restore(&clone_dir, &snap, file_backend(&snap), true);
@@ -529,16 +535,7 @@ fn huge_page_guests_boot_snapshot_and_restore_from_a_file_and_over_uffd() {
     let ember = Ember::function_via_api(&dir, &artifact("unikernel-echo"), machine.clone());
     assert_eq!(ember.invoke(b"huge"), (200, b"huge".to_vec()));
     assert!(hugetlb_kib(ember.pid()) > 0, "the guest runs on huge pages");
-    let snap = Snapshot {
-        state: dir.path("fn.snap"),
-        mem: dir.path("fn.mem"),
-    };
-    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
-    ember.ok(
-        "PUT",
-        "/snapshot/create",
-        &json!({"snapshot_path": snap.state, "mem_file_path": snap.mem}).to_string(),
-    );
+    let snap = pause_and_snapshot(&ember, &dir);
     drop(ember);
 
     let file_dir = TempDir::new("snap-huge-file");

@@ -4,6 +4,7 @@
 //! `tests/` and the benchmarks in `benches/`.
 
 pub mod artifacts;
+pub mod balloon;
 pub mod bench;
 pub mod ember;
 pub mod http;
@@ -14,6 +15,7 @@ pub mod scratch;
 pub mod uffd;
 
 pub use artifacts::{artifact, ember_bin, ember_snapshot_bin, expected_memory_lines, jailer_bin};
+pub use balloon::resident_mib;
 pub use ember::Ember;
 pub use http::{http, http_bytes, try_http, KeepAlive};
 pub use hugepages::{hugetlb_kib, HugePagePool};
