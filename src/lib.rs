@@ -21,6 +21,7 @@ pub mod persist;
 pub mod random;
 pub mod resources;
 pub mod seccomp;
+pub mod signals;
 pub mod stdio;
 pub mod vmm;
 pub mod vstate;

@@ -57,6 +57,7 @@ fn run() -> i32 {
     // seccomp filter should have to allow.
     // SAFETY: mallopt only tunes the allocator; it is called before any thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    ember::signals::install();
 
     let mut socket_path = None;
     match start(&args, &mut socket_path) {
@@ -160,7 +161,13 @@ fn start(
     let mut controller = Controller::new(args.id.clone(), launcher);
     controller.set_mmds_size_limit(args.mmds_size_limit);
 
-    // The socket comes first: a client may connect while a config file boots.
+    // Metrics first: a thread that breaks its filter leaves its last line there.
+    if let Some(path) = &args.metrics_path {
+        METRICS
+            .configure(path)
+            .map_err(|e| Failure::new(EXIT_BAD_CONFIGURATION, e.to_string()))?;
+    }
+    // The socket comes next: a client may connect while a config file boots.
     if let Some(path) = &args.api_sock {
         let listener = UnixListener::bind(path)
             .map_err(|e| generic(&format!("cannot bind the API socket '{path}'"), e))?;
@@ -173,11 +180,6 @@ fn start(
             args.http_api_max_payload_size,
         )?;
         log_start_up_time(args.start_time_us);
-    }
-    if let Some(path) = &args.metrics_path {
-        METRICS
-            .configure(path)
-            .map_err(|e| Failure::new(EXIT_BAD_CONFIGURATION, e.to_string()))?;
     }
     wait_for_filter(&mut vmm_filter)?;
     // Requests wait in the channel until the event loop runs, so none sees

@@ -11,8 +11,9 @@
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -179,6 +180,14 @@ group!(
     }
 );
 group!(
+    /// Seccomp violations: at most the one that ends the process, in its last line.
+    SeccompMetrics { num_faults }
+);
+group!(
+    /// Fatal signals: at most the one that ends the process, in its last line.
+    SignalsMetrics { sigbus, sigsegv, sigxfsz, sigxcpu, sighup, sigill }
+);
+group!(
     /// The vCPUs' exits.
     VcpuMetrics { exit_io_in, exit_io_out, exit_mmio_read, exit_mmio_write, failures }
 );
@@ -267,6 +276,8 @@ pub struct Metrics {
     pub vsock: VsockMetrics,
     pub entropy: EntropyMetrics,
     pub balloon: BalloonMetrics,
+    pub seccomp: SeccompMetrics,
+    pub signals: SignalsMetrics,
     pub vcpu: VcpuMetrics,
     pub uart: UartMetrics,
     pub vmm: VmmMetrics,
@@ -288,6 +299,38 @@ pub struct Metrics {
 pub type Refresher = Box<dyn Fn(&Metrics) + Send>;
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+/// The sink's descriptor, for [`write_last_words`]: a dying thread's signal
+/// handler may not lock or allocate, so it cannot use the `Metrics` sink.
+static SINK_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// From a signal handler about to end the process: writes one metrics line,
+/// `{"<group>":{"<field>":1}}`, saying why (a seccomp fault, a fatal signal).
+/// Async-signal-safe: a stack buffer and one `write`, nothing else.
+pub fn write_last_words(group: &str, field: &str) {
+    let fd = SINK_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    let parts: [&[u8]; 5] = [
+        b"{\"",
+        group.as_bytes(),
+        b"\":{\"",
+        field.as_bytes(),
+        b"\":1}}\n",
+    ];
+    let mut line = [0u8; 96];
+    let mut len = 0;
+    for part in parts {
+        let Some(slot) = line.get_mut(len..len + part.len()) else {
+            return;
+        };
+        slot.copy_from_slice(part);
+        len += part.len();
+    }
+    // SAFETY: write(2) of a live stack buffer is async-signal-safe.
+    unsafe { libc::write(fd, line.as_ptr().cast(), len) };
+}
 
 /// `id`'s entry in `list`, made if it is new: a restore or a second boot
 /// attempt finds the device's counters again.
@@ -334,6 +377,7 @@ impl Metrics {
             .custom_flags(libc::O_NONBLOCK)
             .open(path)
             .map_err(open_err)?;
+        SINK_FD.store(file.as_raw_fd(), Ordering::Relaxed);
         *sink = Some(file);
         Ok(())
     }
@@ -439,7 +483,7 @@ impl Metrics {
             .collect()
     }
 
-    fn static_groups(&self) -> [(&'static str, &dyn Group); 15] {
+    fn static_groups(&self) -> [(&'static str, &dyn Group); 17] {
         [
             ("api_server", &self.api_server),
             ("get_api_requests", &self.get_api_requests),
@@ -448,6 +492,8 @@ impl Metrics {
             ("vsock", &self.vsock),
             ("entropy", &self.entropy),
             ("balloon", &self.balloon),
+            ("seccomp", &self.seccomp),
+            ("signals", &self.signals),
             ("vcpu", &self.vcpu),
             ("uart", &self.uart),
             ("vmm", &self.vmm),

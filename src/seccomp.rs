@@ -396,6 +396,20 @@ pub fn set_log_fd(fd: i32) {
     LOG_FD.store(fd, Ordering::Relaxed);
 }
 
+/// A dying thread's last log line, from `parts`, on stderr and in the log
+/// file: async-signal-safe, nothing but `write`.
+pub fn write_last_line(parts: &[&[u8]]) {
+    for fd in [2, LOG_FD.load(Ordering::Relaxed)] {
+        if fd < 0 {
+            continue;
+        }
+        for part in parts {
+            // SAFETY: write(2) of a live buffer is async-signal-safe.
+            unsafe { libc::write(fd, part.as_ptr().cast(), part.len()) };
+        }
+    }
+}
+
 fn install_sigsys_handler() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
@@ -439,15 +453,8 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         &digits[at..],
         b" outside its allowlist; exiting\n",
     ];
-    for fd in [2, LOG_FD.load(Ordering::Relaxed)] {
-        if fd < 0 {
-            continue;
-        }
-        for part in parts {
-            // SAFETY: write(2) of a live buffer is async-signal-safe.
-            unsafe { libc::write(fd, part.as_ptr().cast(), part.len()) };
-        }
-    }
+    write_last_line(&parts);
+    crate::metrics::write_last_words("seccomp", "num_faults");
     // The next SIGSYS kills: from raise() below where the thread's filter
     // allows it (delivered once this handler unblocks it), or else from the
     // kernel forcing the trap of raise's own syscalls, which it does with the

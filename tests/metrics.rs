@@ -13,6 +13,54 @@ use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(20);
 
+/// The last line of the metrics file at `path`, as JSON.
+fn last_line(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_json::from_str(text.lines().last().expect("a line")).unwrap()
+}
+
+#[test]
+fn a_fatal_signal_or_a_seccomp_fault_is_the_last_line() {
+    let dir = TempDir::new("metrics-death");
+    let metrics = dir.path("metrics.json");
+    let metrics_arg = metrics.to_str().unwrap();
+    let ember = Ember::with_api(&dir, &["--metrics-path", metrics_arg]);
+    ember.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    assert_eq!(last_line(&metrics)["signals"]["sighup"], 0);
+    let pid = i32::try_from(ember.pid()).unwrap();
+    // SAFETY: kill(2) on the child's pid, which the test owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let mut ember = ember;
+    let status = ember.wait_exit(BOOT);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGHUP),
+        "ember ends as SIGHUP would end it"
+    );
+    assert_eq!(last_line(&metrics), json!({"signals": {"sighup": 1}}));
+    assert!(
+        ember.stderr().contains("ember: caught SIGHUP; exiting"),
+        "{}",
+        ember.stderr()
+    );
+
+    let metrics = dir.path("seccomp.json");
+    let mut ember = Ember::spawn(
+        &[
+            "--api-sock",
+            dir.path("selftest.sock").to_str().unwrap(),
+            "--metrics-path",
+            metrics.to_str().unwrap(),
+            "--seccomp-selftest",
+            "vmm",
+        ],
+        None,
+    );
+    assert_eq!(ember.wait_exit(BOOT).signal(), Some(libc::SIGSYS));
+    assert_eq!(last_line(&metrics), json!({"seccomp": {"num_faults": 1}}));
+}
+
 #[test]
 fn a_booted_guest_leaves_its_counts_in_the_last_line_at_exit() {
     require_kvm();

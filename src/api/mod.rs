@@ -227,6 +227,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("ember_api".into())
         .spawn(move || {
+            crate::signals::block_asynchronous();
             if let Err(e) = seccomp.enter(ThreadKind::Api) {
                 log::error!("the API thread serves nothing: {e}");
                 return;

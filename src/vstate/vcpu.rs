@@ -338,6 +338,7 @@ impl VcpuThread {
         let thread = std::thread::Builder::new()
             .name(format!("ember_vcpu{index}"))
             .spawn(move || {
+                crate::signals::block_asynchronous();
                 let filtered = seccomp.install(ThreadKind::Vcpu);
                 // A thread whose VM never comes just ends.
                 let Ok((vcpu, buses, paused)) = job_rx.recv() else {
