@@ -506,10 +506,12 @@ impl VirtioDevice for Balloon {
     fn reset(&mut self) {
         self.roles.clear();
         self.held_stats = None;
+        // The target and the host's hinting command are the host's: a driver
+        // that starts over reads them again.
         self.with_status(|s| {
             s.actual_pages = 0;
             s.stats = Stats::default();
-            s.hinting = Hinting::default();
+            s.hinting.guest_cmd = None;
         });
     }
 
@@ -732,6 +734,11 @@ mod tests {
         handle.status.lock().unwrap().hinting.start(true);
         let run = cmd_in_config(&b);
         assert!(run > HINT_DONE, "a run has an id of its own: {run}");
+        // A driver that resets (as a guest bringing its driver up late does)
+        // finds the run's command still there.
+        b.reset();
+        b.activate(b.features);
+        assert_eq!(cmd_in_config(&b), run);
 
         let queue = MockSplitQueue::new(&mem, 16);
         queue
