@@ -274,16 +274,18 @@ impl Balloon {
         named
     }
 
-    /// Gives the ranges a free page report names back to the host.
-    fn report(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
+    /// Gives the ranges a free page report names back to the host, as far
+    /// as the wake-up's budget (`pages` spent of [`PAGES_PER_WAKE_UP`]) goes.
+    fn report(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+        pages: &mut usize,
+    ) {
         for desc in chain.take(MAX_DESCRIPTORS) {
-            if discard(mem, desc.addr().0, u64::from(desc.len())) {
-                METRICS
-                    .balloon
-                    .free_page_report_freed
-                    .add(u64::from(desc.len()));
-            } else {
-                METRICS.balloon.free_page_report_fails.inc();
+            match discard_within(mem, desc.addr().0, desc.len(), pages) {
+                Some(bytes) => METRICS.balloon.free_page_report_freed.add(bytes),
+                None => METRICS.balloon.free_page_report_fails.inc(),
             }
         }
         METRICS.balloon.free_page_report_count.inc();
@@ -292,7 +294,12 @@ impl Balloon {
     /// A chain on the hinting queue: a command id from the guest (a run's
     /// start, or STOP at its end), or free ranges of the run in progress,
     /// which go back to the host.
-    fn hint(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
+    fn hint(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+        pages: &mut usize,
+    ) {
         let Ok(mut status) = self.status.lock() else {
             return;
         };
@@ -311,13 +318,9 @@ impl Balloon {
                 }
             } else if status.hinting.accepts_hints() {
                 METRICS.balloon.free_page_hint_count.inc();
-                if discard(mem, desc.addr().0, u64::from(desc.len())) {
-                    METRICS
-                        .balloon
-                        .free_page_hint_freed
-                        .add(u64::from(desc.len()));
-                } else {
-                    METRICS.balloon.free_page_hint_fails.inc();
+                match discard_within(mem, desc.addr().0, desc.len(), pages) {
+                    Some(bytes) => METRICS.balloon.free_page_hint_freed.add(bytes),
+                    None => METRICS.balloon.free_page_hint_fails.inc(),
                 }
             }
         }
@@ -354,6 +357,19 @@ fn bytemuck_u32s(words: &mut [u32]) -> &mut [u8] {
     // SAFETY: any byte pattern is a valid u32, u8 has no alignment, and the
     // slice covers exactly the words' memory, borrowed for as long.
     unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 4) }
+}
+
+/// [`discard`] of at most what is left of the wake-up's budget (`pages`
+/// spent of [`PAGES_PER_WAKE_UP`]), which it charges at least a page: a guest
+/// naming its whole memory over and over costs ember a bounded slice of time.
+/// The bytes given back, or `None` for a range that is not guest RAM.
+fn discard_within(mem: &GuestMemoryMmap, addr: u64, len: u32, pages: &mut usize) -> Option<u64> {
+    let left = PAGES_PER_WAKE_UP.saturating_sub(*pages) as u64 * PAGE_SIZE;
+    let len = u64::from(len).min(left);
+    *pages += usize::try_from(len / PAGE_SIZE)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    (len == 0 || discard(mem, addr, len)).then_some(len)
 }
 
 /// Gives `len` bytes of guest memory at `addr` back to the host: the host
@@ -442,12 +458,12 @@ impl VirtioDevice for Balloon {
                     METRICS.balloon.deflate_count.inc();
                 }
                 Role::Reporting => {
-                    self.report(mem, chain);
-                    pages += MAX_DESCRIPTORS;
+                    self.report(mem, chain, &mut pages);
+                    pages += 1;
                 }
                 Role::Hinting => {
-                    self.hint(mem, chain);
-                    pages += MAX_DESCRIPTORS;
+                    self.hint(mem, chain, &mut pages);
+                    pages += 1;
                 }
                 Role::Stats => {
                     self.read_stats(mem, chain);
@@ -788,6 +804,21 @@ mod tests {
             run + 1,
             "run ids go on after a restore"
         );
+    }
+
+    #[test]
+    fn reports_stop_at_the_wake_ups_budget() {
+        let mem = touched_memory(0x100000);
+        let queue = MockSplitQueue::new(&mem, 16);
+        let chain = queue
+            .build_desc_chain(&[desc(0x40000, 0x2000, WRITE, 0)])
+            .unwrap();
+        let mut b = balloon(1);
+        let mut pages = PAGES_PER_WAKE_UP - 1;
+        b.report(&mem, chain, &mut pages);
+        assert_eq!(pages, PAGES_PER_WAKE_UP);
+        assert_eq!(byte_at(&mem, 0x40000), 0, "the page the budget had left");
+        assert_eq!(byte_at(&mem, 0x41000), 0xab, "past the budget");
     }
 
     #[test]
