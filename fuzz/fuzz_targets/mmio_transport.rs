@@ -1,5 +1,6 @@
 //! The virtio-mmio transport (`devices::virtio::mmio::MmioTransport`) with a
-//! block device, a vsock device or a small dummy device behind it, driven by
+//! block device, a vsock device, a balloon (inflate, deflate, free page
+//! hinting and reporting queues) or a small dummy device behind it, driven by
 //! the guest's side only: register reads and writes (`BusDevice::read` and
 //! `write` at offsets 0..0x200, widths 1, 2, 4 and 8), writes to guest
 //! memory, queue notifications (`process_queue`) and backend activity, in
@@ -7,14 +8,14 @@
 //! given by the input, and saving then restoring the live transport, which
 //! must always succeed.
 //!
-//! Input: a device byte (low 7 bits modulo 3: block, vsock, dummy; bit 7:
+//! Input: a device byte (low 7 bits modulo 4: block, vsock, balloon, dummy; bit 7:
 //! start from the postcard `TransportState` in the next chunk), the address
 //! (u16, above the rings) and a chunk of guest memory contents, then up to
 //! 128 operations, an opcode byte (modulo 10) and its operands each:
 //! 0 read (offset u16 % 0x200, width), 1 write (offset, width, u64 value),
 //! 2 write a named register (index into `REGS`, u32), 3 read one,
 //! 4 `process_queue` (0..3), 5 `process_backend`, 6 write guest memory
-//! (address, chunk), 7 the driver's initialization of a queue (index, size),
+//! (address, chunk), 7 the driver's initialization of a queue (index 0..3, size),
 //! 8 a chain made available and notified (queue, direction, chain), 9 save,
 //! encode, decode and restore the transport over a fresh device.
 
@@ -24,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use ember::devices::bus::BusDevice;
 use ember::devices::rate_limiter::RateLimiter;
+use ember::devices::virtio::balloon::Balloon;
 use ember::devices::virtio::block::{Block, CacheType, Disk};
 use ember::devices::virtio::mmio::{MmioTransport, TransportState};
 use ember::devices::virtio::vsock::Vsock;
@@ -125,7 +127,7 @@ impl VirtioDevice for Dummy {
 }
 
 fn device(kind: u8) -> Option<Box<dyn VirtioDevice>> {
-    match kind % 3 {
+    match kind % 4 {
         0 => {
             let path = scratch::fresh("mmio-disk.img");
             std::fs::write(&path, vec![7u8; 8 * 512]).ok()?;
@@ -141,6 +143,7 @@ fn device(kind: u8) -> Option<Box<dyn VirtioDevice>> {
         1 => Some(Box::new(
             Vsock::new(3, &scratch::fresh("mmio-v.sock")).ok()?,
         )),
+        2 => Some(Box::new(Balloon::new(256, true, 0, true, true).ok()?.0)),
         _ => Some(Box::new(Dummy)),
     }
 }
@@ -228,7 +231,7 @@ impl Fixture {
                 let _ = self.mem.write_slice(r.chunk(256), GuestAddress(addr));
             }
             7 => {
-                let index = r.u8() % 3;
+                let index = r.u8() % 4;
                 let size = match r.u8() % 4 {
                     0 => QSIZE,
                     1 => 8,
@@ -239,7 +242,7 @@ impl Fixture {
             }
             8 => {
                 // The driver makes a chain available and notifies the queue.
-                let index = usize::from(r.u8() % 3);
+                let index = usize::from(r.u8() % 4);
                 let device_writes = r.bool();
                 let chain = read_chain(r, device_writes);
                 self.rings[index].add(&self.mem, &chain);
@@ -296,7 +299,7 @@ fuzz_target!(|data: &[u8]| {
         transport: Some(transport),
         rings: Vec::new(),
     };
-    fixture.rings = (0..3)
+    fixture.rings = (0..4)
         .map(|i| Ring::new(&fixture.mem, queue::ring_base(i), QSIZE))
         .collect();
     for _ in 0..MAX_OPS {

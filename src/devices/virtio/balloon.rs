@@ -155,6 +155,8 @@ pub struct Balloon {
     held_stats: Option<u16>,
     /// Page numbers of one inflate buffer, reused.
     pfns: Vec<u32>,
+    /// One descriptor's page numbers as guest memory holds them (little-endian), reused.
+    pfn_bytes: Vec<u8>,
     /// The device ended a hinting run itself: the guest must hear of it.
     config_changed: bool,
 }
@@ -193,18 +195,18 @@ impl Balloon {
         arm(&mut timer, stats_interval, interval)?;
         let stats_timer_fd = timer.as_raw_fd();
         let stats_timer = Arc::new(Mutex::new(timer));
-        let mut balloon = Balloon {
+        let balloon = Balloon {
             status: status.clone(),
             features,
             stats_timer: stats_timer.clone(),
             stats_timer_fd,
             roles: Vec::new(),
-            queue_sizes: Vec::new(),
+            queue_sizes: vec![QUEUE_SIZE; Balloon::roles_for(features).len()],
             held_stats: None,
             pfns: Vec::new(),
+            pfn_bytes: Vec::new(),
             config_changed: false,
         };
-        balloon.queue_sizes = vec![QUEUE_SIZE; balloon.roles_for(features).len()];
         let handle = BalloonHandle {
             status,
             stats_timer,
@@ -214,7 +216,7 @@ impl Balloon {
 
     /// The queues a driver that accepted `features` sets up, in order: a
     /// queue whose feature is not negotiated takes no index.
-    fn roles_for(&self, features: u64) -> Vec<Role> {
+    fn roles_for(features: u64) -> Vec<Role> {
         let has = |bit: u32| features & (1 << bit) != 0;
         let mut roles = vec![Role::Inflate, Role::Deflate];
         if has(F_STATS_VQ) {
@@ -247,11 +249,11 @@ impl Balloon {
             }
             let room = PAGES_PER_WAKE_UP.saturating_sub(self.pfns.len());
             let count = (desc.len() as usize / 4).min(room);
-            let start = self.pfns.len();
-            self.pfns.resize(start + count, 0);
-            let bytes = bytemuck_u32s(&mut self.pfns[start..]);
-            if mem.read_slice(bytes, desc.addr()).is_err() {
-                self.pfns.truncate(start);
+            self.pfn_bytes.resize(count * 4, 0);
+            if mem.read_slice(&mut self.pfn_bytes, desc.addr()).is_ok() {
+                let words = self.pfn_bytes.chunks_exact(4);
+                self.pfns
+                    .extend(words.map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])));
             }
         }
         let mut pfns = std::mem::take(&mut self.pfns);
@@ -350,13 +352,6 @@ impl Balloon {
         self.with_status(|s| s.stats = stats);
         METRICS.balloon.stats_updates_count.inc();
     }
-}
-
-/// `u32`s as the bytes guest memory is read into.
-fn bytemuck_u32s(words: &mut [u32]) -> &mut [u8] {
-    // SAFETY: any byte pattern is a valid u32, u8 has no alignment, and the
-    // slice covers exactly the words' memory, borrowed for as long.
-    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 4) }
 }
 
 /// [`discard`] of at most what is left of the wake-up's budget (`pages`
@@ -516,7 +511,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn activate(&mut self, acked_features: u64) {
-        self.roles = self.roles_for(acked_features & self.features);
+        self.roles = Balloon::roles_for(acked_features & self.features);
     }
 
     fn reset(&mut self) {
@@ -664,6 +659,7 @@ mod tests {
             "every buffer comes back"
         );
         assert!(b.pfns.capacity() <= PAGES_PER_WAKE_UP);
+        assert!(b.pfn_bytes.capacity() <= 4 * PAGES_PER_WAKE_UP);
         for page in [0x80000, 0xf_f000] {
             assert_eq!(byte_at(&mem, page), 0xab, "nothing real was named");
         }
