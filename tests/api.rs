@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ember_test_support::{artifact, ember_bin, require_kvm, Ember, TempDir};
+use ember_test_support::{artifact, ember_bin, require_kvm, send_and_hang_up, Ember, TempDir};
 use serde_json::{json, Value};
 
 fn fault(reply: &str) -> String {
@@ -445,6 +445,55 @@ fn configuration_is_refused_after_start_and_start_only_happens_once() {
     let (_, config) = ember.api("GET", "/vm/config", "");
     let config: Value = serde_json::from_str(&config).unwrap();
     assert_eq!(config["drives"][0]["path_on_host"], json!(second));
+    ember.write_stdin(b"reset\n");
+    assert_eq!(ember.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
+
+/// A request read whole is carried out even when its client hangs up before
+/// the answer, as with Firecracker's synchronous API server: configuration
+/// lands and InstanceStart starts the guest.
+#[test]
+fn a_request_is_carried_out_when_its_client_hangs_up() {
+    require_kvm();
+    let dir = TempDir::new("hang-up");
+    let mut ember = Ember::with_api(&dir, &[]);
+    let socket = dir.path("api.sock");
+    let boot =
+        json!({"kernel_image_path": artifact("test-elf"), "boot_args": "console=ttyS0 ember.echo"})
+            .to_string();
+    send_and_hang_up(&socket, "PUT", "/boot-source", &boot);
+    ember.ok("PUT", "/mmds", "{}");
+    let keys = 100;
+    for key in 0..keys {
+        send_and_hang_up(
+            &socket,
+            "PATCH",
+            "/mmds",
+            &json!({ format!("k{key}"): key }).to_string(),
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, mmds) = ember.api("GET", "/mmds", "");
+        let mmds: Value = serde_json::from_str(&mmds).unwrap();
+        if (0..keys).all(|key| mmds[format!("k{key}")] == json!(key)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MMDS holds only {mmds}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (_, config) = ember.api("GET", "/vm/config", "");
+    assert!(config.contains("ember.echo"), "{config}");
+    send_and_hang_up(
+        &socket,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+    );
+    ember.expect_line("echo: ready", Duration::from_secs(20));
     ember.write_stdin(b"reset\n");
     assert_eq!(ember.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use ember_test_support::jail::JAIL_UID;
 use ember_test_support::{
-    artifact, http, http_bytes, require_kvm, Ember, Jail, NetNs, TempDir, UffdHandler,
+    artifact, http, http_bytes, require_kvm, send_and_hang_up, Ember, Jail, NetNs, TempDir,
+    UffdHandler,
 };
 use serde_json::json;
 
@@ -419,13 +420,12 @@ fn a_syscall_outside_the_allowlist_kills_with_sigsys_and_is_logged() {
                 &json!({"kernel_image_path": artifact("test-elf")}).to_string(),
             );
             // The vCPU dies as it starts, maybe before the reply: send, don't wait.
-            let body = r#"{"action_type": "InstanceStart"}"#;
-            let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-            let request = format!(
-                "PUT /actions HTTP/1.1\r\nHost: ember\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
+            send_and_hang_up(
+                &socket,
+                "PUT",
+                "/actions",
+                r#"{"action_type": "InstanceStart"}"#,
             );
-            std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
             ember
         } else {
             Ember::spawn(&args, None)

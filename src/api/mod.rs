@@ -256,7 +256,12 @@ pub fn spawn(
                     tokio::spawn(async move {
                         let service =
                             service_fn(move |req| serve(to_vmm.clone(), req, max_payload));
+                        // A client that hangs up right after its request
+                        // (a launcher that fires InstanceStart and forgets)
+                        // still has it carried out, as with Firecracker's
+                        // synchronous server; hyper would drop it on EOF.
                         if let Err(e) = http1::Builder::new()
+                            .half_close(true)
                             .serve_connection(TokioIo::new(stream), service)
                             .await
                         {

@@ -51,6 +51,17 @@ pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Strin
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Sends one request and hangs up without reading the answer, as a client
+/// that gives up (or a launcher that fires and forgets) does.
+pub fn send_and_hang_up(socket: &Path, method: &str, path: &str, body: &str) {
+    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+}
+
 /// One request whose response body may be binary.
 pub fn http_bytes(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
