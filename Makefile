@@ -10,10 +10,11 @@ demo: guests build
 	cargo bench --bench snapshot -- --demo
 
 # Everything CI runs: lints, the whole test suite, the VM tests again with every ember
-# under ember-jailer, the benchmarks in their short modes and a short pass of every fuzzer.
+# under ember-jailer and again with the devices on virtio-pci, the benchmarks in their short modes and a short pass of every fuzzer.
 test: guests check build
 	cargo test --workspace --release
 	EMBER_TEST_JAILED=1 cargo test --release --test api --test boot --test function --test snapshot --test linux
+	EMBER_TEST_PCI=1 cargo test --release --test boot --test function --test snapshot --test balloon --test jail
 	cd resources/unikernel && cargo test -p rt --features getrandom
 	cargo bench --bench boot -- --short
 	cargo bench --bench function -- --short
@@ -21,6 +22,7 @@ test: guests check build
 	cargo bench --bench jail -- --short
 	cargo bench --bench net -- --short
 	cargo bench --bench balloon -- --short
+	cargo bench --bench transport -- --short
 	$(MAKE) fuzz-short
 
 # ember, ember-snapshot and ember-jailer, which the tests and benchmarks run, and the
@@ -50,6 +52,7 @@ bench: guests build
 	cargo bench --bench jail
 	cargo bench --bench net
 	cargo bench --bench balloon
+	cargo bench --bench transport
 
 # Coverage-guided fuzzing (fuzz/README.md): cargo-fuzz on the nightly toolchain, which is
 # for fuzzing only. Each run starts from a copy of the committed corpus in

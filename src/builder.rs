@@ -66,6 +66,8 @@ pub struct BuildOptions {
     /// Adds Firecracker's boot-timer device, timing from `start`.
     pub boot_timer: bool,
     pub start: Instant,
+    /// Puts the virtio devices on PCI (`--enable-pci`).
+    pub pci: bool,
 }
 
 /// The pages `machine`'s guest memory is made of.
@@ -197,7 +199,7 @@ pub fn build(
         .transpose()?;
     stages.mark("kernel");
 
-    let layout = DeviceLayout::plan(resources)?;
+    let layout = DeviceLayout::plan(resources, options.pci)?;
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
     let boot_args = boot_source
         .boot_args
@@ -275,6 +277,8 @@ pub struct RestoreOptions<'a> {
     pub seccomp: &'a Filters,
     /// vCPU threads started ahead, used if there are as many as vCPUs.
     pub ready_threads: Vec<VcpuThread>,
+    /// Puts the virtio devices on PCI (`--enable-pci`), as they were saved.
+    pub pci: bool,
 }
 
 /// Brings a saved microVM back on guest memory `mem`, which already holds
@@ -291,7 +295,7 @@ pub fn restore(
             "the snapshot's vCPU states do not match its vCPU count",
         ));
     }
-    let layout = DeviceLayout::plan(saved.resources)?;
+    let layout = DeviceLayout::plan(saved.resources, options.pci)?;
     let backends = layout.open_backends()?;
     let threads = vcpu_threads(
         options.ready_threads,

@@ -35,7 +35,7 @@ usage: ember [options]
   --start-time-us N    the jailer's start, CLOCK_MONOTONIC microseconds: ember logs (Info) the time to a ready API
   --start-time-cpu-us N, --parent-cpu-time-us N
                        the jailer's CPU times: accepted from Firecracker's jailer, not used
-  --enable-pci         refused: ember's devices are virtio-mmio only
+  --enable-pci         put the virtio devices on PCI (virtio-pci with MSI-X) instead of virtio-mmio
   --snapshot-version   print the snapshot format version ember writes and exit
   --describe-snapshot PATH  print the format version of the snapshot state file PATH and exit
   --metrics-path PATH  flush metrics (one JSON object per line) to this file or named pipe
@@ -52,6 +52,8 @@ pub struct Args {
     pub show_level: bool,
     pub show_log_origin: bool,
     pub boot_timer: bool,
+    /// `--enable-pci`: virtio devices on PCI.
+    pub pci: bool,
     pub seccomp: Seccomp,
     /// Test hook: the kind of thread that breaks its seccomp filter on purpose.
     pub seccomp_selftest: Option<Selftest>,
@@ -117,12 +119,6 @@ pub enum Error {
     /// A flag that takes a number, given something else.
     #[error("invalid {flag} '{value}': give a whole number")]
     Number { flag: &'static str, value: String },
-    /// Firecracker's `--enable-pci`: accepting it silently would leave a
-    /// client expecting PCI devices with virtio-mmio ones.
-    #[error(
-        "--enable-pci: PCI is not supported yet; ember's devices are virtio-mmio only for now"
-    )]
-    Pci,
     /// A --seccomp-selftest the test hook does not know.
     #[error("invalid --seccomp-selftest '{0}': use vmm, api or vcpu, optionally followed by :acct, :execve, :fork, :mprotect-exec or :signal-other")]
     SelftestKind(String),
@@ -245,9 +241,6 @@ impl Flags {
     }
 
     fn into_args(self) -> Result<Args, Error> {
-        if self.has("--enable-pci") {
-            return Err(Error::Pci);
-        }
         let id = self
             .value("--id")
             .unwrap_or_else(|| DEFAULT_INSTANCE_ID.to_string());
@@ -300,6 +293,7 @@ impl Flags {
             show_level: self.has("--show-level"),
             show_log_origin: self.has("--show-log-origin"),
             boot_timer: self.has("--boot-timer"),
+            pci: self.has("--enable-pci"),
             seccomp,
             seccomp_selftest,
             metadata: self.value("--metadata"),
@@ -409,8 +403,8 @@ mod tests {
             run(&["--describe-snapshot"]),
             Err(Error::MissingValue("--describe-snapshot"))
         );
-        assert_eq!(run(&["--enable-pci"]), Err(Error::Pci));
-        assert!(Error::Pci.to_string().contains("virtio-mmio"));
+        assert!(run(&["--enable-pci"]).unwrap().pci);
+        assert!(!run(&[]).unwrap().pci);
     }
 
     #[test]

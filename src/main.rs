@@ -157,7 +157,7 @@ fn start(
         .map_err(|e| generic("cannot create the exit eventfd", e))?;
     let mut event_loop =
         EventLoop::new(exit.clone()).map_err(|e| generic("cannot create the event loop", e))?;
-    let launcher = KvmLauncher::new(args.boot_timer, filters.clone(), exit);
+    let launcher = KvmLauncher::new(args.boot_timer, args.pci, filters.clone(), exit);
     let mut controller = Controller::new(args.id.clone(), launcher);
     controller.set_mmds_size_limit(args.mmds_size_limit);
 

@@ -73,6 +73,12 @@ pub enum Error {
     /// Mapping the guest memory, or the userfaultfd handshake.
     #[error(transparent)]
     Memory(#[from] memory::Error),
+    /// A snapshot taken on the other virtio transport.
+    #[error("snapshot '{path}': {source}")]
+    Transport {
+        path: String,
+        source: manager::Error,
+    },
     /// Saving the device states on snapshot create.
     #[error("cannot save the device states: {0}")]
     SaveDevices(manager::Error),
@@ -251,15 +257,31 @@ fn guest_bytes(mem: &GuestMemoryMmap) -> Vec<&[u8]> {
         .collect()
 }
 
-/// Brings back the microVM `params` names, on `vcpu_threads` if there are
-/// as many as it has vCPUs; returns it with the resources it was saved with.
+/// What a load needs besides its parameters.
+pub struct LoadOptions<'a> {
+    pub exit: Arc<ExitSignal>,
+    pub seccomp: &'a Filters,
+    /// vCPU threads started ahead, used if there are as many as the VM has vCPUs.
+    pub vcpu_threads: Vec<VcpuThread>,
+    pub mmds: SharedMmds,
+    /// Whether this ember puts virtio devices on PCI (`--enable-pci`); the
+    /// snapshot must have been taken the same way.
+    pub pci: bool,
+}
+
+/// Brings back the microVM `params` names; returns it with the resources it
+/// was saved with.
 pub fn load(
     params: &SnapshotLoadConfig,
-    exit: Arc<ExitSignal>,
-    seccomp: &Filters,
-    vcpu_threads: Vec<VcpuThread>,
-    mmds: SharedMmds,
+    options: LoadOptions,
 ) -> Result<(Vmm, VmResources), Error> {
+    let LoadOptions {
+        exit,
+        seccomp,
+        vcpu_threads,
+        mmds,
+        pci,
+    } = options;
     let path = &params.snapshot_path;
     let inconsistent = |what: String| Error::Inconsistent {
         path: path.clone(),
@@ -268,6 +290,13 @@ pub fn load(
     let file = File::open(path).map_err(io_err("open", path))?;
     let state: MicrovmState =
         format::load(BufReader::new(file)).map_err(|source| Error::State {
+            path: path.clone(),
+            source,
+        })?;
+    state
+        .devices
+        .check_transport(pci)
+        .map_err(|source| Error::Transport {
             path: path.clone(),
             source,
         })?;
@@ -326,6 +355,7 @@ pub fn load(
         exit,
         seccomp,
         ready_threads: vcpu_threads,
+        pci,
     };
     let vmm = builder::restore(saved, mem, options)?;
     Ok((vmm, resources))

@@ -5,7 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use ember_test_support::{
-    artifact, expected_memory_lines, main_thread_ticks_over, require_kvm, Ember, TempDir,
+    artifact, expected_memory_lines, main_thread_ticks_over, on_pci, require_kvm, Ember, TempDir,
 };
 use serde_json::json;
 
@@ -37,9 +37,14 @@ fn boot_via_api(guest: &str, protocol: &str) {
 
     ember.expect_line(&format!("EMBER-TEST-GUEST: hello from {protocol}"), BOOT);
     let cmdline = ember.expect_line("cmdline: ", BOOT);
+    let devices = if on_pci() {
+        ""
+    } else {
+        " virtio_mmio.device=4K@0xd0001000:5"
+    };
     assert_eq!(
         cmdline,
-        format!("cmdline: {args} root=/dev/vda rw virtio_mmio.device=4K@0xd0001000:5")
+        format!("cmdline: {args} root=/dev/vda rw{devices}")
     );
     assert_eq!(ember.expect_line("cpus: ", BOOT), "cpus: 2");
     ember.expect_line("guest: reset", BOOT);

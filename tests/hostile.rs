@@ -105,7 +105,7 @@ impl Attacked {
         let socket = dir.path("api.sock");
         let log = dir.path("ember.log");
         std::fs::write(&log, b"").unwrap();
-        let args = [
+        let mut args = vec![
             "--api-sock",
             socket.to_str().unwrap(),
             "--log-path",
@@ -113,6 +113,10 @@ impl Attacked {
             "--level",
             "Debug",
         ];
+        // The attacks on PCI need the devices there.
+        if mode.starts_with("pci-") {
+            args.push("--enable-pci");
+        }
         let ns = devices.net.then(|| {
             let ns = NetNs::new(&format!("hostile-{mode}"));
             ns.add_tap("tap0", &format!("{TAP_HOST}/24"), 1500);
@@ -415,6 +419,15 @@ fn a_ring_refilled_forever_still_lets_the_api_through() {
 #[test]
 fn notify_storm() {
     simple_attack("notify-storm", BOTH);
+}
+
+/// virtio-pci, four functions: configuration space writes of every width and offset (BAR
+/// sizing and moves, MSI-X control), MSI-X tables with bad addresses and
+/// flipping masks, every BAR filled with garbage, then a notification storm.
+#[test]
+fn pci_garbage() {
+    let vm = simple_attack("pci-garbage", BOTH);
+    vm.expect("done functions=4");
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ember_test_support::{
-    artifact, ember_snapshot_bin, hugetlb_kib, require_kvm, Ember, HugePagePool, TempDir,
-    UffdHandler,
+    artifact, ember_bin, ember_snapshot_bin, hugetlb_kib, on_pci, require_kvm, Ember, HugePagePool,
+    TempDir, UffdHandler,
 };
 use serde_json::{json, Value};
 
@@ -384,6 +384,42 @@ fn expect_load_refused(snap: &Snapshot, state_file: &Path, mem_backend: Value, e
         .to_string(),
     );
     assert_eq!(ember.invoke(b"good"), (200, b"good".to_vec()));
+}
+
+/// A snapshot taken with the devices on one transport (virtio-mmio, or
+/// virtio-pci with `--enable-pci`) is refused by an ember on the other, with
+/// a 400 that says which flag to start it with; the ember stays fresh.
+#[test]
+fn a_snapshot_loads_only_on_the_transport_it_was_taken_on() {
+    let dir = TempDir::new("snap-transport");
+    let snap = snapshot_echo_function(&dir);
+    let other = TempDir::new("snap-other-transport");
+    let socket = other.path("api.sock");
+    let mut args = vec!["--api-sock", socket.to_str().unwrap()];
+    let (ours, theirs, hint) = if on_pci() {
+        ("virtio-pci", "virtio-mmio", "start ember with --enable-pci")
+    } else {
+        args.push("--enable-pci");
+        (
+            "virtio-mmio",
+            "virtio-pci",
+            "start ember without --enable-pci",
+        )
+    };
+    let ember = Ember::spawn_program(&ember_bin(), &args, Some(&socket));
+    let (status, body) = ember.api(
+        "PUT",
+        "/snapshot/load",
+        &json!({"snapshot_path": snap.state, "mem_backend": file_backend(&snap),
+                "vsock_override": {"uds_path": other.path("v.sock")}})
+        .to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    let expected = format!(
+        "the snapshot's devices are on {ours}, and this ember puts them on {theirs}: {hint}"
+    );
+    assert!(body.contains(&expected), "{body}");
+    assert_eq!(state(&ember), "Not started");
 }
 
 #[test]

@@ -27,7 +27,8 @@ use ember::devices::bus::BusDevice;
 use ember::devices::rate_limiter::RateLimiter;
 use ember::devices::virtio::balloon::Balloon;
 use ember::devices::virtio::block::{Block, CacheType, Disk};
-use ember::devices::virtio::mmio::{MmioTransport, TransportState};
+use ember::devices::virtio::mmio::MmioTransport;
+use ember::devices::virtio::transport::TransportState;
 use ember::devices::virtio::vsock::Vsock;
 use ember::devices::virtio::{Activity, Interrupt, VirtioDevice};
 use ember::vstate::memory::GuestMemoryMmap;
@@ -149,7 +150,7 @@ fn device(kind: u8) -> Option<Box<dyn VirtioDevice>> {
 }
 
 fn interrupt() -> Option<Arc<Interrupt>> {
-    Some(Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).ok()?)))
+    Some(Arc::new(Interrupt::pin(EventFd::new(EFD_NONBLOCK).ok()?)))
 }
 
 fn read32(t: &mut MmioTransport, reg: u32) -> u32 {

@@ -30,7 +30,7 @@ use serde::Serialize;
 /// First bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"EMBERSNP";
 /// The format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// The architecture recorded in snapshots taken here: register and device
 /// state of one architecture means nothing on another.
 pub const ARCH: &str = std::env::consts::ARCH;
@@ -361,7 +361,14 @@ mod tests {
 
     #[test]
     fn other_versions_are_refused() {
-        for version in [0u16, 1, 3, 0x0100, u16::MAX] {
+        for version in [
+            0u16,
+            1,
+            FORMAT_VERSION - 1,
+            FORMAT_VERSION + 1,
+            0x0100,
+            u16::MAX,
+        ] {
             let mut bytes = saved(&sample());
             bytes[8..10].copy_from_slice(&version.to_le_bytes());
             match load_state(&bytes) {

@@ -17,6 +17,7 @@ use crate::vmm::{self, Vmm};
 
 pub struct KvmLauncher {
     boot_timer: bool,
+    pci: bool,
     seccomp: Filters,
     exit: Arc<ExitSignal>,
     /// The VM readied for the machine configuration as it last was.
@@ -24,10 +25,12 @@ pub struct KvmLauncher {
 }
 
 impl KvmLauncher {
-    /// `boot_timer` adds Firecracker's boot-timer device to booted VMs.
-    pub fn new(boot_timer: bool, seccomp: Filters, exit: Arc<ExitSignal>) -> Self {
+    /// `boot_timer` adds Firecracker's boot-timer device to booted VMs;
+    /// `pci` puts virtio devices on PCI.
+    pub fn new(boot_timer: bool, pci: bool, seccomp: Filters, exit: Arc<ExitSignal>) -> Self {
         KvmLauncher {
             boot_timer,
+            pci,
             seccomp,
             exit,
             prep: None,
@@ -52,6 +55,7 @@ impl Launcher for KvmLauncher {
         let options = BuildOptions {
             boot_timer: self.boot_timer,
             start: Instant::now(),
+            pci: self.pci,
         };
         self.prepare(&resources.machine);
         let prep = match self.prep.take() {
@@ -73,7 +77,14 @@ impl Launcher for KvmLauncher {
             .take()
             .map(VmPrep::into_vcpu_threads)
             .unwrap_or_default();
-        persist::load(params, self.exit.clone(), &self.seccomp, threads, mmds)
+        let options = persist::LoadOptions {
+            exit: self.exit.clone(),
+            seccomp: &self.seccomp,
+            vcpu_threads: threads,
+            mmds,
+            pci: self.pci,
+        };
+        persist::load(params, options)
     }
 }
 

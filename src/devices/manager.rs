@@ -25,18 +25,24 @@ use super::legacy::i8042::{self, I8042State, I8042};
 use super::legacy::serial::{
     self, ConsoleIn, ConsoleOut, InputDrained, SerialDevice, SerialSnapshot,
 };
+use super::pci::PciRoot;
 use super::rate_limiter::{RateLimiter, SharedRateLimiter};
 use super::virtio::balloon::{self, Balloon, BalloonHandle, BalloonStatus};
 use super::virtio::block::{self, Block, Disk};
-use super::virtio::mmio::{self, MmioTransport, TransportEvents, TransportState};
+use super::virtio::mmio::{self, MmioTransport};
 use super::virtio::net::tap;
 use super::virtio::net::{Net, NetLimiters};
+use super::virtio::pci::{self as virtio_pci, PciTransport, PciTransportState};
 use super::virtio::rng::Rng;
+use super::virtio::transport::{self, TransportEvents, TransportState, VirtioTransport};
 use super::virtio::vsock::{self, Vsock};
-use super::virtio::{Interrupt, VirtioDevice, INT_CONFIG};
+use super::virtio::{Interrupt, VirtioDevice};
 use super::{EventSubscriber, IrqLine};
 use crate::arch::x86_64::acpi::DsdtDevice;
-use crate::arch::x86_64::layout::{virtio_slot, BOOT_TIMER_START, VIRTIO_MMIO_SIZE};
+use crate::arch::x86_64::layout::{
+    pci_bar, virtio_slot, BOOT_TIMER_START, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_START,
+    VIRTIO_MMIO_SIZE,
+};
 use crate::config::{
     BalloonConfig, CacheType, DriveConfig, EntropyConfig, NetworkInterfaceConfig,
     RateLimiterConfig, VsockConfig,
@@ -83,7 +89,20 @@ pub enum Error {
     Vsock(#[from] vsock::Error),
     /// A virtio transport that cannot be made or restored.
     #[error(transparent)]
-    Transport(#[from] mmio::Error),
+    Transport(#[from] transport::Error),
+    /// A virtio-pci function that cannot be made or restored.
+    #[error(transparent)]
+    Pci(#[from] virtio_pci::PciError),
+    /// More virtio devices than PCI slots.
+    #[error("too many virtio devices: the PCI bus has {0} slots for them")]
+    TooManyPciDevices(usize),
+    /// A snapshot taken on the other transport.
+    #[error("the snapshot's devices are on {saved}, and this ember puts them on {ours}: start ember {hint}")]
+    TransportMismatch {
+        saved: &'static str,
+        ours: &'static str,
+        hint: &'static str,
+    },
     /// A change for a drive the VM does not have.
     #[error("no drive with id '{0}'")]
     NoSuchDrive(String),
@@ -115,11 +134,18 @@ enum VirtioConfig<'a> {
     Balloon(&'a BalloonConfig),
 }
 
-/// A virtio device in the layout, with its MMIO window and IRQ.
+/// Where a virtio device sits: a virtio-mmio window and its IRQ, or a PCI
+/// slot and its BAR.
+#[derive(Clone, Copy)]
+enum Placement {
+    Mmio { address: u64, irq: u32 },
+    Pci { bar: u64 },
+}
+
+/// A virtio device in the layout.
 struct VirtioSlot<'a> {
     config: VirtioConfig<'a>,
-    address: u64,
-    irq: u32,
+    placement: Placement,
 }
 
 /// Where each virtio device sits: the root drive is the guest's first
@@ -129,10 +155,13 @@ struct VirtioSlot<'a> {
 pub struct DeviceLayout<'a> {
     virtio: Vec<VirtioSlot<'a>>,
     resources: &'a VmResources,
+    pci: bool,
 }
 
 impl<'a> DeviceLayout<'a> {
-    pub fn plan(resources: &'a VmResources) -> Result<Self, Error> {
+    /// With `pci` (`--enable-pci`), the virtio devices are PCI functions in
+    /// slots from 1, in the same order.
+    pub fn plan(resources: &'a VmResources, pci: bool) -> Result<Self, Error> {
         let drives = &resources.drives;
         let configs = drives
             .iter()
@@ -146,19 +175,38 @@ impl<'a> DeviceLayout<'a> {
         let virtio = configs
             .enumerate()
             .map(|(index, config)| {
-                let (address, irq) = virtio_slot(index).ok_or(Error::TooManyDevices(index))?;
-                Ok(VirtioSlot {
-                    config,
-                    address,
-                    irq,
-                })
+                let placement = if pci {
+                    let bar = u8::try_from(index + 1)
+                        .ok()
+                        .and_then(pci_bar)
+                        .ok_or(Error::TooManyPciDevices(index))?;
+                    Placement::Pci { bar }
+                } else {
+                    let (address, irq) = virtio_slot(index).ok_or(Error::TooManyDevices(index))?;
+                    Placement::Mmio { address, irq }
+                };
+                Ok(VirtioSlot { config, placement })
             })
             .collect::<Result<_, Error>>()?;
-        Ok(DeviceLayout { virtio, resources })
+        Ok(DeviceLayout {
+            virtio,
+            resources,
+            pci,
+        })
     }
 
-    /// Tells a Linux guest where its virtio devices are and which is its root.
+    /// Tells a Linux guest where its virtio devices are and which is its root;
+    /// without PCI, that there is none to probe (`pci=off`, as Firecracker
+    /// says it, unless the boot arguments already say something of PCI).
     pub fn add_to_cmdline(&self, cmdline: &mut Cmdline) -> Result<(), Error> {
+        let says_pci = cmdline.as_cstring().is_ok_and(|c| {
+            c.to_string_lossy()
+                .split_whitespace()
+                .any(|t| t.starts_with("pci="))
+        });
+        if !self.pci && !says_pci {
+            cmdline.insert_str("pci=off").map_err(Error::Cmdline)?;
+        }
         for slot in &self.virtio {
             if let VirtioConfig::Block(drive) = slot.config {
                 if drive.is_root_device {
@@ -170,14 +218,11 @@ impl<'a> DeviceLayout<'a> {
                     cmdline.insert_str(root).map_err(Error::Cmdline)?;
                 }
             }
-            cmdline
-                .add_virtio_mmio_device(
-                    VIRTIO_MMIO_SIZE,
-                    GuestAddress(slot.address),
-                    slot.irq,
-                    None,
-                )
-                .map_err(Error::Cmdline)?;
+            if let Placement::Mmio { address, irq } = slot.placement {
+                cmdline
+                    .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(address), irq, None)
+                    .map_err(Error::Cmdline)?;
+            }
         }
         Ok(())
     }
@@ -195,14 +240,26 @@ impl<'a> DeviceLayout<'a> {
             irq: i8042::KBD_IRQ,
         };
         let legacy = uart.into_iter().chain([keyboard]);
-        let virtio = self.virtio.iter().filter_map(|slot| {
-            Some(DsdtDevice::VirtioMmio {
-                address: u32::try_from(slot.address).ok()?,
-                size: u32::try_from(VIRTIO_MMIO_SIZE).ok()?,
-                irq: slot.irq,
+        let bridge = self.pci.then(|| {
+            let (start, size) = PciRoot::window();
+            let window = size - PCI_ECAM_SIZE;
+            Some(DsdtDevice::PciHostBridge {
+                window: (u32::try_from(start).ok()?, u32::try_from(window).ok()?),
+                ecam: (
+                    u32::try_from(PCI_ECAM_START).ok()?,
+                    u32::try_from(PCI_ECAM_SIZE).ok()?,
+                ),
             })
         });
-        legacy.chain(virtio).collect()
+        let virtio = self.virtio.iter().filter_map(|slot| match slot.placement {
+            Placement::Mmio { address, irq } => Some(DsdtDevice::VirtioMmio {
+                address: u32::try_from(address).ok()?,
+                size: u32::try_from(VIRTIO_MMIO_SIZE).ok()?,
+                irq,
+            }),
+            Placement::Pci { .. } => None,
+        });
+        legacy.chain(bridge.flatten()).chain(virtio).collect()
     }
 
     /// Opens every device's host side: before the VM exists, so a bad path
@@ -244,13 +301,12 @@ impl<'a> DeviceLayout<'a> {
                     )?)),
                 };
                 Ok(OpenDevice {
-                    address: slot.address,
-                    irq: slot.irq,
+                    placement: slot.placement,
                     backend,
                 })
             })
             .collect::<Result<_, Error>>()?;
-        Ok(Backends(backends))
+        Ok(Backends(backends, self.pci))
     }
 
     /// A net device on its TAP, with MMDS if the configuration puts it
@@ -310,13 +366,13 @@ enum Backend<'a> {
 
 /// A virtio device whose host side is open, where the layout puts it.
 struct OpenDevice<'a> {
-    address: u64,
-    irq: u32,
+    placement: Placement,
     backend: Backend<'a>,
 }
 
-/// The layout's virtio devices with their host side open, in layout order.
-pub struct Backends<'a>(Vec<OpenDevice<'a>>);
+/// The layout's virtio devices with their host side open, in layout order,
+/// and whether they go on PCI.
+pub struct Backends<'a>(Vec<OpenDevice<'a>>, bool);
 
 /// A block device as the controller sees it after boot.
 pub struct Drive {
@@ -343,7 +399,59 @@ pub struct BalloonDevice {
 pub struct DeviceStates {
     serial: SerialSnapshot,
     i8042: I8042State,
-    virtio: Vec<TransportState>,
+    virtio: VirtioStates,
+}
+
+impl DeviceStates {
+    /// Refuses states saved on the other virtio transport than the one
+    /// `pci` says this ember uses.
+    pub fn check_transport(&self, pci: bool) -> Result<(), Error> {
+        let ours = if pci { TRANSPORT_PCI } else { TRANSPORT_MMIO };
+        if self.virtio.transport() == ours {
+            return Ok(());
+        }
+        Err(Error::TransportMismatch {
+            saved: self.virtio.transport(),
+            ours,
+            hint: if pci {
+                "without --enable-pci"
+            } else {
+                "with --enable-pci"
+            },
+        })
+    }
+}
+
+/// The virtio devices' states, on the transport they were on.
+#[derive(Serialize, Deserialize)]
+enum VirtioStates {
+    Mmio(Vec<TransportState>),
+    Pci(Vec<PciTransportState>),
+}
+
+impl VirtioStates {
+    fn len(&self) -> usize {
+        match self {
+            VirtioStates::Mmio(states) => states.len(),
+            VirtioStates::Pci(states) => states.len(),
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        match self {
+            VirtioStates::Mmio(_) => TRANSPORT_MMIO,
+            VirtioStates::Pci(_) => TRANSPORT_PCI,
+        }
+    }
+}
+
+const TRANSPORT_MMIO: &str = "virtio-mmio";
+const TRANSPORT_PCI: &str = "virtio-pci";
+
+/// A virtio transport of a running VM.
+enum AnyTransport {
+    Mmio(Arc<Mutex<MmioTransport>>),
+    Pci(Arc<Mutex<PciTransport>>),
 }
 
 /// The devices of a running microVM, as the controller reaches them.
@@ -354,7 +462,9 @@ pub struct Devices {
     pub balloon: Option<BalloonDevice>,
     serial: Arc<Mutex<SerialDevice>>,
     /// Every virtio transport, in layout order.
-    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    transports: Vec<AnyTransport>,
+    /// Whether the virtio devices are on PCI (even when there are none).
+    pci: bool,
     /// Taken by the event loop when the VM starts.
     subscribers: Vec<Box<dyn EventSubscriber>>,
 }
@@ -433,6 +543,7 @@ impl Devices {
             balloon: None,
             serial,
             transports: Vec::new(),
+            pci: false,
             subscribers: vec![Box::new(console_in)],
         })
     }
@@ -446,69 +557,109 @@ impl Devices {
         backends: Backends,
         saved: Option<&DeviceStates>,
     ) -> Result<(), Error> {
-        if saved.is_some_and(|s| s.virtio.len() != backends.0.len()) {
-            return Err(Error::BadState(
-                "the snapshot's virtio devices do not match its configuration",
-            ));
-        }
-        let mut saved_virtio = saved.map(|s| s.virtio.iter());
-        for open in backends.0 {
-            let interrupt = Arc::new(Interrupt::new(irq_line(vm, open.irq, "a virtio IRQ")?.0));
-            let device: Box<dyn VirtioDevice> = match open.backend {
-                Backend::Block(drive, disk, limiter) => {
-                    let cache = match drive.cache_type {
-                        CacheType::Unsafe => block::CacheType::Unsafe,
-                        CacheType::Writeback => block::CacheType::Writeback,
-                    };
-                    self.drives.push(Drive {
-                        id: drive.drive_id.clone(),
-                        disk: disk.clone(),
-                        limiter: limiter.clone(),
-                        interrupt: interrupt.clone(),
-                    });
-                    let metrics = METRICS.drive(&drive.drive_id);
-                    Box::new(Block::new(
-                        disk,
-                        limiter,
-                        metrics,
-                        drive.is_read_only,
-                        cache,
-                    ))
-                }
-                Backend::Net(net, interface) => {
-                    self.interfaces.push(interface);
-                    net
-                }
-                Backend::Vsock(vsock) => vsock,
-                Backend::Entropy(rng) => rng,
-                Backend::Balloon(balloon, handle) => {
-                    self.balloon = Some(BalloonDevice {
-                        handle,
-                        interrupt: interrupt.clone(),
-                    });
-                    balloon
-                }
-            };
-            let transport = match saved_virtio.as_mut().and_then(Iterator::next) {
-                Some(state) => MmioTransport::restore(device, mem.clone(), interrupt, state)?,
-                None => MmioTransport::new(device, mem.clone(), interrupt)?,
-            };
-            for (queue, evt) in (0u32..).zip(transport.queue_events()) {
-                let notify = IoEventAddress::Mmio(open.address + mmio::NOTIFY_REG_OFFSET);
-                vm.fd()
-                    .register_ioevent(evt, &notify, queue)
-                    .map_err(|source| Error::Wire {
-                        what: "a virtio queue notification",
-                        source,
-                    })?;
+        let Backends(opened, pci) = backends;
+        self.pci = pci;
+        if let Some(saved) = saved {
+            saved.check_transport(pci)?;
+            if saved.virtio.len() != opened.len() {
+                return Err(Error::BadState(
+                    "the snapshot's virtio devices do not match its configuration",
+                ));
             }
-            let transport = Arc::new(Mutex::new(transport));
-            mmio_bus.insert(open.address, VIRTIO_MMIO_SIZE, transport.clone())?;
+        }
+        let mut pci_root = PciRoot::new();
+        for (index, open) in opened.into_iter().enumerate() {
+            let (device, keep) = self.device(open.backend);
+            let (transport, interrupt): (Arc<Mutex<dyn VirtioTransport>>, _) = match open.placement
+            {
+                Placement::Mmio { address, irq } => {
+                    let interrupt = Arc::new(Interrupt::pin(irq_line(vm, irq, "a virtio IRQ")?.0));
+                    let transport = match saved.map(|s| &s.virtio) {
+                        Some(VirtioStates::Mmio(states)) => {
+                            let state = states.get(index).ok_or(Error::BadState("a device"))?;
+                            MmioTransport::restore(device, mem.clone(), interrupt.clone(), state)?
+                        }
+                        _ => MmioTransport::new(device, mem.clone(), interrupt.clone())?,
+                    };
+                    let notify = IoEventAddress::Mmio(address + mmio::NOTIFY_REG_OFFSET);
+                    for (queue, evt) in (0u32..).zip(transport.queue_events()) {
+                        register_notify(vm, evt, &notify, Some(queue))?;
+                    }
+                    let transport = Arc::new(Mutex::new(transport));
+                    mmio_bus.insert(address, VIRTIO_MMIO_SIZE, transport.clone())?;
+                    self.transports.push(AnyTransport::Mmio(transport.clone()));
+                    (transport, interrupt)
+                }
+                Placement::Pci { bar } => {
+                    let transport = match saved.map(|s| &s.virtio) {
+                        Some(VirtioStates::Pci(states)) => {
+                            let state = states.get(index).ok_or(Error::BadState("a device"))?;
+                            PciTransport::restore(device, mem.clone(), vm, bar, state)?
+                        }
+                        _ => PciTransport::new(device, mem.clone(), vm, bar)?,
+                    };
+                    for (queue, evt) in (0u64..).zip(transport.queue_events()) {
+                        let offset =
+                            virtio_pci::NOTIFY + queue * u64::from(virtio_pci::NOTIFY_MULTIPLIER);
+                        register_notify(vm, evt, &IoEventAddress::Mmio(bar + offset), None)?;
+                    }
+                    let interrupt = transport.interrupt();
+                    let transport = Arc::new(Mutex::new(transport));
+                    pci_root
+                        .add(transport.clone())
+                        .ok_or(Error::TooManyPciDevices(index))?;
+                    self.transports.push(AnyTransport::Pci(transport.clone()));
+                    (transport, interrupt)
+                }
+            };
+            self.keep(keep, interrupt);
             self.subscribers
-                .push(Box::new(TransportEvents::new(transport.clone())?));
-            self.transports.push(transport);
+                .push(Box::new(TransportEvents::new(transport)?));
+        }
+        if pci {
+            let (start, size) = PciRoot::window();
+            debug_assert_eq!(start, PCI_MMIO_START);
+            mmio_bus.insert(start, size, Arc::new(Mutex::new(pci_root)))?;
         }
         Ok(())
+    }
+
+    /// The device over `backend`, and what the controller keeps of it.
+    fn device(&mut self, backend: Backend) -> (Box<dyn VirtioDevice>, Keep) {
+        match backend {
+            Backend::Block(drive, disk, limiter) => {
+                let cache = match drive.cache_type {
+                    CacheType::Unsafe => block::CacheType::Unsafe,
+                    CacheType::Writeback => block::CacheType::Writeback,
+                };
+                let metrics = METRICS.drive(&drive.drive_id);
+                let keep = Keep::Drive(drive.drive_id.clone(), disk.clone(), limiter.clone());
+                let block = Block::new(disk, limiter, metrics, drive.is_read_only, cache);
+                (Box::new(block), keep)
+            }
+            Backend::Net(net, interface) => {
+                self.interfaces.push(interface);
+                (net, Keep::Nothing)
+            }
+            Backend::Vsock(vsock) => (vsock, Keep::Nothing),
+            Backend::Entropy(rng) => (rng, Keep::Nothing),
+            Backend::Balloon(balloon, handle) => (balloon, Keep::Balloon(handle)),
+        }
+    }
+
+    /// Keeps what the controller reaches a device through, with the
+    /// interrupt it raises configuration changes on.
+    fn keep(&mut self, keep: Keep, interrupt: Arc<Interrupt>) {
+        match keep {
+            Keep::Drive(id, disk, limiter) => self.drives.push(Drive {
+                id,
+                disk,
+                limiter,
+                interrupt,
+            }),
+            Keep::Balloon(handle) => self.balloon = Some(BalloonDevice { handle, interrupt }),
+            Keep::Nothing => {}
+        }
     }
 
     /// Every device's state; the VM must be paused.
@@ -520,11 +671,35 @@ impl Devices {
                 .map_err(|_| Error::Poisoned)?
                 .save_state(),
             i8042: self.i8042.lock().map_err(|_| Error::Poisoned)?.save_state(),
-            virtio: self
-                .transports
-                .iter()
-                .map(|t| Ok(t.lock().map_err(|_| Error::Poisoned)?.save_state()))
-                .collect::<Result<_, Error>>()?,
+            virtio: if self.pci {
+                VirtioStates::Pci(
+                    self.transports
+                        .iter()
+                        .filter_map(|t| match t {
+                            AnyTransport::Pci(t) => Some(
+                                t.lock()
+                                    .map(|t| t.save_state())
+                                    .map_err(|_| Error::Poisoned),
+                            ),
+                            AnyTransport::Mmio(_) => None,
+                        })
+                        .collect::<Result<_, Error>>()?,
+                )
+            } else {
+                VirtioStates::Mmio(
+                    self.transports
+                        .iter()
+                        .filter_map(|t| match t {
+                            AnyTransport::Mmio(t) => Some(
+                                t.lock()
+                                    .map(|t| t.save_state())
+                                    .map_err(|_| Error::Poisoned),
+                            ),
+                            AnyTransport::Pci(_) => None,
+                        })
+                        .collect::<Result<_, Error>>()?,
+                )
+            },
         })
     }
 
@@ -548,7 +723,7 @@ impl Devices {
                         Disk::open(path, *read_only).inspect_err(|_| metrics.update_fails.inc())?;
                     *drive.disk.lock().map_err(|_| Error::Poisoned)? = disk;
                     // The guest learns the new size from the configuration space.
-                    drive.interrupt.raise(INT_CONFIG);
+                    drive.interrupt.raise_config();
                 }
                 if let Some(update) = rate_limiter {
                     update_limiter(&drive.limiter, update)?;
@@ -585,7 +760,7 @@ impl Devices {
                     .map_err(|_| Error::Poisoned)?
                     .target_pages = mib_to_pages(*amount_mib);
                 // The guest reads the new target from the configuration space.
-                balloon.interrupt.raise(INT_CONFIG);
+                balloon.interrupt.raise_config();
                 Ok(())
             }
             DeviceChange::BalloonHinting(start) => {
@@ -597,7 +772,7 @@ impl Devices {
                 }
                 drop(status);
                 // The guest reads the command from the configuration space.
-                balloon.interrupt.raise(INT_CONFIG);
+                balloon.interrupt.raise_config();
                 Ok(())
             }
             DeviceChange::BalloonStatsInterval { seconds } => {
@@ -626,6 +801,32 @@ impl Devices {
 fn update_limiter(limiter: &SharedRateLimiter, update: &RateLimiterConfig) -> Result<(), Error> {
     limiter.lock().map_err(|_| Error::Poisoned)?.update(update);
     Ok(())
+}
+
+/// What the controller keeps of a device, besides its interrupt.
+enum Keep {
+    Drive(String, Arc<Mutex<Disk>>, SharedRateLimiter),
+    Balloon(BalloonHandle),
+    Nothing,
+}
+
+/// Has KVM signal `evt` on a guest write at `address` (of `datamatch`, if given).
+fn register_notify(
+    vm: &Vm,
+    evt: &EventFd,
+    address: &IoEventAddress,
+    datamatch: Option<u32>,
+) -> Result<(), Error> {
+    let registered = match datamatch {
+        Some(value) => vm.fd().register_ioevent(evt, address, value),
+        None => vm
+            .fd()
+            .register_ioevent(evt, address, kvm_ioctls::NoDatamatch),
+    };
+    registered.map_err(|source| Error::Wire {
+        what: "a virtio queue notification",
+        source,
+    })
 }
 
 /// An interrupt line: an eventfd KVM turns into guest IRQ `irq`.

@@ -5,6 +5,7 @@ pub mod boot_timer;
 pub mod bus;
 pub mod legacy;
 pub mod manager;
+pub mod pci;
 pub mod rate_limiter;
 pub mod virtio;
 

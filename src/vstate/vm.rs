@@ -2,9 +2,13 @@
 //! irqfds and ioeventfds.
 
 use crate::vstate::memory::GuestMemoryMmap;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use kvm_bindings::{
-    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
-    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    kvm_clock_data, kvm_irq_routing_entry, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
+    kvm_userspace_memory_region, KvmIrqRouting, KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -21,6 +25,15 @@ pub enum Error {
     /// A KVM without a capability ember relies on (irqchip, ioeventfd, ...).
     #[error("KVM lacks a capability ember needs: {0:?}")]
     MissingCap(Cap),
+    /// More MSI vectors than KVM routes.
+    #[error("too many MSI-X vectors: KVM routes {MAX_GSIS} interrupts")]
+    OutOfGsis,
+    /// The routing table could not be built.
+    #[error("cannot build the interrupt routing table")]
+    RoutingTable,
+    /// A thread panicked while holding the routing table.
+    #[error("the interrupt routing table's lock is poisoned")]
+    Poisoned,
     /// A VM ioctl failed: `what` it was for.
     #[error("KVM refused to {what}: {source}")]
     Kvm {
@@ -44,8 +57,9 @@ const REQUIRED_CAPS: [Cap; 5] = [
 
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    fd: Arc<VmFd>,
     track_dirty_pages: bool,
+    routes: Arc<GsiRoutes>,
 }
 
 /// The VM-wide state a snapshot holds: interrupt controllers, PIT and kvmclock.
@@ -75,10 +89,12 @@ impl Vm {
             .map_err(kvm_err("set the TSS address"))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(kvm_err("set the identity map address"))?;
+        let fd = Arc::new(fd);
         let vm = Vm {
             kvm,
-            fd,
+            fd: fd.clone(),
             track_dirty_pages,
+            routes: Arc::new(GsiRoutes::new(fd)),
         };
         vm.register_memory(mem)?;
         let fd = &vm.fd;
@@ -187,4 +203,110 @@ impl Vm {
     pub fn fd(&self) -> &VmFd {
         &self.fd
     }
+
+    /// The VM's interrupt routing, for MSI-X devices.
+    pub fn gsi_routes(&self) -> &Arc<GsiRoutes> {
+        &self.routes
+    }
+}
+
+/// An MSI: the address a vector writes to and the data it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiMessage {
+    pub address: u64,
+    pub data: u32,
+}
+
+/// GSIs of the in-kernel IOAPIC; MSI vectors get the ones after.
+const IOAPIC_GSIS: u32 = 24;
+/// How many routes KVM takes (`KVM_MAX_IRQ_ROUTES`).
+const MAX_GSIS: u32 = 4096;
+
+/// The VM's GSI routing table (`KVM_SET_GSI_ROUTING`), for MSI vectors.
+///
+/// KVM routes GSIs 0-23 to the PIC and IOAPIC until the first table is set,
+/// and a table replaces everything, so each one carries those routes again
+/// before the MSI ones. A VM without MSI-X devices never sets one.
+pub struct GsiRoutes {
+    vm: Arc<VmFd>,
+    next_gsi: Mutex<u32>,
+    msi: Mutex<BTreeMap<u32, MsiMessage>>,
+}
+
+impl GsiRoutes {
+    fn new(vm: Arc<VmFd>) -> Self {
+        GsiRoutes {
+            vm,
+            next_gsi: Mutex::new(IOAPIC_GSIS),
+            msi: Mutex::default(),
+        }
+    }
+
+    /// `count` fresh GSIs for MSI vectors; the first of them. A boot and its
+    /// restores allocate in the same order, so a device gets the same GSIs.
+    pub fn allocate(&self, count: u16) -> Result<u32, Error> {
+        let mut next = self.next_gsi.lock().map_err(|_| Error::Poisoned)?;
+        let first = *next;
+        let end = first + u32::from(count);
+        if end > MAX_GSIS {
+            return Err(Error::OutOfGsis);
+        }
+        *next = end;
+        Ok(first)
+    }
+
+    /// Routes each GSI to its message (or nowhere), in one table update.
+    pub fn update(&self, changes: &[(u32, Option<MsiMessage>)]) -> Result<(), Error> {
+        let mut msi = self.msi.lock().map_err(|_| Error::Poisoned)?;
+        for &(gsi, message) in changes {
+            match message {
+                Some(message) => msi.insert(gsi, message),
+                None => msi.remove(&gsi),
+            };
+        }
+        let mut table = KvmIrqRouting::new(0).map_err(|_| Error::RoutingTable)?;
+        for entry in legacy_routes().chain(msi.iter().map(|(&gsi, m)| msi_route(gsi, m))) {
+            table.push(entry).map_err(|_| Error::RoutingTable)?;
+        }
+        self.vm
+            .set_gsi_routing(&table)
+            .map_err(kvm_err("set the interrupt routing"))
+    }
+}
+
+/// KVM's default routes: GSIs 0-15 to the PICs and the IOAPIC, 16-23 to
+/// the IOAPIC.
+fn legacy_routes() -> impl Iterator<Item = kvm_irq_routing_entry> {
+    let irqchip = |gsi: u32, chip: u32, pin: u32| {
+        let mut entry = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        entry.u.irqchip.irqchip = chip;
+        entry.u.irqchip.pin = pin;
+        entry
+    };
+    (0..IOAPIC_GSIS).flat_map(move |gsi| {
+        let pic = match gsi {
+            0..8 => Some(irqchip(gsi, KVM_IRQCHIP_PIC_MASTER, gsi)),
+            8..16 => Some(irqchip(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8)),
+            _ => None,
+        };
+        pic.into_iter()
+            .chain([irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi)])
+    })
+}
+
+fn msi_route(gsi: u32, message: &MsiMessage) -> kvm_irq_routing_entry {
+    let mut entry = kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_MSI,
+        ..Default::default()
+    };
+    let [a, b, c, d, e, f, g, h] = message.address.to_le_bytes();
+    entry.u.msi.address_lo = u32::from_le_bytes([a, b, c, d]);
+    entry.u.msi.address_hi = u32::from_le_bytes([e, f, g, h]);
+    entry.u.msi.data = message.data;
+    entry
 }

@@ -4,13 +4,15 @@
 //! scan finds it and the boot protocols point at it; the XSDT lists a
 //! hardware-reduced FADT (no PM blocks, no SCI) and the MADT (the IOAPIC and
 //! one local APIC per vCPU); the FADT points at the DSDT, which describes the
-//! legacy devices and each virtio-mmio window. The rust-vmm `acpi_tables`
-//! crate writes the tables and the AML.
+//! legacy devices and each virtio-mmio window, or with `--enable-pci` the
+//! PCI host bridge, whose ECAM the XSDT's MCFG gives. The rust-vmm
+//! `acpi_tables` crate writes the tables and the AML.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -59,6 +61,13 @@ pub enum DsdtDevice {
     Keyboard { irq: u32 },
     /// A virtio-mmio window (LNRO0005, Linux's virtio-mmio ACPI id).
     VirtioMmio { address: u32, size: u32, irq: u32 },
+    /// The PCI host bridge (PNP0A08, PCI Express): bus 0, its BARs in
+    /// `window` (`(start, size)`), its ECAM at `ecam`, which the MCFG table
+    /// gives too.
+    PciHostBridge {
+        window: (u32, u32),
+        ecam: (u32, u32),
+    },
 }
 
 impl DsdtDevice {
@@ -89,6 +98,28 @@ impl DsdtDevice {
                 let (window, irq) = (aml::Memory32Fixed::new(true, address, size), edge(irq));
                 let crs = aml::ResourceTemplate::new(vec![&window, &irq]);
                 device(name, &"LNRO0005", uid, &crs, sink);
+            }
+            DsdtDevice::PciHostBridge { window, ecam } => {
+                let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
+                let memory = aml::AddressSpace::new_memory(
+                    aml::AddressSpaceCacheable::NotCacheable,
+                    true,
+                    window.0,
+                    window.0 + (window.1 - 1),
+                    None,
+                );
+                let config = aml::Memory32Fixed::new(true, ecam.0, ecam.1);
+                let crs = aml::ResourceTemplate::new(vec![&bus, &memory, &config]);
+                let (hid, cid, uid, seg, bbn, crs) = (
+                    aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
+                    aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
+                    aml::Name::new("_UID".into(), &uid),
+                    aml::Name::new("_SEG".into(), &aml::ZERO),
+                    aml::Name::new("_BBN".into(), &aml::ZERO),
+                    aml::Name::new("_CRS".into(), &crs),
+                );
+                aml::Device::new(name.into(), vec![&hid, &cid, &uid, &seg, &bbn, &crs])
+                    .to_aml_bytes(sink);
             }
         }
     }
@@ -157,16 +188,31 @@ pub fn build(num_cpus: u8, devices: &[DsdtDevice]) -> Result<Vec<(u64, Vec<u8>)>
     }
     let madt = place(bytes(&madt));
 
+    let mcfg = devices.iter().find_map(|d| match *d {
+        DsdtDevice::PciHostBridge { ecam, .. } => {
+            let mut mcfg = MCFG::new(OEM_ID, *b"EMBRMCFG", OEM_REVISION);
+            mcfg.add_ecam(u64::from(ecam.0), 0, 0, 0);
+            Some(place(bytes(&mcfg)))
+        }
+        _ => None,
+    });
+
     let mut xsdt = XSDT::new(OEM_ID, *b"EMBRXSDT", OEM_REVISION);
     xsdt.add_entry(fadt.0);
     xsdt.add_entry(madt.0);
+    if let Some((at, _)) = &mcfg {
+        xsdt.add_entry(*at);
+    }
     let xsdt = place(bytes(&xsdt));
 
     if next > ACPI_END {
         return Err(Error::TooLarge(next - RSDP_START, ACPI_END - RSDP_START));
     }
     let rsdp = (RSDP_START, bytes(&Rsdp::new(OEM_ID, xsdt.0)));
-    Ok(vec![rsdp, xsdt, fadt, madt, dsdt])
+    Ok([rsdp, xsdt, fadt, madt, dsdt]
+        .into_iter()
+        .chain(mcfg)
+        .collect())
 }
 
 /// Writes the tables into guest memory; returns the RSDP's address.
@@ -273,6 +319,33 @@ mod tests {
         for table in &tables[1..] {
             assert!(table.0 % ALIGN == 0 && table.0 + table.1.len() as u64 <= ACPI_END);
         }
+    }
+
+    #[test]
+    fn a_pci_machine_has_its_host_bridge_and_an_mcfg() {
+        let bridge = DsdtDevice::PciHostBridge {
+            window: (0xd100_0000, 0x0f00_0000),
+            ecam: (0xe000_0000, 0x10_0000),
+        };
+        let tables = build(1, &[bridge]).unwrap();
+        let xsdt = table(&tables, u64_at(&tables[0].1, 24), b"XSDT");
+        let entries: Vec<u64> = xsdt[36..].chunks(8).map(|e| u64_at(e, 0)).collect();
+        assert_eq!(entries.len(), 3);
+        let mcfg = table(&tables, entries[2], b"MCFG");
+        // One allocation: base, segment 0, buses 0-0.
+        assert_eq!(mcfg.len(), 44 + 16);
+        assert_eq!(u64_at(mcfg, 44), 0xe000_0000);
+        assert_eq!(&mcfg[52..56], &[0, 0, 0, 0]);
+        let fadt = table(&tables, entries[0], b"FACP");
+        let dsdt = table(&tables, u64_at(fadt, 140), b"DSDT");
+        let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
+        // PNP0A08 and PNP0A03 as compressed EISA ids, and both windows.
+        assert_eq!(count(&[0x41, 0xd0, 0x0a, 0x08]), 1);
+        assert_eq!(count(&[0x41, 0xd0, 0x0a, 0x03]), 1);
+        assert_eq!(count(&0xd100_0000u32.to_le_bytes()), 1);
+        assert_eq!(count(&0xdfff_ffffu32.to_le_bytes()), 1);
+        assert_eq!(count(&0xe000_0000u32.to_le_bytes()), 1);
+        assert_eq!(count(b"LNRO0005"), 0);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::acpi::{self, DsdtDevice};
 use super::layout::{
-    e820_map, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_START, PVH_INFO_START,
-    PVH_MEMMAP_START, ZERO_PAGE_START,
+    e820_map, e820_map_with_ecam, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_START,
+    PVH_INFO_START, PVH_MEMMAP_START, ZERO_PAGE_START,
 };
 use super::mptable;
 use super::regs::{BootEntry, BootProtocol};
@@ -199,7 +199,15 @@ pub fn configure_system(
 
     let rsdp = acpi::write(mem, num_cpus, devices)?;
 
-    let e820 = e820_map(mem_size);
+    // Linux trusts the MCFG's ECAM only where the e820 map reserves it.
+    let pci = devices
+        .iter()
+        .any(|d| matches!(d, DsdtDevice::PciHostBridge { .. }));
+    let e820 = if pci {
+        e820_map_with_ecam(mem_size)
+    } else {
+        e820_map(mem_size)
+    };
     match kernel.entry.protocol {
         BootProtocol::Linux64 => write_zero_page(mem, kernel, cmdline_len, initrd, &e820, rsdp),
         BootProtocol::Pvh => write_pvh_start_info(mem, initrd, &e820, rsdp),

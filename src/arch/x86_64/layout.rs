@@ -43,6 +43,16 @@ pub const BOOT_TIMER_START: u64 = MMIO_GAP_START;
 pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START + 0x1000;
 /// Size of one virtio-mmio device window.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// With `--enable-pci`, the virtio devices' BARs: one window of
+/// [`PCI_BAR_SIZE`] per PCI slot from 1, in the gap past the virtio-mmio
+/// windows (unused then, but for the boot timer).
+pub const PCI_MMIO_START: u64 = 0xd100_0000;
+/// Size of each virtio-pci function's BAR 0.
+pub const PCI_BAR_SIZE: u64 = 0x8000;
+/// PCI configuration space (ECAM) for bus 0: 32 slots of 8 functions of
+/// 4 KiB. The BAR window runs up to it.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
 /// First IRQ handed to virtio devices (0-4 are legacy: timer, keyboard, cascade, COM2, COM1).
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Last IRQ the in-kernel IOAPIC routes.
@@ -88,6 +98,21 @@ pub fn e820_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
         }
     }
     map
+}
+
+/// The e820 map with the PCI configuration space reserved, which Linux wants
+/// before it trusts the ACPI MCFG table.
+pub fn e820_map_with_ecam(mem_size: u64) -> Vec<(u64, u64, u32)> {
+    let mut map = e820_map(mem_size);
+    map.push((PCI_ECAM_START, PCI_ECAM_SIZE, E820_RESERVED));
+    map
+}
+
+/// Guest-physical address of BAR 0 of the function in PCI slot `slot`.
+pub fn pci_bar(slot: u8) -> Option<u64> {
+    let index = u64::from(slot.checked_sub(1)?);
+    let address = PCI_MMIO_START + index * PCI_BAR_SIZE;
+    (address + PCI_BAR_SIZE <= PCI_ECAM_START).then_some(address)
 }
 
 /// Guest-physical address of the `index`-th virtio-mmio device and its IRQ.

@@ -1,4 +1,4 @@
-//! virtio devices and their MMIO transport.
+//! virtio devices and their transports, virtio-mmio and virtio-pci.
 //!
 //! A device is a small state machine over its queues; the transport owns the
 //! registers, feature negotiation, queues and interrupt, and calls the device
@@ -8,15 +8,18 @@ pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 pub mod rng;
 #[cfg(test)]
 pub mod test_utils;
+pub mod transport;
 pub mod vsock;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
+use crate::devices::pci::msix::MsixVectors;
 use crate::vstate::memory::GuestMemoryMmap;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
@@ -122,10 +125,19 @@ pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// The interrupt status register and the irqfd behind it.
+/// How a device interrupts the guest: the interrupt status register (virtio-mmio's
+/// InterruptStatus, virtio-pci's ISR) and what carries the interrupt.
 pub struct Interrupt {
     status: AtomicU32,
-    irq: EventFd,
+    delivery: Delivery,
+}
+
+enum Delivery {
+    /// One IRQ line for everything (virtio-mmio): an irqfd.
+    Pin(EventFd),
+    /// MSI-X (virtio-pci): the vector the driver chose for each queue and for
+    /// configuration changes.
+    Msix(Arc<MsixVectors>),
 }
 
 /// Bits of the interrupt status register.
@@ -133,34 +145,75 @@ pub const INT_VRING: u32 = 1;
 pub const INT_CONFIG: u32 = 2;
 
 impl Interrupt {
-    pub fn new(irq: EventFd) -> Self {
+    /// Interrupts through the irqfd of one IRQ line.
+    pub fn pin(irq: EventFd) -> Self {
         Interrupt {
             status: AtomicU32::new(0),
-            irq,
+            delivery: Delivery::Pin(irq),
         }
     }
 
-    /// Sets `bits` in the status register and raises the guest IRQ.
-    pub fn raise(&self, bits: u32) {
-        self.status.fetch_or(bits, Ordering::SeqCst);
-        if let Err(e) = self.irq.write(1) {
-            log::warn!("virtio: cannot raise interrupt: {e}");
+    /// Interrupts through MSI-X vectors.
+    pub fn msix(vectors: Arc<MsixVectors>) -> Self {
+        Interrupt {
+            status: AtomicU32::new(0),
+            delivery: Delivery::Msix(vectors),
         }
     }
 
-    /// Puts back a saved status, and raises the IRQ if anything is pending,
-    /// since the guest may have been interrupted before it read the status.
+    /// The device changed its configuration space.
+    pub fn raise_config(&self) {
+        self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
+        match &self.delivery {
+            Delivery::Pin(irq) => trigger(irq),
+            Delivery::Msix(vectors) => vectors.signal(vectors.config_vector()),
+        }
+    }
+
+    /// The device used buffers of the `queues` whose driver wants to know.
+    pub fn raise_queues(&self, mut queues: impl Iterator<Item = usize>) {
+        match &self.delivery {
+            Delivery::Pin(irq) => {
+                if queues.next().is_some() {
+                    self.status.fetch_or(INT_VRING, Ordering::SeqCst);
+                    trigger(irq);
+                }
+            }
+            Delivery::Msix(vectors) => {
+                let mut last = None;
+                for queue in queues {
+                    self.status.fetch_or(INT_VRING, Ordering::SeqCst);
+                    let vector = vectors.queue_vector(queue);
+                    // Queues sharing a vector share one interrupt.
+                    if last != Some(vector) {
+                        vectors.signal(vector);
+                        last = Some(vector);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts back a saved status, and interrupts if anything is pending,
+    /// since the guest may have been interrupted before it looked.
     fn restore(&self, status: u32) {
         self.status.store(status, Ordering::SeqCst);
-        if status != 0 {
-            if let Err(e) = self.irq.write(1) {
-                log::warn!("virtio: cannot raise interrupt: {e}");
-            }
+        if status == 0 {
+            return;
+        }
+        match &self.delivery {
+            Delivery::Pin(irq) => trigger(irq),
+            Delivery::Msix(vectors) => vectors.signal_all(),
         }
     }
 
     fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// Reads and clears the status, as virtio-pci's ISR register does.
+    fn take_status(&self) -> u32 {
+        self.status.swap(0, Ordering::SeqCst)
     }
 
     fn ack(&self, bits: u32) {
@@ -169,6 +222,12 @@ impl Interrupt {
 
     fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+fn trigger(irq: &EventFd) {
+    if let Err(e) = irq.write(1) {
+        log::warn!("virtio: cannot raise interrupt: {e}");
     }
 }
 

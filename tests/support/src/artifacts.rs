@@ -118,8 +118,13 @@ pub fn expected_memory_lines(mem_mib: u64) -> Vec<String> {
         ranges.push((0x10_0000, gap - 0x10_0000));
         ranges.push((1 << 32, size - gap));
     }
-    ranges
+    let mut lines: Vec<String> = ranges
         .iter()
         .map(|&(start, len)| format!("mem: {start:#x}-{:#x} type=1", start + len - 1))
-        .collect()
+        .collect();
+    // On PCI, the configuration space (ECAM) is reserved after the RAM.
+    if crate::ember::on_pci() {
+        lines.push("mem: 0xe0000000-0xe00fffff type=2".into());
+    }
+    lines
 }

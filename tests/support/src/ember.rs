@@ -35,16 +35,34 @@ pub struct Ember {
     jail_dir: Option<PathBuf>,
 }
 
+/// Whether the suite runs ember's virtio devices on PCI (`EMBER_TEST_PCI`).
+pub fn on_pci() -> bool {
+    std::env::var_os("EMBER_TEST_PCI").is_some()
+}
+
+/// `args`, with `--enable-pci` when the suite runs on PCI.
+pub fn transport_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut args = args.to_vec();
+    if on_pci() {
+        args.push("--enable-pci");
+    }
+    args
+}
+
 impl Ember {
     /// Spawns ember with `args`; with `socket` set, waits until the API answers a connect.
     ///
     /// With `EMBER_TEST_JAILED` set, ember runs under `ember-jailer` (chroot,
     /// namespaces, dropped groups, seccomp), so the whole suite can run jailed.
+    ///
+    /// With `EMBER_TEST_PCI` set, ember puts its virtio devices on PCI
+    /// (`--enable-pci`), so the whole suite can run on either transport.
     pub fn spawn(args: &[&str], socket: Option<&Path>) -> Ember {
+        let args = transport_args(args);
         if std::env::var_os("EMBER_TEST_JAILED").is_some() {
-            return Ember::spawn_jailed(args, socket);
+            return Ember::spawn_jailed(&args, socket);
         }
-        Ember::spawn_program(&ember_bin(), args, socket)
+        Ember::spawn_program(&ember_bin(), &args, socket)
     }
 
     /// Runs ember in a jail whose root also shows the host's /tmp (the
@@ -131,7 +149,7 @@ mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@
     /// Spawns ember with `args` but leaves its stdout unread, as a console
     /// nobody drains, until `drain_console`.
     pub fn spawn_undrained(args: &[&str], socket: Option<&Path>) -> Ember {
-        Ember::spawn_quiet(&ember_bin(), args, socket)
+        Ember::spawn_quiet(&ember_bin(), &transport_args(args), socket)
     }
 
     fn spawn_quiet(program: &Path, args: &[&str], socket: Option<&Path>) -> Ember {
@@ -145,7 +163,7 @@ mount --bind /tmp "$root/tmp" && mount --bind "$cache" "$root$cache" && exec "$@
         use std::os::unix::process::CommandExt;
         let fd = netns.as_raw_fd();
         let mut command = Command::new(ember_bin());
-        command.args(args);
+        command.args(transport_args(args));
         // SAFETY: the hook only calls setns, which is async-signal-safe, on an
         // fd the parent keeps open until the spawn returns.
         unsafe {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::artifacts::{jailer_bin, static_ember};
-use crate::ember::Ember;
+use crate::ember::{transport_args, Ember};
 use crate::http::http;
 use crate::scratch::TempDir;
 use crate::{require_kvm, require_root};
@@ -74,7 +74,7 @@ impl Jail {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(["--", "--api-sock", "/run/api.sock", "--level", "Info"].map(String::from));
-        args.extend(ember_args.iter().map(|a| a.to_string()));
+        args.extend(transport_args(ember_args).iter().map(|a| a.to_string()));
         args
     }
 

@@ -16,7 +16,7 @@ pub mod uffd;
 
 pub use artifacts::{artifact, ember_bin, ember_snapshot_bin, expected_memory_lines, jailer_bin};
 pub use balloon::resident_mib;
-pub use ember::Ember;
+pub use ember::{on_pci, Ember};
 pub use http::{http, http_bytes, send_and_hang_up, try_http, KeepAlive};
 pub use hugepages::{hugetlb_kib, HugePagePool};
 pub use jail::Jail;

@@ -30,12 +30,14 @@ const LAPIC_SVR_ENABLE: u32 = 1 << 8;
 
 /// Pin `irq` raises vector `VECTOR_BASE + irq`.
 const VECTOR_BASE: u32 = 32;
+/// The vector MSI-X messages send (virtio-pci devices), past the IOAPIC's.
+pub const MSI_VECTOR: u32 = VECTOR_BASE + IOAPIC_PINS;
 /// The local APIC timer's vector.
 const TIMER_VECTOR: u32 = 62;
 /// Spurious-interrupt vector (its low four bits must be set on old APICs).
 const SPURIOUS_VECTOR: u32 = 63;
 // The IDT routes vectors 32-63 to the end-of-interrupt handler.
-const _: () = assert!(VECTOR_BASE + IOAPIC_PINS <= TIMER_VECTOR && TIMER_VECTOR < SPURIOUS_VECTOR);
+const _: () = assert!(MSI_VECTOR < TIMER_VECTOR && TIMER_VECTOR < SPURIOUS_VECTOR);
 
 /// 8259 PIC data ports: writing them outside initialization sets the mask.
 const PIC_MASTER_DATA: u16 = 0x21;

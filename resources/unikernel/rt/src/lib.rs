@@ -18,6 +18,7 @@
 
 extern crate alloc;
 
+pub mod acpi;
 #[cfg(not(any(test, feature = "hosted")))]
 mod boot;
 pub mod bootinfo;

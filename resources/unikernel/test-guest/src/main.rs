@@ -14,8 +14,8 @@ use core::fmt::{self, Write};
 
 use rt::cmdline::{has_token, value, virtio_mmio_devices};
 use rt::io::{Serial, reset, signal_boot_timer};
-use rt::virtio::MmioTransport;
 use rt::virtio::blk::{self, Block, RequestError};
+use rt::virtio::discover;
 use rt::{BootInfo, mptable, print, println};
 
 rt::entry!(main);
@@ -57,42 +57,28 @@ fn main(boot: &BootInfo) -> ! {
     reset()
 }
 
-/// Probes every announced virtio-mmio device and exercises the block devices.
+/// Exercises every block device the VMM gave, on virtio-mmio or virtio-pci.
 fn block_devices(cmdline: &[u8]) {
+    for token in virtio_mmio_devices(cmdline).filter_map(Result::err) {
+        print!("virtio: error bad token ");
+        Serial::write_bytes(token);
+        println!();
+    }
     let mut count = 0;
-    for device in virtio_mmio_devices(cmdline) {
-        let device = match device {
-            Ok(device) => device,
-            Err(token) => {
-                print!("virtio: error bad token ");
-                Serial::write_bytes(token);
-                println!();
-                continue;
-            }
-        };
-        let Some(base) = device.mapped_base() else {
-            println!("virtio@{:#x}: error outside the identity map", device.base);
+    for (id, found) in discover::devices(cmdline) {
+        if id != blk::DEVICE_ID {
             continue;
-        };
-        // SAFETY: the VMM announced a virtio-mmio window at this identity-mapped
-        // address, and each token is driven once.
-        let transport = unsafe { MmioTransport::new(base) };
-        match transport.probe() {
-            Ok(blk::DEVICE_ID) => {
-                match Block::new(transport) {
-                    Ok(mut block) => {
-                        exercise(count, &mut block);
-                        if let Some(kib) = value(cmdline, b"ember.blkread=") {
-                            read_for_time(count, &mut block, kib);
-                        }
-                    }
-                    Err(err) => println!("blk{count}: error {err}"),
-                }
-                count += 1;
-            }
-            Ok(_) => {}
-            Err(err) => println!("virtio@{:#x}: error {err}", device.base),
         }
+        match found.open().and_then(Block::new) {
+            Ok(mut block) => {
+                exercise(count, &mut block);
+                if let Some(kib) = value(cmdline, b"ember.blkread=") {
+                    read_for_time(count, &mut block, kib);
+                }
+            }
+            Err(err) => println!("blk{count}: error {err}"),
+        }
+        count += 1;
     }
     if count == 0 {
         println!("blk: none");

@@ -13,14 +13,15 @@ use super::poll::{Poller, Wait};
 use super::server::{ClientState, ConnId, Payload, Server};
 use super::{Error, Function};
 use crate::bootinfo::BootInfo;
-use crate::cmdline::{IpConfig, ip_config, parse_number, value, virtio_mmio_devices};
+use crate::cmdline::{IpConfig, ip_config, parse_number, value};
 use crate::io::{rdtsc, reset, signal_boot_timer};
 use crate::net::{NetError, Stack as NetStack};
 use crate::random::{Filler, RandomError, Step};
 use crate::virtio::balloon::{self, Balloon};
+use crate::virtio::discover::{self, Found};
 use crate::virtio::rng::{self, Rng};
 use crate::virtio::vsock::{self, Received, Vsock};
-use crate::virtio::{INTERRUPT_CONFIG, MmioTransport, Transport, net};
+use crate::virtio::{DeviceTransport, INTERRUPT_CONFIG, Transport, net};
 use crate::{heap, irq, println, time};
 
 /// The port served unless the command line says `ember.port=<n>`.
@@ -57,8 +58,8 @@ const _: () = assert!(RESPONSE_PREFIX_LEN <= vsock::INLINE_LEN);
 /// under kvm_pvm), which a function that never uses it should not pay at boot.
 enum Network {
     Absent,
-    /// The device, its IRQ line and the addressing from `ip=`, untouched yet.
-    Idle(MmioTransport, u32, Option<IpConfig>),
+    /// The device and the addressing from `ip=`, untouched yet.
+    Idle(Found, Option<IpConfig>),
     Up(alloc::boxed::Box<NetStack>),
 }
 
@@ -66,15 +67,13 @@ impl Network {
     /// The stack, brought up now if it was idle.
     fn up(&mut self) -> Result<&mut NetStack, NetError> {
         if matches!(self, Network::Idle(..)) {
-            let Network::Idle(transport, irq_line, ip) = core::mem::replace(self, Network::Absent)
-            else {
+            let Network::Idle(found, ip) = core::mem::replace(self, Network::Absent) else {
                 return Err(NetError::NoDevice);
             };
-            let device = net::Net::new(transport)
+            let device = found
+                .open()
+                .and_then(net::Net::new)
                 .unwrap_or_else(|err| fail(format_args!("virtio-net: {err}")));
-            if let Err(irq::BadIrq(line)) = irq::enable(irq_line) {
-                fail(format_args!("virtio-net IRQ {line} not routable"));
-            }
             *self = Network::Up(alloc::boxed::Box::new(NetStack::new(
                 device,
                 ip,
@@ -98,8 +97,8 @@ impl Network {
 /// for the same reason as the network.
 enum Entropy {
     Absent,
-    /// The device and its IRQ line, untouched yet.
-    Idle(MmioTransport, u32),
+    /// The device, untouched yet.
+    Idle(Found),
     Up(alloc::boxed::Box<Rng>),
 }
 
@@ -107,15 +106,13 @@ impl Entropy {
     /// The device, brought up now if it was idle.
     fn up(&mut self) -> Result<&mut Rng, RandomError> {
         if let Entropy::Idle(..) = self {
-            let Entropy::Idle(transport, irq_line) = core::mem::replace(self, Entropy::Absent)
-            else {
+            let Entropy::Idle(found) = core::mem::replace(self, Entropy::Absent) else {
                 return Err(RandomError::NoDevice);
             };
-            let device =
-                Rng::new(transport).unwrap_or_else(|err| fail(format_args!("virtio-rng: {err}")));
-            if let Err(irq::BadIrq(line)) = irq::enable(irq_line) {
-                fail(format_args!("virtio-rng IRQ {line} not routable"));
-            }
+            let device = found
+                .open()
+                .and_then(Rng::new)
+                .unwrap_or_else(|err| fail(format_args!("virtio-rng: {err}")));
             *self = Entropy::Up(alloc::boxed::Box::new(device));
         }
         self.running().ok_or(RandomError::NoDevice)
@@ -134,8 +131,8 @@ impl Entropy {
 /// costs nothing but its interrupt line.
 enum Memory {
     Absent,
-    /// The device, untouched since boot.
-    Idle(MmioTransport),
+    /// The device, its interrupt set up, otherwise untouched since boot.
+    Idle(DeviceTransport),
     Up(alloc::boxed::Box<Balloon>),
 }
 
@@ -151,8 +148,8 @@ impl Memory {
         }
     }
 
-    /// After a wake-up that no returned buffer explains: the host may have set a
-    /// target. Returns the VM exits it took.
+    /// After a wake-up: the host may have set a target. Returns the VM exits it
+    /// took.
     fn woken(&mut self) -> u64 {
         match self {
             Memory::Absent => 0,
@@ -203,7 +200,10 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
         },
     };
     let ip = ip_config(boot.cmdline).unwrap_or_else(|err| fail(format_args!("{err}")));
-    let [vsock_device, net_device, rng_device, balloon_device] = find_devices(
+    // SAFETY: everything needed from the boot structures has been read; they and
+    // the command line lie below the image anyway, outside the heap.
+    let heap_size = unsafe { heap::init(boot.memory.iter()) };
+    let [vsock_device, net_device, rng_device, balloon_device] = discover::find(
         boot.cmdline,
         [
             vsock::DEVICE_ID,
@@ -212,33 +212,28 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
             balloon::DEVICE_ID,
         ],
     );
-    let Some((transport, irq_line)) = vsock_device else {
+    let Some(found) = vsock_device else {
         fail(format_args!("no virtio-vsock device"))
     };
-    // SAFETY: everything needed from the boot structures has been read; they and
-    // the command line lie below the image anyway, outside the heap.
-    let heap_size = unsafe { heap::init(boot.memory.iter()) };
-    let vsock = match Vsock::new(transport) {
+    irq::init();
+    let vsock = match found.open().and_then(Vsock::new) {
         Ok(vsock) => vsock,
         Err(err) => fail(format_args!("virtio-vsock: {err}")),
     };
-    irq::init();
-    if let Err(irq::BadIrq(line)) = irq::enable(irq_line) {
-        fail(format_args!("virtio-vsock IRQ {line} not routable"));
-    }
     let net = match net_device {
-        Some((transport, irq_line)) => Network::Idle(transport, irq_line, ip),
+        Some(found) => Network::Idle(found, ip),
         None => Network::Absent,
     };
     let entropy = match rng_device {
-        Some((transport, irq_line)) => Entropy::Idle(transport, irq_line),
+        Some(found) => Entropy::Idle(found),
         None => Entropy::Absent,
     };
     let mut memory = Memory::Absent;
-    if let Some((transport, irq_line)) = balloon_device {
-        if let Err(irq::BadIrq(line)) = irq::enable(irq_line) {
-            fail(format_args!("virtio-balloon IRQ {line} not routable"));
-        }
+    if let Some(found) = balloon_device {
+        let transport = found
+            .open()
+            .unwrap_or_else(|err| fail(format_args!("virtio-balloon: {err}")));
+        transport.enable_config_interrupt();
         // A target set before boot is there at once; later ones interrupt.
         let targeted = transport.config_u32(0) != 0;
         memory = Memory::Idle(transport);
@@ -270,30 +265,6 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
 fn fail(what: fmt::Arguments<'_>) -> ! {
     println!("ember-fn: error {what}");
     reset()
-}
-
-/// For each of the device IDs `ids`, the first such device on the command line and
-/// its IRQ. Each window is probed once (three VM exits).
-fn find_devices<const N: usize>(
-    cmdline: &[u8],
-    ids: [u32; N],
-) -> [Option<(MmioTransport, u32)>; N] {
-    let mut found = [const { None }; N];
-    for device in virtio_mmio_devices(cmdline).flatten() {
-        let Some(base) = device.mapped_base() else {
-            continue;
-        };
-        // SAFETY: the VMM announced a virtio-mmio window at this identity-mapped
-        // address; only the first device of each ID is driven.
-        let transport = unsafe { MmioTransport::new(base) };
-        let Ok(id) = transport.probe() else {
-            continue;
-        };
-        if let Some(at) = ids.iter().position(|&wanted| wanted == id) {
-            found[at].get_or_insert((transport, device.irq));
-        }
-    }
-    found
 }
 
 /// Runs `f` on the runtime, which [`run`] has set up.
@@ -557,6 +528,10 @@ impl Runtime {
         if let Some(rng) = self.entropy.running() {
             exits += rng.ack_interrupt();
         }
+        if exits == 0 && !self.poller.measured_exits() {
+            // Acknowledging took no exit (MSI-X): time one, once.
+            exits = self.vsock.sample_exit();
+        }
         self.poller.measured(exits, rdtsc().wrapping_sub(start));
         if let Some(rng) = self.entropy.running()
             && !rng.enable_interrupts()
@@ -574,9 +549,10 @@ impl Runtime {
             Some(until) => irq::wait_until(until),
             None => irq::wait(),
         }
-        if !self.has_used() {
-            self.memory.woken();
-        }
+        // A balloon's new target is announced only in its interrupt status, and
+        // its interrupt may have come together with returned buffers: look at
+        // every wake-up (one exit, and only where there is a balloon).
+        self.memory.woken();
     }
 
     /// Serves traffic until the state of client connection `id` is `ready`.

@@ -18,7 +18,7 @@ use super::MMDS_ADDR;
 use crate::cmdline::IpConfig;
 use crate::time;
 use crate::virtio::net::Net;
-use crate::virtio::{MmioTransport, Transport};
+use crate::virtio::{DeviceTransport, Transport};
 
 /// Frames taken, and rounds of sending, per poll at most; the rest wait for the
 /// next (the serving loop polls again before it sleeps), so that a flood does not
@@ -33,7 +33,7 @@ const RETRY: Duration = Duration::from_millis(1);
 const EPHEMERAL: core::ops::RangeInclusive<u16> = 49152..=65535;
 
 /// The interface, its sockets and the device under them.
-pub struct Stack<T: Transport = MmioTransport> {
+pub struct Stack<T: Transport = DeviceTransport> {
     device: Net<T>,
     pub(super) iface: Interface,
     pub(super) sockets: SocketSet<'static>,

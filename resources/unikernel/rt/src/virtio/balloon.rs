@@ -16,7 +16,7 @@ use core::ptr::NonNull;
 
 use super::queue::desc_len;
 use super::{
-    Buffer, Error, F_VERSION_1, INTERRUPT_CONFIG, MmioTransport, Queue, Transport, device_memory,
+    Buffer, DeviceTransport, Error, F_VERSION_1, INTERRUPT_CONFIG, Queue, Transport, device_memory,
 };
 
 /// Device ID of a memory balloon.
@@ -45,7 +45,7 @@ enum Direction {
 }
 
 /// A balloon after initialization.
-pub struct Balloon<T: Transport = MmioTransport> {
+pub struct Balloon<T: Transport = DeviceTransport> {
     transport: T,
     inflate: Queue,
     deflate: Queue,

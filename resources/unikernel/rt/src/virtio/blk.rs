@@ -2,7 +2,7 @@
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile};
 
-use super::{Buffer, Error, F_VERSION_1, MmioTransport, Queue, Transport};
+use super::{Buffer, DeviceTransport, Error, F_VERSION_1, Queue, Transport};
 
 /// Device ID of a block device.
 pub const DEVICE_ID: u32 = 2;
@@ -48,7 +48,7 @@ enum Data<'a> {
 pub struct RequestError(pub u8);
 
 /// A block device after feature negotiation and queue setup.
-pub struct Block<T: Transport = MmioTransport> {
+pub struct Block<T: Transport = DeviceTransport> {
     transport: T,
     queue: Queue,
     capacity: u64,

@@ -1,12 +1,16 @@
 //! virtio, driven from ring 3: the [`Transport`] the drivers talk to, its modern
-//! (version 2) virtio-mmio implementation, the split [`Queue`] and the drivers.
+//! virtio-mmio (version 2) and virtio-pci implementations, finding the devices the
+//! VMM gives ([`discover`]), the split [`Queue`] and the drivers.
 
 pub mod balloon;
 pub mod blk;
+#[cfg(not(any(test, feature = "hosted")))]
+pub mod discover;
 #[cfg(test)]
 pub(crate) mod fake;
 mod mmio;
 pub mod net;
+mod pci;
 pub mod queue;
 pub mod rng;
 pub mod vsock;
@@ -17,6 +21,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 pub use mmio::MmioTransport;
+pub use pci::{PciFunction, PciTransport, functions as pci_functions};
 pub use queue::{Buffer, Queue};
 
 /// Interrupt status bit: the device changed its configuration space.
@@ -47,6 +52,10 @@ pub enum Error {
     QueueTooSmall(u32),
     /// The runtime's static pool of ring pages is used up.
     OutOfQueues,
+    /// A virtio-pci function ember's driver cannot use, and why.
+    Pci(&'static str),
+    /// A virtio-mmio device's IRQ, which the IOAPIC cannot route.
+    Irq(u32),
 }
 
 impl fmt::Display for Error {
@@ -60,6 +69,8 @@ impl fmt::Display for Error {
             Error::QueueUnavailable(q) => write!(f, "queue {q} unavailable"),
             Error::QueueTooSmall(q) => write!(f, "queue {q} too small"),
             Error::OutOfQueues => f.write_str("out of queue memory"),
+            Error::Pci(why) => write!(f, "virtio-pci: {why}"),
+            Error::Irq(line) => write!(f, "IRQ {line} not routable"),
         }
     }
 }
@@ -94,10 +105,14 @@ pub trait Transport {
     /// level-triggered line does not stay asserted. A second register access when
     /// there was one.
     fn take_interrupt(&self) -> u32;
-    /// [`Transport::take_interrupt`], saying only whether there was one.
-    fn ack_interrupt(&self) -> bool {
-        self.take_interrupt() != 0
+    /// Acknowledges an interrupt, if the transport needs that; returns the VM
+    /// exits it took ([`Transport::take_interrupt`]: one, two if there was one).
+    fn ack_interrupt(&self) -> u64 {
+        1 + u64::from(self.take_interrupt() != 0)
     }
+    /// Has configuration changes interrupt before the driver is up (the
+    /// runtime's idle balloon): nothing to do where interrupts need no setup.
+    fn enable_config_interrupt(&self) {}
     /// Changes whenever the device config space changes.
     fn config_generation(&self) -> u32;
     /// The 32-bit field at `offset` in the device config space.
@@ -156,6 +171,73 @@ pub trait Transport {
                 return u64::from(high) << 32 | u64::from(low);
             }
         }
+    }
+}
+
+/// The transport of a device the VMM gave: virtio-mmio or virtio-pci.
+pub enum DeviceTransport {
+    Mmio(MmioTransport),
+    Pci(PciTransport),
+}
+
+/// Forwards each [`Transport`] call to the transport in `$self`.
+macro_rules! forward {
+    ($self:ident, $t:ident => $call:expr) => {
+        match $self {
+            DeviceTransport::Mmio($t) => $call,
+            DeviceTransport::Pci($t) => $call,
+        }
+    };
+}
+
+impl Transport for DeviceTransport {
+    fn status(&self) -> u32 {
+        forward!(self, t => t.status())
+    }
+    fn set_status(&self, status: u32) {
+        forward!(self, t => t.set_status(status))
+    }
+    fn device_features(&self) -> u64 {
+        forward!(self, t => t.device_features())
+    }
+    fn set_driver_features(&self, features: u64) {
+        forward!(self, t => t.set_driver_features(features))
+    }
+    fn select_queue(&self, index: u32) {
+        forward!(self, t => t.select_queue(index))
+    }
+    fn queue_max_size(&self) -> u32 {
+        forward!(self, t => t.queue_max_size())
+    }
+    fn queue_ready(&self) -> bool {
+        forward!(self, t => t.queue_ready())
+    }
+    fn activate_queue(&self, size: u16, desc: u64, driver: u64, device: u64) {
+        forward!(self, t => t.activate_queue(size, desc, driver, device))
+    }
+    fn notify(&self, index: u32) {
+        forward!(self, t => t.notify(index))
+    }
+    fn take_interrupt(&self) -> u32 {
+        forward!(self, t => t.take_interrupt())
+    }
+    fn ack_interrupt(&self) -> u64 {
+        forward!(self, t => t.ack_interrupt())
+    }
+    fn enable_config_interrupt(&self) {
+        forward!(self, t => t.enable_config_interrupt())
+    }
+    fn driver_ok(&self) {
+        forward!(self, t => t.driver_ok())
+    }
+    fn config_generation(&self) -> u32 {
+        forward!(self, t => t.config_generation())
+    }
+    fn config_u32(&self, offset: usize) -> u32 {
+        forward!(self, t => t.config_u32(offset))
+    }
+    fn set_config_u32(&self, offset: usize, value: u32) {
+        forward!(self, t => t.set_config_u32(offset, value))
     }
 }
 

@@ -12,7 +12,7 @@ use core::mem::take;
 use core::ptr::NonNull;
 
 use super::queue::desc_len;
-use super::{Buffer, Error, F_VERSION_1, MmioTransport, Queue, Transport, device_memory};
+use super::{Buffer, DeviceTransport, Error, F_VERSION_1, Queue, Transport, device_memory};
 
 /// Device ID of an entropy source.
 pub const DEVICE_ID: u32 = 4;
@@ -38,7 +38,7 @@ enum State {
 }
 
 /// An entropy device after initialization.
-pub struct Rng<T: Transport = MmioTransport> {
+pub struct Rng<T: Transport = DeviceTransport> {
     transport: T,
     queue: Queue,
     /// [`MAX_REQUEST`] bytes for the device to write (leaked: a request may stay
@@ -167,7 +167,7 @@ impl<T: Transport> Rng<T> {
         if !take(&mut self.returned) {
             return 0;
         }
-        1 + u64::from(self.transport.ack_interrupt())
+        self.transport.ack_interrupt()
     }
 }
 

@@ -15,6 +15,7 @@
 mod blk;
 mod device;
 mod net;
+mod pci;
 mod ring;
 mod rx;
 mod storm;
@@ -24,6 +25,7 @@ mod vsock;
 use alloc::vec::Vec;
 
 use rt::io::{Serial, reset};
+use rt::virtio::discover;
 use rt::{BootInfo, irq, print, println};
 
 /// What stopped an attack before it started (a missing device, say).
@@ -48,6 +50,7 @@ pub fn run(boot: &BootInfo, mode: &[u8]) -> ! {
         b"vsock-connect-flood" => streams::connect_flood(cmdline),
         b"vsock-silent" => streams::silent(cmdline),
         b"net-garbage" => net::garbage(cmdline),
+        b"pci-garbage" => pci::garbage(),
         _ => {
             print!("attack: unknown mode ");
             Serial::write_bytes(mode);
@@ -71,7 +74,7 @@ fn stop() -> ! {
 
 /// The calm phase: the echo function if there is a vsock device, else sleep.
 fn calm(boot: &BootInfo) -> ! {
-    if device::all(boot.cmdline).any(|device| device.id() == Some(device::VSOCK)) {
+    if discover::devices(boot.cmdline).any(|(id, _)| id == device::VSOCK) {
         rt::function::run(boot, echo)
     }
     // Nothing routes an interrupt that would need handling; a device interrupt

@@ -21,7 +21,7 @@ use core::mem::take;
 
 pub(crate) use self::rx::{Frame, Rx};
 pub(crate) use self::tx::Tx;
-use super::{Error, F_VERSION_1, MmioTransport, Queue, Transport};
+use super::{DeviceTransport, Error, F_VERSION_1, Queue, Transport};
 
 /// Device ID of a network device.
 pub const DEVICE_ID: u32 = 1;
@@ -49,7 +49,7 @@ pub const DEFAULT_MTU: u16 = 1500;
 const MIN_MTU: u16 = 68;
 
 /// A network device after initialization.
-pub struct Net<T: Transport = MmioTransport> {
+pub struct Net<T: Transport = DeviceTransport> {
     transport: T,
     rx: Rx,
     tx: Tx,
@@ -154,7 +154,7 @@ impl<T: Transport> Net<T> {
         if !returned {
             return 0;
         }
-        1 + u64::from(self.transport.ack_interrupt())
+        self.transport.ack_interrupt()
     }
 }
 
