@@ -39,10 +39,7 @@ use super::virtio::vsock::{self, Vsock};
 use super::virtio::{Interrupt, VirtioDevice};
 use super::{EventSubscriber, IrqLine};
 use crate::arch::x86_64::acpi::DsdtDevice;
-use crate::arch::x86_64::layout::{
-    pci_bar, virtio_slot, BOOT_TIMER_START, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_START,
-    VIRTIO_MMIO_SIZE,
-};
+use crate::arch::x86_64::layout::{pci_bar, virtio_slot, BOOT_TIMER_START, VIRTIO_MMIO_SIZE};
 use crate::config::{
     BalloonConfig, CacheType, DriveConfig, EntropyConfig, NetworkInterfaceConfig,
     RateLimiterConfig, VsockConfig,
@@ -207,6 +204,9 @@ impl<'a> DeviceLayout<'a> {
         if !self.pci && !says_pci {
             cmdline.insert_str("pci=off").map_err(Error::Cmdline)?;
         }
+        if self.pci && says_pci {
+            log::warn!("--enable-pci with boot arguments that set pci=: a Linux guest may not look for its devices on PCI");
+        }
         for slot in &self.virtio {
             if let VirtioConfig::Block(drive) = slot.config {
                 if drive.is_root_device {
@@ -240,16 +240,19 @@ impl<'a> DeviceLayout<'a> {
             irq: i8042::KBD_IRQ,
         };
         let legacy = uart.into_iter().chain([keyboard]);
-        let bridge = self.pci.then(|| {
-            let (start, size) = PciRoot::window();
-            let window = size - PCI_ECAM_SIZE;
-            Some(DsdtDevice::PciHostBridge {
-                window: (u32::try_from(start).ok()?, u32::try_from(window).ok()?),
-                ecam: (
-                    u32::try_from(PCI_ECAM_START).ok()?,
-                    u32::try_from(PCI_ECAM_SIZE).ok()?,
-                ),
-            })
+        let pci = self.pci.then(|| {
+            let (start, size) = PciRoot::bar_window();
+            let (ecam, ecam_size) = PciRoot::window();
+            let ecam = (u32::try_from(ecam).ok()?, u32::try_from(ecam_size).ok()?);
+            let bridge = DsdtDevice::PciHostBridge {
+                window: (u32::try_from(start).ok()?, u32::try_from(size).ok()?),
+                ecam,
+            };
+            let reserved = DsdtDevice::Reserved {
+                address: ecam.0,
+                size: ecam.1,
+            };
+            Some([bridge, reserved])
         });
         let virtio = self.virtio.iter().filter_map(|slot| match slot.placement {
             Placement::Mmio { address, irq } => Some(DsdtDevice::VirtioMmio {
@@ -259,7 +262,10 @@ impl<'a> DeviceLayout<'a> {
             }),
             Placement::Pci { .. } => None,
         });
-        legacy.chain(bridge.flatten()).chain(virtio).collect()
+        legacy
+            .chain(pci.flatten().into_iter().flatten())
+            .chain(virtio)
+            .collect()
     }
 
     /// Opens every device's host side: before the VM exists, so a bad path
@@ -608,6 +614,7 @@ impl Devices {
                     pci_root
                         .add(transport.clone())
                         .ok_or(Error::TooManyPciDevices(index))?;
+                    mmio_bus.insert(bar, virtio_pci::BAR_SIZE, transport.clone())?;
                     self.transports.push(AnyTransport::Pci(transport.clone()));
                     (transport, interrupt)
                 }
@@ -618,7 +625,6 @@ impl Devices {
         }
         if pci {
             let (start, size) = PciRoot::window();
-            debug_assert_eq!(start, PCI_MMIO_START);
             mmio_bus.insert(start, size, Arc::new(Mutex::new(pci_root)))?;
         }
         Ok(())

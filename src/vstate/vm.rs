@@ -255,22 +255,26 @@ impl GsiRoutes {
         Ok(first)
     }
 
-    /// Routes each GSI to its message (or nowhere), in one table update.
+    /// Routes each GSI to its message (or nowhere), in one table update; on
+    /// failure the routes stay as they were.
     pub fn update(&self, changes: &[(u32, Option<MsiMessage>)]) -> Result<(), Error> {
         let mut msi = self.msi.lock().map_err(|_| Error::Poisoned)?;
+        let mut next = msi.clone();
         for &(gsi, message) in changes {
             match message {
-                Some(message) => msi.insert(gsi, message),
-                None => msi.remove(&gsi),
+                Some(message) => next.insert(gsi, message),
+                None => next.remove(&gsi),
             };
         }
         let mut table = KvmIrqRouting::new(0).map_err(|_| Error::RoutingTable)?;
-        for entry in legacy_routes().chain(msi.iter().map(|(&gsi, m)| msi_route(gsi, m))) {
+        for entry in legacy_routes().chain(next.iter().map(|(&gsi, m)| msi_route(gsi, m))) {
             table.push(entry).map_err(|_| Error::RoutingTable)?;
         }
         self.vm
             .set_gsi_routing(&table)
-            .map_err(kvm_err("set the interrupt routing"))
+            .map_err(kvm_err("set the interrupt routing"))?;
+        *msi = next;
+        Ok(())
     }
 }
 

@@ -62,12 +62,14 @@ pub enum DsdtDevice {
     /// A virtio-mmio window (LNRO0005, Linux's virtio-mmio ACPI id).
     VirtioMmio { address: u32, size: u32, irq: u32 },
     /// The PCI host bridge (PNP0A08, PCI Express): bus 0, its BARs in
-    /// `window` (`(start, size)`), its ECAM at `ecam`, which the MCFG table
-    /// gives too.
+    /// `window` (`(start, size)`); its ECAM at `ecam` goes in the MCFG table.
     PciHostBridge {
         window: (u32, u32),
         ecam: (u32, u32),
     },
+    /// Memory the platform uses (PNP0C02): the ECAM, which Linux wants
+    /// reserved there before it trusts the MCFG.
+    Reserved { address: u32, size: u32 },
 }
 
 impl DsdtDevice {
@@ -99,7 +101,15 @@ impl DsdtDevice {
                 let crs = aml::ResourceTemplate::new(vec![&window, &irq]);
                 device(name, &"LNRO0005", uid, &crs, sink);
             }
-            DsdtDevice::PciHostBridge { window, ecam } => {
+            DsdtDevice::Reserved { address, size } => {
+                let (hid, window) = (
+                    aml::EISAName::new("PNP0C02"),
+                    aml::Memory32Fixed::new(false, address, size),
+                );
+                let crs = aml::ResourceTemplate::new(vec![&window]);
+                device(name, &hid, uid, &crs, sink);
+            }
+            DsdtDevice::PciHostBridge { window, .. } => {
                 let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
                 let memory = aml::AddressSpace::new_memory(
                     aml::AddressSpaceCacheable::NotCacheable,
@@ -108,8 +118,7 @@ impl DsdtDevice {
                     window.0 + (window.1 - 1),
                     None,
                 );
-                let config = aml::Memory32Fixed::new(true, ecam.0, ecam.1);
-                let crs = aml::ResourceTemplate::new(vec![&bus, &memory, &config]);
+                let crs = aml::ResourceTemplate::new(vec![&bus, &memory]);
                 let (hid, cid, uid, seg, bbn, crs) = (
                     aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
                     aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
@@ -327,7 +336,11 @@ mod tests {
             window: (0xd100_0000, 0x0f00_0000),
             ecam: (0xe000_0000, 0x10_0000),
         };
-        let tables = build(1, &[bridge]).unwrap();
+        let reserved = DsdtDevice::Reserved {
+            address: 0xe000_0000,
+            size: 0x10_0000,
+        };
+        let tables = build(1, &[bridge, reserved]).unwrap();
         let xsdt = table(&tables, u64_at(&tables[0].1, 24), b"XSDT");
         let entries: Vec<u64> = xsdt[36..].chunks(8).map(|e| u64_at(e, 0)).collect();
         assert_eq!(entries.len(), 3);
@@ -342,6 +355,7 @@ mod tests {
         // PNP0A08 and PNP0A03 as compressed EISA ids, and both windows.
         assert_eq!(count(&[0x41, 0xd0, 0x0a, 0x08]), 1);
         assert_eq!(count(&[0x41, 0xd0, 0x0a, 0x03]), 1);
+        assert_eq!(count(&[0x41, 0xd0, 0x0c, 0x02]), 1, "PNP0C02 for the ECAM");
         assert_eq!(count(&0xd100_0000u32.to_le_bytes()), 1);
         assert_eq!(count(&0xdfff_ffffu32.to_le_bytes()), 1);
         assert_eq!(count(&0xe000_0000u32.to_le_bytes()), 1);

@@ -2,10 +2,9 @@
 //! 256 bytes of registers, each bit writable by the guest or not, with a
 //! capability list, and at most one BAR (a 64-bit memory BAR 0).
 //!
-//! ember places every BAR itself (the DSDT tells Linux to keep that
-//! placement), and a BAR does not move: the guest's sizing write of all ones
-//! reads back as the size mask, any other write puts the address back, as in
-//! Firecracker. The function decodes its BAR whatever COMMAND says, so the
+//! ember places every BAR itself, inside the host bridge's window, and a
+//! BAR does not move: the guest's sizing write of all ones reads back as the
+//! size mask, any other write puts the address back, as in Firecracker. The function decodes its BAR whatever COMMAND says, so the
 //! notify area's ioeventfds never need moving either.
 
 /// Offsets of the header's registers.
@@ -120,7 +119,9 @@ impl ConfigSpace {
         self.set_byte(self.last_link, u8::try_from(offset).unwrap_or(0));
         self.regs[COMMAND / 4] |= STATUS_CAPABILITIES;
         self.last_link = offset + 1;
-        self.next_capability = (offset + bytes.len()).next_multiple_of(4);
+        // 8-byte aligned, so a driver can read a capability's first eight
+        // bytes in one access.
+        self.next_capability = (offset + bytes.len()).next_multiple_of(8);
         offset
     }
 
@@ -271,20 +272,20 @@ mod tests {
         let first = s.add_capability(0x11, &[1, 2], &[0xc000_0000]);
         let second = s.add_capability(0x09, &[16, 1, 0, 0], &[]);
         assert_eq!(first, 0x40);
-        assert_eq!(second, 0x44);
+        assert_eq!(second, 0x48);
         assert_eq!(
             read32(&s, COMMAND) & STATUS_CAPABILITIES,
             STATUS_CAPABILITIES
         );
         assert_eq!(read32(&s, CAPABILITIES) & 0xff, 0x40);
-        assert_eq!(read32(&s, 0x40), 0x0201_4411);
+        assert_eq!(read32(&s, 0x40), 0x0201_4811);
         assert_eq!(
-            read32(&s, 0x44) & 0xff00,
+            read32(&s, 0x48) & 0xff00,
             0,
             "the last capability ends the list"
         );
         s.write(0x40, &u32::MAX.to_le_bytes());
-        assert_eq!(read32(&s, 0x40), 0xc201_4411, "only the writable bits");
+        assert_eq!(read32(&s, 0x40), 0xc201_4811, "only the writable bits");
     }
 
     #[test]

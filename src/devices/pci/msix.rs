@@ -224,16 +224,6 @@ impl Msix {
         }
     }
 
-    /// The table's size in bytes.
-    pub fn table_size(&self) -> usize {
-        self.entries.len() * ENTRY_SIZE
-    }
-
-    /// The pending bit array's size in bytes (whole qwords).
-    pub fn pba_size(&self) -> usize {
-        self.entries.len().div_ceil(64) * 8
-    }
-
     /// The capability's body (after id and next pointer) for a table and a
     /// PBA in BAR 0 at the given offsets, and which of its bits a guest may
     /// write (enable and function mask).
@@ -347,7 +337,7 @@ impl Msix {
                 (self.routed.get(i) != Some(&message)).then_some((gsi, message))
             })
             .collect();
-        if !changes.is_empty() {
+        let routed = changes.is_empty() || {
             match self.routes.update(&changes) {
                 Ok(()) => {
                     let usable: Vec<usize> = indices.clone().filter(|&i| self.usable(i)).collect();
@@ -357,12 +347,17 @@ impl Msix {
                             *slot = message;
                         }
                     }
+                    true
                 }
-                Err(e) => log::warn!("virtio-pci: cannot route MSI-X vectors: {e}"),
+                Err(e) => {
+                    log::warn!("virtio-pci: cannot route MSI-X vectors: {e}");
+                    false
+                }
             }
-        }
+        };
+        // Vectors KVM could not route stay masked: their interrupts wait.
         for i in indices {
-            self.vectors.set_masked(i, !self.usable(i));
+            self.vectors.set_masked(i, !(routed && self.usable(i)));
         }
     }
 

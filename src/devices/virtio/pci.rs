@@ -12,6 +12,7 @@ use virtio_queue::QueueT;
 
 use super::transport::{Error, Transport, TransportState, VirtioTransport};
 use super::{Interrupt, VirtioDevice};
+use crate::devices::bus::BusDevice;
 use crate::devices::pci::config::{ConfigSpace, Identity};
 use crate::devices::pci::msix::{self, Msix, MsixState, MsixVectors};
 use crate::devices::pci::PciFunction;
@@ -133,7 +134,7 @@ impl Function {
         let pci_cfg_capability = config.add_capability(
             VENDOR_CAPABILITY,
             &structure(CAP_PCI_CFG, 0, 0),
-            &[0, 0x0000_ff00, u32::MAX, u32::MAX, u32::MAX],
+            &[0, 0x0000_00ff, u32::MAX, u32::MAX, u32::MAX],
         );
         let offset = |at: u64| u32::try_from(at).unwrap_or(0);
         let (body, writable) = msix.capability(offset(MSIX_TABLE), offset(MSIX_PBA));
@@ -187,8 +188,8 @@ impl PciTransport {
     }
 
     /// A function for `device` in a saved state, running again: its MSI-X
-    /// routes and masks first, so the interrupts the restore raises go where
-    /// the guest left them.
+    /// table, masks and pending bits and its routes first, then the
+    /// transport, whose device looks at every queue once it runs.
     pub fn restore(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
@@ -324,7 +325,7 @@ impl PciTransport {
     /// The guest reads or writes through the configuration access window.
     fn window_access(&mut self, write: bool) {
         let cap = self.pci_cfg_capability;
-        let bar = self.config.dword(cap + 4).to_le_bytes()[1];
+        let bar = self.config.dword(cap + 4).to_le_bytes()[0];
         let offset = u64::from(self.config.dword(cap + 8));
         let length = self.config.dword(cap + 12) as usize;
         let aligned = matches!(length, 1 | 2 | 4) && offset.is_multiple_of(length as u64);
@@ -413,8 +414,11 @@ impl PciFunction for PciTransport {
             self.window_access(true);
         }
     }
+}
 
-    fn read_bar(&mut self, offset: u64, data: &mut [u8]) {
+impl PciTransport {
+    /// A guest read in BAR 0, at `offset` into it.
+    pub fn read_bar(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         match offset {
             COMMON..COMMON_SIZE => {
@@ -436,7 +440,8 @@ impl PciFunction for PciTransport {
         }
     }
 
-    fn write_bar(&mut self, offset: u64, data: &[u8]) {
+    /// A guest write in BAR 0.
+    pub fn write_bar(&mut self, offset: u64, data: &[u8]) {
         match offset {
             COMMON..COMMON_SIZE => {
                 if let Ok(offset) = usize::try_from(offset) {
@@ -452,6 +457,17 @@ impl PciFunction for PciTransport {
             MSIX_TABLE..MSIX_PBA => self.msix.write_table(offset - MSIX_TABLE, data),
             _ => log::debug!("virtio-pci: ignored write at BAR offset {offset:#x}"),
         }
+    }
+}
+
+/// BAR 0 is a device of its own on the MMIO bus.
+impl BusDevice for PciTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.read_bar(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.write_bar(offset, data);
     }
 }
 

@@ -119,7 +119,13 @@ impl PciFunction {
             if at == 0 {
                 break;
             }
-            let header = cfg64(at);
+            // Capabilities need only be 4-byte aligned (ember's are 8-byte
+            // aligned, one read each).
+            let header = if at.is_multiple_of(8) {
+                cfg64(at)
+            } else {
+                u64::from(cfg32(at)) | u64::from(cfg32(at + 4)) << 32
+            };
             let [id, next, _, kind, ..] = header.to_le_bytes();
             match id {
                 CAP_MSIX => msix = Some((at, header)),
