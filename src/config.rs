@@ -791,6 +791,19 @@ pub struct VmConfig {
     /// ember's own section: the function `POST /invocations` calls.
     #[serde(default, deserialize_with = "optional_object")]
     pub function: Option<FunctionConfig>,
+    /// ember's own section, in config files only: `{"enabled": true}` does
+    /// what `--enable-pci` does. Not written back: the transport is the
+    /// process's, as the flag is.
+    #[serde(default, deserialize_with = "optional_object", skip_serializing)]
+    pub pci: Option<PciConfig>,
+}
+
+/// The config file's `pci` section.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PciConfig {
+    /// Puts the virtio devices on PCI.
+    pub enabled: bool,
 }
 
 impl VmConfig {

@@ -294,3 +294,31 @@ fn a_rate_limited_drive_reads_no_faster_than_its_limit_and_its_neighbour_is_not_
         "the unlimited drive took {free_us} us, as long as the limited one must"
     );
 }
+
+/// A config file's `pci` section (ember's own) puts the devices on PCI as
+/// `--enable-pci` does: no virtio-mmio entries on the command line, the ECAM
+/// in the memory map, and the guest finds and uses its drive on PCI.
+#[test]
+fn a_config_file_can_put_the_devices_on_pci() {
+    require_kvm();
+    let dir = TempDir::new("config-pci");
+    let disk = dir.disk("disk.img", 8, b"a drive on pci");
+    let config = json!({
+        "boot-source": {"kernel_image_path": artifact("test-elf"), "boot_args": "console=ttyS0"},
+        "drives": [{"drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": false}],
+        "pci": {"enabled": true}
+    });
+    let mut ember = Ember::with_config(&dir, &config);
+    assert_eq!(
+        ember.expect_line("cmdline: ", BOOT),
+        "cmdline: console=ttyS0"
+    );
+    ember.expect_line("mem: 0xe0000000-0xe00fffff type=2", BOOT);
+    let sector = ember.expect_line("blk0: sector0=", BOOT);
+    assert!(
+        sector.starts_with("blk0: sector0=a drive on pci"),
+        "{sector}"
+    );
+    ember.expect_line("guest: reset", BOOT);
+    assert_eq!(ember.wait_exit(BOOT).code(), Some(0));
+}

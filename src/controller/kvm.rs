@@ -51,6 +51,10 @@ impl Launcher for KvmLauncher {
             .ok();
     }
 
+    fn enable_pci(&mut self) {
+        self.pci = true;
+    }
+
     fn start(&mut self, resources: &VmResources) -> Result<Vmm, builder::Error> {
         let options = BuildOptions {
             boot_timer: self.boot_timer,

@@ -258,6 +258,10 @@ pub trait Launcher {
     /// a failure is left for `start` to report.
     fn prepare(&mut self, machine: &MachineConfig);
 
+    /// Puts the virtio devices of the VM it starts on PCI (a config file's
+    /// `pci` section; `--enable-pci` sets it up front).
+    fn enable_pci(&mut self);
+
     fn start(&mut self, resources: &VmResources) -> Result<Self::Vm, builder::Error>;
 
     /// The VM a snapshot holds, with the resources it was saved with.
@@ -345,6 +349,9 @@ impl<L: Launcher> Controller<L> {
             return Err(Error::Unsupported(section));
         }
         config.check_unique_ids()?;
+        if config.pci.is_some_and(|pci| pci.enabled) {
+            self.launcher.enable_pci();
+        }
         let requests = config
             .logger
             .map(Request::PutLogger)

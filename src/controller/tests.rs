@@ -103,6 +103,10 @@ impl Launcher for FakeLauncher {
             .push(format!("prepare {} MiB", machine.mem_size_mib));
     }
 
+    fn enable_pci(&mut self) {
+        self.log.borrow_mut().push("pci".into());
+    }
+
     fn start(&mut self, resources: &VmResources) -> Result<FakeVm, builder::Error> {
         if self.fail_start || resources.boot_source.is_none() {
             return Err(builder::Error::NoBootSource);
@@ -547,6 +551,23 @@ fn a_config_file_with_a_section_ember_lacks_is_refused_whole() {
         matches!(error, Error::Unsupported("memory-hotplug")),
         "{error}"
     );
+}
+
+#[test]
+fn a_config_files_pci_section_puts_the_devices_on_pci_and_is_not_written_back() {
+    for (section, pci) in [
+        (json!({"enabled": true}), true),
+        (json!({"enabled": false}), false),
+    ] {
+        let mut fx = Fixture::new();
+        let config: VmConfig = serde_json::from_value(json!({ "pci": section })).expect("a config");
+        fx.controller.apply_config(config).expect("applied");
+        assert_eq!(fx.log().contains(&"pci".to_string()), pci);
+    }
+    let config: VmConfig = serde_json::from_value(json!({"pci": {"enabled": true}})).unwrap();
+    let written = serde_json::to_value(&config).unwrap();
+    assert!(written.get("pci").is_none(), "{written}");
+    assert!(serde_json::from_value::<VmConfig>(json!({"pci": {"on": true}})).is_err());
 }
 
 /// A semantic version as clients parse one: three numbers without leading

@@ -121,6 +121,11 @@ impl Function {
         });
         config.set_bar0(bar, BAR_SIZE);
         let notify_size = queues as u64 * u64::from(NOTIFY_MULTIPLIER);
+        // What a driver needs first comes first (MSI-X, then the structures),
+        // so one that stops once it has them reads fewer registers.
+        let offset = |at: u64| u32::try_from(at).unwrap_or(0);
+        let (body, writable) = msix.capability(offset(MSIX_TABLE), offset(MSIX_PBA));
+        let msix_capability = config.add_capability(msix::CAPABILITY_ID, &body, &writable);
         for (kind, offset, length) in [
             (CAP_COMMON, COMMON, COMMON_SIZE),
             (CAP_NOTIFY, NOTIFY, notify_size),
@@ -136,9 +141,6 @@ impl Function {
             &structure(CAP_PCI_CFG, 0, 0),
             &[0, 0x0000_00ff, u32::MAX, u32::MAX, u32::MAX],
         );
-        let offset = |at: u64| u32::try_from(at).unwrap_or(0);
-        let (body, writable) = msix.capability(offset(MSIX_TABLE), offset(MSIX_PBA));
-        let msix_capability = config.add_capability(msix::CAPABILITY_ID, &body, &writable);
         Ok(Function {
             config,
             msix,

@@ -116,7 +116,12 @@ impl PciFunction {
             (None, None, None, None, None);
         let mut at = usize::from(cfg32(CAPABILITIES).to_le_bytes()[0] & !3);
         for _ in 0..MAX_CAPABILITIES {
-            if at == 0 {
+            let complete = msix.is_some()
+                && common.is_some()
+                && notify.is_some()
+                && isr.is_some()
+                && device.is_some();
+            if at == 0 || complete {
                 break;
             }
             // Capabilities need only be 4-byte aligned (ember's are 8-byte
@@ -178,6 +183,7 @@ impl PciFunction {
             multiplier: usize::try_from(multiplier).unwrap_or(0),
             isr,
             device,
+            selected: Cell::new(0),
             notify_offsets: Default::default(),
         })
     }
@@ -190,6 +196,8 @@ pub struct PciTransport {
     multiplier: usize,
     isr: Option<usize>,
     device: usize,
+    /// The queue selected last, so that setting one up needs no read of it.
+    selected: Cell<u16>,
     /// Each queue's `queue_notify_off`, read when it was set up.
     notify_offsets: [Cell<u16>; MAX_QUEUES],
 }
@@ -247,7 +255,9 @@ impl Transport for PciTransport {
     }
 
     fn select_queue(&self, index: u32) {
-        self.common_write(QUEUE_SELECT, u16::try_from(index).unwrap_or(u16::MAX));
+        let index = u16::try_from(index).unwrap_or(u16::MAX);
+        self.selected.set(index);
+        self.common_write(QUEUE_SELECT, index);
     }
 
     fn queue_max_size(&self) -> u32 {
@@ -264,8 +274,7 @@ impl Transport for PciTransport {
         self.common_write(QUEUE_DRIVER, driver);
         self.common_write(QUEUE_DEVICE, device);
         self.common_write::<u16>(QUEUE_MSIX_VECTOR, 0);
-        let selected = usize::from(self.common_read::<u16>(QUEUE_SELECT));
-        if let Some(slot) = self.notify_offsets.get(selected) {
+        if let Some(slot) = self.notify_offsets.get(usize::from(self.selected.get())) {
             slot.set(self.common_read::<u16>(QUEUE_NOTIFY_OFF));
         }
         self.common_write::<u16>(QUEUE_ENABLE, 1);
