@@ -1,5 +1,5 @@
 //! virtio-mmio against virtio-pci (`--enable-pci`), side by side on the echo
-//! function: spawn -> ready, InstanceStart, a snapshot restore to its first
+//! function, measured in turns so that the host's drift weighs on both alike: spawn -> ready, InstanceStart, a snapshot restore to its first
 //! answer, invocation round trips back to back and with the guest asleep in
 //! between (2 ms apart, the serverless case), vsock throughput (1 MiB echoes),
 //! and what each invocation costs in exits to ember, MMIO accesses and
@@ -111,89 +111,44 @@ impl ExitCounter {
     }
 }
 
-struct Results {
-    samples: Vec<Samples>,
-    /// Per invocation 2 ms apart, each of [`EVENTS`].
-    events_per_invocation: Option<Vec<f64>>,
+/// Both transports' samples of one measure, taken in turns so that the
+/// host's drift (a 2-core nested host is noisy) weighs on both alike.
+struct Pair([Samples; 2]);
+
+impl Pair {
+    fn new(what: &str, unit: &'static str) -> Pair {
+        Pair(TRANSPORTS.map(|t| Samples::new(&format!("{}: {what}", t.name()), unit)))
+    }
+
+    fn push(&mut self, transport: Transport, value: f64) {
+        self.0[transport as usize].values.push(value);
+    }
 }
 
-fn measure(transport: Transport, echo: &Path, short: bool) -> Results {
-    let name = transport.name();
-    let (boots, runs, big_runs, restores): (u32, u32, u32, u32) = if short {
-        (3, 100, 5, 3)
-    } else {
-        (20, 1000, 50, 20)
-    };
-    let mut ready = Samples::new(&format!("{name}: spawn -> ready"), "us");
-    let mut start = Samples::new(&format!("{name}: InstanceStart -> ready"), "us");
-    for _ in 0..boots {
-        let dir = TempDir::new("transport-bench");
-        let (ember, started) = boot(transport, &dir, echo);
-        let (at, _) = ember
-            .wait_line(TIMEOUT, |l| l.starts_with(READY))
-            .expect("function ready");
-        ready.values.push(micros(at - ember.spawned_at));
-        start.values.push(micros(started));
-    }
+const TRANSPORTS: [Transport; 2] = [Transport::Mmio, Transport::Pci];
 
-    let dir = TempDir::new("transport-bench");
-    let (ember, _) = boot(transport, &dir, echo);
-    let kib = vec![7u8; 1024];
-    let mut client = KeepAlive::connect(ember.socket.as_deref().unwrap());
-    let mut invoke = |payload: &[u8]| {
+/// The transports in the order of turn `i`: alternating which goes first.
+fn turn(i: u32) -> [Transport; 2] {
+    if i.is_multiple_of(2) {
+        TRANSPORTS
+    } else {
+        [Transport::Pci, Transport::Mmio]
+    }
+}
+
+/// One echo function per transport, with a kept-alive API connection each.
+struct Running {
+    dir: TempDir,
+    ember: Ember,
+    client: KeepAlive,
+}
+
+impl Running {
+    fn invoke(&mut self, payload: &[u8]) -> f64 {
         let begin = Instant::now();
-        let (status, body) = client.request("POST", "/invocations", payload);
+        let (status, body) = self.client.request("POST", "/invocations", payload);
         assert_eq!((status, body.len()), (200, payload.len()));
         micros(begin.elapsed())
-    };
-    let mut hot = Samples::new(&format!("{name}: echo 1 KiB, back to back"), "us");
-    for _ in 0..runs {
-        hot.values.push(invoke(&kib));
-    }
-    let mut idle = Samples::new(&format!("{name}: echo 1 KiB, 2 ms apart"), "us");
-    let counter = ExitCounter::start(&dir);
-    for _ in 0..runs {
-        std::thread::sleep(IDLE_GAP);
-        idle.values.push(invoke(&kib));
-    }
-    // Per invocation, with the guest's sleep between two of them.
-    let events_per_invocation = counter
-        .stop()
-        .map(|counts| counts.iter().map(|&c| c as f64 / f64::from(runs)).collect());
-    let mib = vec![9u8; 1 << 20];
-    let mut big = Samples::new(&format!("{name}: vsock echo 1 MiB"), "MB/s");
-    for _ in 0..big_runs {
-        // Both ways: 2 MiB moved per call.
-        big.values.push(2.0 * f64::from(1u32 << 20) / invoke(&mib));
-    }
-
-    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
-    let snapshot = (dir.path("fn.snap"), dir.path("fn.mem"));
-    ember.ok(
-        "PUT",
-        "/snapshot/create",
-        &json!({"snapshot_path": snapshot.0, "mem_file_path": snapshot.1}).to_string(),
-    );
-    drop(ember);
-    let mut restore = Samples::new(&format!("{name}: snapshot load -> first answer"), "us");
-    for _ in 0..restores {
-        let dir = TempDir::new("transport-restore");
-        let ember = transport.ember(&dir);
-        let begin = Instant::now();
-        ember.ok(
-            "PUT",
-            "/snapshot/load",
-            &json!({"snapshot_path": snapshot.0,
-                    "mem_backend": {"backend_type": "File", "backend_path": snapshot.1},
-                    "resume_vm": true, "vsock_override": {"uds_path": dir.path("v.sock")}})
-            .to_string(),
-        );
-        assert_eq!(ember.invoke(b"warm").0, 200);
-        restore.values.push(micros(begin.elapsed()));
-    }
-    Results {
-        samples: vec![ready, start, restore, hot, idle, big],
-        events_per_invocation,
     }
 }
 
@@ -201,41 +156,145 @@ fn main() {
     let args = BenchArgs::parse("transport");
     require_kvm();
     let echo = artifact("unikernel-echo");
-    let mmio = measure(Transport::Mmio, &echo, args.short);
-    let pci = measure(Transport::Pci, &echo, args.short);
-    let all: Vec<&Samples> = mmio
-        .samples
+    let (boots, runs, big_runs, restores): (u32, u32, u32, u32) = if args.short {
+        (4, 100, 6, 4)
+    } else {
+        (20, 1000, 50, 20)
+    };
+
+    let mut ready = Pair::new("spawn -> ready", "us");
+    let mut start = Pair::new("InstanceStart -> ready", "us");
+    for i in 0..boots {
+        for transport in turn(i) {
+            let dir = TempDir::new("transport-bench");
+            let (ember, started) = boot(transport, &dir, &echo);
+            let (at, _) = ember
+                .wait_line(TIMEOUT, |l| l.starts_with(READY))
+                .expect("function ready");
+            ready.push(transport, micros(at - ember.spawned_at));
+            start.push(transport, micros(started));
+        }
+    }
+
+    let mut running: Vec<Running> = TRANSPORTS
         .iter()
-        .zip(&pci.samples)
-        .flat_map(|(m, p)| [m, p])
+        .map(|&transport| {
+            let dir = TempDir::new("transport-bench");
+            let (ember, _) = boot(transport, &dir, &echo);
+            let client = KeepAlive::connect(ember.socket.as_deref().unwrap());
+            Running { dir, ember, client }
+        })
         .collect();
-    println!(
-        "\nember transport benchmark: virtio-mmio against virtio-pci (echo unikernel, 1 vCPU)\n"
-    );
+    let kib = vec![7u8; 1024];
+    // Back to back: blocks of 20 in turns, so that neither guest is still
+    // polling from its own last call while the other is measured.
+    let mut hot = Pair::new("echo 1 KiB, back to back", "us");
+    for block in 0..runs / 20 {
+        for transport in turn(block) {
+            for _ in 0..20 {
+                let sample = running[transport as usize].invoke(&kib);
+                hot.push(transport, sample);
+            }
+        }
+    }
+    let mut idle = Pair::new("echo 1 KiB, 2 ms apart", "us");
+    let mut events = [None, None];
+    for transport in TRANSPORTS {
+        let counter = ExitCounter::start(&running[transport as usize].dir);
+        for _ in 0..runs / 2 {
+            std::thread::sleep(IDLE_GAP);
+            let sample = running[transport as usize].invoke(&kib);
+            idle.push(transport, sample);
+        }
+        // Per invocation, with the guest's sleep between two of them.
+        events[transport as usize] = counter.stop().map(|counts| {
+            counts
+                .iter()
+                .map(|&c| c as f64 / f64::from(runs / 2))
+                .collect::<Vec<f64>>()
+        });
+    }
+    for i in runs / 2..runs {
+        for transport in turn(i) {
+            std::thread::sleep(IDLE_GAP);
+            let sample = running[transport as usize].invoke(&kib);
+            idle.push(transport, sample);
+        }
+    }
+    let mib = vec![9u8; 1 << 20];
+    let mut big = Pair::new("vsock echo 1 MiB", "MB/s");
+    for i in 0..big_runs {
+        for transport in turn(i) {
+            // Both ways: 2 MiB moved per call.
+            let sample = 2.0 * f64::from(1u32 << 20) / running[transport as usize].invoke(&mib);
+            big.push(transport, sample);
+        }
+    }
+
+    // Each VM's snapshot, in its directory, which lives as long as the files do.
+    let snapshots: Vec<(TempDir, PathBuf, PathBuf)> = running
+        .into_iter()
+        .map(|vm| {
+            vm.ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+            let (state, mem) = (vm.dir.path("fn.snap"), vm.dir.path("fn.mem"));
+            vm.ember.ok(
+                "PUT",
+                "/snapshot/create",
+                &json!({"snapshot_path": state, "mem_file_path": mem}).to_string(),
+            );
+            drop(vm.ember);
+            (vm.dir, state, mem)
+        })
+        .collect();
+    let mut restore = Pair::new("snapshot load -> first answer", "us");
+    for i in 0..restores {
+        for transport in turn(i) {
+            let (_, state, mem) = &snapshots[transport as usize];
+            let dir = TempDir::new("transport-restore");
+            let ember = transport.ember(&dir);
+            let begin = Instant::now();
+            ember.ok(
+                "PUT",
+                "/snapshot/load",
+                &json!({"snapshot_path": state,
+                        "mem_backend": {"backend_type": "File", "backend_path": mem},
+                        "resume_vm": true, "vsock_override": {"uds_path": dir.path("v.sock")}})
+                .to_string(),
+            );
+            assert_eq!(ember.invoke(b"warm").0, 200);
+            restore.push(transport, micros(begin.elapsed()));
+        }
+    }
+    drop(snapshots);
+
+    let pairs = [&ready, &start, &restore, &hot, &idle, &big];
+    let all: Vec<&Samples> = pairs.iter().flat_map(|p| p.0.iter()).collect();
+    println!("\nember transport benchmark: virtio-mmio against virtio-pci, measured in turns (echo unikernel, 1 vCPU)\n");
     let results = ember_test_support::bench::print_table(&all);
     println!("\nper invocation 2 ms apart (perf's count of KVM tracepoints):");
     for (i, (event, what)) in EVENTS.iter().enumerate() {
-        let show = |r: &Results| {
-            r.events_per_invocation
+        let show = |t: Transport| {
+            events[t as usize]
                 .as_ref()
                 .and_then(|e| e.get(i))
                 .map_or("n/a".to_string(), |v| format!("{v:.2}"))
         };
         println!(
             "  {what:<18} ({event:<24}) mmio {:>6}  pci {:>6}",
-            show(&mmio),
-            show(&pci)
+            show(Transport::Mmio),
+            show(Transport::Pci)
         );
     }
-    let p50 = |s: &Samples| s.percentile(50.0);
-    let idle_gain = 1.0 - p50(&pci.samples[4]) / p50(&mmio.samples[4]);
+    let p50 = |pair: &Pair, t: Transport| pair.0[t as usize].percentile(50.0);
+    let idle_gain = 1.0 - p50(&idle, Transport::Pci) / p50(&idle, Transport::Mmio);
+    let boot_cost = p50(&start, Transport::Pci) - p50(&start, Transport::Mmio);
     println!(
-        "invocation 2 ms apart, p50: pci {:.0}% below mmio",
+        "invocation 2 ms apart, p50: pci {:.0}% below mmio; InstanceStart -> ready, p50: pci {boot_cost:+.0} us",
         idle_gain * 100.0
     );
     let report = json!({"benchmark": "transport", "short": args.short, "results": results,
         "events": EVENTS.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
-        "events_per_invocation": {"mmio": mmio.events_per_invocation, "pci": pci.events_per_invocation},
-        "idle_round_trip_p50_gain": idle_gain});
+        "events_per_invocation": {"mmio": events[0], "pci": events[1]},
+        "idle_round_trip_p50_gain": idle_gain, "instance_start_p50_cost_us": boot_cost});
     args.write_report(&report);
 }
