@@ -96,7 +96,7 @@ impl ExitCounter {
     fn stop(self) -> Option<Vec<u64>> {
         let (mut child, out) = self.0?;
         let pid = i32::try_from(child.id()).ok()?;
-        // SAFETY: signals our own child, which it has not been reaped yet.
+        // SAFETY: signals our own child, which has not been reaped yet.
         unsafe { libc::kill(pid, libc::SIGINT) };
         child.wait().ok()?;
         let text = std::fs::read_to_string(out).ok()?;

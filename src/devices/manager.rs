@@ -454,10 +454,10 @@ impl VirtioStates {
 const TRANSPORT_MMIO: &str = "virtio-mmio";
 const TRANSPORT_PCI: &str = "virtio-pci";
 
-/// A virtio transport of a running VM.
-enum AnyTransport {
-    Mmio(Arc<Mutex<MmioTransport>>),
-    Pci(Arc<Mutex<PciTransport>>),
+/// A running VM's virtio transports, in layout order: all on one transport.
+enum Transports {
+    Mmio(Vec<Arc<Mutex<MmioTransport>>>),
+    Pci(Vec<Arc<Mutex<PciTransport>>>),
 }
 
 /// The devices of a running microVM, as the controller reaches them.
@@ -468,9 +468,7 @@ pub struct Devices {
     pub balloon: Option<BalloonDevice>,
     serial: Arc<Mutex<SerialDevice>>,
     /// Every virtio transport, in layout order.
-    transports: Vec<AnyTransport>,
-    /// Whether the virtio devices are on PCI (even when there are none).
-    pci: bool,
+    transports: Transports,
     /// Taken by the event loop when the VM starts.
     subscribers: Vec<Box<dyn EventSubscriber>>,
 }
@@ -548,8 +546,7 @@ impl Devices {
             interfaces: Vec::new(),
             balloon: None,
             serial,
-            transports: Vec::new(),
-            pci: false,
+            transports: Transports::Mmio(Vec::new()),
             subscribers: vec![Box::new(console_in)],
         })
     }
@@ -564,7 +561,9 @@ impl Devices {
         saved: Option<&DeviceStates>,
     ) -> Result<(), Error> {
         let Backends(opened, pci) = backends;
-        self.pci = pci;
+        if pci {
+            self.transports = Transports::Pci(Vec::new());
+        }
         if let Some(saved) = saved {
             saved.check_transport(pci)?;
             if saved.virtio.len() != opened.len() {
@@ -593,7 +592,9 @@ impl Devices {
                     }
                     let transport = Arc::new(Mutex::new(transport));
                     mmio_bus.insert(address, VIRTIO_MMIO_SIZE, transport.clone())?;
-                    self.transports.push(AnyTransport::Mmio(transport.clone()));
+                    if let Transports::Mmio(all) = &mut self.transports {
+                        all.push(transport.clone());
+                    }
                     (transport, interrupt)
                 }
                 Placement::Pci { bar } => {
@@ -615,7 +616,9 @@ impl Devices {
                         .add(transport.clone())
                         .ok_or(Error::TooManyPciDevices(index))?;
                     mmio_bus.insert(bar, virtio_pci::BAR_SIZE, transport.clone())?;
-                    self.transports.push(AnyTransport::Pci(transport.clone()));
+                    if let Transports::Pci(all) = &mut self.transports {
+                        all.push(transport.clone());
+                    }
                     (transport, interrupt)
                 }
             };
@@ -677,34 +680,9 @@ impl Devices {
                 .map_err(|_| Error::Poisoned)?
                 .save_state(),
             i8042: self.i8042.lock().map_err(|_| Error::Poisoned)?.save_state(),
-            virtio: if self.pci {
-                VirtioStates::Pci(
-                    self.transports
-                        .iter()
-                        .filter_map(|t| match t {
-                            AnyTransport::Pci(t) => Some(
-                                t.lock()
-                                    .map(|t| t.save_state())
-                                    .map_err(|_| Error::Poisoned),
-                            ),
-                            AnyTransport::Mmio(_) => None,
-                        })
-                        .collect::<Result<_, Error>>()?,
-                )
-            } else {
-                VirtioStates::Mmio(
-                    self.transports
-                        .iter()
-                        .filter_map(|t| match t {
-                            AnyTransport::Mmio(t) => Some(
-                                t.lock()
-                                    .map(|t| t.save_state())
-                                    .map_err(|_| Error::Poisoned),
-                            ),
-                            AnyTransport::Pci(_) => None,
-                        })
-                        .collect::<Result<_, Error>>()?,
-                )
+            virtio: match &self.transports {
+                Transports::Mmio(all) => VirtioStates::Mmio(saved(all, MmioTransport::save_state)?),
+                Transports::Pci(all) => VirtioStates::Pci(saved(all, PciTransport::save_state)?),
             },
         })
     }
@@ -807,6 +785,13 @@ impl Devices {
 fn update_limiter(limiter: &SharedRateLimiter, update: &RateLimiterConfig) -> Result<(), Error> {
     limiter.lock().map_err(|_| Error::Poisoned)?.update(update);
     Ok(())
+}
+
+/// Each transport's state, by `save`.
+fn saved<T, S>(all: &[Arc<Mutex<T>>], save: fn(&T) -> S) -> Result<Vec<S>, Error> {
+    all.iter()
+        .map(|t| t.lock().map(|t| save(&t)).map_err(|_| Error::Poisoned))
+        .collect()
 }
 
 /// What the controller keeps of a device, besides its interrupt.

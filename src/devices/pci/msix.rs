@@ -328,21 +328,25 @@ impl Msix {
     /// routing update, and only for a message that changed), then applies
     /// every one's mask, which delivers what a now-unmasked vector owed.
     fn update(&mut self, indices: std::ops::Range<usize>) {
-        let changes: Vec<(u32, Option<MsiMessage>)> = indices
+        // (vector, its GSI, its new message) for each usable vector whose
+        // message is not the one KVM routes.
+        let changed: Vec<(usize, u32, Option<MsiMessage>)> = indices
             .clone()
             .filter(|&i| self.usable(i))
             .filter_map(|i| {
                 let message = self.message(i);
                 let gsi = self.vectors.gsi(i)?;
-                (self.routed.get(i) != Some(&message)).then_some((gsi, message))
+                (self.routed.get(i) != Some(&message)).then_some((i, gsi, message))
             })
             .collect();
-        let routed = changes.is_empty() || {
-            match self.routes.update(&changes) {
+        let routes: Vec<(u32, Option<MsiMessage>)> = changed
+            .iter()
+            .map(|&(_, gsi, message)| (gsi, message))
+            .collect();
+        let routed = routes.is_empty()
+            || match self.routes.update(&routes) {
                 Ok(()) => {
-                    let usable: Vec<usize> = indices.clone().filter(|&i| self.usable(i)).collect();
-                    for i in usable {
-                        let message = self.message(i);
+                    for (i, _, message) in changed {
                         if let Some(slot) = self.routed.get_mut(i) {
                             *slot = message;
                         }
@@ -353,8 +357,7 @@ impl Msix {
                     log::warn!("virtio-pci: cannot route MSI-X vectors: {e}");
                     false
                 }
-            }
-        };
+            };
         // Vectors KVM could not route stay masked: their interrupts wait.
         for i in indices {
             self.vectors.set_masked(i, !(routed && self.usable(i)));
