@@ -246,9 +246,12 @@ pub fn build(
 fn start_vcpus(
     vcpus: Vec<Vcpu>,
     threads: Vec<VcpuThread>,
-    buses: Buses,
+    mut buses: Buses,
     paused: bool,
 ) -> Result<Vec<VcpuHandle>, Error> {
+    if let (true, Some(vcpu)) = (buses.holds_writes, vcpus.first()) {
+        buses.held_writes = Some(vcpu.map_held_writes()?);
+    }
     let buses = Arc::new(buses);
     Ok(vcpus
         .into_iter()

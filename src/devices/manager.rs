@@ -487,6 +487,8 @@ impl Devices {
         let mut buses = Buses {
             pio: Bus::default(),
             mmio: Bus::default(),
+            holds_writes: false,
+            held_writes: None,
         };
         let mut devices = Devices::attach_legacy(vm, &mut buses, exit, saved)?;
         if let Some(start) = boot_timer {
@@ -496,6 +498,7 @@ impl Devices {
                 .insert(BOOT_TIMER_START, VIRTIO_MMIO_SIZE, timer)?;
         }
         devices.attach_virtio(vm, mem, &mut buses.mmio, backends, saved)?;
+        buses.holds_writes = matches!(&devices.transports, Transports::Pci(all) if !all.is_empty());
         Ok((buses, devices))
     }
 
@@ -609,6 +612,9 @@ impl Devices {
                         let offset =
                             virtio_pci::NOTIFY + queue * u64::from(virtio_pci::NOTIFY_MULTIPLIER);
                         register_notify(vm, evt, &IoEventAddress::Mmio(bar + offset), None)?;
+                    }
+                    for (offset, len) in virtio_pci::HELD_WRITES {
+                        hold_writes(vm, bar + offset, len)?;
                     }
                     let interrupt = transport.interrupt();
                     let transport = Arc::new(Mutex::new(transport));
@@ -818,6 +824,19 @@ fn register_notify(
         what: "a virtio queue notification",
         source,
     })
+}
+
+/// Has KVM queue guest writes to `len` bytes at `address` for the vCPUs to
+/// replay, instead of exiting for each (`vstate::coalesced`).
+fn hold_writes(vm: &Vm, address: u64, len: u64) -> Result<(), Error> {
+    let wire = |source| Error::Wire {
+        what: "a coalesced MMIO zone",
+        source,
+    };
+    let len = u32::try_from(len).map_err(|_| wire(kvm_ioctls::Error::new(libc::EINVAL)))?;
+    vm.fd()
+        .register_coalesced_mmio(IoEventAddress::Mmio(address), len)
+        .map_err(wire)
 }
 
 /// An interrupt line: an eventfd KVM turns into guest IRQ `irq`.

@@ -19,6 +19,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use super::coalesced::HeldWrites;
 use super::vm::Vm;
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::Bus;
@@ -56,6 +57,9 @@ pub enum Error {
     /// The vCPU's thread ended or dropped its channel.
     #[error("vCPU {0} stopped answering")]
     Gone(u8),
+    /// The page where KVM keeps held-back MMIO writes could not be mapped.
+    #[error("cannot map the coalesced MMIO ring through vCPU {index}: {source}")]
+    HeldWrites { index: u8, source: std::io::Error },
     /// A snapshot with more MSRs than one KVM_SET_MSRS call takes.
     #[error("the snapshot holds {0} MSRs, more than KVM takes at once")]
     TooManyMsrs(usize),
@@ -114,6 +118,10 @@ pub fn msrs_to_save(vm: &Vm) -> Result<Arc<[u32]>, Error> {
 pub struct Buses {
     pub pio: Bus,
     pub mmio: Bus,
+    /// Whether some MMIO window has KVM hold its writes back ([`HeldWrites`]).
+    pub holds_writes: bool,
+    /// Those writes, mapped once the first vCPU exists.
+    pub held_writes: Option<HeldWrites>,
 }
 
 pub struct Vcpu {
@@ -132,6 +140,14 @@ impl Vcpu {
                 source,
             })?;
         Ok(Vcpu { index, fd })
+    }
+
+    /// The VM's ring of held-back MMIO writes, mapped through this vCPU.
+    pub fn map_held_writes(&self) -> Result<HeldWrites, Error> {
+        HeldWrites::map(&self.fd).map_err(|source| Error::HeldWrites {
+            index: self.index,
+            source,
+        })
     }
 
     fn kvm_err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -492,7 +508,12 @@ impl VcpuLoop {
         }
         loop {
             let index = self.vcpu.index;
-            let stop = match self.vcpu.fd.run() {
+            let exit = self.vcpu.fd.run();
+            // Writes KVM held back came before whatever made this exit.
+            if let Some(held) = &self.buses.held_writes {
+                held.replay(&self.buses.mmio);
+            }
+            let stop = match exit {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     METRICS.vcpu.exit_io_in.inc();
                     self.buses.pio.read(u64::from(port), data);
@@ -592,5 +613,83 @@ impl VcpuLoop {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::arch::x86_64::regs::{BootEntry, BootProtocol};
+    use crate::devices::bus::BusDevice;
+    use crate::vstate::memory::{self, Pages};
+
+    /// Logs every write it takes; reads say how many it has seen.
+    struct Log(Vec<(u64, Vec<u8>)>);
+
+    impl BusDevice for Log {
+        fn read(&mut self, _: u64, data: &mut [u8]) {
+            data.fill(u8::try_from(self.0.len()).unwrap_or(u8::MAX));
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.push((offset, data.to_vec()));
+        }
+    }
+
+    /// A window outside RAM but inside the boot identity map.
+    const WINDOW: u64 = 0x2000_0000;
+
+    #[test]
+    fn held_writes_reach_the_device_in_order_before_the_exit_that_follows_them() {
+        let mem = memory::create(16, Pages::Small).unwrap();
+        let vm = Vm::new(&mem, false).expect("a KVM VM: this test needs /dev/kvm");
+        vm.fd()
+            .register_coalesced_mmio(kvm_ioctls::IoEventAddress::Mmio(WINDOW), 4)
+            .unwrap();
+        // Two writes into the held window, a read just past it, then a port write.
+        let code = [
+            0xc6, 0x04, 0x25, 0x00, 0x00, 0x00, 0x20, 0x11, // mov byte [WINDOW], 0x11
+            0x66, 0xc7, 0x04, 0x25, 0x02, 0x00, 0x00, 0x20, 0x33,
+            0x22, // mov word [WINDOW+2], 0x2233
+            0x8a, 0x04, 0x25, 0x04, 0x00, 0x00, 0x20, // mov al, [WINDOW+4]
+            0xe6, 0x80, // out 0x80, al
+        ];
+        let entry = 0x10_0000;
+        mem.write_slice(&code, GuestAddress(entry)).unwrap();
+        let vcpu = Vcpu::new(&vm, 0).unwrap();
+        let cpuid = vm.kvm().get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let boot = BootEntry {
+            protocol: BootProtocol::Linux64,
+            address: entry,
+        };
+        vcpu.configure(&cpuid, 1, Some((&mem, boot))).unwrap();
+        let log = Arc::new(Mutex::new(Log(Vec::new())));
+        let mut mmio = Bus::default();
+        mmio.insert(WINDOW, 8, log.clone()).unwrap();
+        let held = vcpu.map_held_writes().unwrap();
+        let Vcpu { mut fd, .. } = vcpu;
+
+        match fd.run().unwrap() {
+            VcpuExit::MmioRead(addr, data) => {
+                assert_eq!(addr, WINDOW + 4);
+                assert!(log.lock().unwrap().0.is_empty(), "KVM held both writes");
+                held.replay(&mmio);
+                mmio.read(addr, data);
+            }
+            other => panic!("expected the read, got {other:?}"),
+        }
+        assert_eq!(
+            log.lock().unwrap().0,
+            [(0, vec![0x11]), (2, vec![0x33, 0x22])]
+        );
+        match fd.run().unwrap() {
+            VcpuExit::IoOut(0x80, data) => assert_eq!(data, [2], "the read saw both writes"),
+            other => panic!("expected the port write, got {other:?}"),
+        }
+        held.replay(&mmio);
+        assert_eq!(log.lock().unwrap().0.len(), 2, "nothing replayed twice");
     }
 }

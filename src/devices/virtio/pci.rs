@@ -46,6 +46,18 @@ pub const NOTIFY_MULTIPLIER: u32 = 4;
 const MSIX_TABLE: u64 = 0x4000;
 const MSIX_PBA: u64 = 0x5000;
 /// BAR 0's size.
+/// The parts of BAR 0 whose writes KVM may hold back until the guest next
+/// exits (`vstate::coalesced`), as (offset, length): the common configuration
+/// on either side of the device status, whose writes start and reset the
+/// device and must act at once. A driver sets everything else up before it
+/// sets DRIVER_OK, and reads exit as usual, after the writes held before them.
+pub const HELD_WRITES: [(u64, u64); 2] = [
+    (COMMON, common::DEVICE_STATUS as u64),
+    (
+        COMMON + common::QUEUE_SELECT as u64,
+        (common::SIZE - common::QUEUE_SELECT) as u64,
+    ),
+];
 pub const BAR_SIZE: u64 = crate::arch::x86_64::layout::PCI_BAR_SIZE;
 const _: () = assert!(MSIX_PBA + 0x1000 <= BAR_SIZE);
 
@@ -121,16 +133,17 @@ impl Function {
         });
         config.set_bar0(bar, BAR_SIZE);
         let notify_size = queues as u64 * u64::from(NOTIFY_MULTIPLIER);
-        // What a driver needs first comes first (MSI-X, then the structures),
-        // so one that stops once it has them reads fewer registers.
+        // What a driver needs first comes first (MSI-X, then the structures;
+        // the ISR status, which MSI-X makes unnecessary, last), so one that
+        // stops once it has them reads fewer registers.
         let offset = |at: u64| u32::try_from(at).unwrap_or(0);
         let (body, writable) = msix.capability(offset(MSIX_TABLE), offset(MSIX_PBA));
         let msix_capability = config.add_capability(msix::CAPABILITY_ID, &body, &writable);
         for (kind, offset, length) in [
             (CAP_COMMON, COMMON, COMMON_SIZE),
             (CAP_NOTIFY, NOTIFY, notify_size),
-            (CAP_ISR, ISR, 1),
             (CAP_DEVICE, DEVICE, DEVICE_SIZE),
+            (CAP_ISR, ISR, 1),
         ] {
             config.add_capability(VENDOR_CAPABILITY, &structure(kind, offset, length), &[]);
         }

@@ -11,6 +11,7 @@
 //! interrupt status read to acknowledge one.
 
 use core::cell::Cell;
+use core::ops::ControlFlow;
 use core::ptr::{read_volatile, write_volatile};
 
 use super::{Error, Transport};
@@ -98,58 +99,90 @@ fn in_bar(bar: u64, header: u64, offset: u32) -> Result<usize, Error> {
     usize::try_from(bar + u64::from(offset)).map_err(|_| Error::Pci("a structure out of reach"))
 }
 
+/// This function's configuration space read at `offset`.
+///
+/// # Safety
+/// `config` must be a function's configuration space found by [`functions`];
+/// its reads have no side effects.
+unsafe fn config_read<T: Copy>(config: usize, offset: usize) -> T {
+    // SAFETY: the caller's contract.
+    unsafe { read(config + offset) }
+}
+
+/// Hands each capability of the function at `config` (its offset and first
+/// eight bytes) to `visit` until `visit` has what it needs.
+///
+/// # Safety
+/// As for [`config_read`].
+unsafe fn capabilities(config: usize, mut visit: impl FnMut(usize, u64) -> ControlFlow<()>) {
+    // SAFETY: the caller's contract.
+    let cfg32 = |offset: usize| unsafe { config_read::<u32>(config, offset) };
+    let mut at = usize::from(cfg32(CAPABILITIES).to_le_bytes()[0] & !3);
+    for _ in 0..MAX_CAPABILITIES {
+        if at == 0 {
+            return;
+        }
+        // Capabilities need only be 4-byte aligned (ember's are 8-byte
+        // aligned, one read each).
+        let header = if at.is_multiple_of(8) {
+            // SAFETY: the caller's contract.
+            unsafe { config_read::<u64>(config, at) }
+        } else {
+            u64::from(cfg32(at)) | u64::from(cfg32(at + 4)) << 32
+        };
+        if visit(at, header).is_break() {
+            return;
+        }
+        at = usize::from(header.to_le_bytes()[1] & !3);
+    }
+}
+
 impl PciFunction {
     /// Walks the capabilities, points MSI-X vector 0 at this CPU and turns MSI-X
-    /// on: the transport the driver then sets the device up through.
+    /// on: the transport the driver then sets the device up through. The ISR
+    /// status is looked up only if the driver asks for it: MSI-X needs none.
     pub fn open(self) -> Result<PciTransport, Error> {
         let config = self.config;
         // SAFETY: `functions`' contract makes `config` this function's
-        // configuration space; its reads have no side effects.
-        let cfg64 = |offset: usize| unsafe { read::<u64>(config + offset) };
+        // configuration space.
+        let cfg32 = |offset: usize| unsafe { config_read::<u32>(config, offset) };
         // SAFETY: as above.
-        let cfg32 = |offset: usize| unsafe { read::<u32>(config + offset) };
-        let bar = cfg64(BAR0) & !0xf;
+        let bar = unsafe { config_read::<u64>(config, BAR0) } & !0xf;
         if bar == 0 || bar >= 1 << 32 {
             return Err(Error::Pci("BAR 0 outside the identity map"));
         }
-        let (mut common, mut notify, mut isr, mut device, mut msix) =
-            (None, None, None, None, None);
-        let mut at = usize::from(cfg32(CAPABILITIES).to_le_bytes()[0] & !3);
-        for _ in 0..MAX_CAPABILITIES {
-            let complete = msix.is_some()
-                && common.is_some()
-                && notify.is_some()
-                && isr.is_some()
-                && device.is_some();
-            if at == 0 || complete {
-                break;
-            }
-            // Capabilities need only be 4-byte aligned (ember's are 8-byte
-            // aligned, one read each).
-            let header = if at.is_multiple_of(8) {
-                cfg64(at)
-            } else {
-                u64::from(cfg32(at)) | u64::from(cfg32(at + 4)) << 32
-            };
-            let [id, next, _, kind, ..] = header.to_le_bytes();
-            match id {
-                CAP_MSIX => msix = Some((at, header)),
-                CAP_VENDOR => {
-                    let offset = cfg32(at + 8);
-                    match kind {
-                        CFG_COMMON => common = Some(in_bar(bar, header, offset)?),
-                        CFG_NOTIFY => {
-                            let multiplier = cfg32(at + 16);
-                            notify = Some((in_bar(bar, header, offset)?, multiplier));
-                        }
-                        CFG_ISR => isr = Some(in_bar(bar, header, offset)?),
-                        CFG_DEVICE => device = Some(in_bar(bar, header, offset)?),
-                        _ => {}
+        let (mut common, mut notify, mut device, mut msix) = (None, None, None, None);
+        let mut fault = None;
+        let mut place = |header: u64, offset: u32| {
+            in_bar(bar, header, offset)
+                .map_err(|e| fault = Some(e))
+                .ok()
+        };
+        // SAFETY: as above.
+        unsafe {
+            capabilities(config, |at, header| {
+                let [id, _, _, kind, ..] = header.to_le_bytes();
+                match (id, kind) {
+                    (CAP_MSIX, _) => msix = Some((at, header)),
+                    (CAP_VENDOR, CFG_COMMON) => common = place(header, cfg32(at + 8)),
+                    (CAP_VENDOR, CFG_NOTIFY) => {
+                        let multiplier = cfg32(at + 16);
+                        notify = place(header, cfg32(at + 8)).map(|n| (n, multiplier));
                     }
+                    (CAP_VENDOR, CFG_DEVICE) => device = place(header, cfg32(at + 8)),
+                    _ => {}
                 }
-                _ => {}
-            }
-            at = usize::from(next & !3);
+                let complete =
+                    msix.is_some() && common.is_some() && notify.is_some() && device.is_some();
+                if complete {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+        };
+        if let Some(fault) = fault {
+            return Err(fault);
         }
         let (Some(common), Some((notify, multiplier)), Some(device), Some((msix_at, msix))) =
             (common, notify, device, msix)
@@ -178,10 +211,12 @@ impl PciFunction {
             )
         };
         Ok(PciTransport {
+            config,
+            bar,
             common,
             notify,
             multiplier: usize::try_from(multiplier).unwrap_or(0),
-            isr,
+            isr: Cell::new(None),
             device,
             selected: Cell::new(0),
             notify_offsets: Default::default(),
@@ -191,10 +226,14 @@ impl PciFunction {
 
 /// A set-up virtio function's structures in BAR 0.
 pub struct PciTransport {
+    /// The function's configuration space and BAR 0, to find the ISR status.
+    config: usize,
+    bar: u64,
     common: usize,
     notify: usize,
     multiplier: usize,
-    isr: Option<usize>,
+    /// The ISR status, once a driver asked for it (absent where there is none).
+    isr: Cell<Option<Option<usize>>>,
     device: usize,
     /// The queue selected last, so that setting one up needs no read of it.
     selected: Cell<u16>,
@@ -219,6 +258,24 @@ unsafe fn write<T: Copy>(address: usize, value: T) {
 }
 
 impl PciTransport {
+    /// Where the ISR status capability points, if the function has one.
+    fn find_isr(&self) -> Option<usize> {
+        let mut isr = None;
+        // SAFETY: `open` was given this function's configuration space.
+        unsafe {
+            capabilities(self.config, |at, header| {
+                let [id, _, _, kind, ..] = header.to_le_bytes();
+                if (id, kind) != (CAP_VENDOR, CFG_ISR) {
+                    return ControlFlow::Continue(());
+                }
+                let offset = config_read::<u32>(self.config, at + 8);
+                isr = in_bar(self.bar, header, offset).ok();
+                ControlFlow::Break(())
+            })
+        };
+        isr
+    }
+
     fn common_read<T: Copy>(&self, offset: usize) -> T {
         // SAFETY: `open` found the common configuration at `self.common`.
         unsafe { read(self.common + offset) }
@@ -293,9 +350,13 @@ impl Transport for PciTransport {
     }
 
     fn take_interrupt(&self) -> u32 {
-        // SAFETY: the ISR status `open` found; reading it clears it.
-        self.isr
-            .map_or(0, |isr| u32::from(unsafe { read::<u8>(isr) }))
+        let isr = self.isr.get().unwrap_or_else(|| {
+            let found = self.find_isr();
+            self.isr.set(Some(found));
+            found
+        });
+        // SAFETY: the ISR status found in this function's BAR; reading it clears it.
+        isr.map_or(0, |isr| u32::from(unsafe { read::<u8>(isr) }))
     }
 
     /// MSI-X interrupts need no acknowledgement: no exit at all.

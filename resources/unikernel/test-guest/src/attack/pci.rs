@@ -4,7 +4,9 @@
 //! slots that do not exist), each function's BAR 0 filled with garbage (common
 //! configuration, notifications, device configuration, the MSI-X table with
 //! addresses no local APIC takes and masks flipping, the read-only pending
-//! bits), then a notification storm. The VMM must absorb it all with its API
+//! bits), a flood of the common configuration writes KVM holds back for ember
+//! (far more than its ring takes), then a notification storm. The VMM must
+//! absorb it all with its API
 //! answering, and the calm phase's driver must still bring the vsock up.
 
 use core::ptr::{read_volatile, write_volatile};
@@ -26,6 +28,9 @@ const MSIX_ROUNDS: u32 = 500;
 /// Notifications per function in the storm, and where they go.
 const NOTIFICATIONS: usize = 200_000;
 const NOTIFY: usize = 0x3000;
+/// Writes per function to `queue_select`, whose writes KVM holds back.
+const HELD_WRITES: usize = 20_000;
+const QUEUE_SELECT: usize = 0x16;
 
 /// Widths of the raw accesses.
 #[derive(Clone, Copy)]
@@ -141,6 +146,14 @@ pub fn garbage() -> Result<(), Error> {
                 poke(bar + offset, width, mix(7, offset));
                 peek(bar + offset, width);
             }
+        }
+    }
+
+    for &bar in bars.iter().filter(|&&b| b != 0) {
+        for i in 0..HELD_WRITES {
+            // SAFETY: the common configuration's queue_select in this
+            // function's BAR 0.
+            unsafe { poke(bar + QUEUE_SELECT, Width::U16, i as u64) };
         }
     }
 
