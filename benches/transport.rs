@@ -1,15 +1,19 @@
 //! virtio-mmio against virtio-pci (`--enable-pci`), side by side on the echo
 //! function, measured in turns so that the host's drift weighs on both alike: spawn -> ready, InstanceStart, a snapshot restore to its first
 //! answer, invocation round trips back to back and with the guest asleep in
-//! between (2 ms apart, the serverless case), vsock throughput (1 MiB echoes),
+//! between (2 ms apart, the serverless case; through ember's API and straight
+//! over the vsock socket), vsock throughput (1 MiB echoes),
 //! and what each invocation costs in exits to ember, MMIO accesses and
 //! interrupts (KVM's tracepoints, counted by `perf stat` where the host has it).
 //!
 //! `cargo bench --bench transport [-- --short] [-- --json PATH]`
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ember_proto::invocation::{parse_response_prefix, request_prefix, Status, RESPONSE_PREFIX_LEN};
 use ember_test_support::bench::{micros, BenchArgs, Samples};
 use ember_test_support::{artifact, ember_bin, require_kvm, Ember, KeepAlive, TempDir};
 use serde_json::json;
@@ -136,19 +140,57 @@ fn turn(i: u32) -> [Transport; 2] {
     }
 }
 
-/// One echo function per transport, with a kept-alive API connection each.
+/// One echo function per transport, with a kept-alive API connection each
+/// and a connection of its own to the function's vsock port.
 struct Running {
     dir: TempDir,
     ember: Ember,
     client: KeepAlive,
+    vsock: BufReader<UnixStream>,
 }
 
 impl Running {
+    fn start(transport: Transport, echo: &Path) -> Running {
+        let dir = TempDir::new("transport-bench");
+        let (ember, _) = boot(transport, &dir, echo);
+        let client = KeepAlive::connect(ember.socket.as_deref().unwrap());
+        let mut vsock = UnixStream::connect(dir.path("v.sock")).expect("the vsock socket");
+        vsock.write_all(b"CONNECT 1024\n").unwrap();
+        let mut vsock = BufReader::new(vsock);
+        let mut line = String::new();
+        vsock.read_line(&mut line).unwrap();
+        assert!(line.starts_with("OK "), "{line}");
+        Running {
+            dir,
+            ember,
+            client,
+            vsock,
+        }
+    }
+
+    /// Through ember's API, which speaks to the function over vsock itself.
     fn invoke(&mut self, payload: &[u8]) -> f64 {
         let begin = Instant::now();
         let (status, body) = self.client.request("POST", "/invocations", payload);
         assert_eq!((status, body.len()), (200, payload.len()));
         micros(begin.elapsed())
+    }
+
+    /// Straight to the function's vsock port, as a platform that speaks ember's
+    /// framing does: no API thread on the way.
+    fn invoke_vsock(&mut self, payload: &[u8]) -> f64 {
+        let len = u32::try_from(payload.len()).expect("a short payload");
+        let request = [&request_prefix(len)[..], payload].concat();
+        let begin = Instant::now();
+        self.vsock.get_mut().write_all(&request).unwrap();
+        let mut head = [0u8; RESPONSE_PREFIX_LEN];
+        self.vsock.read_exact(&mut head).unwrap();
+        let (status, out_len) = parse_response_prefix(head);
+        let mut output = vec![0u8; out_len as usize];
+        self.vsock.read_exact(&mut output).unwrap();
+        let elapsed = begin.elapsed();
+        assert_eq!((status, output.len()), (Some(Status::Ok), payload.len()));
+        micros(elapsed)
     }
 }
 
@@ -178,12 +220,7 @@ fn main() {
 
     let mut running: Vec<Running> = TRANSPORTS
         .iter()
-        .map(|&transport| {
-            let dir = TempDir::new("transport-bench");
-            let (ember, _) = boot(transport, &dir, &echo);
-            let client = KeepAlive::connect(ember.socket.as_deref().unwrap());
-            Running { dir, ember, client }
-        })
+        .map(|&transport| Running::start(transport, &echo))
         .collect();
     let kib = vec![7u8; 1024];
     // Back to back: blocks of 20 in turns, so that neither guest is still
@@ -219,6 +256,14 @@ fn main() {
             std::thread::sleep(IDLE_GAP);
             let sample = running[transport as usize].invoke(&kib);
             idle.push(transport, sample);
+        }
+    }
+    let mut direct = Pair::new("echo 1 KiB over vsock, 2 ms apart", "us");
+    for i in 0..runs {
+        for transport in turn(i) {
+            std::thread::sleep(IDLE_GAP);
+            let sample = running[transport as usize].invoke_vsock(&kib);
+            direct.push(transport, sample);
         }
     }
     let mib = vec![9u8; 1 << 20];
@@ -267,7 +312,7 @@ fn main() {
     }
     drop(snapshots);
 
-    let pairs = [&ready, &start, &restore, &hot, &idle, &big];
+    let pairs = [&ready, &start, &restore, &hot, &idle, &direct, &big];
     let all: Vec<&Samples> = pairs.iter().flat_map(|p| p.0.iter()).collect();
     println!("\nember transport benchmark: virtio-mmio against virtio-pci, measured in turns (echo unikernel, 1 vCPU)\n");
     let results = ember_test_support::bench::print_table(&all);
@@ -287,14 +332,16 @@ fn main() {
     }
     let p50 = |pair: &Pair, t: Transport| pair.0[t as usize].percentile(50.0);
     let idle_gain = 1.0 - p50(&idle, Transport::Pci) / p50(&idle, Transport::Mmio);
+    let direct_gain = 1.0 - p50(&direct, Transport::Pci) / p50(&direct, Transport::Mmio);
     let boot_cost = p50(&start, Transport::Pci) - p50(&start, Transport::Mmio);
     println!(
-        "invocation 2 ms apart, p50: pci {:.0}% below mmio; InstanceStart -> ready, p50: pci {boot_cost:+.0} us",
-        idle_gain * 100.0
+        "invocation 2 ms apart, p50: pci {:.0}% below mmio through the API, {:.0}% over vsock; InstanceStart -> ready, p50: pci {boot_cost:+.0} us",
+        idle_gain * 100.0,
+        direct_gain * 100.0
     );
     let report = json!({"benchmark": "transport", "short": args.short, "results": results,
         "events": EVENTS.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
         "events_per_invocation": {"mmio": events[0], "pci": events[1]},
-        "idle_round_trip_p50_gain": idle_gain, "instance_start_p50_cost_us": boot_cost});
+        "idle_round_trip_p50_gain": idle_gain, "vsock_idle_round_trip_p50_gain": direct_gain, "instance_start_p50_cost_us": boot_cost});
     args.write_report(&report);
 }
