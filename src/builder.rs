@@ -99,8 +99,11 @@ pub struct VmPrep {
 }
 
 impl VmPrep {
+    /// Starts readying a VM for `machine`, taking `ready` as its vCPU threads
+    /// if there are as many as it needs.
     pub fn start(
         machine: &MachineConfig,
+        ready: Vec<VcpuThread>,
         exit: &Arc<ExitSignal>,
         seccomp: &Filters,
     ) -> Result<Self, Error> {
@@ -119,7 +122,7 @@ impl VmPrep {
                 Ok((vm, cpuid))
             })
             .map_err(Error::PrepThread)?;
-        let vcpu_threads = vcpu_threads(Vec::new(), machine.vcpu_count, exit, seccomp)?;
+        let vcpu_threads = vcpu_threads(ready, machine.vcpu_count, exit, seccomp)?;
         Ok(VmPrep {
             mem_size_mib: machine.mem_size_mib,
             pages,
@@ -163,7 +166,7 @@ impl Drop for VmPrep {
 }
 
 /// `count` vCPU threads: those in `ready` if there are as many, else new ones.
-fn vcpu_threads(
+pub fn vcpu_threads(
     ready: Vec<VcpuThread>,
     count: u8,
     exit: &Arc<ExitSignal>,

@@ -72,6 +72,12 @@ fn run() -> i32 {
             }
             remove_socket(&socket_path);
             remove_socket(&controller.vsock_socket().map(str::to_string));
+            // The VM goes with the process: tearing it down first would only
+            // make the exit wait for KVM twice over (an explicit close of the
+            // VM stops KVM's per-VM threads one by one, where the exit kills
+            // them at once) and would pull guest memory from under vCPUs
+            // still running.
+            std::mem::forget((event_loop, controller));
             reason.exit_code()
         }
         Err(failure) => {
@@ -188,8 +194,9 @@ fn start(
         load_metadata(&mut controller, path)
             .map_err(|message| Failure::new(EXIT_BAD_CONFIGURATION, message))?;
     }
-    // With the API up (or without one), make the VM ready while configuration goes on.
-    controller.prepare();
+    // With the API up (or without one), ready the vCPU threads while
+    // configuration goes on; the VM itself waits for a sign of a boot.
+    controller.get_ready();
     if let Some(path) = &args.config_file {
         boot_from_file(&mut controller, path)
             .map_err(|message| Failure::new(EXIT_BAD_CONFIGURATION, message))?;

@@ -14,13 +14,17 @@ use crate::persist;
 use crate::resources::{DeviceChange, VmResources};
 use crate::seccomp::Filters;
 use crate::vmm::{self, Vmm};
+use crate::vstate::vcpu::VcpuThread;
 
 pub struct KvmLauncher {
     boot_timer: bool,
     pci: bool,
     seccomp: Filters,
     exit: Arc<ExitSignal>,
-    /// The VM readied for the machine configuration as it last was.
+    /// vCPU threads readied at start-up, before anything says whether a
+    /// boot or a snapshot load will use them.
+    threads: Vec<VcpuThread>,
+    /// The VM readied for a boot, for the machine configuration as it last was.
     prep: Option<VmPrep>,
 }
 
@@ -33,7 +37,19 @@ impl KvmLauncher {
             pci,
             seccomp,
             exit,
+            threads: Vec::new(),
             prep: None,
+        }
+    }
+}
+
+impl KvmLauncher {
+    /// The vCPU threads started ahead, taken from a readied VM if there is
+    /// one (whose VM, not the one a snapshot needs, is let go).
+    fn ready_threads(&mut self) -> Vec<VcpuThread> {
+        match self.prep.take() {
+            Some(prep) => prep.into_vcpu_threads(),
+            None => std::mem::take(&mut self.threads),
         }
     }
 }
@@ -41,12 +57,24 @@ impl KvmLauncher {
 impl Launcher for KvmLauncher {
     type Vm = Vmm;
 
+    fn get_ready(&mut self, machine: &MachineConfig) {
+        if !self.threads.is_empty() || self.prep.is_some() {
+            return;
+        }
+        // Whoever needs them makes them if this fails.
+        match builder::vcpu_threads(Vec::new(), machine.vcpu_count, &self.exit, &self.seccomp) {
+            Ok(threads) => self.threads = threads,
+            Err(e) => log::warn!("cannot start vCPU threads ahead of time: {e}"),
+        }
+    }
+
     fn prepare(&mut self, machine: &MachineConfig) {
         if self.prep.as_ref().is_some_and(|p| p.fits(machine)) {
             return;
         }
         // A failure here is reported by InstanceStart, which tries again.
-        self.prep = VmPrep::start(machine, &self.exit, &self.seccomp)
+        let ready = self.ready_threads();
+        self.prep = VmPrep::start(machine, ready, &self.exit, &self.seccomp)
             .map_err(|e| log::warn!("cannot prepare the VM ahead of InstanceStart: {e}"))
             .ok();
     }
@@ -64,7 +92,10 @@ impl Launcher for KvmLauncher {
         self.prepare(&resources.machine);
         let prep = match self.prep.take() {
             Some(prep) => prep,
-            None => VmPrep::start(&resources.machine, &self.exit, &self.seccomp)?,
+            None => {
+                let ready = self.ready_threads();
+                VmPrep::start(&resources.machine, ready, &self.exit, &self.seccomp)?
+            }
         };
         builder::build(prep, resources, &options, self.exit.clone())
     }
@@ -74,13 +105,7 @@ impl Launcher for KvmLauncher {
         params: &SnapshotLoadConfig,
         mmds: SharedMmds,
     ) -> Result<(Vmm, VmResources), persist::Error> {
-        // The VM readied for a boot is not the one a snapshot needs, but its
-        // vCPU threads may be.
-        let threads = self
-            .prep
-            .take()
-            .map(VmPrep::into_vcpu_threads)
-            .unwrap_or_default();
+        let threads = self.ready_threads();
         let options = persist::LoadOptions {
             exit: self.exit.clone(),
             seccomp: &self.seccomp,

@@ -254,8 +254,12 @@ pub enum Error {
 pub trait Launcher {
     type Vm: RunningVm;
 
-    /// Starts readying a VM for `machine` off the start path, if that helps;
-    /// a failure is left for `start` to report.
+    /// Readies what any VM needs, booted or loaded from a snapshot (its vCPU
+    /// threads), while nothing says yet which it will be.
+    fn get_ready(&mut self, machine: &MachineConfig);
+
+    /// Starts readying a VM for `machine` off the start path, once a boot is
+    /// on its way; a failure is left for `start` to report.
     fn prepare(&mut self, machine: &MachineConfig);
 
     /// Puts the virtio devices of the VM it starts on PCI (a config file's
@@ -326,8 +330,17 @@ impl<L: Launcher> Controller<L> {
         }
     }
 
-    /// Starts making a VM of the configured machine ready in the background.
-    pub fn prepare(&mut self) {
+    /// Readies what a boot and a snapshot load both need; at start-up.
+    pub fn get_ready(&mut self) {
+        if self.vm.is_none() {
+            self.launcher.get_ready(&self.resources.machine);
+        }
+    }
+
+    /// Starts making a VM of the configured machine ready in the background,
+    /// once a boot is on its way (a boot source or a machine configuration):
+    /// a snapshot load could use none of it.
+    fn prepare(&mut self) {
         if self.vm.is_none() {
             self.launcher.prepare(&self.resources.machine);
         }
@@ -442,7 +455,7 @@ impl<L: Launcher> Controller<L> {
     fn handle_pre_boot(&mut self, request: Request) -> Result<Response, Error> {
         match request {
             Request::PutBootSource(boot_source) => {
-                self.configured(|r| r.set_boot_source(boot_source))
+                self.set_machine(|r| r.set_boot_source(boot_source))
             }
             Request::PutMachineConfig(machine) => self.set_machine(|r| r.set_machine(machine)),
             Request::PatchMachineConfig(update) => self.set_machine(|r| r.update_machine(&update)),
@@ -605,7 +618,8 @@ impl<L: Launcher> Controller<L> {
         Ok(Response::NoContent)
     }
 
-    /// A machine change, after which the VM readied ahead is readied again.
+    /// A boot source or machine change: a boot is on its way, for which a VM
+    /// is readied (again, if the machine changed).
     fn set_machine(
         &mut self,
         change: impl FnOnce(&mut VmResources) -> Result<(), resources::Error>,

@@ -97,6 +97,12 @@ struct FakeLauncher {
 impl Launcher for FakeLauncher {
     type Vm = FakeVm;
 
+    fn get_ready(&mut self, machine: &MachineConfig) {
+        self.log
+            .borrow_mut()
+            .push(format!("ready {} vCPUs", machine.vcpu_count));
+    }
+
     fn prepare(&mut self, machine: &MachineConfig) {
         self.log
             .borrow_mut()
@@ -682,4 +688,19 @@ fn the_balloon_is_configured_before_boot_and_steered_after() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn start_up_readies_vcpu_threads_and_only_a_boot_readies_a_vm() {
+    let mut fx = Fixture::new();
+    fx.controller.get_ready();
+    fx.handle(snapshot_load()).expect("a load");
+    assert_eq!(fx.log(), ["ready 1 vCPUs", "load s"]);
+
+    let mut fx = Fixture::new();
+    fx.controller.get_ready();
+    let kernel = fx.file("vmlinux");
+    fx.handle(boot_source(&kernel)).expect("a boot source");
+    fx.handle(Request::StartInstance).expect("a boot");
+    assert_eq!(fx.log(), ["ready 1 vCPUs", "prepare 128 MiB", "start"]);
 }
