@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod balloon;
 pub mod bench;
 pub mod ember;
+pub mod fleet;
 pub mod http;
 pub mod hugepages;
 pub mod jail;
