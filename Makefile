@@ -23,6 +23,7 @@ test: guests check build
 	cargo bench --bench net -- --short
 	cargo bench --bench balloon -- --short
 	cargo bench --bench transport -- --short
+	cargo bench --bench fleet -- --short
 	$(MAKE) fuzz-short
 
 # ember, ember-snapshot and ember-jailer, which the tests and benchmarks run, and the
@@ -53,6 +54,8 @@ bench: guests build
 	cargo bench --bench net
 	cargo bench --bench balloon
 	cargo bench --bench transport
+	cargo bench --bench fleet
+	EMBER_FLEET_VMS=10000 cargo test --release --test fleet
 
 # Coverage-guided fuzzing (fuzz/README.md): cargo-fuzz on the nightly toolchain, which is
 # for fuzzing only. Each run starts from a copy of the committed corpus in

@@ -1,7 +1,8 @@
 //! Fleet scale: many echo-function VMs started from one snapshot (and from a
 //! boot) at a chosen concurrency, kept running, invoked once each over vsock,
 //! then killed, with ember and, given `--firecracker PATH`, Firecracker in
-//! turns in the same run. It prints per-stage percentiles (spawn -> API
+//! turns in the same run; also from a pool (every process started and idle
+//! first, then loaded), where a cold start is the load and first answer alone. It prints per-stage percentiles (spawn -> API
 //! ready -> loaded -> first answer, kill -> reaped), starts per second, the
 //! host CPU per start and per exit (the VMMs run in a cgroup of their own),
 //! PSS, threads and fds per VM and the host's MemAvailable drop per VM, and
@@ -12,14 +13,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ember_test_support::bench::{micros, BenchArgs, Samples};
 use ember_test_support::fleet::{
-    footprint, invoke, mem_available_kib, stop, Cgroup, Fleet, Start, Vmm,
+    footprint, mem_available_kib, snapshot, stop, Cgroup, Fleet, Start, Vmm,
 };
-use ember_test_support::{artifact, ember_bin, require_kvm, require_root, KeepAlive};
-use serde_json::{json, Value};
+use ember_test_support::{artifact, ember_bin, require_kvm, require_root};
+use serde_json::json;
 
 /// Guest memory of every function VM.
 const MEM_MIB: u32 = 64;
@@ -52,69 +53,6 @@ impl Drop for RunDir {
     }
 }
 
-/// Boots one echo VM with `vmm` in `dir`, invokes it, pauses it and saves a
-/// full snapshot there: the image every clone of that VMM loads.
-fn snapshot(vmm: &Vmm, echo: &Path, dir: &Path) -> Start {
-    std::fs::create_dir_all(dir).expect("create the snapshot directory");
-    let program = match vmm {
-        Vmm::Ember(p) | Vmm::Firecracker(p) => p,
-    };
-    let mut child = Command::new(program)
-        .args(["--api-sock", "api.sock"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the snapshot's VM");
-    let socket = dir.join("api.sock");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never opened its API",
-            vmm.name()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let mut client = KeepAlive::connect(&socket);
-    let mut ok = |method: &str, path: &str, body: Value| {
-        let (status, answer) = client.request(method, path, body.to_string().as_bytes());
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {}",
-            String::from_utf8_lossy(&answer)
-        );
-    };
-    ok(
-        "PUT",
-        "/boot-source",
-        json!({"kernel_image_path": echo, "boot_args": "console=ttyS0"}),
-    );
-    ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": MEM_MIB}),
-    );
-    ok(
-        "PUT",
-        "/vsock",
-        json!({"guest_cid": 3, "uds_path": "v.sock"}),
-    );
-    ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
-    invoke(&dir.join("v.sock"), b"warm").expect("the snapshot's VM answers");
-    ok("PATCH", "/vm", json!({"state": "Paused"}));
-    let (state, mem) = (dir.join("fn.snap"), dir.join("fn.mem"));
-    ok(
-        "PUT",
-        "/snapshot/create",
-        json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-    Start::Snapshot { state, mem }
-}
-
 /// One VMM's figures over its rounds.
 struct Figures {
     api_ready: Samples,
@@ -123,6 +61,8 @@ struct Figures {
     exit: Samples,
     starts_per_s: Vec<f64>,
     cpu_per_start_ms: Vec<f64>,
+    /// For a pool: the CPU each process took to start and wait idle.
+    cpu_per_idle_ms: Vec<f64>,
     cpu_per_exit_ms: Vec<f64>,
     pss_kib: Vec<f64>,
     mem_drop_kib: Vec<f64>,
@@ -133,13 +73,20 @@ struct Figures {
 impl Figures {
     fn new(vmm: &str, start: &str) -> Figures {
         let s = |what: &str| Samples::new(&format!("{vmm} {start}: {what}"), "us");
+        // From a pool, the load and answer count from the load request.
+        let from = if start.starts_with("pool") {
+            "load"
+        } else {
+            "spawn"
+        };
         Figures {
             api_ready: s("spawn -> API ready"),
-            loaded: s("spawn -> loaded (204)"),
-            answered: s("spawn -> first answer"),
+            loaded: s(&format!("{from} -> loaded (204)")),
+            answered: s(&format!("{from} -> first answer")),
             exit: s("SIGKILL -> reaped"),
             starts_per_s: Vec::new(),
             cpu_per_start_ms: Vec::new(),
+            cpu_per_idle_ms: Vec::new(),
             cpu_per_exit_ms: Vec::new(),
             pss_kib: Vec::new(),
             mem_drop_kib: Vec::new(),
@@ -175,6 +122,9 @@ fn round(fleet: &Fleet, figures: &mut Figures, cgroup: &Cgroup) {
     figures
         .cpu_per_start_ms
         .push(started.cpu_usec as f64 / 1000.0 / count);
+    figures
+        .cpu_per_idle_ms
+        .push(started.pool_cpu_usec as f64 / 1000.0 / count);
     figures.pss_kib.push(foot.pss_kib);
     figures.mem_drop_kib.push(held);
     figures.threads.push(foot.threads);
@@ -195,7 +145,8 @@ fn round(fleet: &Fleet, figures: &mut Figures, cgroup: &Cgroup) {
 fn reset_exits(vmm: &Vmm, kernel: &Path, dir: &Path, runs: u32) -> Samples {
     let config = dir.join("reset.json");
     let body = json!({"boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0"},
-                      "machine-config": {"vcpu_count": 1, "mem_size_mib": MEM_MIB}});
+                      "machine-config": {"vcpu_count": 1, "mem_size_mib": MEM_MIB},
+                      "drives": []});
     std::fs::write(&config, body.to_string()).expect("write the config file");
     let program = match vmm {
         Vmm::Ember(p) | Vmm::Firecracker(p) => p,
@@ -255,19 +206,25 @@ fn main() {
 
     let snapshots: Vec<Start> = vmms
         .iter()
-        .map(|vmm| snapshot(vmm, &echo, &run.0.join(format!("{}-image", vmm.name()))))
+        .map(|vmm| {
+            snapshot(
+                vmm,
+                &echo,
+                MEM_MIB,
+                &run.0.join(format!("{}-image", vmm.name())),
+            )
+        })
         .collect();
     let boot = Start::Boot {
         kernel: echo.clone(),
         mem_mib: MEM_MIB,
     };
-    let mut restored: Vec<Figures> = vmms
+    // Per kind of start, per VMM: from one snapshot, from one snapshot into
+    // processes started ahead (a pool), and booted.
+    const KINDS: [&str; 3] = ["snapshot", "pool + snapshot", "boot"];
+    let mut figures: Vec<Vec<Figures>> = KINDS
         .iter()
-        .map(|v| Figures::new(v.name(), "snapshot"))
-        .collect();
-    let mut booted: Vec<Figures> = vmms
-        .iter()
-        .map(|v| Figures::new(v.name(), "boot"))
+        .map(|kind| vmms.iter().map(|v| Figures::new(v.name(), kind)).collect())
         .collect();
     for r in 0..rounds {
         // Alternating which VMM goes first, so the host's drift weighs on both.
@@ -277,21 +234,22 @@ fn main() {
         }
         for &i in &order {
             let base = run.0.join(format!("{}-clones", vmms[i].name()));
-            let fleet = Fleet {
-                vmm: &vmms[i],
-                start: &snapshots[i],
-                count: vms,
-                concurrency,
-                base: &base,
-                cgroup: &cgroup,
-            };
-            round(&fleet, &mut restored[i], &cgroup);
-            let fleet = Fleet {
-                start: &boot,
-                count: boots,
-                ..fleet
-            };
-            round(&fleet, &mut booted[i], &cgroup);
+            for (k, kind) in KINDS.iter().enumerate() {
+                let fleet = Fleet {
+                    vmm: &vmms[i],
+                    start: if *kind == "boot" {
+                        &boot
+                    } else {
+                        &snapshots[i]
+                    },
+                    count: if *kind == "boot" { boots } else { vms },
+                    concurrency,
+                    base: &base,
+                    cgroup: &cgroup,
+                    pool: *kind == "pool + snapshot",
+                };
+                round(&fleet, &mut figures[k][i], &cgroup);
+            }
         }
     }
     let test_elf = artifact("test-elf");
@@ -304,16 +262,17 @@ fn main() {
         "\nember fleet benchmark: {vms} echo VMs from one snapshot and {boots} booted, {concurrency} in flight, {rounds} round(s), {MEM_MIB} MiB each\n"
     );
     let mut all: Vec<&Samples> = Vec::new();
-    for f in restored.iter().chain(&booted) {
+    for f in figures.iter().flatten() {
         all.extend([&f.api_ready, &f.loaded, &f.answered, &f.exit]);
     }
     all.extend(exits.iter());
     let table = ember_test_support::bench::print_table(&all);
     println!(
-        "\n{:<24} {:>10} {:>12} {:>12} {:>10} {:>12} {:>8} {:>6}",
+        "\n{:<32} {:>9} {:>13} {:>12} {:>12} {:>9} {:>13} {:>8} {:>6}",
         "fleet (medians)",
         "starts/s",
         "CPU/start ms",
+        "(pool) ms",
         "CPU/exit ms",
         "PSS KiB",
         "MemAvail KiB",
@@ -321,18 +280,20 @@ fn main() {
         "fds"
     );
     let mut summary = Vec::new();
-    for f in restored.iter().chain(&booted) {
+    for f in figures.iter().flatten() {
         let name = f.api_ready.name.trim_end_matches(": spawn -> API ready");
         let row = json!({"fleet": name,
             "starts_per_s": median(&f.starts_per_s), "cpu_per_start_ms": median(&f.cpu_per_start_ms),
+            "cpu_per_idle_start_ms": median(&f.cpu_per_idle_ms),
             "cpu_per_exit_ms": median(&f.cpu_per_exit_ms), "pss_kib": median(&f.pss_kib),
             "mem_available_drop_kib": median(&f.mem_drop_kib), "threads": median(&f.threads),
             "fds": median(&f.fds)});
         println!(
-            "{:<24} {:>10.0} {:>12.2} {:>12.2} {:>10.0} {:>12.0} {:>8.1} {:>6.1}",
+            "{:<32} {:>9.0} {:>13.2} {:>12.2} {:>12.2} {:>9.0} {:>13.0} {:>8.1} {:>6.1}",
             name,
             median(&f.starts_per_s),
             median(&f.cpu_per_start_ms),
+            median(&f.cpu_per_idle_ms),
             median(&f.cpu_per_exit_ms),
             median(&f.pss_kib),
             median(&f.mem_drop_kib),

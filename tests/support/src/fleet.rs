@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::http::KeepAlive;
 
@@ -101,6 +101,10 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Processes still in it.
     pub fn processes(&self) -> usize {
         fs::read_to_string(self.path.join("cgroup.procs"))
@@ -136,7 +140,9 @@ impl FleetVm {
     }
 }
 
-/// When each stage of one VM's start ended, from its spawn.
+/// When each stage of one VM's start ended: the API from its spawn, the
+/// load's 204 and the first answer from the spawn, or, for a VM taken from a
+/// pool, from the load request.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StartTimes {
     pub api_ready: Duration,
@@ -145,16 +151,20 @@ pub struct StartTimes {
 }
 
 /// What a start phase did: the VMs, their stage times, its wall-clock time
-/// and the CPU the VMMs spent in it.
+/// and the CPU the VMMs spent in it (for a pool, from the first load on;
+/// filling the pool is `pool_cpu_usec`).
 pub struct Started {
     pub vms: Vec<FleetVm>,
     pub times: Vec<StartTimes>,
     pub wall: Duration,
     pub cpu_usec: u64,
+    pub pool_cpu_usec: u64,
 }
 
 /// A fleet to start: which VMM, how, how many, how many at once, and where
 /// the VMs' directories go (tmpfs spares the sockets' inode allocation).
+/// With `pool`, every process is started and left idle first, as a platform
+/// keeps a pool of them, and only then are they loaded.
 pub struct Fleet<'a> {
     pub vmm: &'a Vmm,
     pub start: &'a Start,
@@ -162,55 +172,111 @@ pub struct Fleet<'a> {
     pub concurrency: usize,
     pub base: &'a Path,
     pub cgroup: &'a Cgroup,
+    pub pool: bool,
+}
+
+/// `f` over `0..count`, `concurrency` at a time; the first error stops it.
+fn parallel<T: Send>(
+    count: usize,
+    concurrency: usize,
+    f: impl Fn(usize) -> Result<T, String> + Sync,
+) -> Result<Vec<T>, String> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, T)>> = Mutex::new(Vec::new());
+    let failure: Mutex<Option<String>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..concurrency.max(1) {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count || failure.lock().is_ok_and(|f| f.is_some()) {
+                    return;
+                }
+                match f(index) {
+                    Ok(value) => {
+                        if let Ok(mut all) = results.lock() {
+                            all.push((index, value));
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut first) = failure.lock() {
+                            first.get_or_insert(format!("VM {index}: {e}"));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_default() {
+        return Err(e);
+    }
+    let mut all = results.into_inner().unwrap_or_default();
+    all.sort_by_key(|(index, _)| *index);
+    Ok(all.into_iter().map(|(_, value)| value).collect())
 }
 
 impl Fleet<'_> {
     /// Starts every VM and has each answer one invocation.
     pub fn start(&self) -> Result<Started, String> {
-        let next = AtomicUsize::new(0);
-        let results: Mutex<Vec<(usize, FleetVm, StartTimes)>> = Mutex::new(Vec::new());
-        let failure: Mutex<Option<String>> = Mutex::new(None);
         let cpu_before = self.cgroup.cpu_usec();
         let begin = Instant::now();
-        std::thread::scope(|scope| {
-            for _ in 0..self.concurrency.max(1) {
-                scope.spawn(|| loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= self.count || failure.lock().is_ok_and(|f| f.is_some()) {
-                        return;
-                    }
-                    match self.start_one(index) {
-                        Ok((vm, times)) => {
-                            if let Ok(mut all) = results.lock() {
-                                all.push((index, vm, times));
-                            }
-                        }
-                        Err(e) => {
-                            if let Ok(mut f) = failure.lock() {
-                                f.get_or_insert(format!("VM {index}: {e}"));
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        if !self.pool {
+            let started = parallel(self.count, self.concurrency, |i| {
+                let (vm, spawned, api_ready) = self.spawn(i)?;
+                let (loaded, answered) = self.bring_up(&vm, spawned)?;
+                Ok((
+                    vm,
+                    StartTimes {
+                        api_ready,
+                        loaded,
+                        answered,
+                    },
+                ))
+            })?;
+            let (vms, times) = started.into_iter().unzip();
+            return Ok(Started {
+                vms,
+                times,
+                wall: begin.elapsed(),
+                cpu_usec: self.cgroup.cpu_usec().saturating_sub(cpu_before),
+                pool_cpu_usec: 0,
+            });
+        }
+        let pool = parallel(self.count, self.concurrency, |i| self.spawn(i))?;
+        let pool_cpu_usec = self.cgroup.cpu_usec().saturating_sub(cpu_before);
+        let cpu_before = self.cgroup.cpu_usec();
+        let begin = Instant::now();
+        let up = parallel(self.count, self.concurrency, |i| {
+            let (vm, _, _) = &pool[i];
+            self.bring_up(vm, Instant::now())
+        })?;
         let wall = begin.elapsed();
         let cpu_usec = self.cgroup.cpu_usec().saturating_sub(cpu_before);
-        let mut all = results.into_inner().unwrap_or_default();
-        if let Some(e) = failure.into_inner().unwrap_or_default() {
-            return Err(e);
-        }
-        all.sort_by_key(|(index, _, _)| *index);
-        let (vms, times) = all.into_iter().map(|(_, vm, t)| (vm, t)).unzip();
+        let (vms, times) = pool
+            .into_iter()
+            .zip(up)
+            .map(|((vm, _, api_ready), (loaded, answered))| {
+                (
+                    vm,
+                    StartTimes {
+                        api_ready,
+                        loaded,
+                        answered,
+                    },
+                )
+            })
+            .unzip();
         Ok(Started {
             vms,
             times,
             wall,
             cpu_usec,
+            pool_cpu_usec,
         })
     }
 
-    fn start_one(&self, index: usize) -> Result<(FleetVm, StartTimes), String> {
+    /// Starts VM `index`'s process in the fleet's cgroup and waits for its
+    /// API: the VM, when it was spawned and how long its API took.
+    fn spawn(&self, index: usize) -> Result<(FleetVm, Instant, Duration), String> {
         let dir = self.base.join(format!("vm{index}"));
         fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let socket = dir.join("api.sock");
@@ -245,10 +311,15 @@ impl Fleet<'_> {
             .map_err(|e| format!("spawn {}: {e}", self.vmm.program().display()))?;
         let vm = FleetVm { child, dir };
         let api_ready = wait_for_socket(&socket, spawned)?;
+        Ok((vm, spawned, api_ready))
+    }
+
+    /// Boots or loads `vm` and has it answer once: when each ended, from `since`.
+    fn bring_up(&self, vm: &FleetVm, since: Instant) -> Result<(Duration, Duration), String> {
         // One connection for all of a VM's requests, read by Content-Length
         // (Firecracker keeps a connection open whatever it was asked).
-        let mut client = KeepAlive::connect(&socket);
-        let mut api = |method: &str, path: &str, body: serde_json::Value| {
+        let mut client = KeepAlive::connect(&vm.dir.join("api.sock"));
+        let mut api = |method: &str, path: &str, body: Value| {
             let (status, answer) = client.request(method, path, body.to_string().as_bytes());
             if (200..300).contains(&status) {
                 Ok(())
@@ -289,17 +360,9 @@ impl Fleet<'_> {
                 )?;
             }
         }
-        let loaded = spawned.elapsed();
+        let loaded = since.elapsed();
         invoke(&vm.dir.join("v.sock"), b"warm")?;
-        let answered = spawned.elapsed();
-        Ok((
-            vm,
-            StartTimes {
-                api_ready,
-                loaded,
-                answered,
-            },
-        ))
+        Ok((loaded, since.elapsed()))
     }
 }
 
@@ -367,6 +430,66 @@ fn invoke_once(vsock: &Path, input: &[u8]) -> Result<Vec<u8>, String> {
         .read_exact(&mut output)
         .map_err(|e| format!("answer: {e}"))?;
     Ok(output)
+}
+
+/// Boots one echo VM of `mem_mib` MiB with `vmm` in `dir`, invokes it, pauses it and saves a
+/// full snapshot there: the image every clone of that VMM loads.
+pub fn snapshot(vmm: &Vmm, echo: &Path, mem_mib: u32, dir: &Path) -> Start {
+    std::fs::create_dir_all(dir).expect("create the snapshot directory");
+    let mut child = Command::new(vmm.program())
+        .args(["--api-sock", "api.sock"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the snapshot's VM");
+    let socket = dir.join("api.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never opened its API",
+            vmm.name()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut client = KeepAlive::connect(&socket);
+    let mut ok = |method: &str, path: &str, body: Value| {
+        let (status, answer) = client.request(method, path, body.to_string().as_bytes());
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+    };
+    ok(
+        "PUT",
+        "/boot-source",
+        json!({"kernel_image_path": echo, "boot_args": "console=ttyS0"}),
+    );
+    ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": mem_mib}),
+    );
+    ok(
+        "PUT",
+        "/vsock",
+        json!({"guest_cid": 3, "uds_path": "v.sock"}),
+    );
+    ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    invoke(&dir.join("v.sock"), b"warm").expect("the snapshot's VM answers");
+    ok("PATCH", "/vm", json!({"state": "Paused"}));
+    let (state, mem) = (dir.join("fn.snap"), dir.join("fn.mem"));
+    ok(
+        "PUT",
+        "/snapshot/create",
+        json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    Start::Snapshot { state, mem }
 }
 
 /// What a running fleet costs the host, per VM.
