@@ -596,9 +596,10 @@ mod tests {
             .filter(|c| c.0 == VENDOR_CAPABILITY)
             .map(|c| (c.1, c.2))
             .collect();
+        // Common, notify, device, then the ISR a driver using MSI-X never needs.
         assert_eq!(
             virtio,
-            [(1, 0), (2, 0x3000), (3, 0x1000), (4, 0x2000), (5, 0)]
+            [(1, 0), (2, 0x3000), (4, 0x2000), (3, 0x1000), (5, 0)]
         );
         assert!(caps.iter().any(|c| c.0 == msix::CAPABILITY_ID));
         assert_eq!(bar_read(&mut t, 0x12, 2), 2, "num_queues");
