@@ -12,7 +12,6 @@
 //!  [--boots N] [--rounds R] [--firecracker PATH] [--json PATH]`
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use ember_test_support::bench::{micros, BenchArgs, Samples};
@@ -148,26 +147,19 @@ fn reset_exits(vmm: &Vmm, kernel: &Path, dir: &Path, runs: u32) -> Samples {
                       "machine-config": {"vcpu_count": 1, "mem_size_mib": MEM_MIB},
                       "drives": []});
     std::fs::write(&config, body.to_string()).expect("write the config file");
-    let program = match vmm {
-        Vmm::Ember(p) | Vmm::Firecracker(p) => p,
-    };
     let mut samples = Samples::new(
         &format!("{}: spawn -> exit, guest resets at once", vmm.name()),
         "us",
     );
+    let config = config.to_string_lossy();
     for _ in 0..runs {
         let begin = Instant::now();
-        // Whatever the exit status (Firecracker ends a reset guest with 1).
-        let _ = Command::new(program)
-            .args(["--no-api", "--config-file"])
-            .arg(&config)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let status = vmm
+            .command(dir, &["--no-api", "--config-file", &config])
             .status()
             .expect("run the VMM");
         samples.values.push(micros(begin.elapsed()));
+        assert!(status.success(), "{} ended with {status}", vmm.name());
     }
     samples
 }

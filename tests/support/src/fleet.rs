@@ -50,6 +50,18 @@ impl Vmm {
             Vmm::Ember(path) | Vmm::Firecracker(path) => path,
         }
     }
+
+    /// The VMM run in `dir` with `args`, its console and log discarded.
+    pub fn command(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(self.program());
+        command
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    }
 }
 
 /// How each VM comes up.
@@ -281,13 +293,7 @@ impl Fleet<'_> {
         fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let socket = dir.join("api.sock");
         let procs = self.cgroup.procs_file();
-        let mut command = Command::new(self.vmm.program());
-        command
-            .args(["--api-sock", "api.sock"])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut command = self.vmm.command(&dir, &["--api-sock", "api.sock"]);
         // SAFETY: between fork and exec the child only opens, writes and
         // closes a file through async-signal-safe libc calls.
         unsafe {
@@ -332,23 +338,9 @@ impl Fleet<'_> {
         };
         match self.start {
             Start::Boot { kernel, mem_mib } => {
-                let kernel = kernel.to_string_lossy();
-                api(
-                    "PUT",
-                    "/boot-source",
-                    json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0"}),
-                )?;
-                api(
-                    "PUT",
-                    "/machine-config",
-                    json!({"vcpu_count": 1, "mem_size_mib": mem_mib}),
-                )?;
-                api(
-                    "PUT",
-                    "/vsock",
-                    json!({"guest_cid": GUEST_CID, "uds_path": "v.sock"}),
-                )?;
-                api("PUT", "/actions", json!({"action_type": "InstanceStart"}))?;
+                for (method, path, body) in boot_requests(kernel, *mem_mib) {
+                    api(method, path, body)?;
+                }
             }
             Start::Snapshot { state, mem } => {
                 api(
@@ -364,6 +356,29 @@ impl Fleet<'_> {
         invoke(&vm.dir.join("v.sock"), b"warm")?;
         Ok((loaded, since.elapsed()))
     }
+}
+
+/// What configures and boots the echo function at `kernel` with `mem_mib` MiB
+/// and its vsock socket at `v.sock`, as (method, path, body).
+fn boot_requests(kernel: &Path, mem_mib: u32) -> [(&'static str, &'static str, Value); 4] {
+    [
+        (
+            "PUT",
+            "/boot-source",
+            json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0"}),
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": mem_mib}),
+        ),
+        (
+            "PUT",
+            "/vsock",
+            json!({"guest_cid": GUEST_CID, "uds_path": "v.sock"}),
+        ),
+        ("PUT", "/actions", json!({"action_type": "InstanceStart"})),
+    ]
 }
 
 /// Waits until the API socket takes connections; returns when, from `spawned`.
@@ -436,24 +451,13 @@ fn invoke_once(vsock: &Path, input: &[u8]) -> Result<Vec<u8>, String> {
 /// full snapshot there: the image every clone of that VMM loads.
 pub fn snapshot(vmm: &Vmm, echo: &Path, mem_mib: u32, dir: &Path) -> Start {
     std::fs::create_dir_all(dir).expect("create the snapshot directory");
-    let mut child = Command::new(vmm.program())
-        .args(["--api-sock", "api.sock"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let spawned = Instant::now();
+    let mut child = vmm
+        .command(dir, &["--api-sock", "api.sock"])
         .spawn()
         .expect("start the snapshot's VM");
     let socket = dir.join("api.sock");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never opened its API",
-            vmm.name()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for_socket(&socket, spawned).unwrap_or_else(|e| panic!("{}: {e}", vmm.name()));
     let mut client = KeepAlive::connect(&socket);
     let mut ok = |method: &str, path: &str, body: Value| {
         let (status, answer) = client.request(method, path, body.to_string().as_bytes());
@@ -463,22 +467,9 @@ pub fn snapshot(vmm: &Vmm, echo: &Path, mem_mib: u32, dir: &Path) -> Start {
             String::from_utf8_lossy(&answer)
         );
     };
-    ok(
-        "PUT",
-        "/boot-source",
-        json!({"kernel_image_path": echo, "boot_args": "console=ttyS0"}),
-    );
-    ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": mem_mib}),
-    );
-    ok(
-        "PUT",
-        "/vsock",
-        json!({"guest_cid": 3, "uds_path": "v.sock"}),
-    );
-    ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    for (method, path, body) in boot_requests(echo, mem_mib) {
+        ok(method, path, body);
+    }
     invoke(&dir.join("v.sock"), b"warm").expect("the snapshot's VM answers");
     ok("PATCH", "/vm", json!({"state": "Paused"}));
     let (state, mem) = (dir.join("fn.snap"), dir.join("fn.mem"));
