@@ -64,7 +64,7 @@ pub enum Error {
     /// A network override for an interface the snapshot does not have.
     #[error("network_overrides: the snapshot has no network interface '{0}'")]
     NoInterfaceToOverride(String),
-    /// Saving the VM-wide state (clock, irqchip, PIT) or its dirty log.
+    /// Saving the VM-wide state (clock, irqchip) or its dirty log.
     #[error(transparent)]
     Vm(#[from] vm::Error),
     /// Saving the vCPUs.

@@ -30,7 +30,7 @@ use serde::Serialize;
 /// First bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"EMBERSNP";
 /// The format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// The architecture recorded in snapshots taken here: register and device
 /// state of one architecture means nothing on another.
 pub const ARCH: &str = std::env::consts::ARCH;

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_irq_routing_entry, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
-    kvm_userspace_memory_region, KvmIrqRouting, KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC,
-    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_clock_data, kvm_irq_routing_entry, kvm_irqchip, kvm_userspace_memory_region, KvmIrqRouting,
+    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MEM_LOG_DIRTY_PAGES,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use serde::{Deserialize, Serialize};
@@ -62,19 +61,26 @@ pub struct Vm {
     routes: Arc<GsiRoutes>,
 }
 
-/// The VM-wide state a snapshot holds: interrupt controllers, PIT and kvmclock.
+/// The VM-wide state a snapshot holds: interrupt controllers and kvmclock.
 #[derive(Serialize, Deserialize)]
 pub struct VmState {
     pic_master: kvm_irqchip,
     pic_slave: kvm_irqchip,
     ioapic: kvm_irqchip,
-    pit: kvm_pit_state2,
     clock: kvm_clock_data,
 }
 
 impl Vm {
-    /// Creates a VM over `mem` with an in-kernel PIC, IOAPIC and PIT; with
+    /// Creates a VM over `mem` with an in-kernel PIC and IOAPIC; with
     /// `track_dirty_pages`, KVM logs the pages the guest writes.
+    ///
+    /// There is no PIT (as in Cloud Hypervisor, or QEMU's microvm with
+    /// `pit=off`): guests keep time with kvmclock, the TSC (whose frequency
+    /// CPUID gives) and the LAPIC's TSC-deadline timer, so Linux never needs
+    /// the PIT. KVM's in-kernel PIT costs a kernel thread per VM, and its
+    /// teardown waits out two SRCU grace periods back to back, the second a
+    /// slow one (12-16 ms here): that wait was most of every VM's exit.
+    /// The PIT's ports read as zero, like any port no device claims.
     ///
     /// Memory goes in before the interrupt controllers: once they exist, every
     /// memory-slot change waits out an SRCU grace period they take part in,
@@ -100,11 +106,6 @@ impl Vm {
         let fd = &vm.fd;
         fd.create_irq_chip()
             .map_err(kvm_err("create the irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
         Ok(vm)
     }
 
@@ -168,7 +169,6 @@ impl Vm {
             pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
             pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
             ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
-            pit: self.fd.get_pit2().map_err(kvm_err("read the PIT"))?,
             clock: self.fd.get_clock().map_err(kvm_err("read kvmclock"))?,
         })
     }
@@ -176,9 +176,6 @@ impl Vm {
     /// Puts back a saved VM state. kvmclock resumes where it stopped, or with
     /// `clock_realtime` moves on by the wall-clock time since the snapshot.
     pub fn restore_state(&self, state: &VmState, clock_realtime: bool) -> Result<(), Error> {
-        self.fd
-            .set_pit2(&state.pit)
-            .map_err(kvm_err("restore the PIT"))?;
         let mut clock = state.clock;
         clock.flags = if clock_realtime {
             state.clock.flags & KVM_CLOCK_REALTIME
