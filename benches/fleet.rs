@@ -14,11 +14,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use ember_test_support::artifacts::static_ember;
 use ember_test_support::bench::{micros, BenchArgs, Samples};
 use ember_test_support::fleet::{
     footprint, mem_available_kib, snapshot, stop, Cgroup, Fleet, Start, Vmm,
 };
-use ember_test_support::{artifact, ember_bin, require_kvm, require_root};
+use ember_test_support::{artifact, require_kvm, require_root};
 use serde_json::json;
 
 /// Guest memory of every function VM.
@@ -184,7 +185,7 @@ fn main() {
         )
     };
     let concurrency: usize = flag("--concurrency", 8);
-    let mut vmms = vec![Vmm::Ember(ember_bin())];
+    let mut vmms = vec![Vmm::Ember(static_ember())];
     let firecracker = flag::<PathBuf>("--firecracker", PathBuf::new());
     if let Some(path) = Some(firecracker)
         .filter(|p| !p.as_os_str().is_empty())

@@ -1,11 +1,15 @@
 //! Seccomp: one BPF allowlist per kind of thread, compiled at build time
-//! from `resources/seccomp/x86_64.json` (see `build.rs`).
+//! from `resources/seccomp/x86_64.json` (see `build.rs`), laid out as a
+//! binary search on the syscall number ([`tree`]).
 //!
 //! The `vmm` filter goes on every thread (the main thread and all it starts)
 //! before the API serves a request or a configuration file is read; the API
 //! and vCPU threads then add their own, narrower one as their first act
 //! (stacked filters: a syscall must pass both). A syscall outside a list
 //! traps: the handler logs its number and the process dies of SIGSYS.
+
+#[cfg(test)]
+mod tree;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
