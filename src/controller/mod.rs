@@ -311,6 +311,9 @@ pub struct Controller<L: Launcher> {
     launcher: L,
     resources: VmResources,
     vm: Option<L::Vm>,
+    /// Whether a machine configuration was given: until then the default
+    /// one may still change, and a VM readied for it be thrown away.
+    machine_given: bool,
 }
 
 impl<L: Launcher> Controller<L> {
@@ -320,6 +323,7 @@ impl<L: Launcher> Controller<L> {
             launcher,
             resources: VmResources::default(),
             vm: None,
+            machine_given: false,
         }
     }
 
@@ -338,8 +342,8 @@ impl<L: Launcher> Controller<L> {
     }
 
     /// Starts making a VM of the configured machine ready in the background,
-    /// once a boot is on its way (a boot source or a machine configuration):
-    /// a snapshot load could use none of it.
+    /// once a boot is on its way (a machine configuration, or a boot source
+    /// after one): a snapshot load could use none of it.
     fn prepare(&mut self) {
         if self.vm.is_none() {
             self.launcher.prepare(&self.resources.machine);
@@ -455,7 +459,12 @@ impl<L: Launcher> Controller<L> {
     fn handle_pre_boot(&mut self, request: Request) -> Result<Response, Error> {
         match request {
             Request::PutBootSource(boot_source) => {
-                self.set_machine(|r| r.set_boot_source(boot_source))
+                let response = self.configured(|r| r.set_boot_source(boot_source))?;
+                // Before a machine configuration, InstanceStart readies the VM.
+                if self.machine_given {
+                    self.prepare();
+                }
+                Ok(response)
             }
             Request::PutMachineConfig(machine) => self.set_machine(|r| r.set_machine(machine)),
             Request::PatchMachineConfig(update) => self.set_machine(|r| r.update_machine(&update)),
@@ -618,13 +627,14 @@ impl<L: Launcher> Controller<L> {
         Ok(Response::NoContent)
     }
 
-    /// A boot source or machine change: a boot is on its way, for which a VM
-    /// is readied (again, if the machine changed).
+    /// A machine configuration: a boot is on its way, for which a VM is
+    /// readied (again, if the machine changed).
     fn set_machine(
         &mut self,
         change: impl FnOnce(&mut VmResources) -> Result<(), resources::Error>,
     ) -> Result<Response, Error> {
         change(&mut self.resources)?;
+        self.machine_given = true;
         self.prepare();
         Ok(Response::NoContent)
     }

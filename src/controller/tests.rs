@@ -213,6 +213,13 @@ fn boot_source(kernel: &str) -> Request {
     })
 }
 
+fn machine(mem_size_mib: u64) -> Request {
+    Request::PutMachineConfig(MachineConfig {
+        mem_size_mib,
+        ..Default::default()
+    })
+}
+
 fn put_vsock() -> Request {
     Request::PutDevice(DeviceConfig::Vsock(vsock()))
 }
@@ -701,6 +708,28 @@ fn start_up_readies_vcpu_threads_and_only_a_boot_readies_a_vm() {
     fx.controller.get_ready();
     let kernel = fx.file("vmlinux");
     fx.handle(boot_source(&kernel)).expect("a boot source");
+    fx.handle(machine(64)).expect("a machine configuration");
     fx.handle(Request::StartInstance).expect("a boot");
-    assert_eq!(fx.log(), ["ready 1 vCPUs", "prepare 128 MiB", "start"]);
+    assert_eq!(fx.log(), ["ready 1 vCPUs", "prepare 64 MiB", "start"]);
+}
+
+/// A boot source before any machine configuration readies nothing: the
+/// default machine may still change, and its VM would be thrown away. Once
+/// the machine is given, a boot source readies it (the launcher keeps a VM
+/// that fits); without one, InstanceStart does.
+#[test]
+fn a_vm_is_readied_once_for_the_machine_given_whatever_the_order() {
+    let mut fx = Fixture::new();
+    let kernel = fx.file("vmlinux");
+    fx.handle(boot_source(&kernel)).expect("a boot source");
+    fx.handle(machine(64)).expect("a machine configuration");
+    fx.handle(boot_source(&kernel))
+        .expect("a boot source again");
+    fx.handle(Request::StartInstance).expect("a boot");
+    assert_eq!(fx.log(), ["prepare 64 MiB", "prepare 64 MiB", "start"]);
+
+    let mut fx = Fixture::new();
+    fx.handle(boot_source(&kernel)).expect("a boot source");
+    fx.handle(Request::StartInstance).expect("a boot");
+    assert_eq!(fx.log(), ["start"]);
 }
