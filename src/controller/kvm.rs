@@ -41,9 +41,7 @@ impl KvmLauncher {
             prep: None,
         }
     }
-}
 
-impl KvmLauncher {
     /// The vCPU threads started ahead, taken from a readied VM if there is
     /// one (whose VM, not the one a snapshot needs, is let go).
     fn ready_threads(&mut self) -> Vec<VcpuThread> {

@@ -4,11 +4,11 @@
 //! the other. Installing a filter makes the kernel run it for every syscall
 //! number (about 450) to find the always-allowed ones, and a number no rule
 //! names walks the whole chain: for the `vmm` filter, about sixty syscall
-//! comparisons and the jumps over their rules, at every process start. Here the syscalls, sorted
-//! by number, go into small buckets, each compiled by seccompiler as a
-//! filter of its own, and `JGE` comparisons on the number pick the bucket:
-//! a few comparisons to reach any syscall's rules, and the rules themselves
-//! are seccompiler's, unchanged.
+//! comparisons and the jumps over their rules, at every process start.
+//! Here the syscalls, sorted by number, go into small buckets, each compiled
+//! by seccompiler as a filter of its own, and `JGE` comparisons on the
+//! number pick the bucket: a few comparisons to reach any syscall's rules,
+//! and the rules themselves are seccompiler's, unchanged.
 //!
 //! Used by `build.rs`, which compiles the built-in filters this way, and by
 //! the tests, which check that both layouts decide every call alike.
@@ -112,7 +112,8 @@ pub fn compile(policy: &Value, kind: &str) -> Result<Vec<sock_filter>, Error> {
             }
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let program = assemble(&prologue, &buckets);
+    let mut program = prologue;
+    search(&buckets, &mut program);
     if program.len() > BPF_MAXINSNS {
         return Err(Error::TooLong(kind.into()));
     }
@@ -127,14 +128,8 @@ struct Bucket {
     code: Vec<sock_filter>,
 }
 
-/// `prologue`, then a binary search over `buckets` (sorted by `first`, none
-/// empty) that falls into the bucket whose range holds the syscall number.
-fn assemble(prologue: &[sock_filter], buckets: &[Bucket]) -> Vec<sock_filter> {
-    let mut program = prologue.to_vec();
-    search(buckets, &mut program);
-    program
-}
-
+/// Appends a binary search over `buckets` (sorted by `first`) that falls
+/// into the bucket whose range holds the syscall number.
 fn search(buckets: &[Bucket], out: &mut Vec<sock_filter>) {
     let [first, rest @ ..] = buckets else {
         return;
