@@ -8,6 +8,7 @@
 //! number of invocations in turn, so idle ones are kept for the next call,
 //! which then skips the handshake and its trip through the guest.
 
+use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -214,11 +215,7 @@ async fn exchange(pool: &Pool, mut conn: Connection, payload: &[u8]) -> Outcome 
             "the request is larger than 4 GiB".into(),
         )));
     };
-    let sent = async {
-        conn.write.write_all(&request_prefix(len)).await?;
-        conn.write.write_all(payload).await
-    };
-    if let Err(e) = sent.await {
+    if let Err(e) = write_request(&mut conn.write, &request_prefix(len), payload).await {
         return Outcome::Stale(Error::Protocol(format!("cannot send the request: {e}")));
     }
     let mut head = [0u8; RESPONSE_PREFIX_LEN];
@@ -249,6 +246,26 @@ async fn exchange(pool: &Pool, mut conn: Connection, payload: &[u8]) -> Outcome 
     };
     pool.give_back(conn);
     Outcome::Answered(result)
+}
+
+/// Writes the request's prefix and payload with as few writes as the socket
+/// allows: a prefix sent alone could reach the guest as a packet (and an
+/// interrupt) of its own.
+async fn write_request(
+    write: &mut OwnedWriteHalf,
+    prefix: &[u8],
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let mut parts = [IoSlice::new(prefix), IoSlice::new(payload)];
+    let mut parts = &mut parts[..];
+    while !parts.is_empty() {
+        let n = write.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
 }
 
 /// Reads a `len`-byte output as it arrives. Memory follows the bytes received,
@@ -291,8 +308,10 @@ mod tests {
             std::env::temp_dir().join(format!("ember-invoke-{}-{n}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).unwrap();
+        let bound = path.clone();
         let task = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
+            let _ = std::fs::remove_file(bound);
             let (read, mut write) = stream.into_split();
             let mut read = BufReader::new(read);
             let mut line = String::new();
@@ -321,6 +340,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("ember-echo-{}-{n}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).unwrap();
+        let bound = path.clone();
         tokio::spawn(async move {
             for _ in 0..connections {
                 let (stream, _) = listener.accept().await.unwrap();
@@ -337,6 +357,7 @@ mod tests {
                     write.write_all(&framed(0, &request)).await.unwrap();
                 }
             }
+            let _ = std::fs::remove_file(bound);
             std::future::pending::<()>().await;
         });
         path.to_string_lossy().into_owned()

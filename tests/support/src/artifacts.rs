@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 /// The workspace's root, where `resources/` is.
-fn workspace_root() -> &'static Path {
+pub fn workspace_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
@@ -22,7 +22,7 @@ fn profile_dir() -> PathBuf {
 
 /// A binary built beside the tests, which `cargo test`/`cargo bench` of the
 /// workspace (or `cargo build --workspace` of the same profile) builds.
-fn built_binary(name: &str) -> PathBuf {
+pub fn built_binary(name: &str) -> PathBuf {
     let path = profile_dir().join(name);
     assert!(
         path.exists(),

@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod balloon;
 pub mod bench;
+pub mod containerd;
 pub mod ember;
 pub mod fleet;
 pub mod http;

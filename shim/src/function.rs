@@ -1,0 +1,297 @@
+//! What a task's OCI runtime spec (`config.json` in its bundle) asks of ember:
+//! the function image convention.
+//!
+//! A function image's root filesystem holds a unikernel, and its image config
+//! says how to run it the way any image does, so `ctr run`, nerdctl and the CRI
+//! carry it into the spec unchanged:
+//! - the entrypoint's first word is the unikernel's path in the image, the
+//!   rest of the command line goes to the guest's kernel command line;
+//! - `EMBER_VCPUS`, `EMBER_MEMORY_MIB` and `EMBER_PORT` in the environment set
+//!   the vCPUs, the guest memory and the function's vsock port;
+//! - the annotations `io.ember.vcpus`, `io.ember.memory-mib` and `io.ember.port`
+//!   override them per container (Kubernetes passes pod annotations through
+//!   when the runtime's `pod_annotations` allows `io.ember.*`).
+//!
+//! Kubernetes also asks every runtime for a pod sandbox (the pause container);
+//! for ember that task is a placeholder with no VM ([`TaskKind::Sandbox`]).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Guest memory when the image does not say.
+pub const DEFAULT_MEMORY_MIB: u32 = 64;
+/// The function runtime's vsock port when the image does not say.
+pub const DEFAULT_PORT: u32 = 1024;
+/// Largest guest a function image may ask for.
+const MAX_VCPUS: u32 = 32;
+const MAX_MEMORY_MIB: u32 = 256 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("config.json is not an OCI runtime spec: {0}")]
+    Spec(String),
+    #[error("the container has no command: a function image's entrypoint names its unikernel")]
+    NoKernel,
+    #[error("{name}='{value}' is not a whole number between {min} and {max}")]
+    Setting {
+        name: String,
+        value: String,
+        min: u32,
+        max: u32,
+    },
+    #[error("ember tasks have no terminal: run them without -t")]
+    Terminal,
+}
+
+/// The parts of the OCI runtime spec the shim reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    #[serde(default)]
+    process: Option<Process>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    linux: Option<Linux>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Process {
+    #[serde(default)]
+    terminal: bool,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Linux {
+    #[serde(default)]
+    cgroups_path: Option<String>,
+    #[serde(default)]
+    namespaces: Vec<Namespace>,
+    #[serde(default)]
+    resources: Option<Resources>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Namespace {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Resources {
+    #[serde(default)]
+    memory: Option<MemoryLimit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MemoryLimit {
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// What a task runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskKind {
+    /// A function VM.
+    Function(Function),
+    /// A Kubernetes pod sandbox: it holds the pod's namespaces and runs nothing.
+    Sandbox,
+}
+
+/// A function VM as the spec describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    /// The unikernel's path inside the image's root filesystem.
+    pub kernel: String,
+    /// Words for the guest's kernel command line, after the console's.
+    pub args: Vec<String>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub port: u32,
+    /// The environment besides ember's own settings.
+    pub env: Vec<(String, String)>,
+    /// The network namespace to run in (the pod's), if the spec names one.
+    pub netns: Option<String>,
+    /// The cgroup the runtime was asked to use (`linux.cgroupsPath`).
+    pub cgroups_path: Option<String>,
+    /// The container's memory limit in bytes, if any.
+    pub memory_limit: Option<u64>,
+}
+
+/// Reads a task's `config.json`.
+pub fn parse(config: &[u8]) -> Result<TaskKind, Error> {
+    let spec: Spec = serde_json::from_slice(config).map_err(|e| Error::Spec(e.to_string()))?;
+    let sandbox = [
+        "io.kubernetes.cri.container-type",
+        "io.kubernetes.cri-o.ContainerType",
+    ]
+    .iter()
+    .any(|key| spec.annotations.get(*key).map(String::as_str) == Some("sandbox"));
+    if sandbox {
+        return Ok(TaskKind::Sandbox);
+    }
+    let process = spec.process.unwrap_or_default();
+    if process.terminal {
+        return Err(Error::Terminal);
+    }
+    let mut args = process.args.into_iter();
+    let kernel = args
+        .next()
+        .filter(|k| !k.is_empty())
+        .ok_or(Error::NoKernel)?;
+    let mut own = BTreeMap::new();
+    let mut env = Vec::new();
+    for entry in process.env {
+        let (name, value) = entry.split_once('=').unwrap_or((&entry, ""));
+        if name.starts_with("EMBER_") {
+            own.insert(name.to_owned(), value.to_owned());
+        } else {
+            env.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    let setting = |env_name: &str, annotation: &str, default: u32, max: u32| {
+        let given = spec
+            .annotations
+            .get(annotation)
+            .map(|v| (annotation, v))
+            .or_else(|| own.get(env_name).map(|v| (env_name, v)));
+        match given {
+            None => Ok(default),
+            Some((name, value)) => value
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| Error::Setting {
+                    name: name.to_owned(),
+                    value: value.clone(),
+                    min: 1,
+                    max,
+                }),
+        }
+    };
+    let linux = spec.linux.unwrap_or_default();
+    Ok(TaskKind::Function(Function {
+        vcpus: setting("EMBER_VCPUS", "io.ember.vcpus", 1, MAX_VCPUS)?,
+        memory_mib: setting(
+            "EMBER_MEMORY_MIB",
+            "io.ember.memory-mib",
+            DEFAULT_MEMORY_MIB,
+            MAX_MEMORY_MIB,
+        )?,
+        port: setting("EMBER_PORT", "io.ember.port", DEFAULT_PORT, u32::MAX)?,
+        kernel,
+        args: args.collect(),
+        env,
+        netns: linux
+            .namespaces
+            .iter()
+            .find(|ns| ns.kind == "network")
+            .and_then(|ns| ns.path.clone())
+            .filter(|p| !p.is_empty()),
+        cgroups_path: linux.cgroups_path.filter(|p| !p.is_empty()),
+        memory_limit: linux
+            .resources
+            .and_then(|r| r.memory)
+            .and_then(|m| m.limit)
+            .and_then(|l| u64::try_from(l).ok())
+            .filter(|&l| l > 0),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function(spec: serde_json::Value) -> Result<Function, Error> {
+        match parse(spec.to_string().as_bytes())? {
+            TaskKind::Function(f) => Ok(f),
+            TaskKind::Sandbox => panic!("not a sandbox"),
+        }
+    }
+
+    #[test]
+    fn reads_the_image_convention() {
+        let f = function(serde_json::json!({
+            "process": {
+                "args": ["/function", "greeting=hi"],
+                "env": ["PATH=/bin", "EMBER_VCPUS=2", "EMBER_MEMORY_MIB=128", "EMBER_PORT=2000", "NAME=x=y"]
+            },
+            "linux": {
+                "cgroupsPath": "/default/echo",
+                "namespaces": [{"type": "pid"}, {"type": "network", "path": "/var/run/netns/pod"}],
+                "resources": {"memory": {"limit": 268435456}}
+            }
+        }))
+        .unwrap();
+        assert_eq!(f.kernel, "/function");
+        assert_eq!(f.args, ["greeting=hi"]);
+        assert_eq!((f.vcpus, f.memory_mib, f.port), (2, 128, 2000));
+        assert_eq!(
+            f.env,
+            [
+                ("PATH".into(), "/bin".into()),
+                ("NAME".into(), "x=y".into())
+            ]
+        );
+        assert_eq!(f.netns.as_deref(), Some("/var/run/netns/pod"));
+        assert_eq!(f.cgroups_path.as_deref(), Some("/default/echo"));
+        assert_eq!(f.memory_limit, Some(256 << 20));
+    }
+
+    #[test]
+    fn annotations_override_the_image_and_defaults_fill_the_rest() {
+        let f = function(serde_json::json!({
+            "process": {"args": ["/fn"], "env": ["EMBER_VCPUS=2"]},
+            "annotations": {"io.ember.vcpus": "4"}
+        }))
+        .unwrap();
+        assert_eq!(
+            (f.vcpus, f.memory_mib, f.port),
+            (4, DEFAULT_MEMORY_MIB, DEFAULT_PORT)
+        );
+        assert_eq!(
+            (f.netns, f.cgroups_path, f.memory_limit),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn bad_settings_name_what_was_wrong() {
+        for (env, name) in [
+            ("EMBER_VCPUS=0", "EMBER_VCPUS"),
+            ("EMBER_VCPUS=many", "EMBER_VCPUS"),
+            ("EMBER_MEMORY_MIB=-1", "EMBER_MEMORY_MIB"),
+        ] {
+            let err = function(serde_json::json!({"process": {"args": ["/fn"], "env": [env]}}))
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::Setting { name: n, .. } if n == name),
+                "{err}"
+            );
+        }
+        let no_command = function(serde_json::json!({"process": {"args": []}}));
+        assert_eq!(no_command, Err(Error::NoKernel));
+        let terminal =
+            function(serde_json::json!({"process": {"args": ["/fn"], "terminal": true}}));
+        assert_eq!(terminal, Err(Error::Terminal));
+        assert!(matches!(parse(b"not json"), Err(Error::Spec(_))));
+    }
+
+    #[test]
+    fn a_pod_sandbox_runs_no_vm() {
+        let spec = serde_json::json!({
+            "process": {"args": ["/pause"]},
+            "annotations": {"io.kubernetes.cri.container-type": "sandbox"}
+        });
+        assert_eq!(parse(spec.to_string().as_bytes()), Ok(TaskKind::Sandbox));
+    }
+}

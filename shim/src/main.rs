@@ -1,0 +1,11 @@
+//! `containerd-shim-ember-v2`: containerd's runtime `io.containerd.ember.v2`,
+//! which runs each task of a function image as a jailed ember microVM.
+
+mod function;
+mod record;
+mod service;
+mod vm;
+
+fn main() {
+    containerd_shim::run::<service::Service>("io.containerd.ember.v2", None);
+}

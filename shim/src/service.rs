@@ -1,0 +1,516 @@
+//! The shim v2 task service: containerd's calls for one task (a function VM or
+//! a pod sandbox), mapped onto a jailed ember.
+//!
+//! One shim process serves one task (containerd starts a shim per container).
+//! The task's process is ember itself (the jailer execs it in place), so its
+//! exit status is the VM's: 0 after the guest reset, 1 after a fault, 128+n
+//! after signal n. The subreaper thread of the `containerd-shim` crate reaps
+//! it and tells [`Service::watch`].
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use containerd_shim as shim;
+use log::{info, warn};
+use shim::api::{self, Status};
+use shim::monitor::{monitor_subscribe, wait_pid, Topic};
+use shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use shim::protos::protobuf::{MessageDyn, MessageField};
+use shim::protos::topics;
+use shim::protos::ttrpc::{self, get_status, Code};
+use shim::protos::types::mount::Mount;
+use shim::protos::types::task::ProcessInfo;
+use shim::publisher::RemotePublisher;
+use shim::{Config, DeleteResponse, ExitSignal, Flags, TtrpcContext, TtrpcResult};
+
+use crate::function::{self, TaskKind};
+use crate::record::Record;
+use crate::vm::{self, Binaries, Layout};
+
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    /// Set once containerd may call: the publisher exists only in the server.
+    publisher: Option<RemotePublisher>,
+    tasks: Mutex<HashMap<String, Task>>,
+    /// Signalled whenever a task stops.
+    stopped: Condvar,
+    exit: Arc<ExitSignal>,
+}
+
+struct Task {
+    bundle: PathBuf,
+    stdout: String,
+    stderr: String,
+    kind: Kind,
+    pid: u32,
+    status: Status,
+    exit: Option<(u32, Timestamp)>,
+}
+
+enum Kind {
+    Function(vm::Prepared),
+    Sandbox,
+}
+
+/// A failed call as containerd reads it.
+fn status(code: Code, message: impl std::fmt::Display) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(get_status(code, message.to_string()))
+}
+
+fn now() -> Timestamp {
+    shim::util::timestamp().unwrap_or_default()
+}
+
+impl shim::Shim for Service {
+    type T = Service;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        Service {
+            inner: Arc::new(Inner {
+                namespace: args.namespace.clone(),
+                publisher: None,
+                tasks: Mutex::new(HashMap::new()),
+                stopped: Condvar::new(),
+                exit: Arc::new(ExitSignal::default()),
+            }),
+        }
+    }
+
+    fn start_shim(&mut self, opts: shim::StartOpts) -> Result<String, shim::Error> {
+        let id = opts.id.clone();
+        let (_, address) = shim::spawn(opts, &id, Vec::new())?;
+        Ok(address)
+    }
+
+    /// containerd's clean-up after a shim that died: the VM it left, its jail,
+    /// cgroups and uid, and the image's mount.
+    fn delete_shim(&mut self) -> Result<DeleteResponse, shim::Error> {
+        let bundle = std::env::current_dir().map_err(|e| shim::Error::Other(e.to_string()))?;
+        if let Some(record) = Record::load(&bundle) {
+            record.kill_and_clean_up();
+        }
+        unmount_rootfs(&bundle);
+        let mut response = DeleteResponse::new();
+        response.exit_status = 128 + 9;
+        response.exited_at = MessageField::some(now());
+        Ok(response)
+    }
+
+    fn wait(&mut self) {
+        self.inner.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        Service {
+            inner: Arc::new(Inner {
+                namespace: self.inner.namespace.clone(),
+                publisher: Some(publisher),
+                tasks: Mutex::new(HashMap::new()),
+                stopped: Condvar::new(),
+                exit: self.inner.exit.clone(),
+            }),
+        }
+    }
+}
+
+impl Service {
+    fn tasks(&self) -> MutexGuard<'_, HashMap<String, Task>> {
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Some(publisher) = &self.inner.publisher {
+            if let Err(e) = publisher.publish(
+                shim::Context::default(),
+                topic,
+                &self.inner.namespace,
+                event,
+            ) {
+                warn!("cannot publish {topic}: {e}");
+            }
+        }
+    }
+
+    /// Marks task `id` stopped with `code` and tells containerd.
+    fn stopped(&self, id: &str, code: u32) {
+        let pid = {
+            let mut tasks = self.tasks();
+            let Some(task) = tasks.get_mut(id) else {
+                return;
+            };
+            if task.status == Status::STOPPED {
+                return;
+            }
+            task.status = Status::STOPPED;
+            task.exit = Some((code, now()));
+            task.pid
+        };
+        self.inner.stopped.notify_all();
+        let mut event = TaskExit::new();
+        event.container_id = id.to_owned();
+        event.id = id.to_owned();
+        event.pid = pid;
+        event.exit_status = code;
+        event.exited_at = MessageField::some(now());
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
+        info!("task {id} (pid {pid}) exited with {code}");
+    }
+
+    /// Waits on a thread of its own for the VM of task `id` to exit.
+    fn watch(&self, id: String, pid: u32, subscription: shim::monitor::Subscription) {
+        let service = self.clone();
+        std::thread::spawn(move || {
+            let code = wait_pid(i32::try_from(pid).unwrap_or(i32::MAX), subscription);
+            service.stopped(&id, u32::try_from(code).unwrap_or(1));
+        });
+    }
+}
+
+/// The task's stdout or stderr: its FIFO, the file of a `file://` log URI
+/// (appended to), or /dev/null without either.
+fn open_stdio(uri: &str) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).custom_flags(libc::O_CLOEXEC);
+    if uri.is_empty() {
+        return options.open("/dev/null");
+    }
+    if let Some(path) = uri.strip_prefix("file://") {
+        return options.create(true).append(true).mode(0o640).open(path);
+    }
+    if uri.contains("://") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("the log URI '{uri}' (ember's shim takes FIFOs and file:// URIs)"),
+        ));
+    }
+    options.open(uri)
+}
+
+fn rootfs(bundle: &Path) -> PathBuf {
+    bundle.join("rootfs")
+}
+
+fn unmount_rootfs(bundle: &Path) {
+    let root = rootfs(bundle);
+    if let Err(e) = shim::mount::umount_recursive(root.to_str(), libc::MNT_DETACH) {
+        warn!("cannot unmount {}: {e}", root.display());
+    }
+}
+
+fn mount_rootfs(bundle: &Path, mounts: &[Mount]) -> Result<(), ttrpc::Error> {
+    let target = rootfs(bundle);
+    std::fs::create_dir_all(&target).map_err(|e| status(Code::INTERNAL, e))?;
+    for m in mounts {
+        shim::mount::mount_rootfs(Some(&m.type_), Some(&m.source), &m.options, &target)
+            .map_err(|e| status(Code::INTERNAL, format!("cannot mount the image: {e}")))?;
+    }
+    Ok(())
+}
+
+impl shim::Task for Service {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let bundle = PathBuf::from(&req.bundle);
+        if self.tasks().contains_key(&req.id) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("task {} exists", req.id),
+            ));
+        }
+        if req.terminal {
+            return Err(status(Code::INVALID_ARGUMENT, function::Error::Terminal));
+        }
+        let config = std::fs::read(bundle.join("config.json"))
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("config.json: {e}")))?;
+        let kind = match function::parse(&config).map_err(|e| status(Code::INVALID_ARGUMENT, e))? {
+            TaskKind::Sandbox => Kind::Sandbox,
+            TaskKind::Function(function) => {
+                let binaries =
+                    Binaries::find().map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
+                mount_rootfs(&bundle, &req.rootfs)?;
+                let layout = Layout::new(&bundle, &req.id, function.cgroups_path.as_deref());
+                match vm::prepare(layout, &function, &rootfs(&bundle), &binaries) {
+                    Ok(prepared) => Kind::Function(prepared),
+                    Err(e) => {
+                        unmount_rootfs(&bundle);
+                        return Err(status(Code::INVALID_ARGUMENT, e));
+                    }
+                }
+            }
+        };
+        self.tasks().insert(
+            req.id.clone(),
+            Task {
+                bundle: bundle.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                kind,
+                pid: 0,
+                status: Status::CREATED,
+                exit: None,
+            },
+        );
+        let mut event = TaskCreate::new();
+        event.container_id = req.id;
+        event.bundle = req.bundle;
+        event.rootfs = req.rootfs;
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event));
+        Ok(api::CreateTaskResponse::new())
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        let pid = {
+            let mut tasks = self.tasks();
+            let task = tasks
+                .get_mut(&req.id)
+                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            if task.status != Status::CREATED {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    "the task was started already",
+                ));
+            }
+            match &task.kind {
+                Kind::Sandbox => std::process::id(),
+                Kind::Function(prepared) => {
+                    let (stdout, stderr) = (open_stdio(&task.stdout), open_stdio(&task.stderr));
+                    let (stdout, stderr) = stdout
+                        .and_then(|o| Ok((o, stderr?)))
+                        .map_err(|e| status(Code::INTERNAL, format!("the task's stdio: {e}")))?;
+                    let binaries =
+                        Binaries::find().map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
+                    // Subscribed before the spawn, so that even an instant exit is seen.
+                    let subscription =
+                        monitor_subscribe(Topic::Pid).map_err(|e| status(Code::INTERNAL, e))?;
+                    let child = prepared
+                        .spawn(&binaries.jailer, stdout, stderr)
+                        .map_err(|e| status(Code::INTERNAL, e))?;
+                    let pid = child.id();
+                    Record::new(pid, prepared).save(&task.bundle);
+                    self.watch(req.id.clone(), pid, subscription);
+                    pid
+                }
+            }
+        };
+        {
+            let mut tasks = self.tasks();
+            if let Some(task) = tasks.get_mut(&req.id) {
+                task.pid = pid;
+                if task.status == Status::CREATED {
+                    task.status = Status::RUNNING;
+                }
+            }
+        }
+        let mut event = TaskStart::new();
+        event.container_id = req.id;
+        event.pid = pid;
+        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(event));
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let tasks = self.tasks();
+        let task = tasks
+            .get(&req.id)
+            .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+        let mut response = api::StateResponse {
+            id: req.id.clone(),
+            bundle: task.bundle.to_string_lossy().into_owned(),
+            pid: task.pid,
+            stdout: task.stdout.clone(),
+            stderr: task.stderr.clone(),
+            ..Default::default()
+        };
+        response.status = task.status.into();
+        if let Some((code, at)) = &task.exit {
+            response.exit_status = *code;
+            response.exited_at = MessageField::some(at.clone());
+        }
+        Ok(response)
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let signal = i32::try_from(req.signal)
+            .map_err(|_| status(Code::INVALID_ARGUMENT, "no such signal"))?;
+        let vm_pid = {
+            let tasks = self.tasks();
+            let task = tasks
+                .get(&req.id)
+                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            match (&task.kind, task.status) {
+                (_, Status::STOPPED) => return Ok(api::Empty::new()),
+                (Kind::Function(_), Status::RUNNING | Status::PAUSED) => Some(task.pid),
+                _ => None,
+            }
+        };
+        match vm_pid.and_then(|pid| libc::pid_t::try_from(pid).ok()) {
+            Some(pid) => {
+                // SAFETY: kill has no memory-safety preconditions; the pid is our
+                // child's, unreaped until the watcher has marked the task stopped.
+                if unsafe { libc::kill(pid, signal) } != 0 {
+                    return Err(status(Code::INTERNAL, std::io::Error::last_os_error()));
+                }
+            }
+            // A sandbox, or a VM never started: nothing runs, so it stops now.
+            None => self.stopped(&req.id, 128 + req.signal),
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let mut tasks = self.tasks();
+        loop {
+            let task = tasks
+                .get(&req.id)
+                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            if let Some((code, at)) = &task.exit {
+                return Ok(api::WaitResponse {
+                    exit_status: *code,
+                    exited_at: MessageField::some(at.clone()),
+                    ..Default::default()
+                });
+            }
+            tasks = self
+                .inner
+                .stopped
+                .wait(tasks)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        let task = {
+            let mut tasks = self.tasks();
+            let task = tasks
+                .get(&req.id)
+                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            if matches!(task.status, Status::RUNNING | Status::PAUSED) {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    "the task is running: kill it first",
+                ));
+            }
+            tasks
+                .remove(&req.id)
+                .ok_or_else(|| status(Code::NOT_FOUND, "gone"))?
+        };
+        if let Kind::Function(prepared) = &task.kind {
+            if let Err(e) = vm::clean_up(&prepared.layout) {
+                warn!("task {}: {e}", req.id);
+            }
+            Record::remove(&task.bundle);
+            unmount_rootfs(&task.bundle);
+        }
+        let (code, at) = task.exit.clone().unwrap_or_else(|| (0, now()));
+        let mut event = TaskDelete::new();
+        event.container_id = req.id.clone();
+        event.id = req.id;
+        event.pid = task.pid;
+        event.exit_status = code;
+        event.exited_at = MessageField::some(at.clone());
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event));
+        Ok(api::DeleteResponse {
+            pid: task.pid,
+            exit_status: code,
+            exited_at: MessageField::some(at),
+            ..Default::default()
+        })
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let tasks = self.tasks();
+        let task = tasks
+            .get(&req.id)
+            .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+        let mut response = api::PidsResponse::new();
+        if task.pid != 0 {
+            let mut process = ProcessInfo::new();
+            process.pid = task.pid;
+            response.processes.push(process);
+        }
+        Ok(response)
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let pid = {
+            let tasks = self.tasks();
+            let task = tasks
+                .get(&req.id)
+                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            match &task.kind {
+                Kind::Function(_) if task.status == Status::RUNNING => task.pid,
+                _ => return Err(status(Code::FAILED_PRECONDITION, "no VM is running")),
+            }
+        };
+        let cgroup = shim::cgroup::get_cgroup(pid).map_err(|e| status(Code::INTERNAL, e))?;
+        let metrics =
+            shim::cgroup::collect_metrics(&cgroup).map_err(|e| status(Code::INTERNAL, e))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(
+                shim::util::convert_to_any(Box::new(metrics))
+                    .map_err(|e| status(Code::INTERNAL, e))?,
+            ),
+            ..Default::default()
+        })
+    }
+
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.tasks().get(&req.id).map_or(0, |t| t.pid);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        if self.tasks().is_empty() {
+            self.inner.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, _req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        // A VM reads no stdin: there is nothing to close.
+        Ok(api::Empty::new())
+    }
+}

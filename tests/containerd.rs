@@ -1,0 +1,215 @@
+//! ember under containerd: function images run through `ctr` on the runtime
+//! `io.containerd.ember.v2` (the shim in `shim/`), each task a jailed ember,
+//! and nothing left on the host once the tasks are gone. Root and KVM.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ember_test_support::containerd::{Containerd, RUNTIME, UID_LEASES};
+use ember_test_support::{artifact, http_bytes};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const READY: &str = "EMBER-FN: ready on port";
+
+/// Calls task `id`'s function through ember's API, as the shim exposes it.
+fn invoke(containerd: &Containerd, id: &str, payload: &[u8]) -> (u16, Vec<u8>) {
+    http_bytes(
+        &containerd.bundle(id).join("ember.sock"),
+        "POST",
+        "/invocations",
+        payload,
+    )
+}
+
+/// The uid a process runs as (real, effective, saved and filesystem alike).
+fn uids(pid: u32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line");
+    line.split_whitespace()
+        .skip(1)
+        .map(|u| u.parse().expect("a uid"))
+        .collect()
+}
+
+/// The VM's leaf cgroups, as the jail makes them under the container's
+/// `cgroupsPath` (`/<namespace>/<id>` for ctr), in a v1 or v2 hierarchy.
+fn cgroups(id: &str) -> Vec<std::path::PathBuf> {
+    ["memory", "cpu", "cpuacct", "pids", ""]
+        .iter()
+        .map(|c| {
+            Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join("ember-test")
+                .join(id)
+        })
+        .collect()
+}
+
+/// Nothing of task `id`, whose VM ran as `pid` and `uid`, is left on the host.
+fn assert_gone(containerd: &Containerd, id: &str, pid: u32, uid: u32) {
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the VM of {id} still runs"
+    );
+    assert!(
+        !containerd.bundle(id).exists(),
+        "{id}'s bundle (and jail) is left"
+    );
+    assert!(
+        !Path::new(UID_LEASES).join(uid.to_string()).exists(),
+        "{id}'s uid {uid} is still leased"
+    );
+    for cgroup in cgroups(id) {
+        assert!(!cgroup.exists(), "{} is left", cgroup.display());
+    }
+    let ls = containerd.ok(&["task", "ls", "-q"]);
+    assert!(!ls.lines().any(|l| l == id), "containerd still lists {id}");
+}
+
+#[test]
+fn a_function_image_runs_as_a_jailed_vm_and_answers_through_the_shim() {
+    let containerd = Containerd::start();
+    let image = containerd.import_function("echo", &artifact("unikernel-echo"));
+    containerd.run_detached(&image, "fn-1");
+    containerd.wait_console("fn-1", READY, TIMEOUT);
+    let (pid, status) = containerd.task("fn-1").expect("ctr lists the task");
+    assert_eq!(status, "RUNNING");
+
+    let (code, body) = invoke(&containerd, "fn-1", b"hello from containerd");
+    assert_eq!(
+        (code, body.as_slice()),
+        (200, &b"hello from containerd"[..])
+    );
+
+    // The task's process is the jailed ember: its own uid, chroot and cgroups.
+    let uid = uids(pid)[0];
+    assert!(uid >= 1_000_000, "ember runs as uid {uid}");
+    assert!(uids(pid).iter().all(|&u| u == uid), "{:?}", uids(pid));
+    assert!(Path::new(UID_LEASES).join(uid.to_string()).exists());
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("mnt ns");
+    assert_ne!(ns(&pid.to_string()), ns("self"), "ember has its own mounts");
+    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    assert!(root.join("function").is_file() && root.join("vm.json").is_file());
+    assert!(!root.join("etc").exists() && !root.join("usr").exists());
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    assert!(
+        cgroup.lines().any(|l| l.ends_with(":/ember-test/fn-1")),
+        "{cgroup}"
+    );
+    let metrics = containerd.ok(&["task", "metrics", "fn-1"]);
+    let usage: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("memory.usage_in_bytes"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no memory usage in:\n{metrics}"));
+    assert!(usage > 0, "{metrics}");
+
+    containerd.ok(&["task", "kill", "--signal", "SIGKILL", "fn-1"]);
+    containerd.ok(&["task", "delete", "fn-1"]);
+    containerd.ok(&["container", "delete", "fn-1"]);
+    assert_gone(&containerd, "fn-1", pid, uid);
+}
+
+#[test]
+fn ten_tasks_of_one_image_at_once_all_answer_and_leave_nothing_behind() {
+    let containerd = Containerd::start();
+    let image = containerd.import_function("echo", &artifact("unikernel-echo"));
+    let ids: Vec<String> = (0..10).map(|i| format!("many-{i}")).collect();
+    std::thread::scope(|s| {
+        for id in &ids {
+            let (containerd, image) = (&containerd, &image);
+            s.spawn(move || containerd.run_detached(image, id));
+        }
+    });
+    let mut vms = Vec::new();
+    for id in &ids {
+        containerd.wait_console(id, READY, TIMEOUT);
+        let payload = format!("call for {id}");
+        let (code, body) = invoke(&containerd, id, payload.as_bytes());
+        assert_eq!((code, body), (200, payload.into_bytes()), "{id}");
+        let (pid, _) = containerd.task(id).expect("listed");
+        vms.push((id, pid, uids(pid)[0]));
+    }
+    let mut distinct: Vec<u32> = vms.iter().map(|v| v.2).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "each VM has a uid of its own");
+    for id in &ids {
+        containerd.ok(&["task", "kill", "--signal", "SIGKILL", id]);
+    }
+    for id in &ids {
+        containerd.ok(&["task", "delete", id]);
+        containerd.ok(&["container", "delete", id]);
+    }
+    for (id, pid, uid) in vms {
+        assert_gone(&containerd, id, pid, uid);
+    }
+}
+
+/// `ctr run` in the foreground returns the task's exit status.
+#[test]
+fn the_task_ends_with_the_vm_status_0_after_a_guest_reset_128_plus_n_after_signal_n() {
+    let containerd = Containerd::start();
+    let resets = containerd.import_function("resets", &artifact("test-elf"));
+    let out = containerd.ctr(&["run", "--rm", "--runtime", RUNTIME, &resets, "reset-1"]);
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(console.contains("guest: reset"), "{console}");
+    assert_eq!(out.status.code(), Some(0), "{console}");
+
+    let echo = containerd.import_function("echo", &artifact("unikernel-echo"));
+    let log_uri = "file:///dev/null";
+    let mut run = Command::new("ctr")
+        .args(containerd.global_args())
+        .args(["run", "--rm", "--runtime", RUNTIME, "--log-uri", log_uri])
+        .args([echo.as_str(), "killed-1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ctr run");
+    let pid = loop {
+        if let Some((pid, status)) = containerd.task("killed-1") {
+            if status == "RUNNING" {
+                break pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let uid = loop {
+        // The jailer becomes ember once the jail is up.
+        let uid = uids(pid)[0];
+        if uid != 0 {
+            break uid;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    containerd.ok(&["task", "kill", "--signal", "SIGKILL", "killed-1"]);
+    let status = run.wait().expect("ctr run ends");
+    assert_eq!(status.code(), Some(128 + 9));
+    assert_gone(&containerd, "killed-1", pid, uid);
+}
+
+#[test]
+fn an_image_without_its_unikernel_is_refused_and_leaves_nothing() {
+    let containerd = Containerd::start();
+    let image = containerd.import_function("echo", &artifact("unikernel-echo"));
+    let out = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        &image,
+        "missing-1",
+        "/no/such/unikernel",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the image has no unikernel at '/no/such/unikernel'"),
+        "{stderr}"
+    );
+    containerd.ctr(&["container", "delete", "missing-1"]);
+    assert!(!containerd.bundle("missing-1").exists());
+}
