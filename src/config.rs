@@ -796,6 +796,11 @@ pub struct VmConfig {
     /// process's, as the flag is.
     #[serde(default, deserialize_with = "optional_object", skip_serializing)]
     pub pci: Option<PciConfig>,
+    /// ember's own section, in config files only: a snapshot to load (the body
+    /// of `PUT /snapshot/load`) instead of a machine to boot, so that a process
+    /// restores at start without waiting for its API. Not written back.
+    #[serde(default, deserialize_with = "optional_object", skip_serializing)]
+    pub snapshot_load: Option<SnapshotLoadConfig>,
 }
 
 /// The config file's `pci` section.
@@ -837,6 +842,25 @@ impl VmConfig {
     }
 
     /// The first section present that ember cannot act on.
+    /// The first section that describes the machine itself, which a snapshot
+    /// brings along: a config file that loads one cannot have these.
+    pub fn machine_section(&self) -> Option<&'static str> {
+        [
+            ("boot-source", self.boot_source.is_some()),
+            ("machine-config", self.machine_config.is_some()),
+            ("drives", !self.drives.is_empty()),
+            ("network-interfaces", !self.network_interfaces.is_empty()),
+            ("vsock", self.vsock.is_some()),
+            ("entropy", self.entropy.is_some()),
+            ("balloon", self.balloon.is_some()),
+            ("mmds-config", self.mmds_config.is_some()),
+            ("function", self.function.is_some()),
+            ("pci", self.pci.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, used)| used.then_some(name))
+    }
+
     pub fn unsupported_section(&self) -> Option<&'static str> {
         let present = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
         [

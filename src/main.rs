@@ -275,16 +275,23 @@ fn load_metadata(controller: &mut VmmController, path: &str) -> Result<(), Strin
     Ok(())
 }
 
-/// Applies a `--config-file` and starts the VM it describes.
+/// Applies a `--config-file` and starts the VM it describes, or loads the
+/// snapshot its `snapshot-load` section names.
 fn boot_from_file(controller: &mut VmmController, path: &str) -> Result<(), String> {
     let bytes =
         std::fs::read(path).map_err(|e| format!("cannot read config file '{path}': {e}"))?;
-    let config =
+    let mut config =
         VmConfig::from_json(&bytes).map_err(|e| format!("invalid config file '{path}': {e}"))?;
+    let load = config.snapshot_load.take();
+    if let (Some(_), Some(section)) = (&load, config.machine_section()) {
+        return Err(format!(
+            "config file '{path}': '{section}' describes the machine, which the snapshot of \
+             'snapshot-load' brings: a config file that loads one may set only the logger and metrics"
+        ));
+    }
     controller.apply_config(config).map_err(|e| e.to_string())?;
-    controller
-        .handle(Request::StartInstance)
-        .map_err(|e| e.to_string())?;
+    let start = load.map_or(Request::StartInstance, Request::LoadSnapshot);
+    controller.handle(start).map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -127,7 +127,7 @@ fn ten_tasks_of_one_image_at_once_all_answer_and_leave_nothing_behind() {
     });
     let mut vms = Vec::new();
     for id in &ids {
-        containerd.wait_console(id, READY, TIMEOUT);
+        containerd.wait_ready(id, READY, TIMEOUT);
         let payload = format!("call for {id}");
         let (code, body) = invoke(&containerd, id, payload.as_bytes());
         assert_eq!((code, body), (200, payload.into_bytes()), "{id}");
@@ -189,6 +189,61 @@ fn the_task_ends_with_the_vm_status_0_after_a_guest_reset_128_plus_n_after_signa
     let status = run.wait().expect("ctr run ends");
     assert_eq!(status.code(), Some(128 + 9));
     assert_gone(&containerd, "killed-1", pid, uid);
+}
+
+/// The shim's snapshot cache: the first task of a function boots and is
+/// snapshotted once ready; the next restores from that snapshot (its memory
+/// file a hard link of the cache's, shared by every clone) and answers alike.
+#[test]
+fn the_second_task_of_a_function_is_a_restore_of_the_first_ones_snapshot() {
+    let containerd = Containerd::start();
+    let image = containerd.import_function("echo", &artifact("unikernel-echo"));
+    containerd.run_detached(&image, "first-1");
+    containerd.wait_console("first-1", READY, TIMEOUT);
+    let stored = containerd.wait_log("task first-1: snapshot", TIMEOUT);
+    assert!(stored.contains("stored"), "{stored}");
+    assert_eq!(
+        invoke(&containerd, "first-1", b"one"),
+        (200, b"one".to_vec())
+    );
+
+    containerd.run_detached(&image, "second-1");
+    containerd.wait_log("task second-1: restored from snapshot", TIMEOUT);
+    containerd.wait_api("second-1", TIMEOUT);
+    assert_eq!(
+        invoke(&containerd, "second-1", b"two"),
+        (200, b"two".to_vec())
+    );
+    assert!(
+        !containerd.console("second-1").contains(READY),
+        "the clone did not boot again"
+    );
+    let jail_memory = containerd
+        .bundle("second-1")
+        .join("jail/ember/second-1/root/vm.mem");
+    let entry = std::fs::read_dir(containerd.snapshots())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("a cache entry");
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    assert_eq!(inode(&jail_memory), inode(&entry.join("vm.mem")));
+
+    let mut vms = Vec::new();
+    for id in ["first-1", "second-1"] {
+        let (pid, _) = containerd.task(id).expect("listed");
+        vms.push((id, pid, uids(pid)[0]));
+        containerd.ok(&["task", "kill", "--signal", "SIGKILL", id]);
+        containerd.ok(&["task", "delete", id]);
+        containerd.ok(&["container", "delete", id]);
+    }
+    for (id, pid, uid) in vms {
+        assert_gone(&containerd, id, pid, uid);
+    }
+    assert!(
+        entry.join("vm.mem").is_file(),
+        "the cache outlives its tasks"
+    );
 }
 
 #[test]

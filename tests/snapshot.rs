@@ -115,6 +115,44 @@ fn full_snapshot_restored_from_its_file_answers_invocations() {
     );
 }
 
+/// ember's `snapshot-load` config-file section: a clone restores at start,
+/// with no API call (as the containerd shim starts its clones).
+#[test]
+fn a_config_file_loads_a_snapshot_at_start() {
+    let dir = TempDir::new("snap-config");
+    let snap = snapshot_echo_function(&dir);
+    let clone_dir = TempDir::new("snap-config-clone");
+    let load = json!({
+        "snapshot_path": snap.state,
+        "mem_backend": file_backend(&snap),
+        "resume_vm": true,
+        "vsock_override": {"uds_path": clone_dir.path("v.sock")},
+    });
+    let path = clone_dir.path("vm.json");
+    std::fs::write(&path, json!({"snapshot-load": load}).to_string()).unwrap();
+    let ember = Ember::with_api(&clone_dir, &["--config-file", path.to_str().unwrap()]);
+    assert_eq!(state(&ember), "Running");
+    assert_eq!(ember.invoke(b"from a file"), (200, b"from a file".to_vec()));
+
+    // A file that loads a snapshot and also describes a machine is refused whole.
+    let both = clone_dir.path("both.json");
+    let machine = json!({"vcpu_count": 1, "mem_size_mib": 128});
+    std::fs::write(
+        &both,
+        json!({"snapshot-load": load, "machine-config": machine}).to_string(),
+    )
+    .unwrap();
+    let mut refused = Ember::spawn(&["--no-api", "--config-file", both.to_str().unwrap()], None);
+    assert!(!refused.wait_exit(BOOT).success());
+    assert!(
+        refused
+            .stderr()
+            .contains("'machine-config' describes the machine"),
+        "{}",
+        refused.stderr()
+    );
+}
+
 #[test]
 fn test_guest_console_carries_on_after_a_restore_and_its_drive_is_reopened() {
     require_kvm();

@@ -1,6 +1,8 @@
 //! `containerd-shim-ember-v2`: containerd's runtime `io.containerd.ember.v2`,
 //! which runs each task of a function image as a jailed ember microVM.
 
+mod cache;
+mod ember_api;
 mod function;
 mod record;
 mod service;

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -27,9 +28,11 @@ use shim::protos::types::task::ProcessInfo;
 use shim::publisher::RemotePublisher;
 use shim::{Config, DeleteResponse, ExitSignal, Flags, TtrpcContext, TtrpcResult};
 
+use crate::cache::{self, Cache, Claim};
+use crate::ember_api;
 use crate::function::{self, TaskKind};
 use crate::record::Record;
-use crate::vm::{self, Binaries, Layout};
+use crate::vm::{self, Binaries, Layout, Start};
 
 #[derive(Clone)]
 pub struct Service {
@@ -198,6 +201,83 @@ fn open_stdio(uri: &str) -> std::io::Result<File> {
     options.open(uri)
 }
 
+/// What the function runtime prints once it serves (see `resources/unikernel/rt`).
+const READY_MARKER: &[u8] = b"EMBER-FN: ready on port";
+
+/// Taking a function's first snapshot, once its first VM is ready.
+struct SnapshotJob {
+    task: String,
+    key: String,
+    /// ember's API socket, and where in the jail it writes the snapshot.
+    api: PathBuf,
+    taken: PathBuf,
+    claim: Claim,
+}
+
+impl SnapshotJob {
+    /// Pauses the VM, snapshots it, resumes it, and stores the snapshot.
+    fn run(self) {
+        let state = format!("/{}/{}", vm::SNAPSHOT_DIR, cache::STATE_FILE);
+        let memory = format!("/{}/{}", vm::SNAPSHOT_DIR, cache::MEMORY_FILE);
+        let create = serde_json::json!({
+            "snapshot_type": "Full",
+            "snapshot_path": state,
+            "mem_file_path": memory,
+        });
+        let paused = ember_api::call(&self.api, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+        let created = paused.and_then(|()| {
+            ember_api::call(&self.api, "PUT", "/snapshot/create", &create.to_string())
+        });
+        let resumed = ember_api::call(&self.api, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
+        let stored = created
+            .and(resumed)
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.claim.store(&self.taken).map_err(|e| e.to_string()));
+        match stored {
+            Ok(()) => info!(
+                "task {}: snapshot {} stored; later tasks of this function restore from it",
+                self.task, self.key
+            ),
+            Err(e) => warn!("task {}: no snapshot: {e}", self.task),
+        }
+    }
+}
+
+/// Copies the VM's console to the task's stdout until the VM exits, and
+/// starts `job` the first time a line starts with [`READY_MARKER`]. Output the
+/// task's stdout refuses is dropped, so the console never backs up into ember.
+fn relay_console(mut console: std::io::PipeReader, mut stdout: File, job: SnapshotJob) {
+    let mut job = Some(job);
+    // How much of the marker the current line has matched; None once it differs.
+    let mut matched = Some(0);
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = match console.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let _ = stdout.write_all(&buffer[..n]);
+        if job.is_none() {
+            continue;
+        }
+        for &byte in &buffer[..n] {
+            matched = match matched {
+                _ if byte == b'\n' => Some(0),
+                Some(k) if k < READY_MARKER.len() && READY_MARKER[k] == byte => Some(k + 1),
+                Some(k) if k == READY_MARKER.len() => Some(k),
+                _ => None,
+            };
+            if matched == Some(READY_MARKER.len()) {
+                if let Some(job) = job.take() {
+                    std::thread::spawn(move || job.run());
+                }
+            }
+        }
+    }
+}
+
 fn rootfs(bundle: &Path) -> PathBuf {
     bundle.join("rootfs")
 }
@@ -244,7 +324,8 @@ impl shim::Task for Service {
                     Binaries::find().map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
                 mount_rootfs(&bundle, &req.rootfs)?;
                 let layout = Layout::new(&bundle, &req.id, function.cgroups_path.as_deref());
-                match vm::prepare(layout, &function, &rootfs(&bundle), &binaries) {
+                let cache = Cache::from_env();
+                match vm::prepare(layout, &function, &rootfs(&bundle), &binaries, &cache) {
                     Ok(prepared) => Kind::Function(prepared),
                     Err(e) => {
                         unmount_rootfs(&bundle);
@@ -289,7 +370,7 @@ impl shim::Task for Service {
                     "the task was started already",
                 ));
             }
-            match &task.kind {
+            match &mut task.kind {
                 Kind::Sandbox => std::process::id(),
                 Kind::Function(prepared) => {
                     let (stdout, stderr) = (open_stdio(&task.stdout), open_stdio(&task.stderr));
@@ -298,15 +379,51 @@ impl shim::Task for Service {
                         .map_err(|e| status(Code::INTERNAL, format!("the task's stdio: {e}")))?;
                     let binaries =
                         Binaries::find().map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
+                    // The first VM of a function has its console relayed, to see
+                    // when the function is ready for its snapshot.
+                    let snapshot = match &mut prepared.start {
+                        Start::Boot(claim) => claim.take(),
+                        Start::Restore => None,
+                    };
+                    let (console, relay) = match &snapshot {
+                        Some(_) => {
+                            let (reader, writer) =
+                                std::io::pipe().map_err(|e| status(Code::INTERNAL, e))?;
+                            (File::from(std::os::fd::OwnedFd::from(writer)), Some(reader))
+                        }
+                        None => (
+                            stdout.try_clone().map_err(|e| status(Code::INTERNAL, e))?,
+                            None,
+                        ),
+                    };
                     // Subscribed before the spawn, so that even an instant exit is seen.
                     let subscription =
                         monitor_subscribe(Topic::Pid).map_err(|e| status(Code::INTERNAL, e))?;
                     let child = prepared
-                        .spawn(&binaries.jailer, stdout, stderr)
+                        .spawn(&binaries.jailer, console, stderr)
                         .map_err(|e| status(Code::INTERNAL, e))?;
                     let pid = child.id();
                     Record::new(pid, prepared).save(&task.bundle);
                     self.watch(req.id.clone(), pid, subscription);
+                    match (snapshot, relay) {
+                        (Some(claim), Some(relay)) => {
+                            let job = SnapshotJob {
+                                task: req.id.clone(),
+                                key: prepared.key.clone(),
+                                api: prepared.layout.api_socket(),
+                                taken: prepared.layout.root().join(vm::SNAPSHOT_DIR),
+                                claim,
+                            };
+                            std::thread::spawn(move || relay_console(relay, stdout, job));
+                        }
+                        _ if matches!(prepared.start, Start::Restore) => {
+                            info!("task {}: restored from snapshot {}", req.id, prepared.key);
+                        }
+                        _ => info!(
+                            "task {}: booting (snapshot {} is being taken)",
+                            req.id, prepared.key
+                        ),
+                    }
                     pid
                 }
             }

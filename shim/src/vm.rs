@@ -10,7 +10,7 @@
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Seek};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cache::{self, Cache, Claim};
 use crate::function::Function;
 
 /// The first uid (and gid) the shim gives a VM.
@@ -34,6 +35,8 @@ pub const API_PATH: &str = "/run/api.sock";
 /// The unikernel's and the config file's names in the jail.
 const KERNEL_NAME: &str = "function";
 const CONFIG_NAME: &str = "vm.json";
+/// Where in the jail the first VM of a function writes its snapshot.
+pub const SNAPSHOT_DIR: &str = "snapshot";
 /// Where a jail's cgroup goes when the spec names none (or a systemd slice).
 const DEFAULT_CGROUP_PARENT: &str = "ember";
 
@@ -58,6 +61,8 @@ pub enum Error {
     },
     #[error("no free uid between {UID_BASE} and {}", UID_BASE + UID_RANGE)]
     NoUid,
+    #[error("snapshot cache: {0}")]
+    Cache(#[from] cache::Error),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -256,46 +261,85 @@ fn cgroup_parent(cgroups_path: Option<&str>) -> String {
     }
 }
 
-/// A jail ready for the jailer: the unikernel and config file in place.
+/// How a VM comes up.
+#[derive(Debug)]
+pub enum Start {
+    /// It boots; with the claim, its snapshot is taken once the function is ready.
+    Boot(Option<Claim>),
+    /// It loads the function's snapshot from the cache.
+    Restore,
+}
+
+/// A jail ready for the jailer: the unikernel or snapshot, and the config file.
 pub struct Prepared {
     pub layout: Layout,
     pub uid: UidLease,
+    /// The digest that names the function's snapshot.
+    pub key: String,
+    pub start: Start,
     args: Vec<String>,
 }
 
-/// Fills the jail for `function`, whose image is mounted at `rootfs`.
+/// Fills the jail for `function`, whose image is mounted at `rootfs`: with
+/// the function's snapshot if `cache` has it, else with its unikernel.
 pub fn prepare(
     layout: Layout,
     function: &Function,
     rootfs: &Path,
     binaries: &Binaries,
+    cache: &Cache,
 ) -> Result<Prepared, Error> {
     let root = layout.root();
     std::fs::create_dir_all(&root).map_err(io("cannot create the jail", &root))?;
     let uid = UidLease::take(&root.to_string_lossy())?;
-    let mut kernel = open_in_root(rootfs, &function.kernel).map_err(|source| Error::Kernel {
+    let kernel_error = |source| Error::Kernel {
         path: function.kernel.clone(),
         source,
-    })?;
-    let inside = root.join(KERNEL_NAME);
-    let mut copy = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(&inside)
-        .map_err(io("cannot create", &inside))?;
-    std::io::copy(&mut kernel, &mut copy).map_err(io("cannot copy the unikernel to", &inside))?;
-    let mut boot_args = String::from("console=ttyS0");
-    for arg in &function.args {
-        boot_args.push(' ');
-        boot_args.push_str(arg);
-    }
-    let config = serde_json::json!({
-        "boot-source": {"kernel_image_path": format!("/{KERNEL_NAME}"), "boot_args": boot_args},
-        "machine-config": {"vcpu_count": function.vcpus, "mem_size_mib": function.memory_mib},
-        "vsock": {"guest_cid": GUEST_CID, "uds_path": VSOCK_PATH},
-        "function": {"vsock_port": function.port},
-    });
+    };
+    let mut kernel = open_in_root(rootfs, &function.kernel).map_err(kernel_error)?;
+    let key = cache::key(&mut kernel, function, &binaries.ember).map_err(kernel_error)?;
+    let (config, start) = match cache.lookup(&key) {
+        Some(entry) => {
+            entry.place_into(&root)?;
+            let load = serde_json::json!({
+                "snapshot_path": format!("/{}", cache::STATE_FILE),
+                "mem_backend": {"backend_type": "File", "backend_path": format!("/{}", cache::MEMORY_FILE)},
+                "resume_vm": true,
+            });
+            (serde_json::json!({"snapshot-load": load}), Start::Restore)
+        }
+        None => {
+            kernel.rewind().map_err(kernel_error)?;
+            let inside = root.join(KERNEL_NAME);
+            let mut copy = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&inside)
+                .map_err(io("cannot create", &inside))?;
+            std::io::copy(&mut kernel, &mut copy)
+                .map_err(io("cannot copy the unikernel to", &inside))?;
+            let claim = cache.claim(&key)?;
+            if claim.is_some() {
+                let dir = root.join(SNAPSHOT_DIR);
+                std::fs::create_dir(&dir).map_err(io("cannot create", &dir))?;
+                std::os::unix::fs::chown(&dir, Some(uid.uid), Some(uid.uid))
+                    .map_err(io("cannot hand over", &dir))?;
+            }
+            let mut boot_args = String::from("console=ttyS0");
+            for arg in &function.args {
+                boot_args.push(' ');
+                boot_args.push_str(arg);
+            }
+            let config = serde_json::json!({
+                "boot-source": {"kernel_image_path": format!("/{KERNEL_NAME}"), "boot_args": boot_args},
+                "machine-config": {"vcpu_count": function.vcpus, "mem_size_mib": function.memory_mib},
+                "vsock": {"guest_cid": GUEST_CID, "uds_path": VSOCK_PATH},
+                "function": {"vsock_port": function.port},
+            });
+            (config, Start::Boot(claim))
+        }
+    };
     let config_path = root.join(CONFIG_NAME);
     std::fs::write(&config_path, config.to_string())
         .map_err(io("cannot write the VM's config to", &config_path))?;
@@ -337,7 +381,13 @@ pub fn prepare(
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(layout.api_socket(), &link)
         .map_err(io("cannot link ember's API socket at", &link))?;
-    Ok(Prepared { layout, uid, args })
+    Ok(Prepared {
+        layout,
+        uid,
+        key,
+        start,
+        args,
+    })
 }
 
 impl Prepared {

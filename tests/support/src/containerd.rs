@@ -77,6 +77,7 @@ impl Containerd {
             .arg(dir.path("config.toml"))
             .env("PATH", path)
             .env("EMBER_SHIM_EMBER", static_ember())
+            .env("EMBER_SHIM_SNAPSHOT_DIR", dir.path("snapshots"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -190,6 +191,26 @@ impl Containerd {
         }
     }
 
+    /// Waits until task `id`'s function serves: booted to its ready line, or
+    /// restored from a snapshot (and its API up, which holds calls until the
+    /// load is done).
+    pub fn wait_ready(&self, id: &str, ready_line: &str, timeout: Duration) {
+        let restored = format!("task {id}: restored from snapshot");
+        let deadline = Instant::now() + timeout;
+        while !self.console(id).lines().any(|l| l.starts_with(ready_line))
+            && !self.log().contains(&restored)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never became ready; console:\n{}\ncontainerd:\n{}",
+                self.console(id),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.wait_api(id, timeout);
+    }
+
     /// Task `id`'s bundle, where the shim keeps its jail and `ember.sock`.
     pub fn bundle(&self, id: &str) -> PathBuf {
         self.dir
@@ -197,6 +218,41 @@ impl Containerd {
             .join("io.containerd.runtime.v2.task")
             .join(NAMESPACE)
             .join(id)
+    }
+
+    /// The function snapshots the shims keep.
+    pub fn snapshots(&self) -> PathBuf {
+        self.dir.path("snapshots")
+    }
+
+    /// Waits until containerd's log (where the shims log) has a line containing `text`.
+    pub fn wait_log(&self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(text)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd never logged '{text}':\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until task `id`'s ember answers on its API socket.
+    pub fn wait_api(&self, id: &str, timeout: Duration) {
+        let socket = self.bundle(id).join("ember.sock");
+        let deadline = Instant::now() + timeout;
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{id}'s API never came up:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Task `id`'s pid and status as `ctr task ls` shows them.
