@@ -24,9 +24,10 @@ test: guests check build
 	cargo bench --bench balloon -- --short
 	cargo bench --bench transport -- --short
 	cargo bench --bench fleet -- --short
+	cargo bench --bench containerd -- --short
 	$(MAKE) fuzz-short
 
-# ember, ember-snapshot and ember-jailer, which the tests and benchmarks run, and the
+# ember, ember-snapshot, ember-jailer and containerd-shim-ember-v2, which the tests and benchmarks run, and the
 # statically linked ember that runs inside a jail (where there is no libc to load).
 build: deps
 	cargo build --release --workspace
@@ -55,7 +56,9 @@ bench: guests build
 	cargo bench --bench balloon
 	cargo bench --bench transport
 	cargo bench --bench fleet
+	cargo bench --bench containerd
 	EMBER_FLEET_VMS=10000 cargo test --release --test fleet
+	EMBER_CONTAINERD_TASKS=100 cargo test --release --test containerd many_tasks
 
 # Coverage-guided fuzzing (fuzz/README.md): cargo-fuzz on the nightly toolchain, which is
 # for fuzzing only. Each run starts from a copy of the committed corpus in

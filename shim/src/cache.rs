@@ -178,6 +178,7 @@ mod tests {
             vcpus: 1,
             memory_mib: DEFAULT_MEMORY_MIB,
             port: DEFAULT_PORT,
+            snapshot: true,
             env: vec![],
             netns: None,
             cgroups_path: None,

@@ -8,9 +8,11 @@
 //!   rest of the command line goes to the guest's kernel command line;
 //! - `EMBER_VCPUS`, `EMBER_MEMORY_MIB` and `EMBER_PORT` in the environment set
 //!   the vCPUs, the guest memory and the function's vsock port;
-//! - the annotations `io.ember.vcpus`, `io.ember.memory-mib` and `io.ember.port`
-//!   override them per container (Kubernetes passes pod annotations through
-//!   when the runtime's `pod_annotations` allows `io.ember.*`).
+//! - `EMBER_SNAPSHOT=off` boots every task rather than restoring the
+//!   function's snapshot (see the shim's `cache.rs`);
+//! - the annotations `io.ember.vcpus`, `io.ember.memory-mib`, `io.ember.port`
+//!   and `io.ember.snapshot` override them per container (Kubernetes passes pod
+//!   annotations through when the runtime's `pod_annotations` allows `io.ember.*`).
 //!
 //! Kubernetes also asks every runtime for a pod sandbox (the pause container);
 //! for ember that task is a placeholder with no VM ([`TaskKind::Sandbox`]).
@@ -42,6 +44,8 @@ pub enum Error {
     },
     #[error("ember tasks have no terminal: run them without -t")]
     Terminal,
+    #[error("{name}='{value}' is neither on nor off")]
+    Switch { name: String, value: String },
 }
 
 /// The parts of the OCI runtime spec the shim reads.
@@ -117,6 +121,8 @@ pub struct Function {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub port: u32,
+    /// Whether tasks restore the function's snapshot (and the first takes it).
+    pub snapshot: bool,
     /// The environment besides ember's own settings.
     pub env: Vec<(String, String)>,
     /// The network namespace to run in (the pod's), if the spec names one.
@@ -178,8 +184,25 @@ pub fn parse(config: &[u8]) -> Result<TaskKind, Error> {
                 }),
         }
     };
+    let snapshot = match spec
+        .annotations
+        .get("io.ember.snapshot")
+        .map(|v| ("io.ember.snapshot", v))
+        .or_else(|| own.get("EMBER_SNAPSHOT").map(|v| ("EMBER_SNAPSHOT", v)))
+    {
+        None => true,
+        Some((_, v)) if ["on", "true", "1"].contains(&v.as_str()) => true,
+        Some((_, v)) if ["off", "false", "0"].contains(&v.as_str()) => false,
+        Some((name, value)) => {
+            return Err(Error::Switch {
+                name: name.to_owned(),
+                value: value.clone(),
+            })
+        }
+    };
     let linux = spec.linux.unwrap_or_default();
     Ok(TaskKind::Function(Function {
+        snapshot,
         vcpus: setting("EMBER_VCPUS", "io.ember.vcpus", 1, MAX_VCPUS)?,
         memory_mib: setting(
             "EMBER_MEMORY_MIB",
@@ -255,9 +278,25 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            (f.vcpus, f.memory_mib, f.port),
-            (4, DEFAULT_MEMORY_MIB, DEFAULT_PORT)
+            (f.vcpus, f.memory_mib, f.port, f.snapshot),
+            (4, DEFAULT_MEMORY_MIB, DEFAULT_PORT, true)
         );
+        let off = |env: &str, annotation: Option<&str>| {
+            let annotations = annotation.map_or(
+                serde_json::json!({}),
+                |a| serde_json::json!({"io.ember.snapshot": a}),
+            );
+            function(serde_json::json!({
+                "process": {"args": ["/fn"], "env": [env]}, "annotations": annotations
+            }))
+            .map(|f| !f.snapshot)
+        };
+        assert_eq!(off("EMBER_SNAPSHOT=off", None), Ok(true));
+        assert_eq!(off("EMBER_SNAPSHOT=off", Some("on")), Ok(false));
+        assert!(matches!(
+            off("EMBER_SNAPSHOT=maybe", None),
+            Err(Error::Switch { .. })
+        ));
         assert_eq!(
             (f.netns, f.cgroups_path, f.memory_limit),
             (None, None, None)

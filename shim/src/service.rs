@@ -13,12 +13,15 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use containerd_shim as shim;
 use log::{info, warn};
 use shim::api::{self, Status};
 use shim::monitor::{monitor_subscribe, wait_pid, Topic};
-use shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExit, TaskPaused, TaskResumed, TaskStart,
+};
 use shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use shim::protos::protobuf::{MessageDyn, MessageField};
 use shim::protos::topics;
@@ -57,6 +60,8 @@ struct Task {
     pid: u32,
     status: Status,
     exit: Option<(u32, Timestamp)>,
+    /// How long `create` took (the image's mount, the digest, the jail).
+    create_time: Duration,
 }
 
 enum Kind {
@@ -171,7 +176,47 @@ impl Service {
         info!("task {id} (pid {pid}) exited with {code}");
     }
 
-    /// Waits on a thread of its own for the VM of task `id` to exit.
+    /// Pauses or resumes task `id`'s VM through ember's API (`PATCH /vm`).
+    fn set_vm_state(&self, id: &str, from: Status, to: Status) -> Result<(), ttrpc::Error> {
+        let socket = {
+            let tasks = self.tasks();
+            let task = tasks
+                .get(id)
+                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {id}")))?;
+            match &task.kind {
+                Kind::Function(prepared) if task.status == from => prepared.layout.api_socket(),
+                Kind::Function(_) => {
+                    return Err(status(
+                        Code::FAILED_PRECONDITION,
+                        format!("the task is {:?}, not {from:?}", task.status),
+                    ))
+                }
+                Kind::Sandbox => {
+                    return Err(status(Code::UNIMPLEMENTED, "a pod sandbox runs no VM"))
+                }
+            }
+        };
+        let state = if to == Status::PAUSED {
+            "Paused"
+        } else {
+            "Resumed"
+        };
+        ember_api::call(
+            &socket,
+            "PATCH",
+            "/vm",
+            &format!(r#"{{"state": "{state}"}}"#),
+        )
+        .map_err(|e| status(Code::INTERNAL, e))?;
+        if let Some(task) = self.tasks().get_mut(id) {
+            if task.status == from {
+                task.status = to;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits on a thread of its own for the VM of task `id` to exit.    /// Waits on a thread of its own for the VM of task `id` to exit.
     fn watch(&self, id: String, pid: u32, subscription: shim::monitor::Subscription) {
         let service = self.clone();
         std::thread::spawn(move || {
@@ -305,6 +350,7 @@ impl shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
+        let began = Instant::now();
         let bundle = PathBuf::from(&req.bundle);
         if self.tasks().contains_key(&req.id) {
             return Err(status(
@@ -344,6 +390,7 @@ impl shim::Task for Service {
                 pid: 0,
                 status: Status::CREATED,
                 exit: None,
+                create_time: began.elapsed(),
             },
         );
         let mut event = TaskCreate::new();
@@ -359,6 +406,7 @@ impl shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
+        let began = Instant::now();
         let pid = {
             let mut tasks = self.tasks();
             let task = tasks
@@ -405,24 +453,27 @@ impl shim::Task for Service {
                     let pid = child.id();
                     Record::new(pid, prepared).save(&task.bundle);
                     self.watch(req.id.clone(), pid, subscription);
-                    match (snapshot, relay) {
-                        (Some(claim), Some(relay)) => {
-                            let job = SnapshotJob {
-                                task: req.id.clone(),
-                                key: prepared.key.clone(),
-                                api: prepared.layout.api_socket(),
-                                taken: prepared.layout.root().join(vm::SNAPSHOT_DIR),
-                                claim,
-                            };
-                            std::thread::spawn(move || relay_console(relay, stdout, job));
-                        }
-                        _ if matches!(prepared.start, Start::Restore) => {
-                            info!("task {}: restored from snapshot {}", req.id, prepared.key);
-                        }
-                        _ => info!(
-                            "task {}: booting (snapshot {} is being taken)",
-                            req.id, prepared.key
-                        ),
+                    let how = match (&prepared.start, &snapshot) {
+                        (Start::Restore, _) => "restored from snapshot",
+                        (Start::Boot(_), Some(_)) => "booting, to take snapshot",
+                        (Start::Boot(_), None) => "booting function",
+                    };
+                    info!(
+                        "task {}: {how} {} (shim: create {} us, start {} us)",
+                        req.id,
+                        prepared.key,
+                        task.create_time.as_micros(),
+                        began.elapsed().as_micros()
+                    );
+                    if let (Some(claim), Some(relay)) = (snapshot, relay) {
+                        let job = SnapshotJob {
+                            task: req.id.clone(),
+                            key: prepared.key.clone(),
+                            api: prepared.layout.api_socket(),
+                            taken: prepared.layout.root().join(vm::SNAPSHOT_DIR),
+                            claim,
+                        };
+                        std::thread::spawn(move || relay_console(relay, stdout, job));
                     }
                     pid
                 }
@@ -623,6 +674,22 @@ impl shim::Task for Service {
         if self.tasks().is_empty() {
             self.inner.exit.signal();
         }
+        Ok(api::Empty::new())
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.set_vm_state(&req.id, Status::RUNNING, Status::PAUSED)?;
+        let mut event = TaskPaused::new();
+        event.container_id = req.id;
+        self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(event));
+        Ok(api::Empty::new())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        self.set_vm_state(&req.id, Status::PAUSED, Status::RUNNING)?;
+        let mut event = TaskResumed::new();
+        event.container_id = req.id;
+        self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event));
         Ok(api::Empty::new())
     }
 

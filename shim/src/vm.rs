@@ -298,7 +298,8 @@ pub fn prepare(
     };
     let mut kernel = open_in_root(rootfs, &function.kernel).map_err(kernel_error)?;
     let key = cache::key(&mut kernel, function, &binaries.ember).map_err(kernel_error)?;
-    let (config, start) = match cache.lookup(&key) {
+    let cached = function.snapshot.then(|| cache.lookup(&key)).flatten();
+    let (config, start) = match cached {
         Some(entry) => {
             entry.place_into(&root)?;
             let load = serde_json::json!({
@@ -319,7 +320,10 @@ pub fn prepare(
                 .map_err(io("cannot create", &inside))?;
             std::io::copy(&mut kernel, &mut copy)
                 .map_err(io("cannot copy the unikernel to", &inside))?;
-            let claim = cache.claim(&key)?;
+            let claim = match function.snapshot {
+                true => cache.claim(&key)?,
+                false => None,
+            };
             if claim.is_some() {
                 let dir = root.join(SNAPSHOT_DIR);
                 std::fs::create_dir(&dir).map_err(io("cannot create", &dir))?;
