@@ -279,6 +279,40 @@ fn the_second_task_of_a_function_is_a_restore_of_the_first_ones_snapshot() {
     );
 }
 
+/// A shim that dies (OOM-killed, say) leaves its VM running; containerd then
+/// runs `containerd-shim-ember-v2 delete` in the bundle, which kills the VM
+/// (named by pid and start time in the bundle's record) and cleans up.
+#[test]
+fn a_dead_shims_vm_is_killed_and_cleaned_up_by_shim_delete() {
+    let containerd = Containerd::start();
+    let image = containerd.import_function("echo", &artifact("unikernel-echo"));
+    containerd.run_detached(&image, "orphan-1");
+    containerd.wait_console("orphan-1", READY, TIMEOUT);
+    let (pid, _) = containerd.task("orphan-1").expect("listed");
+    let uid = uids(pid)[0];
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let shim: libc::pid_t = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("ember's parent, the shim");
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(shim, libc::SIGKILL) }, 0);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    // Killed, then reaped by whichever process adopted it (init, here).
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphaned VM was never killed:\n{}",
+            containerd.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    containerd.ctr(&["task", "delete", "orphan-1"]);
+    containerd.ok(&["container", "delete", "orphan-1"]);
+    assert_gone(&containerd, "orphan-1", pid, uid);
+}
+
 #[test]
 fn an_image_without_its_unikernel_is_refused_and_leaves_nothing() {
     let containerd = Containerd::start();

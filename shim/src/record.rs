@@ -26,12 +26,16 @@ fn path(bundle: &Path) -> PathBuf {
     bundle.join(FILE_NAME)
 }
 
-/// When process `pid` started, in clock ticks since boot.
+/// When process `pid` started, in clock ticks since boot; None once it is
+/// gone or a zombie (which only waits for its new parent to reap it).
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from its end.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 impl Record {
