@@ -313,6 +313,70 @@ fn a_dead_shims_vm_is_killed_and_cleaned_up_by_shim_delete() {
     assert_gone(&containerd, "orphan-1", pid, uid);
 }
 
+/// Container annotations (as Kubernetes passes pod annotations) override the
+/// image's settings; a Kubernetes pod sandbox (the pause container) runs no VM.
+#[test]
+fn annotations_set_the_vm_and_a_pod_sandbox_runs_no_vm() {
+    let containerd = Containerd::start();
+    let image = containerd.import_function("echo", &artifact("unikernel-echo"));
+    let log_uri = "file:///dev/null";
+    containerd.ok(&[
+        "run",
+        "--detach",
+        "--runtime",
+        RUNTIME,
+        "--log-uri",
+        log_uri,
+        "--annotation",
+        "io.ember.memory-mib=96",
+        "--annotation",
+        "io.ember.vcpus=2",
+        &image,
+        "sized-1",
+    ]);
+    containerd.wait_api("sized-1", TIMEOUT);
+    let socket = containerd.bundle("sized-1").join("ember.sock");
+    let (status, machine) = http(&socket, "GET", "/machine-config", b"");
+    assert_eq!(status, 200, "{machine}");
+    let machine: serde_json::Value = serde_json::from_str(&machine).unwrap();
+    assert_eq!(
+        (
+            machine["mem_size_mib"].as_u64(),
+            machine["vcpu_count"].as_u64()
+        ),
+        (Some(96), Some(2))
+    );
+    let (pid, _) = containerd.task("sized-1").expect("listed");
+    let uid = uids(pid)[0];
+    containerd.ok(&["task", "kill", "--signal", "SIGKILL", "sized-1"]);
+    containerd.ok(&["task", "delete", "sized-1"]);
+    containerd.ok(&["container", "delete", "sized-1"]);
+    assert_gone(&containerd, "sized-1", pid, uid);
+
+    containerd.ok(&[
+        "run",
+        "--detach",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "io.kubernetes.cri.container-type=sandbox",
+        &image,
+        "pod-1",
+    ]);
+    let (pid, status) = containerd.task("pod-1").expect("listed");
+    assert_eq!(status, "RUNNING");
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert!(
+        comm.starts_with("containerd-shim"),
+        "the sandbox is the shim: {comm}"
+    );
+    assert!(!containerd.bundle("pod-1").join("jail").exists(), "no VM");
+    containerd.ok(&["task", "kill", "--signal", "SIGKILL", "pod-1"]);
+    containerd.ok(&["task", "delete", "pod-1"]);
+    containerd.ok(&["container", "delete", "pod-1"]);
+    assert!(!containerd.bundle("pod-1").exists());
+}
+
 #[test]
 fn an_image_without_its_unikernel_is_refused_and_leaves_nothing() {
     let containerd = Containerd::start();
