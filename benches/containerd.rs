@@ -42,12 +42,6 @@ fn run_to_first_answer(containerd: &Containerd, image: &str, id: &str, env: &[&s
     }
 }
 
-fn remove(containerd: &Containerd, id: &str) {
-    containerd.ok(&["task", "kill", "--signal", "SIGKILL", id]);
-    containerd.ok(&["task", "delete", id]);
-    containerd.ok(&["container", "delete", id]);
-}
-
 /// The shim's own time for task `id`, from its log line: create and start, in µs.
 fn shim_time(containerd: &Containerd, id: &str) -> (f64, f64) {
     let line = containerd.wait_log(&format!("task {id}: "), TIMEOUT);
@@ -104,12 +98,12 @@ fn main() {
         let id = format!("boot-{run}");
         let took = run_to_first_answer(&containerd, &image, &id, &["EMBER_SNAPSHOT=off"]);
         boot.values.push(micros(took));
-        remove(&containerd, &id);
+        containerd.kill_and_remove(&id);
     }
     // The first task of the function takes the snapshot the rest restore.
     run_to_first_answer(&containerd, &image, "seed", &[]);
     containerd.wait_log("task seed: snapshot", TIMEOUT);
-    remove(&containerd, "seed");
+    containerd.kill_and_remove("seed");
     for run in 0..runs {
         let id = format!("restore-{run}");
         restore
@@ -118,7 +112,7 @@ fn main() {
         let (c, s) = shim_time(&containerd, &id);
         create.values.push(c);
         start.values.push(s);
-        remove(&containerd, &id);
+        containerd.kill_and_remove(&id);
     }
 
     // Tasks started per second from the cache, IN_FLIGHT at a time.
@@ -137,7 +131,7 @@ fn main() {
     });
     let rate = rate_tasks as f64 / began.elapsed().as_secs_f64();
     for i in 0..rate_tasks {
-        remove(&containerd, &format!("rate-{i}"));
+        containerd.kill_and_remove(&format!("rate-{i}"));
     }
 
     // Idle tasks: what each holds on the host once it has answered.
@@ -155,7 +149,7 @@ fn main() {
         ember_rss.values.push(rss_besides_guest_kib(pid, GUEST_KIB));
     }
     for id in &ids {
-        remove(&containerd, id);
+        containerd.kill_and_remove(id);
     }
 
     println!(

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ember_test_support::containerd::{Containerd, RUNTIME, UID_LEASES};
-use ember_test_support::{artifact, http, http_bytes};
+use ember_test_support::{artifact, http, http_bytes, NetNs};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const READY: &str = "EMBER-FN: ready on port";
@@ -131,9 +131,7 @@ fn a_function_image_runs_as_a_jailed_vm_and_answers_through_the_shim() {
         (200, b"again".to_vec())
     );
 
-    containerd.ok(&["task", "kill", "--signal", "SIGKILL", "fn-1"]);
-    containerd.ok(&["task", "delete", "fn-1"]);
-    containerd.ok(&["container", "delete", "fn-1"]);
+    containerd.kill_and_remove("fn-1");
     assert_gone(&containerd, "fn-1", pid, uid);
 }
 
@@ -175,8 +173,7 @@ fn many_tasks_of_one_image_at_once_all_answer_and_leave_nothing_behind() {
         containerd.ok(&["task", "kill", "--signal", "SIGKILL", id]);
     }
     for id in &ids {
-        containerd.ok(&["task", "delete", id]);
-        containerd.ok(&["container", "delete", id]);
+        containerd.kill_and_remove(id);
     }
     for (id, pid, uid) in vms {
         assert_gone(&containerd, id, pid, uid);
@@ -266,9 +263,7 @@ fn the_second_task_of_a_function_is_a_restore_of_the_first_ones_snapshot() {
     for id in ["first-1", "second-1"] {
         let (pid, _) = containerd.task(id).expect("listed");
         vms.push((id, pid, uids(pid)[0]));
-        containerd.ok(&["task", "kill", "--signal", "SIGKILL", id]);
-        containerd.ok(&["task", "delete", id]);
-        containerd.ok(&["container", "delete", id]);
+        containerd.kill_and_remove(id);
     }
     for (id, pid, uid) in vms {
         assert_gone(&containerd, id, pid, uid);
@@ -348,9 +343,7 @@ fn annotations_set_the_vm_and_a_pod_sandbox_runs_no_vm() {
     );
     let (pid, _) = containerd.task("sized-1").expect("listed");
     let uid = uids(pid)[0];
-    containerd.ok(&["task", "kill", "--signal", "SIGKILL", "sized-1"]);
-    containerd.ok(&["task", "delete", "sized-1"]);
-    containerd.ok(&["container", "delete", "sized-1"]);
+    containerd.kill_and_remove("sized-1");
     assert_gone(&containerd, "sized-1", pid, uid);
 
     containerd.ok(&[
@@ -371,10 +364,130 @@ fn annotations_set_the_vm_and_a_pod_sandbox_runs_no_vm() {
         "the sandbox is the shim: {comm}"
     );
     assert!(!containerd.bundle("pod-1").join("jail").exists(), "no VM");
-    containerd.ok(&["task", "kill", "--signal", "SIGKILL", "pod-1"]);
-    containerd.ok(&["task", "delete", "pod-1"]);
-    containerd.ok(&["container", "delete", "pod-1"]);
+    containerd.kill_and_remove("pod-1");
     assert!(!containerd.bundle("pod-1").exists());
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A task in a pod's network namespace is on the pod's network with the pod's
+/// address: the shim joins the VM to the pod's interface (tc redirects both
+/// ways to a TAP), and the guest takes the interface's MAC and address. The
+/// pod here is a namespace whose `eth0` is a veth to a peer namespace, as CNI's
+/// bridge plugin leaves a pod; the peer serves HTTP, and the fetch function
+/// calls it.
+#[test]
+fn a_task_in_a_pod_network_reaches_its_peers_from_the_pods_address() {
+    let containerd = Containerd::start();
+    let image = containerd.import_function("fetch", &artifact("unikernel-fetch"));
+    let pod = NetNs::new("pod");
+    let peer = NetNs::new("peer");
+    ip(&[
+        "-n",
+        pod.name(),
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer0",
+        "netns",
+        peer.name(),
+    ]);
+    ip(&[
+        "-n",
+        pod.name(),
+        "addr",
+        "add",
+        "10.77.0.2/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", pod.name(), "link", "set", "eth0", "up"]);
+    ip(&[
+        "-n",
+        peer.name(),
+        "addr",
+        "add",
+        "10.77.0.1/24",
+        "dev",
+        "peer0",
+    ]);
+    ip(&["-n", peer.name(), "link", "set", "peer0", "up"]);
+    let listener = peer.listen("10.77.0.1:8080");
+    let server = std::thread::spawn(move || {
+        let (mut stream, client) = listener.accept().expect("the guest connects");
+        let mut request = Vec::new();
+        let mut byte = [0u8; 1];
+        while !request.ends_with(b"\r\n\r\n") {
+            std::io::Read::read_exact(&mut stream, &mut byte).expect("the request");
+            request.push(byte[0]);
+        }
+        let body = b"from the pod's peer";
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut stream, body).unwrap();
+        client
+    });
+    let with_ns = format!("network:{}", pod.path());
+    containerd.run_detached_with(&image, "net-1", &["--with-ns", &with_ns]);
+    containerd.wait_console("net-1", READY, TIMEOUT);
+    let (pid, _) = containerd.task("net-1").expect("listed");
+    let uid = uids(pid)[0];
+    let links = ip(&["-n", pod.name(), "-o", "link", "show"]);
+    assert!(
+        links.contains(": ember"),
+        "the VM's TAP is in the pod: {links}"
+    );
+    let (code, body) = invoke(&containerd, "net-1", b"http://10.77.0.1:8080/hello");
+    assert_eq!(
+        (code, String::from_utf8_lossy(&body).as_ref()),
+        (200, "from the pod's peer"),
+        "console:\n{}",
+        containerd.console("net-1")
+    );
+    let client = server.join().expect("the peer's server");
+    assert_eq!(
+        client.ip().to_string(),
+        "10.77.0.2",
+        "the guest used the pod's address"
+    );
+
+    containerd.kill_and_remove("net-1");
+    assert_gone(&containerd, "net-1", pid, uid);
+    let links = ip(&["-n", pod.name(), "-o", "link", "show"]);
+    assert!(!links.contains(": ember"), "the TAP is gone: {links}");
+    let qdiscs = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            pod.name(),
+            "tc",
+            "qdisc",
+            "show",
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .expect("tc");
+    let qdiscs = String::from_utf8_lossy(&qdiscs.stdout);
+    assert!(
+        !qdiscs.contains("ingress"),
+        "the redirect is gone: {qdiscs}"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod cache;
 mod ember_api;
 mod function;
+mod network;
 mod record;
 mod service;
 mod vm;

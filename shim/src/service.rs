@@ -65,7 +65,7 @@ struct Task {
 }
 
 enum Kind {
-    Function(vm::Prepared),
+    Function(Box<vm::Prepared>),
     Sandbox,
 }
 
@@ -372,7 +372,7 @@ impl shim::Task for Service {
                 let layout = Layout::new(&bundle, &req.id, function.cgroups_path.as_deref());
                 let cache = Cache::from_env();
                 match vm::prepare(layout, &function, &rootfs(&bundle), &binaries, &cache) {
-                    Ok(prepared) => Kind::Function(prepared),
+                    Ok(prepared) => Kind::Function(Box::new(prepared)),
                     Err(e) => {
                         unmount_rootfs(&bundle);
                         return Err(status(Code::INVALID_ARGUMENT, e));

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::{self, Cache, Claim};
 use crate::function::Function;
+use crate::network::{self, Attached};
 
 /// The first uid (and gid) the shim gives a VM.
 pub const UID_BASE: u32 = 1_000_000;
@@ -63,6 +64,8 @@ pub enum Error {
     NoUid,
     #[error("snapshot cache: {0}")]
     Cache(#[from] cache::Error),
+    #[error("pod network: {0}")]
+    Network(#[from] network::Error),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -151,6 +154,8 @@ pub struct Layout {
     /// The cgroup hierarchy version of the host, and the jail's parent cgroup.
     pub cgroup_v2: bool,
     pub cgroup_parent: String,
+    /// The pod network the VM joined, if any: undone with the jail.
+    pub network: Option<Attached>,
 }
 
 impl Layout {
@@ -160,6 +165,7 @@ impl Layout {
             jail_id: jail_id(task_id),
             cgroup_v2: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
             cgroup_parent: cgroup_parent(cgroups_path),
+            network: None,
         }
     }
 
@@ -236,6 +242,15 @@ fn jail_id(task_id: &str) -> String {
     format!("task-{hash:016x}")
 }
 
+/// The VM's TAP in the pod's namespace: unique per jail, within Linux's 15
+/// characters.
+fn tap_name(jail_id: &str) -> String {
+    let hash = jail_id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("ember{hash:08x}")
+}
+
 /// The parent cgroup for the jail: the directory of a cgroupfs-style
 /// `cgroupsPath` (`/default/echo` -> `default`), else ember's own.
 fn cgroup_parent(cgroups_path: Option<&str>) -> String {
@@ -283,7 +298,7 @@ pub struct Prepared {
 /// Fills the jail for `function`, whose image is mounted at `rootfs`: with
 /// the function's snapshot if `cache` has it, else with its unikernel.
 pub fn prepare(
-    layout: Layout,
+    mut layout: Layout,
     function: &Function,
     rootfs: &Path,
     binaries: &Binaries,
@@ -291,6 +306,12 @@ pub fn prepare(
 ) -> Result<Prepared, Error> {
     let root = layout.root();
     std::fs::create_dir_all(&root).map_err(io("cannot create the jail", &root))?;
+    // The bundle's `ember.sock` leads to ember's API (a short path for clients:
+    // a socket's own path may not exceed 107 bytes).
+    let link = layout.base.with_file_name("ember.sock");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(layout.api_socket(), &link)
+        .map_err(io("cannot link ember's API socket at", &link))?;
     let uid = UidLease::take(&root.to_string_lossy())?;
     let kernel_error = |source| Error::Kernel {
         path: function.kernel.clone(),
@@ -298,7 +319,10 @@ pub fn prepare(
     };
     let mut kernel = open_in_root(rootfs, &function.kernel).map_err(kernel_error)?;
     let key = cache::key(&mut kernel, function, &binaries.ember).map_err(kernel_error)?;
-    let cached = function.snapshot.then(|| cache.lookup(&key)).flatten();
+    // A snapshot carries the guest's address, and each pod has its own: a VM
+    // on a pod network boots.
+    let snapshot = function.snapshot && function.netns.is_none();
+    let cached = snapshot.then(|| cache.lookup(&key)).flatten();
     let (config, start) = match cached {
         Some(entry) => {
             entry.place_into(&root)?;
@@ -320,7 +344,7 @@ pub fn prepare(
                 .map_err(io("cannot create", &inside))?;
             std::io::copy(&mut kernel, &mut copy)
                 .map_err(io("cannot copy the unikernel to", &inside))?;
-            let claim = match function.snapshot {
+            let claim = match snapshot {
                 true => cache.claim(&key)?,
                 false => None,
             };
@@ -335,18 +359,37 @@ pub fn prepare(
                 boot_args.push(' ');
                 boot_args.push_str(arg);
             }
-            let config = serde_json::json!({
+            let mut config = serde_json::json!({
                 "boot-source": {"kernel_image_path": format!("/{KERNEL_NAME}"), "boot_args": boot_args},
                 "machine-config": {"vcpu_count": function.vcpus, "mem_size_mib": function.memory_mib},
                 "vsock": {"guest_cid": GUEST_CID, "uds_path": VSOCK_PATH},
                 "function": {"vsock_port": function.port},
             });
+            if let Some(netns) = &function.netns {
+                let tap = tap_name(&layout.jail_id);
+                if let Some(pod) = network::attach(netns, &tap, uid.uid)? {
+                    boot_args.push(' ');
+                    boot_args.push_str(&pod.boot_arg());
+                    config["boot-source"]["boot_args"] = boot_args.into();
+                    config["network-interfaces"] = serde_json::json!([
+                        {"iface_id": "eth0", "host_dev_name": pod.tap, "guest_mac": pod.mac}
+                    ]);
+                    layout.network = Some(Attached {
+                        netns: netns.clone(),
+                        pod,
+                    });
+                }
+            }
             (config, Start::Boot(claim))
         }
     };
     let config_path = root.join(CONFIG_NAME);
-    std::fs::write(&config_path, config.to_string())
-        .map_err(io("cannot write the VM's config to", &config_path))?;
+    if let Err(e) = std::fs::write(&config_path, config.to_string()) {
+        if let Some(attached) = &layout.network {
+            network::detach(&attached.netns, &attached.pod);
+        }
+        return Err(io("cannot write the VM's config to", &config_path)(e));
+    }
     let mut args: Vec<String> = vec![
         "--id".into(),
         layout.jail_id.clone(),
@@ -379,12 +422,6 @@ pub fn prepare(
         ]
         .map(String::from),
     );
-    // The bundle's `ember.sock` leads to ember's API (a short path for clients:
-    // a socket's own path may not exceed 107 bytes).
-    let link = layout.base.with_file_name("ember.sock");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(layout.api_socket(), &link)
-        .map_err(io("cannot link ember's API socket at", &link))?;
     Ok(Prepared {
         layout,
         uid,
@@ -412,6 +449,9 @@ impl Prepared {
 /// its cgroups. The kernel frees a cgroup a moment after its last process is
 /// reaped, so removal retries briefly.
 pub fn clean_up(layout: &Layout) -> Result<(), Error> {
+    if let Some(attached) = &layout.network {
+        network::detach(&attached.netns, &attached.pod);
+    }
     let jail = layout.jail_dir();
     match std::fs::remove_dir_all(&jail) {
         Err(e) if e.kind() != ErrorKind::NotFound => return Err(io("cannot remove", &jail)(e)),

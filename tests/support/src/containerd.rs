@@ -155,17 +155,23 @@ impl Containerd {
     /// Starts task `id` of `image` on ember in the background, its console
     /// going to the file [`Containerd::console`] reads.
     pub fn run_detached(&self, image: &str, id: &str) {
+        self.run_detached_with(image, id, &[]);
+    }
+
+    /// As [`Containerd::run_detached`], with more `ctr run` flags.
+    pub fn run_detached_with(&self, image: &str, id: &str, flags: &[&str]) {
         let log_uri = format!("file://{}", self.console_path(id).display());
-        self.ok(&[
+        let mut args = vec![
             "run",
             "--detach",
             "--runtime",
             RUNTIME,
             "--log-uri",
             &log_uri,
-            image,
-            id,
-        ]);
+        ];
+        args.extend(flags);
+        args.extend([image, id]);
+        self.ok(&args);
     }
 
     fn console_path(&self, id: &str) -> PathBuf {
@@ -253,6 +259,23 @@ impl Containerd {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Kills task `id` (SIGKILL), waits until containerd sees it stopped, and
+    /// deletes it and its container.
+    pub fn kill_and_remove(&self, id: &str) {
+        self.ok(&["task", "kill", "--signal", "SIGKILL", id]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.task(id).is_some_and(|(_, status)| status != "STOPPED") {
+            assert!(
+                Instant::now() < deadline,
+                "{id} never stopped:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.ok(&["task", "delete", id]);
+        self.ok(&["container", "delete", id]);
     }
 
     /// Task `id`'s pid and status as `ctr task ls` shows them.
