@@ -74,6 +74,10 @@ fn status(code: Code, message: impl std::fmt::Display) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(get_status(code, message.to_string()))
 }
 
+fn no_task(id: &str) -> ttrpc::Error {
+    status(Code::NOT_FOUND, format!("no task {id}"))
+}
+
 fn now() -> Timestamp {
     shim::util::timestamp().unwrap_or_default()
 }
@@ -153,7 +157,7 @@ impl Service {
 
     /// Marks task `id` stopped with `code` and tells containerd.
     fn stopped(&self, id: &str, code: u32) {
-        let pid = {
+        let (pid, exited_at) = {
             let mut tasks = self.tasks();
             let Some(task) = tasks.get_mut(id) else {
                 return;
@@ -161,9 +165,10 @@ impl Service {
             if task.status == Status::STOPPED {
                 return;
             }
+            let exited_at = now();
             task.status = Status::STOPPED;
-            task.exit = Some((code, now()));
-            task.pid
+            task.exit = Some((code, exited_at.clone()));
+            (task.pid, exited_at)
         };
         self.inner.stopped.notify_all();
         let mut event = TaskExit::new();
@@ -171,7 +176,7 @@ impl Service {
         event.id = id.to_owned();
         event.pid = pid;
         event.exit_status = code;
-        event.exited_at = MessageField::some(now());
+        event.exited_at = MessageField::some(exited_at);
         self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
         info!("task {id} (pid {pid}) exited with {code}");
     }
@@ -180,9 +185,7 @@ impl Service {
     fn set_vm_state(&self, id: &str, from: Status, to: Status) -> Result<(), ttrpc::Error> {
         let socket = {
             let tasks = self.tasks();
-            let task = tasks
-                .get(id)
-                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {id}")))?;
+            let task = tasks.get(id).ok_or_else(|| no_task(id))?;
             match &task.kind {
                 Kind::Function(prepared) if task.status == from => prepared.layout.api_socket(),
                 Kind::Function(_) => {
@@ -409,9 +412,7 @@ impl shim::Task for Service {
         let began = Instant::now();
         let pid = {
             let mut tasks = self.tasks();
-            let task = tasks
-                .get_mut(&req.id)
-                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            let task = tasks.get_mut(&req.id).ok_or_else(|| no_task(&req.id))?;
             if task.status != Status::CREATED {
                 return Err(status(
                     Code::FAILED_PRECONDITION,
@@ -504,9 +505,7 @@ impl shim::Task for Service {
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
         let tasks = self.tasks();
-        let task = tasks
-            .get(&req.id)
-            .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+        let task = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
         let mut response = api::StateResponse {
             id: req.id.clone(),
             bundle: task.bundle.to_string_lossy().into_owned(),
@@ -528,9 +527,7 @@ impl shim::Task for Service {
             .map_err(|_| status(Code::INVALID_ARGUMENT, "no such signal"))?;
         let vm_pid = {
             let tasks = self.tasks();
-            let task = tasks
-                .get(&req.id)
-                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            let task = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
             match (&task.kind, task.status) {
                 (_, Status::STOPPED) => return Ok(api::Empty::new()),
                 (Kind::Function(_), Status::RUNNING | Status::PAUSED) => Some(task.pid),
@@ -554,9 +551,7 @@ impl shim::Task for Service {
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         let mut tasks = self.tasks();
         loop {
-            let task = tasks
-                .get(&req.id)
-                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            let task = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
             if let Some((code, at)) = &task.exit {
                 return Ok(api::WaitResponse {
                     exit_status: *code,
@@ -579,9 +574,7 @@ impl shim::Task for Service {
     ) -> TtrpcResult<api::DeleteResponse> {
         let task = {
             let mut tasks = self.tasks();
-            let task = tasks
-                .get(&req.id)
-                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            let task = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
             if matches!(task.status, Status::RUNNING | Status::PAUSED) {
                 return Err(status(
                     Code::FAILED_PRECONDITION,
@@ -617,9 +610,7 @@ impl shim::Task for Service {
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let tasks = self.tasks();
-        let task = tasks
-            .get(&req.id)
-            .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+        let task = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
         let mut response = api::PidsResponse::new();
         if task.pid != 0 {
             let mut process = ProcessInfo::new();
@@ -636,9 +627,7 @@ impl shim::Task for Service {
     ) -> TtrpcResult<api::StatsResponse> {
         let pid = {
             let tasks = self.tasks();
-            let task = tasks
-                .get(&req.id)
-                .ok_or_else(|| status(Code::NOT_FOUND, format!("no task {}", req.id)))?;
+            let task = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
             match &task.kind {
                 Kind::Function(_) if task.status == Status::RUNNING => task.pid,
                 _ => return Err(status(Code::FAILED_PRECONDITION, "no VM is running")),
