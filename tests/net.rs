@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember_test_support::{artifact, cpu_ticks_over, require_kvm, Ember, NetNs, TempDir};
+use ember_test_support::{artifact, cpu_ticks_over, require_kvm, Ember, KeepAlive, NetNs, TempDir};
 use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(20);
@@ -311,6 +311,114 @@ fn clones_restored_onto_their_own_taps_fetch_again() {
         assert_eq!(
             fetch(ember, &format!("http://{HOST_IP}:8080/")),
             (200, expected.into_bytes())
+        );
+    }
+}
+
+#[test]
+fn functions_answer_http_on_their_address_as_over_the_api() {
+    let ns = link("http", "tap0");
+    let dir = TempDir::new("net-http");
+    let args = format!("{} ember.http=8080", boot_args(GUEST_IP, HOST_IP));
+    let ember = boot_function_at(&ns, &dir, "faulty", "tap0", None, &args);
+    let mut client = KeepAlive::tcp(ns.connect(&format!("{GUEST_IP}:8080")));
+    assert_eq!(
+        client.request("POST", "/", b"olleh"),
+        (200, b"hello".to_vec())
+    );
+    // A body larger than a socket buffer, on the same connection.
+    let big = pattern(300_000);
+    let reversed: Vec<u8> = big.iter().rev().copied().collect();
+    assert_eq!(client.request("PUT", "/any/path", &big), (200, reversed));
+    let (status, body) = client.request("POST", "/", b"error");
+    assert_eq!(
+        (status, body.as_slice()),
+        (500, &b"faulty: asked to fail"[..])
+    );
+    let (status, body) = client.request("POST", "/", b"panic");
+    assert_eq!(status, 500);
+    assert!(String::from_utf8_lossy(&body).contains("asked to panic"));
+    assert_eq!(client.request("GET", "/", b""), (200, Vec::new()));
+    let (status, _) = client.request("DELETE", "/", b"");
+    assert_eq!(status, 405);
+    // Over ember's API at the same time, and over HTTP from several clients.
+    assert_eq!(ember.invoke(b"ipa"), (200, b"api".to_vec()));
+    let mut clients: Vec<_> = (0..4)
+        .map(|_| KeepAlive::tcp(ns.connect(&format!("{GUEST_IP}:8080"))))
+        .collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let input = format!("client {i}");
+        let expected: Vec<u8> = input.bytes().rev().collect();
+        assert_eq!(
+            client.request("POST", "/", input.as_bytes()),
+            (200, expected)
+        );
+    }
+}
+
+#[test]
+fn clones_take_their_address_from_the_mmds_and_answer_http_there() {
+    let ns = link("readdress", "tap0");
+    let dir = TempDir::new("net-readdress");
+    let args = format!(
+        "{} ember.http=8080 ember.net=mmds",
+        boot_args(GUEST_IP, HOST_IP)
+    );
+    let mmds = json!({"network_interfaces": ["eth0"], "version": "V2"});
+    let ember = boot_function_at(&ns, &dir, "echo", "tap0", Some(mmds), &args);
+    let mut client = KeepAlive::tcp(ns.connect(&format!("{GUEST_IP}:8080")));
+    assert_eq!(
+        client.request("POST", "/", b"origin"),
+        (200, b"origin".to_vec())
+    );
+    let (state, mem) = (dir.path("fn.snap"), dir.path("fn.mem"));
+    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    ember.ok(
+        "PUT",
+        "/snapshot/create",
+        &json!({"snapshot_path": state, "mem_file_path": mem}).to_string(),
+    );
+    drop(ember);
+    for (tag, last) in [("clone-x", 3), ("clone-y", 4)] {
+        let tap = format!("tap-{tag}");
+        let ns = link(tag, &tap);
+        let dir = TempDir::new(&format!("net-{tag}"));
+        let socket = dir.path("api.sock");
+        let ember = ns.spawn_ember(&["--api-sock", socket.to_str().unwrap()], Some(&socket));
+        let address = format!("10.0.0.{last}");
+        let mac = format!("06:00:0a:00:00:{last:02x}");
+        let network = format!("ip={address}::{HOST_IP}:255.255.255.0::eth0:off mac={mac}");
+        ember.ok(
+            "PUT",
+            "/mmds",
+            &json!({"ember": {"network": network}}).to_string(),
+        );
+        ember.ok(
+            "PUT",
+            "/snapshot/load",
+            &json!({
+                "snapshot_path": state,
+                "mem_backend": {"backend_type": "File", "backend_path": mem},
+                "resume_vm": true,
+                "vsock_override": {"uds_path": dir.path("v.sock")},
+                "network_overrides": [{"iface_id": "eth0", "host_dev_name": tap}],
+            })
+            .to_string(),
+        );
+        ember.expect_line(&format!("EMBER-FN: restored as {address}"), BOOT);
+        let mut client = KeepAlive::tcp(ns.connect(&format!("{address}:8080")));
+        assert_eq!(
+            client.request("POST", "/", tag.as_bytes()),
+            (200, tag.as_bytes().to_vec())
+        );
+        let neighbours = std::process::Command::new("ip")
+            .args(["-n", ns.name(), "neigh", "show", &address])
+            .output()
+            .expect("run ip neigh");
+        let neighbours = String::from_utf8_lossy(&neighbours.stdout);
+        assert!(
+            neighbours.contains(&mac),
+            "{address} is at {mac}: {neighbours}"
         );
     }
 }

@@ -94,18 +94,28 @@ pub fn http_bytes(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16,
 
 /// An HTTP/1.1 client that keeps its connection open between requests, as
 /// platform HTTP clients do.
-pub struct KeepAlive {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+pub struct KeepAlive<S = UnixStream> {
+    reader: BufReader<S>,
+    writer: S,
 }
 
-impl KeepAlive {
+impl KeepAlive<UnixStream> {
     pub fn connect(socket: &Path) -> Self {
         let writer = UnixStream::connect(socket).expect("connect to the API socket");
         let reader = BufReader::new(writer.try_clone().expect("clone the API stream"));
         KeepAlive { reader, writer }
     }
+}
 
+impl KeepAlive<std::net::TcpStream> {
+    /// Over a TCP connection: to a function's own HTTP server, say.
+    pub fn tcp(writer: std::net::TcpStream) -> Self {
+        let reader = BufReader::new(writer.try_clone().expect("clone the TCP stream"));
+        KeepAlive { reader, writer }
+    }
+}
+
+impl<S: Read + Write> KeepAlive<S> {
     pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",

@@ -95,6 +95,15 @@ impl NetNs {
         self.within(move || TcpListener::bind(&addr).expect("bind in the namespace"))
     }
 
+    /// A TCP connection from the namespace to `addr`.
+    pub fn connect(&self, addr: &str) -> std::net::TcpStream {
+        let addr = addr.to_string();
+        self.within(move || {
+            std::net::TcpStream::connect(&addr)
+                .unwrap_or_else(|e| panic!("connect to {addr} in the namespace: {e}"))
+        })
+    }
+
     /// Opens TAP `tap` as another process would, so it is busy for ember.
     pub fn hold_tap(&self, tap: &str) -> File {
         let tap = tap.to_string();

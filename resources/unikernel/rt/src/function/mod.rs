@@ -3,7 +3,12 @@
 //! The runtime listens on vsock port 1024 (`ember.port=<n>` on the command line
 //! overrides it) and reads requests from any number of connections, each carrying
 //! any number of sequential invocations (framing in [`framing`]). Requests are
-//! served one at a time, in the order they completed. Between invocations the vCPU
+//! served one at a time, in the order they completed. With `ember.http=<port>` (and
+//! `ip=`) the runtime also serves the function over HTTP on that TCP port
+//! ([`crate::net::serve`]), taking requests from both in turns. With `ember.net=mmds`
+//! a VM restored from a snapshot takes its address and MAC address from the MMDS
+//! (`/ember/network`: `ip=` as on the command line and `mac=`), so that each clone
+//! answers at its own. Between invocations the vCPU
 //! sleeps in `hlt` until a device interrupts (or a network timer is due). The
 //! function may open streams to host ports ([`HostStream`]), use the network
 //! ([`crate::net`]) and ask for random bytes ([`crate::random`]).

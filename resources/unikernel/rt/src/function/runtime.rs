@@ -7,6 +7,7 @@ use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
 
 use super::framing::{RESPONSE_PREFIX_LEN, Request, Status};
 use super::poll::{Poller, Wait};
@@ -15,7 +16,8 @@ use super::{Error, Function};
 use crate::bootinfo::BootInfo;
 use crate::cmdline::{IpConfig, ip_config, parse_number, value};
 use crate::io::{rdtsc, reset, signal_boot_timer};
-use crate::net::{NetError, Stack as NetStack};
+use crate::net::serve::{HttpId, Written};
+use crate::net::{NetError, Stack as NetStack, mmds};
 use crate::random::{Filler, RandomError, Step};
 use crate::virtio::balloon::{self, Balloon};
 use crate::virtio::discover::{self, Found};
@@ -31,6 +33,12 @@ const DEFAULT_PORT: u32 = 1024;
 const STACK_SIZE: usize = 1 << 20;
 /// Longest panic message sent; the rest is cut.
 const PANIC_MESSAGE_MAX: usize = 4096;
+/// How long an HTTP client may go without taking any of its response before
+/// its connection is reset, so that one that stopped reading cannot hold the
+/// runtime.
+const HTTP_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long each request for a restored clone's network may take.
+const MMDS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything the serving loop keeps between invocations.
 struct Runtime {
@@ -43,15 +51,36 @@ struct Runtime {
     memory: Memory,
     server: Server,
     function: Function,
-    /// The request being served and its connection. The request lives here, not on
+    /// The request being served and who sent it. The request lives here, not on
     /// the loop's stack, so that a panic does not leak it.
     request: Vec<u8>,
-    conn: ConnId,
+    caller: Caller,
+    /// Take the network from the MMDS after a restore (`ember.net=mmds`).
+    readdress_on_restore: bool,
+    /// A restore happened, and the network is still the snapshot's.
+    readdress_pending: bool,
+    /// Which source of requests to look at first, taking turns.
+    http_first: bool,
     /// When to stop polling the device and sleep.
     poller: Poller,
 }
 
 const _: () = assert!(RESPONSE_PREFIX_LEN <= vsock::INLINE_LEN);
+
+/// Who sent the request being served.
+#[derive(Clone, Copy, Debug)]
+enum Caller {
+    Vsock(ConnId),
+    Http(HttpId),
+}
+
+/// What the serving loop does next.
+enum Next {
+    /// Serve a request.
+    Request(Caller, Request),
+    /// Take the network from the MMDS, as a restored clone (see [`readdress`]).
+    Readdress,
+}
 
 /// The network device and its stack, brought up when the function first uses
 /// the network: setting the device up costs dozens of VM exits (about 2 ms
@@ -199,6 +228,17 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
             None => fail(format_args!("bad ember.port")),
         },
     };
+    let http_port = value(boot.cmdline, b"ember.http=").map(|text| {
+        parse_number(text)
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|&port| port != 0)
+            .unwrap_or_else(|| fail(format_args!("bad ember.http")))
+    });
+    let readdress_on_restore = match value(boot.cmdline, b"ember.net=") {
+        None => false,
+        Some(b"mmds") => true,
+        Some(_) => fail(format_args!("bad ember.net: only ember.net=mmds is known")),
+    };
     let ip = ip_config(boot.cmdline).unwrap_or_else(|err| fail(format_args!("{err}")));
     // SAFETY: everything needed from the boot structures has been read; they and
     // the command line lie below the image anyway, outside the heap.
@@ -220,10 +260,18 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
         Ok(vsock) => vsock,
         Err(err) => fail(format_args!("virtio-vsock: {err}")),
     };
-    let net = match net_device {
+    let mut net = match net_device {
         Some(found) => Network::Idle(found, ip),
         None => Network::Absent,
     };
+    if let Some(port) = http_port {
+        // Serving HTTP needs the network from the start.
+        match net.up() {
+            Ok(stack) if ip.is_some() => stack.serve_http(port, heap_size),
+            Ok(_) => fail(format_args!("ember.http= needs an address: ip= is missing")),
+            Err(err) => fail(format_args!("ember.http=: {err}")),
+        }
+    }
     let entropy = match rng_device {
         Some(found) => Entropy::Idle(found),
         None => Entropy::Absent,
@@ -252,11 +300,17 @@ pub fn run(boot: &BootInfo, function: Function) -> ! {
             server,
             function,
             request: Vec::new(),
-            conn: 0,
+            caller: Caller::Vsock(0),
+            readdress_on_restore,
+            readdress_pending: false,
+            http_first: false,
             poller: Poller::new(),
         });
     }
-    println!("EMBER-FN: ready on port {port}");
+    match http_port {
+        Some(http) => println!("EMBER-FN: ready on port {port}, http {http}"),
+        None => println!("EMBER-FN: ready on port {port}"),
+    }
     signal_boot_timer();
     // SAFETY: the boot stack is left for good.
     unsafe { restart() }
@@ -311,21 +365,28 @@ extern "C" fn serve() -> ! {
     });
     loop {
         let next = with_runtime(|rt| {
-            let (conn, request) = rt.next_request();
-            let Request::Data(request) = request else {
-                rt.respond(
-                    conn,
-                    Status::Error,
-                    b"ember-fn: request does not fit in memory",
-                );
-                return None;
+            let (caller, request) = match rt.next_request() {
+                Next::Readdress => return None,
+                Next::Request(caller, Request::Data(request)) => (caller, request),
+                Next::Request(caller, _) => {
+                    rt.respond(
+                        caller,
+                        Status::Error,
+                        b"ember-fn: request does not fit in memory",
+                    );
+                    return Some(None);
+                }
             };
             rt.request = request;
-            rt.conn = conn;
+            rt.caller = caller;
             let input: *const [u8] = rt.request.as_slice();
-            Some((conn, input, rt.function))
+            Some(Some((caller, input, rt.function)))
         });
-        let Some((conn, input, function)) = next else {
+        let Some(next) = next else {
+            readdress();
+            continue;
+        };
+        let Some((caller, input, function)) = next else {
             continue;
         };
         IN_FUNCTION.store(true, Ordering::Relaxed);
@@ -335,12 +396,56 @@ extern "C" fn serve() -> ! {
         IN_FUNCTION.store(false, Ordering::Relaxed);
         with_runtime(|rt| {
             match &result {
-                Ok(output) => rt.respond(conn, Status::Ok, output),
-                Err(err) => rt.respond(conn, Status::Error, err.message().as_bytes()),
+                Ok(output) => rt.respond(caller, Status::Ok, output),
+                Err(err) => rt.respond(caller, Status::Error, err.message().as_bytes()),
             }
             rt.request = Vec::new();
         });
     }
+}
+
+/// Takes the network a restored clone was given (`/ember/network` in the MMDS:
+/// `ip=` as on the command line, and `mac=`), or keeps the snapshot's if the
+/// MMDS has none; uses the MMDS client, as a function would.
+fn readdress() {
+    let fetched = mmds::token(60, MMDS_TIMEOUT).and_then(|token| {
+        mmds::body(mmds::request(
+            "GET",
+            "/ember/network",
+            &[(mmds::TOKEN_HEADER, &token)],
+            MMDS_TIMEOUT,
+        ))
+    });
+    let network = fetched.and_then(|text| {
+        let config = ip_config(&text)
+            .map_err(|err| alloc::format!("{err}"))?
+            .ok_or_else(|| alloc::string::String::from("no ip="))?;
+        let mac = value(&text, b"mac=")
+            .and_then(parse_mac)
+            .ok_or_else(|| alloc::string::String::from("no mac="))?;
+        Ok((config, mac))
+    });
+    match network {
+        Ok((config, mac)) => {
+            let _ = with_stack(|net| {
+                net.readdress(config, mac, rdtsc());
+                Ok(())
+            });
+            println!("EMBER-FN: restored as {}", config.address);
+        }
+        Err(err) => println!("ember-fn: keeping the snapshot's network: {err}"),
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(text: &[u8]) -> Option<[u8; 6]> {
+    let text = core::str::from_utf8(text).ok()?;
+    let mut mac = [0; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// Whether a panic now comes from the function.
@@ -358,7 +463,7 @@ pub(crate) fn recover(info: &PanicInfo) -> ! {
     // Truncation is the only failure, and it is wanted.
     let _ = write!(message, "{}", info.message());
     let len = message.len;
-    with_runtime(|rt| rt.respond(rt.conn, Status::Panic, &message.buffer[..len]));
+    with_runtime(|rt| rt.respond(rt.caller, Status::Panic, &message.buffer[..len]));
     // SAFETY: the panicking stack is abandoned.
     unsafe { restart() }
 }
@@ -383,26 +488,79 @@ impl Write for Truncating<'_> {
 }
 
 impl Runtime {
-    /// Waits for the next complete request.
-    fn next_request(&mut self) -> (ConnId, Request) {
+    /// Waits for the next complete request, from vsock or HTTP in turns, or for a
+    /// restored clone's network.
+    fn next_request(&mut self) -> Next {
         loop {
             // SAFETY: without a response there are no body ranges to send.
             unsafe { self.pump(&[]) };
-            if let Some(next) = self.server.take_request() {
+            if core::mem::take(&mut self.readdress_pending) {
+                return Next::Readdress;
+            }
+            self.http_first = !self.http_first;
+            let http = |rt: &mut Runtime| {
+                let (id, body) = rt.net.running()?.take_http_request()?;
+                Some(Next::Request(Caller::Http(id), Request::Data(body)))
+            };
+            let vsock = |rt: &mut Runtime| {
+                let (conn, request) = rt.server.take_request()?;
+                Some(Next::Request(Caller::Vsock(conn), request))
+            };
+            let next = match self.http_first {
+                true => http(self).or_else(|| vsock(self)),
+                false => vsock(self).or_else(|| http(self)),
+            };
+            if let Some(next) = next {
                 return next;
             }
             self.wait(Wait::Traffic, None);
         }
     }
 
-    /// Sends a response, serving other connections' traffic meanwhile, and returns
-    /// once the device has sent it (or the connection is gone).
-    fn respond(&mut self, conn: ConnId, status: Status, body: &[u8]) {
+    /// Sends a response, serving other traffic meanwhile; returns once the device
+    /// (vsock) or the socket (HTTP) holds all of it, or the connection is gone.
+    fn respond(&mut self, caller: Caller, status: Status, body: &[u8]) {
+        match caller {
+            Caller::Vsock(conn) => self.respond_vsock(conn, status, body),
+            Caller::Http(id) => self.respond_http(id, status, body),
+        }
+    }
+
+    fn respond_vsock(&mut self, conn: ConnId, status: Status, body: &[u8]) {
         let Ok(len) = u32::try_from(body.len()) else {
-            return self.respond(conn, Status::Error, b"ember-fn: output longer than 4 GiB");
+            return self.respond_vsock(conn, Status::Error, b"ember-fn: output longer than 4 GiB");
         };
         self.server.start_response(conn, status, len);
         self.send(body);
+    }
+
+    /// 200 with the output, 500 with an error or panic message.
+    fn respond_http(&mut self, id: HttpId, status: Status, body: &[u8]) {
+        let code = if status == Status::Ok { 200 } else { 500 };
+        let Some(net) = self.net.running() else {
+            return;
+        };
+        net.start_http_response(id, code, body.len());
+        let mut deadline = time::deadline(HTTP_SEND_TIMEOUT);
+        loop {
+            let Some(net) = self.net.running() else {
+                return;
+            };
+            match net.write_http_response(id, body, rdtsc()) {
+                Written::Done | Written::Gone => break,
+                Written::More(0) if time::passed(deadline) => {
+                    net.abort_http(id);
+                    break;
+                }
+                Written::More(0) => {}
+                Written::More(_) => deadline = time::deadline(HTTP_SEND_TIMEOUT),
+            }
+            // SAFETY: there is no vsock response body in flight.
+            unsafe { self.pump(&[]) };
+            self.wait(Wait::Sent, Some(deadline));
+        }
+        // SAFETY: as above.
+        unsafe { self.pump(&[]) };
     }
 
     /// Sends the started response or client write, whose body is `body`, and
@@ -434,6 +592,7 @@ impl Runtime {
             self.server.transport_reset(self.vsock.guest_cid());
             if let Some(net) = self.net.running() {
                 net.forget_neighbors(rdtsc());
+                self.readdress_pending = self.readdress_on_restore;
             }
             if let Some(rng) = self.entropy.running() {
                 rng.renotify();

@@ -15,13 +15,15 @@
 //! subnets, so a plain route would not do.)
 //!
 //! Parts: `device` (smoltcp's view of the driver), `stack` (interface, sockets,
-//! polling and timers), `tcp`, `dns`, [`http`] and `mmds` (requests and tokens).
+//! polling and timers), `tcp`, `dns`, [`http`] (the client), `mmds` (requests and
+//! tokens) and [`serve`] (the function's HTTP server).
 
 mod device;
 mod dns;
 pub mod http;
 #[cfg(not(any(test, feature = "hosted")))]
 pub mod mmds;
+pub mod serve;
 mod stack;
 mod tcp;
 

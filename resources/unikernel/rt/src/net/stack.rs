@@ -15,6 +15,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 
 use super::MMDS_ADDR;
+use super::serve::HttpServer;
 use crate::cmdline::IpConfig;
 use crate::time;
 use crate::virtio::net::Net;
@@ -51,6 +52,8 @@ pub struct Stack<T: Transport = DeviceTransport> {
     /// The DNS socket (given a server) and its query in flight.
     pub(super) dns: Option<SocketHandle>,
     pub(super) query: Option<dns::QueryHandle>,
+    /// The function's HTTP server, if the command line asks for one.
+    pub(super) http: Option<HttpServer>,
 }
 
 impl<T: Transport> Stack<T> {
@@ -84,6 +87,7 @@ impl<T: Transport> Stack<T> {
             lingering: VecDeque::new(),
             dns,
             query: None,
+            http: None,
         }
     }
 
@@ -103,6 +107,7 @@ impl<T: Transport> Stack<T> {
             }
             moved = true;
         }
+        self.advance_http(tsc);
         // Each round sends at most one segment per socket.
         self.sending = (0..MAX_WORK_PER_POLL).all(|_| {
             let egress = self
@@ -157,6 +162,26 @@ impl<T: Transport> Stack<T> {
         if let Some(config) = self.config {
             address(&mut self.iface, config);
         }
+    }
+
+    /// Takes another address and MAC address, as a clone restored from a snapshot
+    /// does: the snapshot's belong to the VM it was taken from. Every connection
+    /// goes (their peers knew that VM); listening goes on.
+    pub fn readdress(&mut self, config: IpConfig, mac: [u8; 6], tsc: u64) {
+        self.abort_all();
+        self.abort_http_all();
+        if let Some(dns) = self.dns.take() {
+            self.sockets.remove(dns);
+        }
+        self.dns = config.dns.map(|server| {
+            self.sockets
+                .add(dns::Socket::new(&[server.into()], Vec::new()))
+        });
+        self.config = Some(config);
+        let mut iface_config = Config::new(EthernetAddress(mac).into());
+        iface_config.random_seed = seed(tsc);
+        self.iface = Interface::new(iface_config, &mut self.device, instant(tsc, self.khz));
+        address(&mut self.iface, config);
     }
 
     /// Resets every stream and drops the DNS query: the function that held them

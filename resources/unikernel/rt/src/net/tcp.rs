@@ -90,17 +90,25 @@ impl<T: Transport> Stack<T> {
         Ok(())
     }
 
-    /// The function is done with stream `id`: it closes on its own, as Linux closes
-    /// a socket: gracefully, unless data arrived that it never read (then with a
-    /// reset). Closing in the background costs a timer while the peer takes its
-    /// time; so only [`MAX_LINGERING`] linger, and the oldest beyond are reset.
+    /// The function is done with stream `id`: it closes on its own (see
+    /// [`Stack::linger`]), as Linux closes a socket: gracefully, unless data
+    /// arrived that it never read (then with a reset).
     pub fn release(&mut self, id: u64) {
         let Some(at) = self.streams.iter().position(|(i, _)| *i == id) else {
             return;
         };
         let (_, handle) = self.streams.swap_remove(at);
+        let unread = self.sockets.get::<tcp::Socket>(handle).recv_queue() > 0;
+        self.linger(handle, unread);
+    }
+
+    /// Lets a socket nobody uses any more close on its own: gracefully, after what
+    /// is queued, or with a reset. Closing in the background costs a timer while
+    /// the peer takes its time; so only [`MAX_LINGERING`] linger, and the oldest
+    /// beyond are reset.
+    pub(super) fn linger(&mut self, handle: SocketHandle, reset: bool) {
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        if socket.recv_queue() > 0 {
+        if reset {
             socket.abort();
         } else {
             socket.close();

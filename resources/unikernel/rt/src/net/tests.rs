@@ -365,3 +365,228 @@ fn takes_a_bounded_number_of_frames_per_poll() {
     assert!(wire.stack.poll(wire.now));
     assert!(!wire.stack.has_used());
 }
+
+mod http_server {
+    use super::*;
+    use crate::net::serve::{self, Head, Reject, Written};
+
+    const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    /// A guest serving HTTP on 8080 and a peer to call it from.
+    fn serving() -> Wire {
+        let mut wire = Wire::new(config(GUEST, 24, None), ip(10, 0, 0, 1));
+        wire.stack.serve_http(8080, 1 << 20);
+        wire
+    }
+
+    impl Wire {
+        /// A peer connection to the guest's HTTP port.
+        fn call(&mut self, local_port: u16) -> SocketHandle {
+            let buffer = || tcp::SocketBuffer::new(vec![0; 1 << 20]);
+            let mut socket = tcp::Socket::new(buffer(), buffer());
+            socket
+                .connect(
+                    self.peer.context(),
+                    IpEndpoint::new(GUEST.into(), 8080),
+                    local_port,
+                )
+                .unwrap();
+            let handle = self.peer_sockets.add(socket);
+            self.run();
+            assert!(self.peer_socket(handle).may_send(), "connected");
+            handle
+        }
+
+        fn send(&mut self, handle: SocketHandle, bytes: &[u8]) {
+            assert_eq!(self.peer_socket(handle).send_slice(bytes), Ok(bytes.len()));
+            self.run();
+        }
+
+        fn received(&mut self, handle: SocketHandle) -> String {
+            let mut buf = vec![0; 1 << 20];
+            let n = self.peer_socket(handle).recv_slice(&mut buf).unwrap_or(0);
+            String::from_utf8(buf[..n].to_vec()).unwrap()
+        }
+
+        /// Answers the next request with `code` and `body`; returns its input.
+        fn answer(&mut self, code: u16, body: &[u8]) -> Vec<u8> {
+            let (id, input) = self.stack.take_http_request().expect("a request");
+            self.stack.start_http_response(id, code, body.len());
+            assert_eq!(
+                self.stack.write_http_response(id, body, self.now),
+                Written::Done
+            );
+            self.run();
+            input
+        }
+    }
+
+    #[test]
+    fn answers_posts_on_a_kept_alive_connection() {
+        let mut wire = serving();
+        let client = wire.call(40000);
+        // Two requests, the second pipelined in the same segment.
+        wire.send(
+            client,
+            b"POST /fn HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\n\r\nhello\
+              POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nbye",
+        );
+        assert_eq!(wire.answer(200, b"HELLO"), b"hello");
+        assert_eq!(
+            wire.received(client),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: 5\r\n\r\nHELLO"
+        );
+        assert_eq!(wire.answer(500, b"no"), b"bye");
+        assert_eq!(
+            wire.received(client),
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; \
+             charset=utf-8\r\nContent-Length: 2\r\n\r\nno"
+        );
+        assert!(wire.peer_socket(client).may_recv(), "kept alive");
+        assert!(wire.stack.take_http_request().is_none());
+    }
+
+    #[test]
+    fn serves_several_clients_and_closes_when_asked() {
+        let mut wire = serving();
+        let first = wire.call(40001);
+        let second = wire.call(40002);
+        wire.send(second, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        wire.send(first, b"PUT / HTTP/1.0\r\nContent-Length: 1\r\n\r\n1");
+        // In the order they completed.
+        assert_eq!(wire.answer(200, b"a"), b"");
+        assert!(
+            wire.received(second)
+                .ends_with("Connection: close\r\n\r\na")
+        );
+        assert!(!wire.peer_socket(second).may_recv(), "closed");
+        assert_eq!(wire.answer(200, b"b"), b"1");
+        assert!(wire.received(first).ends_with("\r\n\r\nb"));
+        assert!(!wire.peer_socket(first).may_recv(), "HTTP/1.0 closes");
+    }
+
+    #[test]
+    fn says_continue_before_a_body_it_waits_for() {
+        let mut wire = serving();
+        let client = wire.call(40003);
+        wire.send(
+            client,
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+        );
+        assert_eq!(wire.received(client), "HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(wire.stack.take_http_request().is_none());
+        wire.send(client, b"data");
+        assert_eq!(wire.answer(200, b""), b"data");
+    }
+
+    #[test]
+    fn answers_bad_requests_itself_and_closes() {
+        for (request, status) in [
+            (&b"DELETE / HTTP/1.1\r\n\r\n"[..], "405 Method Not Allowed"),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "411 Length Required",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n",
+                "413 Content Too Large",
+            ),
+            (b"\x01\x02 nonsense\r\n\r\n", "400 Bad Request"),
+        ] {
+            let mut wire = serving();
+            let client = wire.call(40004);
+            wire.send(client, request);
+            let answer = wire.received(client);
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+                "{answer}"
+            );
+            assert!(
+                !wire.peer_socket(client).may_recv(),
+                "closed after {status}"
+            );
+            assert!(wire.stack.take_http_request().is_none());
+        }
+    }
+
+    #[test]
+    fn keeps_room_for_new_clients_by_closing_idle_ones() {
+        let mut wire = serving();
+        let idle: Vec<SocketHandle> = (0..serve::MAX_CONNECTIONS)
+            .map(|i| wire.call(41000 + u16::try_from(i).unwrap()))
+            .collect();
+        let late = wire.call(42000);
+        wire.send(late, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(wire.answer(200, b"late"), b"");
+        assert!(wire.received(late).ends_with("late"));
+        let closed = idle
+            .iter()
+            .filter(|&&h| !wire.peer_socket(h).may_recv())
+            .count();
+        assert!(closed >= 1, "an idle connection made room");
+        let open = wire
+            .stack
+            .sockets
+            .iter()
+            .filter(|(_, s)| matches!(s, smoltcp::socket::Socket::Tcp(t) if t.is_open()))
+            .count();
+        assert!(open <= serve::MAX_CONNECTIONS + 8, "{open} sockets");
+    }
+
+    #[test]
+    fn a_restored_clone_takes_its_new_address_and_keeps_listening() {
+        let mut wire = serving();
+        wire.call(40005);
+        // Past the peer's one-second pause between ARP requests.
+        wire.now += 2_000_000_000;
+        let clone = Ipv4Addr::new(10, 0, 0, 3);
+        wire.stack.readdress(
+            config(clone, 24, None).unwrap(),
+            [2, 0, 0, 0, 0, 3],
+            wire.now,
+        );
+        wire.run();
+        assert_eq!(
+            wire.stack.iface.hardware_addr(),
+            EthernetAddress([2, 0, 0, 0, 0, 3]).into()
+        );
+        let buffer = || tcp::SocketBuffer::new(vec![0; 4096]);
+        let mut socket = tcp::Socket::new(buffer(), buffer());
+        let context = wire.peer.context();
+        socket
+            .connect(context, IpEndpoint::new(clone.into(), 8080), 40006)
+            .unwrap();
+        let again = wire.peer_sockets.add(socket);
+        wire.run();
+        wire.send(again, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(wire.answer(200, b"clone"), b"");
+        assert!(wire.received(again).ends_with("clone"));
+    }
+
+    #[test]
+    fn parses_heads_within_bounds() {
+        let head = b"POST / HTTP/1.1\r\nContent-Length: 10\r\nConnection: close\r\n\r\n";
+        assert_eq!(
+            serve::parse_head(head, 10),
+            Ok(Some(Head {
+                len: head.len(),
+                body_len: 10,
+                keep_alive: false,
+                expects_continue: false,
+            }))
+        );
+        assert_eq!(serve::parse_head(head, 9), Err(Reject::TooLarge));
+        assert_eq!(serve::parse_head(&head[..20], 10), Ok(None));
+        let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long.resize(serve::MAX_HEAD, b'a');
+        assert_eq!(serve::parse_head(&long, 10), Err(Reject::HeadTooLarge));
+        assert_eq!(
+            serve::parse_head(
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                10
+            ),
+            Err(Reject::BadRequest)
+        );
+    }
+}
