@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ember_test_support::containerd::{Containerd, RUNTIME, UID_LEASES};
-use ember_test_support::{artifact, http, http_bytes, NetNs};
+use ember_test_support::{artifact, http, http_bytes, KeepAlive, NetNs};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const READY: &str = "EMBER-FN: ready on port";
@@ -488,6 +488,133 @@ fn a_task_in_a_pod_network_reaches_its_peers_from_the_pods_address() {
         !qdiscs.contains("ingress"),
         "the redirect is gone: {qdiscs}"
     );
+}
+
+/// A pod the way CNI's bridge plugin leaves one: namespace `pod` whose `eth0`
+/// (`address`/24, default route via the bridge's .1) is a veth to bridge
+/// `cni0` in namespace `host`.
+fn bridged_pod(host: &NetNs, pod: &NetNs, peer: &str, address: &str) {
+    ip(&[
+        "-n",
+        pod.name(),
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        host.name(),
+    ]);
+    ip(&[
+        "-n",
+        host.name(),
+        "link",
+        "set",
+        peer,
+        "master",
+        "cni0",
+        "up",
+    ]);
+    ip(&[
+        "-n",
+        pod.name(),
+        "addr",
+        "add",
+        &format!("{address}/24"),
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", pod.name(), "link", "set", "eth0", "up"]);
+    ip(&[
+        "-n",
+        pod.name(),
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.78.0.1",
+    ]);
+}
+
+/// Functions on a pod network answer HTTP at the pod's address, read the
+/// container's environment from the MMDS, and a second pod's task restores the
+/// first one's snapshot and takes its own pod's address and MAC: both answer at
+/// once on one bridge.
+#[test]
+fn pods_answer_http_at_their_addresses_and_a_restored_clone_takes_its_own() {
+    let containerd = Containerd::start();
+    let image = containerd.import_function("metadata", &artifact("unikernel-metadata"));
+    let host = NetNs::new("bridge");
+    ip(&["-n", host.name(), "link", "add", "cni0", "type", "bridge"]);
+    ip(&[
+        "-n",
+        host.name(),
+        "addr",
+        "add",
+        "10.78.0.1/24",
+        "dev",
+        "cni0",
+    ]);
+    ip(&["-n", host.name(), "link", "set", "cni0", "up"]);
+    let pods = [NetNs::new("pod-a"), NetNs::new("pod-b")];
+    bridged_pod(&host, &pods[0], "veth-a", "10.78.0.2");
+    bridged_pod(&host, &pods[1], "veth-b", "10.78.0.3");
+    let call = |address: &str, input: &[u8]| {
+        let mut client = KeepAlive::tcp(host.connect(&format!("{address}:8080")));
+        let (code, body) = client.request("POST", "/", input);
+        (code, String::from_utf8_lossy(&body).into_owned())
+    };
+
+    let with_ns = format!("network:{}", pods[0].path());
+    let args = ["--with-ns", &with_ns, "--env", "GREETING=hello from a"];
+    containerd.run_detached_with(&image, "http-a", &args);
+    containerd.wait_console("http-a", "EMBER-FN: ready on port 1024, http 8080", TIMEOUT);
+    let stored = containerd.wait_log("task http-a: snapshot", TIMEOUT);
+    assert!(stored.contains("stored"), "{stored}");
+    assert_eq!(
+        call("10.78.0.2", b"/ember/env/GREETING"),
+        (200, "hello from a".into())
+    );
+
+    let with_ns = format!("network:{}", pods[1].path());
+    let args = ["--with-ns", &with_ns, "--env", "GREETING=hello from b"];
+    containerd.run_detached_with(&image, "http-b", &args);
+    containerd.wait_log("task http-b: restored from snapshot", TIMEOUT);
+    containerd.wait_console("http-b", "EMBER-FN: restored as 10.78.0.3", TIMEOUT);
+    assert_eq!(
+        call("10.78.0.3", b"/ember/env/GREETING"),
+        (200, "hello from b".into())
+    );
+    assert_eq!(
+        call("10.78.0.2", b"/ember/env/GREETING"),
+        (200, "hello from a".into()),
+        "the first pod still answers at its own address"
+    );
+    let pod_mac = ip(&["-n", pods[1].name(), "-br", "link", "show", "eth0"]);
+    let neighbours = ip(&["-n", host.name(), "neigh", "show", "10.78.0.3"]);
+    let mac = pod_mac.split_whitespace().nth(2).expect("a MAC");
+    assert!(
+        neighbours.contains(mac),
+        "the clone took its pod's MAC {mac}: {neighbours}"
+    );
+    assert_eq!(
+        invoke(&containerd, "http-b", b"/ember/env/GREETING"),
+        (200, b"hello from b".to_vec()),
+        "ember.sock still reaches the function"
+    );
+
+    let mut vms = Vec::new();
+    for id in ["http-a", "http-b"] {
+        let (pid, _) = containerd.task(id).expect("listed");
+        vms.push((id, pid, uids(pid)[0]));
+        containerd.kill_and_remove(id);
+    }
+    for (id, pid, uid) in vms {
+        assert_gone(&containerd, id, pid, uid);
+    }
 }
 
 #[test]

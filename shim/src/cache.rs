@@ -45,6 +45,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 pub fn key(
     mut kernel: impl std::io::Read,
     function: &Function,
+    http_port: Option<u16>,
     ember: &Path,
 ) -> std::io::Result<String> {
     let mut hash = Sha256::new();
@@ -63,6 +64,7 @@ pub fn key(
         "vcpus": function.vcpus,
         "memory_mib": function.memory_mib,
         "port": function.port,
+        "http_port": http_port,
     });
     hash.update(settings.to_string().as_bytes());
     if let Ok(meta) = std::fs::metadata(ember) {
@@ -169,7 +171,7 @@ impl Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::function::{DEFAULT_MEMORY_MIB, DEFAULT_PORT};
+    use crate::function::{DEFAULT_HTTP_PORT, DEFAULT_MEMORY_MIB, DEFAULT_PORT};
 
     fn function() -> Function {
         Function {
@@ -178,6 +180,7 @@ mod tests {
             vcpus: 1,
             memory_mib: DEFAULT_MEMORY_MIB,
             port: DEFAULT_PORT,
+            http_port: DEFAULT_HTTP_PORT,
             snapshot: true,
             env: vec![],
             netns: None,
@@ -190,7 +193,7 @@ mod tests {
     fn the_key_changes_with_anything_the_snapshot_depends_on() {
         let ember = std::env::current_exe().unwrap();
         let key = |kernel: &[u8], function: &Function, ember: &Path| {
-            key(kernel, function, ember).unwrap()
+            key(kernel, function, None, ember).unwrap()
         };
         let base = key(b"kernel", &function(), &ember);
         assert_eq!(base, key(b"kernel", &function(), &ember));
@@ -205,6 +208,8 @@ mod tests {
         assert_ne!(base, key(b"kernel", &more_memory, &ember));
         assert_ne!(base, key(b"kernel", &args, &ember));
         assert_ne!(base, key(b"kernel", &function(), Path::new("/bin/sh")));
+        let networked = super::key(&b"kernel"[..], &function(), Some(8080), &ember).unwrap();
+        assert_ne!(base, networked, "a VM with a network interface");
         // The environment reaches the function at run time, not in the snapshot.
         assert_eq!(base, key(b"kernel", &env, &ember));
     }

@@ -6,12 +6,16 @@
 //! carry it into the spec unchanged:
 //! - the entrypoint's first word is the unikernel's path in the image, the
 //!   rest of the command line goes to the guest's kernel command line;
-//! - `EMBER_VCPUS`, `EMBER_MEMORY_MIB` and `EMBER_PORT` in the environment set
-//!   the vCPUs, the guest memory and the function's vsock port;
+//! - `EMBER_VCPUS`, `EMBER_MEMORY_MIB`, `EMBER_PORT` and `EMBER_HTTP_PORT` in
+//!   the environment set the vCPUs, the guest memory, the function's vsock port
+//!   and, on a pod network, the TCP port it answers HTTP on;
+//! - the rest of the environment reaches the function through the MMDS, at
+//!   `/ember/env/<NAME>`, when the VM is on a pod network (the MMDS is reached
+//!   over the VM's network interface);
 //! - `EMBER_SNAPSHOT=off` boots every task rather than restoring the
 //!   function's snapshot (see the shim's `cache.rs`);
-//! - the annotations `io.ember.vcpus`, `io.ember.memory-mib`, `io.ember.port`
-//!   and `io.ember.snapshot` override them per container (Kubernetes passes pod
+//! - the annotations `io.ember.vcpus`, `io.ember.memory-mib`, `io.ember.port`,
+//!   `io.ember.http-port` and `io.ember.snapshot` override them per container (Kubernetes passes pod
 //!   annotations through when the runtime's `pod_annotations` allows `io.ember.*`).
 //!
 //! Kubernetes also asks every runtime for a pod sandbox (the pause container);
@@ -25,6 +29,9 @@ use serde::Deserialize;
 pub const DEFAULT_MEMORY_MIB: u32 = 64;
 /// The function runtime's vsock port when the image does not say.
 pub const DEFAULT_PORT: u32 = 1024;
+/// The TCP port a function on a pod network answers HTTP on when the image does
+/// not say.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
 /// Largest guest a function image may ask for.
 const MAX_VCPUS: u32 = 32;
 const MAX_MEMORY_MIB: u32 = 256 * 1024;
@@ -121,6 +128,8 @@ pub struct Function {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub port: u32,
+    /// The TCP port the function answers HTTP on, on a pod network.
+    pub http_port: u16,
     /// Whether tasks restore the function's snapshot (and the first takes it).
     pub snapshot: bool,
     /// The environment besides ember's own settings.
@@ -211,6 +220,13 @@ pub fn parse(config: &[u8]) -> Result<TaskKind, Error> {
             MAX_MEMORY_MIB,
         )?,
         port: setting("EMBER_PORT", "io.ember.port", DEFAULT_PORT, u32::MAX)?,
+        http_port: setting(
+            "EMBER_HTTP_PORT",
+            "io.ember.http-port",
+            DEFAULT_HTTP_PORT.into(),
+            u16::MAX.into(),
+        )
+        .map(|port| u16::try_from(port).unwrap_or(DEFAULT_HTTP_PORT))?,
         kernel,
         args: args.collect(),
         env,
@@ -246,7 +262,7 @@ mod tests {
         let f = function(serde_json::json!({
             "process": {
                 "args": ["/function", "greeting=hi"],
-                "env": ["PATH=/bin", "EMBER_VCPUS=2", "EMBER_MEMORY_MIB=128", "EMBER_PORT=2000", "NAME=x=y"]
+                "env": ["PATH=/bin", "EMBER_VCPUS=2", "EMBER_MEMORY_MIB=128", "EMBER_PORT=2000", "EMBER_HTTP_PORT=9000", "NAME=x=y"]
             },
             "linux": {
                 "cgroupsPath": "/default/echo",
@@ -258,6 +274,7 @@ mod tests {
         assert_eq!(f.kernel, "/function");
         assert_eq!(f.args, ["greeting=hi"]);
         assert_eq!((f.vcpus, f.memory_mib, f.port), (2, 128, 2000));
+        assert_eq!(f.http_port, 9000);
         assert_eq!(
             f.env,
             [

@@ -11,12 +11,13 @@
 //! in the namespace.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
+use containerd_shim::monitor::{monitor_subscribe, wait_pid, Topic};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -119,21 +120,29 @@ fn run_in(netns: &File, program: &str, args: &[&str], input: &str) -> Result<Str
             }
         });
     }
+    // The shim crate's reaper thread reaps every child the moment it exits, so
+    // the exit code comes from its monitor, subscribed to before the spawn.
+    let subscription = monitor_subscribe(Topic::Pid).map_err(|e| failed(e.to_string()))?;
     let mut child = command.spawn().map_err(|e| failed(e.to_string()))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(input.as_bytes())
             .map_err(|e| failed(e.to_string()))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| failed(e.to_string()))?;
-    if !out.status.success() {
-        return Err(failed(
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ));
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout)
+            .map_err(|e| failed(e.to_string()))?;
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut stderr)
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+    if wait_pid(pid, subscription) != 0 {
+        return Err(failed(stderr.trim().to_owned()));
+    }
+    Ok(stdout)
 }
 
 fn open(netns: &str) -> Result<File, Error> {

@@ -219,7 +219,7 @@ impl Service {
         Ok(())
     }
 
-    /// Waits on a thread of its own for the VM of task `id` to exit.    /// Waits on a thread of its own for the VM of task `id` to exit.
+    /// Waits on a thread of its own for the VM of task `id` to exit.
     fn watch(&self, id: String, pid: u32, subscription: shim::monitor::Subscription) {
         let service = self.clone();
         std::thread::spawn(move || {

@@ -10,7 +10,7 @@
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Seek};
+use std::io::{ErrorKind, Seek, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::{self, Cache, Claim};
 use crate::function::Function;
-use crate::network::{self, Attached};
+use crate::network::{self, Attached, PodNetwork};
 
 /// The first uid (and gid) the shim gives a VM.
 pub const UID_BASE: u32 = 1_000_000;
@@ -36,6 +36,8 @@ pub const API_PATH: &str = "/run/api.sock";
 /// The unikernel's and the config file's names in the jail.
 const KERNEL_NAME: &str = "function";
 const CONFIG_NAME: &str = "vm.json";
+/// The MMDS data a VM on a pod network starts with.
+const METADATA_NAME: &str = "metadata.json";
 /// Where in the jail the first VM of a function writes its snapshot.
 pub const SNAPSHOT_DIR: &str = "snapshot";
 /// Where a jail's cgroup goes when the spec names none (or a systemd slice).
@@ -296,7 +298,9 @@ pub struct Prepared {
 }
 
 /// Fills the jail for `function`, whose image is mounted at `rootfs`: with
-/// the function's snapshot if `cache` has it, else with its unikernel.
+/// the function's snapshot if `cache` has it, else with its unikernel. On a pod
+/// network the VM gets a TAP joined to the pod's interface first, since a VM with
+/// a network has another snapshot than one without.
 pub fn prepare(
     mut layout: Layout,
     function: &Function,
@@ -313,83 +317,25 @@ pub fn prepare(
     std::os::unix::fs::symlink(layout.api_socket(), &link)
         .map_err(io("cannot link ember's API socket at", &link))?;
     let uid = UidLease::take(&root.to_string_lossy())?;
-    let kernel_error = |source| Error::Kernel {
-        path: function.kernel.clone(),
-        source,
-    };
-    let mut kernel = open_in_root(rootfs, &function.kernel).map_err(kernel_error)?;
-    let key = cache::key(&mut kernel, function, &binaries.ember).map_err(kernel_error)?;
-    // A snapshot carries the guest's address, and each pod has its own: a VM
-    // on a pod network boots.
-    let snapshot = function.snapshot && function.netns.is_none();
-    let cached = snapshot.then(|| cache.lookup(&key)).flatten();
-    let (config, start) = match cached {
-        Some(entry) => {
-            entry.place_into(&root)?;
-            let load = serde_json::json!({
-                "snapshot_path": format!("/{}", cache::STATE_FILE),
-                "mem_backend": {"backend_type": "File", "backend_path": format!("/{}", cache::MEMORY_FILE)},
-                "resume_vm": true,
+    if let Some(netns) = &function.netns {
+        let tap = tap_name(&layout.jail_id);
+        if let Some(pod) = network::attach(netns, &tap, uid.uid)? {
+            layout.network = Some(Attached {
+                netns: netns.clone(),
+                pod,
             });
-            (serde_json::json!({"snapshot-load": load}), Start::Restore)
         }
-        None => {
-            kernel.rewind().map_err(kernel_error)?;
-            let inside = root.join(KERNEL_NAME);
-            let mut copy = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o444)
-                .open(&inside)
-                .map_err(io("cannot create", &inside))?;
-            std::io::copy(&mut kernel, &mut copy)
-                .map_err(io("cannot copy the unikernel to", &inside))?;
-            let claim = match snapshot {
-                true => cache.claim(&key)?,
-                false => None,
-            };
-            if claim.is_some() {
-                let dir = root.join(SNAPSHOT_DIR);
-                std::fs::create_dir(&dir).map_err(io("cannot create", &dir))?;
-                std::os::unix::fs::chown(&dir, Some(uid.uid), Some(uid.uid))
-                    .map_err(io("cannot hand over", &dir))?;
-            }
-            let mut boot_args = String::from("console=ttyS0");
-            for arg in &function.args {
-                boot_args.push(' ');
-                boot_args.push_str(arg);
-            }
-            let mut config = serde_json::json!({
-                "boot-source": {"kernel_image_path": format!("/{KERNEL_NAME}"), "boot_args": boot_args},
-                "machine-config": {"vcpu_count": function.vcpus, "mem_size_mib": function.memory_mib},
-                "vsock": {"guest_cid": GUEST_CID, "uds_path": VSOCK_PATH},
-                "function": {"vsock_port": function.port},
-            });
-            if let Some(netns) = &function.netns {
-                let tap = tap_name(&layout.jail_id);
-                if let Some(pod) = network::attach(netns, &tap, uid.uid)? {
-                    boot_args.push(' ');
-                    boot_args.push_str(&pod.boot_arg());
-                    config["boot-source"]["boot_args"] = boot_args.into();
-                    config["network-interfaces"] = serde_json::json!([
-                        {"iface_id": "eth0", "host_dev_name": pod.tap, "guest_mac": pod.mac}
-                    ]);
-                    layout.network = Some(Attached {
-                        netns: netns.clone(),
-                        pod,
-                    });
-                }
-            }
-            (config, Start::Boot(claim))
-        }
-    };
-    let config_path = root.join(CONFIG_NAME);
-    if let Err(e) = std::fs::write(&config_path, config.to_string()) {
-        if let Some(attached) = &layout.network {
-            network::detach(&attached.netns, &attached.pod);
-        }
-        return Err(io("cannot write the VM's config to", &config_path)(e));
     }
+    let pod = layout.network.as_ref().map(|attached| &attached.pod);
+    let (key, start) = match fill_jail(&root, &uid, function, pod, rootfs, binaries, cache) {
+        Ok(filled) => filled,
+        Err(e) => {
+            if let Some(attached) = &layout.network {
+                network::detach(&attached.netns, &attached.pod);
+            }
+            return Err(e);
+        }
+    };
     let mut args: Vec<String> = vec![
         "--id".into(),
         layout.jail_id.clone(),
@@ -422,6 +368,9 @@ pub fn prepare(
         ]
         .map(String::from),
     );
+    if layout.network.is_some() {
+        args.extend(["--metadata".into(), format!("/{METADATA_NAME}")]);
+    }
     Ok(Prepared {
         layout,
         uid,
@@ -429,6 +378,114 @@ pub fn prepare(
         start,
         args,
     })
+}
+
+/// Puts the snapshot or the unikernel into the jail at `root`, with the VM's
+/// config file and, on a pod network, its MMDS data: the container's environment
+/// (`/ember/env`) and the pod's address (`/ember/network`), which a clone takes
+/// after its restore. Returns the snapshot's key and how the VM comes up.
+fn fill_jail(
+    root: &Path,
+    uid: &UidLease,
+    function: &Function,
+    pod: Option<&PodNetwork>,
+    rootfs: &Path,
+    binaries: &Binaries,
+    cache: &Cache,
+) -> Result<(String, Start), Error> {
+    let kernel_error = |source| Error::Kernel {
+        path: function.kernel.clone(),
+        source,
+    };
+    let mut kernel = open_in_root(rootfs, &function.kernel).map_err(kernel_error)?;
+    let http_port = pod.map(|_| function.http_port);
+    let key =
+        cache::key(&mut kernel, function, http_port, &binaries.ember).map_err(kernel_error)?;
+    let cached = function.snapshot.then(|| cache.lookup(&key)).flatten();
+    let (config, start) = match cached {
+        Some(entry) => {
+            entry.place_into(root)?;
+            let mut load = serde_json::json!({
+                "snapshot_path": format!("/{}", cache::STATE_FILE),
+                "mem_backend": {"backend_type": "File", "backend_path": format!("/{}", cache::MEMORY_FILE)},
+                "resume_vm": true,
+            });
+            if let Some(pod) = pod {
+                load["network_overrides"] =
+                    serde_json::json!([{"iface_id": "eth0", "host_dev_name": pod.tap}]);
+            }
+            (serde_json::json!({"snapshot-load": load}), Start::Restore)
+        }
+        None => {
+            kernel.rewind().map_err(kernel_error)?;
+            let inside = root.join(KERNEL_NAME);
+            let mut copy = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&inside)
+                .map_err(io("cannot create", &inside))?;
+            std::io::copy(&mut kernel, &mut copy)
+                .map_err(io("cannot copy the unikernel to", &inside))?;
+            let claim = match function.snapshot {
+                true => cache.claim(&key)?,
+                false => None,
+            };
+            if claim.is_some() {
+                let dir = root.join(SNAPSHOT_DIR);
+                std::fs::create_dir(&dir).map_err(io("cannot create", &dir))?;
+                std::os::unix::fs::chown(&dir, Some(uid.uid), Some(uid.uid))
+                    .map_err(io("cannot hand over", &dir))?;
+            }
+            let mut boot_args = String::from("console=ttyS0");
+            for arg in &function.args {
+                boot_args.push(' ');
+                boot_args.push_str(arg);
+            }
+            if let (Some(pod), Some(port)) = (pod, http_port) {
+                boot_args += &format!(" {} ember.http={port} ember.net=mmds", pod.boot_arg());
+            }
+            let mut config = serde_json::json!({
+                "boot-source": {"kernel_image_path": format!("/{KERNEL_NAME}"), "boot_args": boot_args},
+                "machine-config": {"vcpu_count": function.vcpus, "mem_size_mib": function.memory_mib},
+                "vsock": {"guest_cid": GUEST_CID, "uds_path": VSOCK_PATH},
+                "function": {"vsock_port": function.port},
+            });
+            if let Some(pod) = pod {
+                config["network-interfaces"] = serde_json::json!([
+                    {"iface_id": "eth0", "host_dev_name": pod.tap, "guest_mac": pod.mac}
+                ]);
+                config["mmds-config"] =
+                    serde_json::json!({"network_interfaces": ["eth0"], "version": "V2"});
+            }
+            (config, Start::Boot(claim))
+        }
+    };
+    let config_path = root.join(CONFIG_NAME);
+    std::fs::write(&config_path, config.to_string())
+        .map_err(io("cannot write the VM's config to", &config_path))?;
+    if let Some(pod) = pod {
+        let env: serde_json::Map<String, serde_json::Value> = function
+            .env
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone().into()))
+            .collect();
+        let metadata = serde_json::json!({"ember": {
+            "env": env,
+            "network": format!("{} mac={}", pod.boot_arg(), pod.mac),
+        }});
+        // Only the VM reads it: the environment may hold secrets.
+        let path = root.join(METADATA_NAME);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&path)
+            .and_then(|mut file| file.write_all(metadata.to_string().as_bytes()))
+            .and_then(|()| std::os::unix::fs::chown(&path, Some(uid.uid), Some(uid.uid)))
+            .map_err(io("cannot write the VM's metadata to", &path))?;
+    }
+    Ok((key, start))
 }
 
 impl Prepared {
