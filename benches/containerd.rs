@@ -1,5 +1,6 @@
 //! ember under containerd: `ctr run` -> the function's first answer for a
-//! task that boots and one that restores the shim's cached snapshot, what the
+//! task that boots and one that restores the shim's cached snapshot (through
+//! ember's API, and over HTTP at a pod's address), what the
 //! shim itself spends per task (its `create` and `start`), tasks started per
 //! second from the cache, and the host memory an idle task holds (the shim
 //! and ember processes, and the host's MemAvailable drop).
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ember_test_support::bench::{micros, print_table, BenchArgs, Samples};
 use ember_test_support::containerd::{Containerd, RUNTIME};
-use ember_test_support::{artifact, rss_besides_guest_kib, try_http};
+use ember_test_support::{artifact, rss_besides_guest_kib, try_http, KeepAlive, NetNs};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -22,11 +23,23 @@ const IN_FLIGHT: usize = 4;
 /// Starts task `id` of `image` with `ctr run --detach` and returns the time
 /// until its function first answers through ember's API.
 fn run_to_first_answer(containerd: &Containerd, image: &str, id: &str, env: &[&str]) -> Duration {
+    run_with(containerd, image, id, env, &[])
+}
+
+/// As [`run_to_first_answer`], with more `ctr run` arguments.
+fn run_with(
+    containerd: &Containerd,
+    image: &str,
+    id: &str,
+    env: &[&str],
+    more: &[&str],
+) -> Duration {
     let started = Instant::now();
     let mut args = vec!["run", "--detach", "--runtime", RUNTIME];
     for e in env {
         args.extend(["--env", e]);
     }
+    args.extend(more);
     args.extend([image, id]);
     containerd.ok(&args);
     let socket = containerd.bundle(id).join("ember.sock");
@@ -40,6 +53,29 @@ fn run_to_first_answer(containerd: &Containerd, image: &str, id: &str, env: &[&s
         assert!(started.elapsed() < TIMEOUT, "{id} never answered");
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// A task in pod `pod` (bridged into `host`'s `cni0` at 10.79.0.2): the time
+/// from `ctr run` until the function is ready (its first answer through ember's
+/// API, as a readiness probe sees it) and then answers HTTP at the pod's
+/// address.
+fn run_to_first_http_answer(
+    containerd: &Containerd,
+    image: &str,
+    id: &str,
+    env: &[&str],
+    host: &NetNs,
+    pod: &NetNs,
+) -> Duration {
+    let started = Instant::now();
+    let with_ns = format!("network:{}", pod.path());
+    run_with(containerd, image, id, env, &["--with-ns", &with_ns]);
+    let mut client = KeepAlive::tcp(host.connect("10.79.0.2:8080"));
+    assert_eq!(
+        client.request("POST", "/", b"ping"),
+        (200, b"ping".to_vec())
+    );
+    started.elapsed()
 }
 
 /// The shim's own time for task `id`, from its log line: create and start, in µs.
@@ -115,6 +151,42 @@ fn main() {
         containerd.kill_and_remove(&id);
     }
 
+    // On a pod network: a fresh pod each run, bridged as CNI's bridge plugin
+    // would, called over HTTP from the bridge's side.
+    let host = NetNs::new("bench-bridge");
+    host.add_bridge("cni0", "10.79.0.1/24");
+    let mut http_boot = Samples::new("pod network: ctr run -> first HTTP answer, boot", "us");
+    let mut http_restore = Samples::new(
+        "pod network: ctr run -> first HTTP answer, snapshot restore",
+        "us",
+    );
+    let pod_run = |id: &str, env: &[&str]| {
+        let pod = NetNs::new(id);
+        host.add_pod(
+            "cni0",
+            &pod,
+            &format!("v-{id}"),
+            "10.79.0.2/24",
+            "10.79.0.1",
+        );
+        let took = run_to_first_http_answer(&containerd, &image, id, env, &host, &pod);
+        if id == "nseed" {
+            containerd.wait_log("task nseed: snapshot", TIMEOUT);
+        }
+        containerd.kill_and_remove(id);
+        took
+    };
+    for run in 0..runs {
+        let took = pod_run(&format!("nb-{run}"), &["EMBER_SNAPSHOT=off"]);
+        http_boot.values.push(micros(took));
+    }
+    pod_run("nseed", &[]);
+    for run in 0..runs {
+        http_restore
+            .values
+            .push(micros(pod_run(&format!("nr-{run}"), &[])));
+    }
+
     // Tasks started per second from the cache, IN_FLIGHT at a time.
     let began = Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -155,7 +227,16 @@ fn main() {
     println!(
         "\nember under containerd (echo function, {runs} runs; ctr and containerd included)\n"
     );
-    let rows = print_table(&[&boot, &restore, &create, &start, &shim_pss, &ember_rss]);
+    let rows = print_table(&[
+        &boot,
+        &restore,
+        &http_boot,
+        &http_restore,
+        &create,
+        &start,
+        &shim_pss,
+        &ember_rss,
+    ]);
     println!("tasks started per second from the snapshot, {IN_FLIGHT} in flight: {rate:.1}");
     println!("host MemAvailable drop per idle task ({idle_tasks} tasks): {drop_per_task:.0} KiB");
     args.write_report(&json!({

@@ -490,55 +490,6 @@ fn a_task_in_a_pod_network_reaches_its_peers_from_the_pods_address() {
     );
 }
 
-/// A pod the way CNI's bridge plugin leaves one: namespace `pod` whose `eth0`
-/// (`address`/24, default route via the bridge's .1) is a veth to bridge
-/// `cni0` in namespace `host`.
-fn bridged_pod(host: &NetNs, pod: &NetNs, peer: &str, address: &str) {
-    ip(&[
-        "-n",
-        pod.name(),
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        peer,
-        "netns",
-        host.name(),
-    ]);
-    ip(&[
-        "-n",
-        host.name(),
-        "link",
-        "set",
-        peer,
-        "master",
-        "cni0",
-        "up",
-    ]);
-    ip(&[
-        "-n",
-        pod.name(),
-        "addr",
-        "add",
-        &format!("{address}/24"),
-        "dev",
-        "eth0",
-    ]);
-    ip(&["-n", pod.name(), "link", "set", "eth0", "up"]);
-    ip(&[
-        "-n",
-        pod.name(),
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.78.0.1",
-    ]);
-}
-
 /// Functions on a pod network answer HTTP at the pod's address, read the
 /// container's environment from the MMDS, and a second pod's task restores the
 /// first one's snapshot and takes its own pod's address and MAC: both answer at
@@ -548,20 +499,10 @@ fn pods_answer_http_at_their_addresses_and_a_restored_clone_takes_its_own() {
     let containerd = Containerd::start();
     let image = containerd.import_function("metadata", &artifact("unikernel-metadata"));
     let host = NetNs::new("bridge");
-    ip(&["-n", host.name(), "link", "add", "cni0", "type", "bridge"]);
-    ip(&[
-        "-n",
-        host.name(),
-        "addr",
-        "add",
-        "10.78.0.1/24",
-        "dev",
-        "cni0",
-    ]);
-    ip(&["-n", host.name(), "link", "set", "cni0", "up"]);
+    host.add_bridge("cni0", "10.78.0.1/24");
     let pods = [NetNs::new("pod-a"), NetNs::new("pod-b")];
-    bridged_pod(&host, &pods[0], "veth-a", "10.78.0.2");
-    bridged_pod(&host, &pods[1], "veth-b", "10.78.0.3");
+    host.add_pod("cni0", &pods[0], "veth-a", "10.78.0.2/24", "10.78.0.1");
+    host.add_pod("cni0", &pods[1], "veth-b", "10.78.0.3/24", "10.78.0.1");
     let call = |address: &str, input: &[u8]| {
         let mut client = KeepAlive::tcp(host.connect(&format!("{address}:8080")));
         let (code, body) = client.request("POST", "/", input);

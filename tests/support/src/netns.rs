@@ -95,6 +95,31 @@ impl NetNs {
         self.within(move || TcpListener::bind(&addr).expect("bind in the namespace"))
     }
 
+    /// A bridge `bridge` with the address `cidr`, up: the host side of pods
+    /// made with [`NetNs::add_pod`].
+    pub fn add_bridge(&self, bridge: &str, cidr: &str) {
+        ip(&["-n", &self.name, "link", "add", bridge, "type", "bridge"]);
+        ip(&["-n", &self.name, "addr", "add", cidr, "dev", bridge]);
+        ip(&["-n", &self.name, "link", "set", bridge, "up"]);
+    }
+
+    /// Makes `pod` a pod the way CNI's bridge plugin leaves one: its `eth0`,
+    /// with `cidr` and a default route via `gateway`, is a veth whose peer
+    /// `peer` is a port of this namespace's `bridge`.
+    pub fn add_pod(&self, bridge: &str, pod: &NetNs, peer: &str, cidr: &str, gateway: &str) {
+        let pod_name = pod.name();
+        ip(&[
+            "-n", pod_name, "link", "add", "eth0", "type", "veth", "peer", "name", peer, "netns",
+            &self.name,
+        ]);
+        ip(&[
+            "-n", &self.name, "link", "set", peer, "master", bridge, "up",
+        ]);
+        ip(&["-n", pod_name, "addr", "add", cidr, "dev", "eth0"]);
+        ip(&["-n", pod_name, "link", "set", "eth0", "up"]);
+        ip(&["-n", pod_name, "route", "add", "default", "via", gateway]);
+    }
+
     /// A TCP connection from the namespace to `addr`.
     pub fn connect(&self, addr: &str) -> std::net::TcpStream {
         let addr = addr.to_string();

@@ -13,6 +13,8 @@ const CHUNK: usize = 64 * 1024;
 /// The longest status, header or chunk-size line taken (it fits the buffer).
 const MAX_LINE: usize = 8 * 1024;
 const _: () = assert!(MAX_LINE < CHUNK);
+/// The smallest buffer [`Request::send_sized`] takes: a line must fit.
+pub const SMALL_BUFFER: usize = 2 * MAX_LINE;
 /// The most header lines taken.
 const MAX_HEADERS: usize = 128;
 
@@ -101,11 +103,25 @@ impl Request<'_> {
         peer: core::net::SocketAddrV4,
         timeout: core::time::Duration,
     ) -> Result<Response, NetError> {
+        self.send_sized(peer, timeout, CHUNK)
+    }
+
+    /// As [`Request::send`], with socket buffers and a read buffer of `buffer`
+    /// bytes (at least [`SMALL_BUFFER`]): a small one for a short exchange, such
+    /// as the MMDS's, touches fewer pages.
+    #[cfg(not(any(test, feature = "hosted")))]
+    pub fn send_sized(
+        &self,
+        peer: core::net::SocketAddrV4,
+        timeout: core::time::Duration,
+        buffer: usize,
+    ) -> Result<Response, NetError> {
+        let buffer = buffer.max(SMALL_BUFFER);
         let bytes = self.encode()?;
-        let mut stream = super::TcpStream::connect(*peer.ip(), peer.port(), timeout)?;
+        let mut stream = super::TcpStream::connect_sized(*peer.ip(), peer.port(), timeout, buffer)?;
         stream.set_timeout(Some(timeout));
         stream.write_all(&bytes)?;
-        read_response(|buf| stream.read(buf))
+        read_response_with(|buf| stream.read(buf), buffer)
     }
 }
 
@@ -129,9 +145,17 @@ impl Response {
 pub fn read_response(
     read: impl FnMut(&mut [u8]) -> Result<usize, NetError>,
 ) -> Result<Response, NetError> {
+    read_response_with(read, CHUNK)
+}
+
+/// As [`read_response`], reading `chunk` bytes (more than [`MAX_LINE`]) at a time.
+fn read_response_with(
+    read: impl FnMut(&mut [u8]) -> Result<usize, NetError>,
+    chunk: usize,
+) -> Result<Response, NetError> {
     let mut reader = Reader {
         read,
-        buf: alloc::vec![0; CHUNK],
+        buf: alloc::vec![0; chunk],
         start: 0,
         end: 0,
     };

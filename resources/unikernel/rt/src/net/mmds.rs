@@ -6,7 +6,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use super::http::{Request, Response};
+use super::http::{Request, Response, SMALL_BUFFER};
 use super::{MMDS_ADDR, NetError, SocketAddrV4};
 
 /// The header a V2 request shows its token in.
@@ -28,7 +28,8 @@ pub fn request(
         headers,
         body: &[],
     };
-    request.send(SocketAddrV4::new(MMDS_ADDR, 80), timeout)
+    // The MMDS's answers are short: small buffers touch few pages.
+    request.send_sized(SocketAddrV4::new(MMDS_ADDR, 80), timeout, SMALL_BUFFER)
 }
 
 /// A V2 session token living `ttl_seconds`.

@@ -21,12 +21,24 @@ const MAX_LINGERING: usize = 8;
 impl<T: Transport> Stack<T> {
     /// Starts connecting to `peer`; returns the stream's id.
     pub fn connect(&mut self, peer: SocketAddrV4) -> Result<u64, NetError> {
+        self.connect_sized(peer, RX_BUFFER, TX_BUFFER)
+    }
+
+    /// As [`Stack::connect`], with receive and send buffers of the given sizes:
+    /// small ones for short exchanges, since each page of a buffer is touched
+    /// (and, in a VM restored from a snapshot, faulted in) when it is made.
+    pub fn connect_sized(
+        &mut self,
+        peer: SocketAddrV4,
+        rx_buffer: usize,
+        tx_buffer: usize,
+    ) -> Result<u64, NetError> {
         let config = self.config.ok_or(NetError::NoAddress)?;
         let ip = *peer.ip();
         if !(config.on_link(ip) || ip == MMDS_ADDR || config.gateway.is_some()) {
             return Err(NetError::NoRoute(ip));
         }
-        let buffers = (vec![0; RX_BUFFER], vec![0; TX_BUFFER]);
+        let buffers = (vec![0; rx_buffer], vec![0; tx_buffer]);
         let mut socket =
             tcp::Socket::new(SocketBuffer::new(buffers.0), SocketBuffer::new(buffers.1));
         // Writes go out at once: functions write whole requests, then wait.
@@ -157,8 +169,19 @@ mod blocking {
     impl TcpStream {
         /// Connects to `ip`:`port`, waiting at most `timeout` for it to accept.
         pub fn connect(ip: Ipv4Addr, port: u16, timeout: Duration) -> Result<TcpStream, NetError> {
+            Self::connect_sized(ip, port, timeout, super::RX_BUFFER)
+        }
+
+        /// As [`TcpStream::connect`], with receive and send buffers of `buffer`
+        /// bytes each (see [`Stack::connect_sized`](crate::net::Stack::connect_sized)).
+        pub fn connect_sized(
+            ip: Ipv4Addr,
+            port: u16,
+            timeout: Duration,
+            buffer: usize,
+        ) -> Result<TcpStream, NetError> {
             let peer = SocketAddrV4::new(ip, port);
-            let id = with_stack(|net| net.connect(peer))?;
+            let id = with_stack(|net| net.connect_sized(peer, buffer, buffer))?;
             let stream = TcpStream {
                 id,
                 peer,
