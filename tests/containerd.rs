@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ember_test_support::containerd::{Containerd, RUNTIME, UID_LEASES};
-use ember_test_support::{artifact, http, http_bytes, KeepAlive, NetNs};
+use ember_test_support::containerd::{Containerd, CNI_PLUGINS, RUNTIME, UID_LEASES};
+use ember_test_support::{artifact, http, http_bytes, KeepAlive, NetNs, TempDir};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const READY: &str = "EMBER-FN: ready on port";
@@ -556,6 +556,120 @@ fn pods_answer_http_at_their_addresses_and_a_restored_clone_takes_its_own() {
     for (id, pid, uid) in vms {
         assert_gone(&containerd, id, pid, uid);
     }
+}
+
+/// `ctr run --cni`: between create and start, ctr runs CNI's bridge plugin
+/// (Debian's containernetworking-plugins) on the network namespace the shim
+/// made for the task, as it would on runc's; the VM answers HTTP at the address
+/// CNI gave. ctr reads CNI's configuration from /etc/cni/net.d and its plugins
+/// from /opt/cni/bin, so it runs here in a mount namespace of its own whose /etc
+/// and /opt are overlays with those added, and in a network namespace of the
+/// test's, where the plugin makes its bridge: nothing of the host's changes.
+/// The second task restores the first one's snapshot and answers at its own
+/// address.
+#[test]
+fn ctr_run_cni_puts_tasks_on_a_cni_bridge_network_and_the_second_restores() {
+    let containerd = Containerd::start();
+    let image = containerd.import_function("echo", &artifact("unikernel-echo"));
+    let host = NetNs::new("cni");
+    let dir = TempDir::new("cni");
+    let (conf, ipam) = (dir.path("net.d"), dir.path("ipam"));
+    std::fs::create_dir(&conf).unwrap();
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "ember-test",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.88.7.0/24"}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": ipam,
+            },
+        }],
+    });
+    std::fs::write(conf.join("10-ember.conflist"), conflist.to_string()).unwrap();
+    let overlays = dir.path("overlays");
+    std::fs::create_dir(&overlays).unwrap();
+    let script = format!(
+        "set -e
+        mount -t tmpfs tmpfs {o}
+        mkdir -p {o}/etc/cni {o}/etc-work {o}/opt/cni {o}/opt-work
+        cp -r {conf} {o}/etc/cni/net.d
+        ln -s {plugins} {o}/opt/cni/bin
+        mount -t overlay overlay -o lowerdir=/etc,upperdir={o}/etc,workdir={o}/etc-work /etc
+        mount -t overlay overlay -o lowerdir=/opt,upperdir={o}/opt,workdir={o}/opt-work /opt
+        exec ctr \"$@\"",
+        o = overlays.display(),
+        conf = conf.display(),
+        plugins = CNI_PLUGINS,
+    );
+    let ctr_run_cni = |id: &str| {
+        let mut ctr = containerd.global_args();
+        ctr.extend(containerd.run_detached_args(&image, id, &["--cni"]));
+        let out = Command::new("ip")
+            .args(["netns", "exec", host.name()])
+            .args(["unshare", "--mount", "--propagation", "private"])
+            .args(["sh", "-c", &script, "sh"])
+            .args(&ctr)
+            .output()
+            .expect("run ctr");
+        assert!(
+            out.status.success(),
+            "ctr run --cni: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            containerd.log()
+        );
+    };
+    let leases = || -> Vec<String> {
+        let mut leased: Vec<String> = std::fs::read_dir(ipam.join("ember-test"))
+            .expect("host-local's leases")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("10.88.7."))
+            .collect();
+        leased.sort();
+        leased
+    };
+    let call = |address: &str| {
+        let mut client = KeepAlive::tcp(host.connect(&format!("{address}:8080")));
+        client.request("POST", "/", address.as_bytes())
+    };
+    ctr_run_cni("cni-1");
+    containerd.wait_console("cni-1", READY, TIMEOUT);
+    let first = leases();
+    assert_eq!(first.len(), 1, "one address leased: {first:?}");
+    assert_eq!(call(&first[0]), (200, first[0].clone().into_bytes()));
+    containerd.wait_log("task cni-1: snapshot", TIMEOUT);
+
+    // The second task restores the first one's snapshot, at its own address.
+    ctr_run_cni("cni-2");
+    containerd.wait_log("task cni-2: restored from snapshot", TIMEOUT);
+    let both = leases();
+    let second = both
+        .iter()
+        .find(|a| **a != first[0])
+        .unwrap_or_else(|| panic!("a second address: {both:?}"));
+    containerd.wait_console("cni-2", &format!("EMBER-FN: restored as {second}"), TIMEOUT);
+    assert_eq!(call(second), (200, second.clone().into_bytes()));
+    assert_eq!(call(&first[0]), (200, first[0].clone().into_bytes()));
+
+    let mut vms = Vec::new();
+    for id in ["cni-1", "cni-2"] {
+        let (pid, _) = containerd.task(id).expect("listed");
+        vms.push((id, pid, uids(pid)[0]));
+        containerd.kill_and_remove(id);
+    }
+    for (id, pid, uid) in vms {
+        assert_gone(&containerd, id, pid, uid);
+    }
+    let links = ip(&["-n", host.name(), "-o", "link", "show", "master", "cni0"]);
+    assert!(
+        links.trim().is_empty(),
+        "the pod's veth went with it: {links}"
+    );
 }
 
 #[test]

@@ -171,7 +171,7 @@ impl Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::function::{DEFAULT_HTTP_PORT, DEFAULT_MEMORY_MIB, DEFAULT_PORT};
+    use crate::function::{Network, DEFAULT_HTTP_PORT, DEFAULT_MEMORY_MIB, DEFAULT_PORT};
 
     fn function() -> Function {
         Function {
@@ -183,7 +183,7 @@ mod tests {
             http_port: DEFAULT_HTTP_PORT,
             snapshot: true,
             env: vec![],
-            netns: None,
+            network: Network::Host,
             cgroups_path: None,
             memory_limit: None,
         }

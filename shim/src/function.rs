@@ -118,6 +118,17 @@ pub enum TaskKind {
     Sandbox,
 }
 
+/// Where a function VM's network namespace comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// The spec names none: the host's (the shim's).
+    Host,
+    /// The spec names one by path (a Kubernetes pod's).
+    Join(String),
+    /// The spec asks for a new one: the shim makes it (see the shim's `netns.rs`).
+    New,
+}
+
 /// A function VM as the spec describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
@@ -134,8 +145,8 @@ pub struct Function {
     pub snapshot: bool,
     /// The environment besides ember's own settings.
     pub env: Vec<(String, String)>,
-    /// The network namespace to run in (the pod's), if the spec names one.
-    pub netns: Option<String>,
+    /// The network namespace the VM runs in.
+    pub network: Network,
     /// The cgroup the runtime was asked to use (`linux.cgroupsPath`).
     pub cgroups_path: Option<String>,
     /// The container's memory limit in bytes, if any.
@@ -230,12 +241,13 @@ pub fn parse(config: &[u8]) -> Result<TaskKind, Error> {
         kernel,
         args: args.collect(),
         env,
-        netns: linux
-            .namespaces
-            .iter()
-            .find(|ns| ns.kind == "network")
-            .and_then(|ns| ns.path.clone())
-            .filter(|p| !p.is_empty()),
+        network: match linux.namespaces.iter().find(|ns| ns.kind == "network") {
+            None => Network::Host,
+            Some(Namespace {
+                path: Some(path), ..
+            }) if !path.is_empty() => Network::Join(path.clone()),
+            Some(_) => Network::New,
+        },
         cgroups_path: linux.cgroups_path.filter(|p| !p.is_empty()),
         memory_limit: linux
             .resources
@@ -282,7 +294,7 @@ mod tests {
                 ("NAME".into(), "x=y".into())
             ]
         );
-        assert_eq!(f.netns.as_deref(), Some("/var/run/netns/pod"));
+        assert_eq!(f.network, Network::Join("/var/run/netns/pod".into()));
         assert_eq!(f.cgroups_path.as_deref(), Some("/default/echo"));
         assert_eq!(f.memory_limit, Some(256 << 20));
     }
@@ -315,8 +327,18 @@ mod tests {
             Err(Error::Switch { .. })
         ));
         assert_eq!(
-            (f.netns, f.cgroups_path, f.memory_limit),
-            (None, None, None)
+            (f.network, f.cgroups_path, f.memory_limit),
+            (Network::Host, None, None)
+        );
+        let new = function(serde_json::json!({
+            "process": {"args": ["/fn"]},
+            "linux": {"namespaces": [{"type": "network"}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            new.network,
+            Network::New,
+            "a new namespace, as runc would make"
         );
     }
 

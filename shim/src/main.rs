@@ -4,11 +4,15 @@
 mod cache;
 mod ember_api;
 mod function;
+mod netns;
 mod network;
 mod record;
 mod service;
 mod vm;
 
 fn main() {
+    if std::env::var_os(netns::HOLDER_ENV).is_some() {
+        netns::hold();
+    }
     containerd_shim::run::<service::Service>("io.containerd.ember.v2", None);
 }

@@ -33,7 +33,8 @@ use shim::{Config, DeleteResponse, ExitSignal, Flags, TtrpcContext, TtrpcResult}
 
 use crate::cache::{self, Cache, Claim};
 use crate::ember_api;
-use crate::function::{self, TaskKind};
+use crate::function::{self, Function, Network, TaskKind};
+use crate::netns;
 use crate::record::Record;
 use crate::vm::{self, Binaries, Layout, Start};
 
@@ -66,7 +67,15 @@ struct Task {
 
 enum Kind {
     Function(Box<vm::Prepared>),
+    /// A function VM prepared at start: it runs in a network namespace the shim
+    /// made at create, which a client's CNI plugins set up in between.
+    Deferred(Box<Deferred>),
     Sandbox,
+}
+
+struct Deferred {
+    function: Function,
+    holder: netns::Holder,
 }
 
 /// A failed call as containerd reads it.
@@ -111,6 +120,7 @@ impl shim::Shim for Service {
             record.kill_and_clean_up();
         }
         unmount_rootfs(&bundle);
+        netns::remove(&bundle);
         let mut response = DeleteResponse::new();
         response.exit_status = 128 + 9;
         response.exited_at = MessageField::some(now());
@@ -196,6 +206,9 @@ impl Service {
                 }
                 Kind::Sandbox => {
                     return Err(status(Code::UNIMPLEMENTED, "a pod sandbox runs no VM"))
+                }
+                Kind::Deferred(_) => {
+                    return Err(status(Code::FAILED_PRECONDITION, "the task is not started"))
                 }
             }
         };
@@ -326,6 +339,22 @@ fn relay_console(mut console: std::io::PipeReader, mut stdout: File, job: Snapsh
     }
 }
 
+/// Prepares task `id`'s VM (see [`vm::prepare`]) in the network namespace
+/// `netns`, if any.
+fn prepare(
+    id: &str,
+    bundle: &Path,
+    function: &Function,
+    netns: Option<&str>,
+    binaries: &Binaries,
+) -> Result<Kind, ttrpc::Error> {
+    let layout = Layout::new(bundle, id, function.cgroups_path.as_deref());
+    let cache = Cache::from_env();
+    vm::prepare(layout, function, netns, &rootfs(bundle), binaries, &cache)
+        .map(|prepared| Kind::Function(Box::new(prepared)))
+        .map_err(|e| status(Code::INVALID_ARGUMENT, e))
+}
+
 fn rootfs(bundle: &Path) -> PathBuf {
     bundle.join("rootfs")
 }
@@ -372,16 +401,30 @@ impl shim::Task for Service {
                 let binaries =
                     Binaries::find().map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
                 mount_rootfs(&bundle, &req.rootfs)?;
-                let layout = Layout::new(&bundle, &req.id, function.cgroups_path.as_deref());
-                let cache = Cache::from_env();
-                match vm::prepare(layout, &function, &rootfs(&bundle), &binaries, &cache) {
-                    Ok(prepared) => Kind::Function(Box::new(prepared)),
+                let prepared = match &function.network {
+                    Network::New => vm::check_kernel(&function, &rootfs(&bundle))
+                        .map_err(|e| status(Code::INVALID_ARGUMENT, e))
+                        .and_then(|()| {
+                            netns::Holder::create(&bundle).map_err(|e| status(Code::INTERNAL, e))
+                        })
+                        .map(|holder| Kind::Deferred(Box::new(Deferred { function, holder }))),
+                    Network::Join(path) => {
+                        prepare(&req.id, &bundle, &function, Some(path), &binaries)
+                    }
+                    Network::Host => prepare(&req.id, &bundle, &function, None, &binaries),
+                };
+                match prepared {
+                    Ok(kind) => kind,
                     Err(e) => {
                         unmount_rootfs(&bundle);
-                        return Err(status(Code::INVALID_ARGUMENT, e));
+                        return Err(e);
                     }
                 }
             }
+        };
+        let pid = match &kind {
+            Kind::Deferred(deferred) => deferred.holder.pid,
+            _ => 0,
         };
         self.tasks().insert(
             req.id.clone(),
@@ -390,7 +433,7 @@ impl shim::Task for Service {
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
                 kind,
-                pid: 0,
+                pid,
                 status: Status::CREATED,
                 exit: None,
                 create_time: began.elapsed(),
@@ -400,8 +443,12 @@ impl shim::Task for Service {
         event.container_id = req.id;
         event.bundle = req.bundle;
         event.rootfs = req.rootfs;
+        event.pid = pid;
         self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event));
-        Ok(api::CreateTaskResponse::new())
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
     fn start(
@@ -419,8 +466,24 @@ impl shim::Task for Service {
                     "the task was started already",
                 ));
             }
+            if let Kind::Deferred(deferred) = &task.kind {
+                // The namespace is set up by now, as far as it will be.
+                let binaries =
+                    Binaries::find().map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
+                let path = netns::path(&task.bundle);
+                let kind = prepare(
+                    &req.id,
+                    &task.bundle,
+                    &deferred.function,
+                    path.to_str(),
+                    &binaries,
+                )?;
+                if let Kind::Deferred(deferred) = std::mem::replace(&mut task.kind, kind) {
+                    deferred.holder.end();
+                }
+            }
             match &mut task.kind {
-                Kind::Sandbox => std::process::id(),
+                Kind::Sandbox | Kind::Deferred(_) => std::process::id(),
                 Kind::Function(prepared) => {
                     let (stdout, stderr) = (open_stdio(&task.stdout), open_stdio(&task.stderr));
                     let (stdout, stderr) = stdout
@@ -572,7 +635,7 @@ impl shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        let task = {
+        let mut task = {
             let mut tasks = self.tasks();
             let task = tasks.get(&req.id).ok_or_else(|| no_task(&req.id))?;
             if matches!(task.status, Status::RUNNING | Status::PAUSED) {
@@ -585,12 +648,21 @@ impl shim::Task for Service {
                 .remove(&req.id)
                 .ok_or_else(|| status(Code::NOT_FOUND, "gone"))?
         };
-        if let Kind::Function(prepared) = &task.kind {
-            if let Err(e) = vm::clean_up(&prepared.layout) {
-                warn!("task {}: {e}", req.id);
+        match std::mem::replace(&mut task.kind, Kind::Sandbox) {
+            Kind::Function(prepared) => {
+                if let Err(e) = vm::clean_up(&prepared.layout) {
+                    warn!("task {}: {e}", req.id);
+                }
+                Record::remove(&task.bundle);
+                unmount_rootfs(&task.bundle);
+                netns::remove(&task.bundle);
             }
-            Record::remove(&task.bundle);
-            unmount_rootfs(&task.bundle);
+            Kind::Deferred(deferred) => {
+                deferred.holder.end();
+                unmount_rootfs(&task.bundle);
+                netns::remove(&task.bundle);
+            }
+            Kind::Sandbox => {}
         }
         let (code, at) = task.exit.clone().unwrap_or_else(|| (0, now()));
         let mut event = TaskDelete::new();

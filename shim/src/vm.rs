@@ -304,6 +304,7 @@ pub struct Prepared {
 pub fn prepare(
     mut layout: Layout,
     function: &Function,
+    netns: Option<&str>,
     rootfs: &Path,
     binaries: &Binaries,
     cache: &Cache,
@@ -317,11 +318,11 @@ pub fn prepare(
     std::os::unix::fs::symlink(layout.api_socket(), &link)
         .map_err(io("cannot link ember's API socket at", &link))?;
     let uid = UidLease::take(&root.to_string_lossy())?;
-    if let Some(netns) = &function.netns {
+    if let Some(netns) = netns {
         let tap = tap_name(&layout.jail_id);
         if let Some(pod) = network::attach(netns, &tap, uid.uid)? {
             layout.network = Some(Attached {
-                netns: netns.clone(),
+                netns: netns.to_owned(),
                 pod,
             });
         }
@@ -355,8 +356,8 @@ pub fn prepare(
     for setting in layout.cgroup_settings(function.memory_limit) {
         args.extend(["--cgroup".into(), setting]);
     }
-    if let Some(netns) = &function.netns {
-        args.extend(["--netns".into(), netns.clone()]);
+    if let Some(netns) = netns {
+        args.extend(["--netns".into(), netns.to_owned()]);
     }
     args.extend(
         [
@@ -531,6 +532,17 @@ pub fn clean_up(layout: &Layout) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Fails as [`prepare`] would if the image has no unikernel where `function`
+/// says: for a task whose preparation waits until start.
+pub fn check_kernel(function: &Function, rootfs: &Path) -> Result<(), Error> {
+    open_in_root(rootfs, &function.kernel)
+        .map(drop)
+        .map_err(|source| Error::Kernel {
+            path: function.kernel.clone(),
+            source,
+        })
 }
 
 /// Opens `path` as if `root` were `/`: `..` and symlinks, absolute or not,

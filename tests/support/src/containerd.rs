@@ -18,13 +18,19 @@ const NAMESPACE: &str = "ember-test";
 /// Where a task's VM leases its uid (see the shim's `vm.rs`).
 pub const UID_LEASES: &str = "/run/ember-shim/uids";
 
-/// Installs Debian's containerd (with ctr) once, if it is not there.
+/// Where Debian's containernetworking-plugins puts CNI's plugins.
+pub const CNI_PLUGINS: &str = "/usr/lib/cni";
+
+/// Installs Debian's containerd (with ctr) and CNI's plugins once, if they are
+/// not there.
 fn install_containerd() {
     static INSTALLED: Mutex<bool> = Mutex::new(false);
     let mut done = INSTALLED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if *done || Path::new("/usr/bin/containerd").exists() {
+    let installed =
+        Path::new("/usr/bin/containerd").exists() && Path::new(CNI_PLUGINS).join("bridge").exists();
+    if *done || installed {
         *done = true;
         return;
     }
@@ -38,7 +44,13 @@ fn install_containerd() {
         assert!(status.success(), "apt-get {args:?} failed");
     };
     apt(&["update", "-qq"]);
-    apt(&["install", "-y", "-qq", "containerd"]);
+    apt(&[
+        "install",
+        "-y",
+        "-qq",
+        "containerd",
+        "containernetworking-plugins",
+    ]);
     *done = true;
 }
 
@@ -160,6 +172,12 @@ impl Containerd {
 
     /// As [`Containerd::run_detached`], with more `ctr run` flags.
     pub fn run_detached_with(&self, image: &str, id: &str, flags: &[&str]) {
+        let args = self.run_detached_args(image, id, flags);
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    /// The `ctr` arguments (after the global ones) of [`Containerd::run_detached_with`].
+    pub fn run_detached_args(&self, image: &str, id: &str, flags: &[&str]) -> Vec<String> {
         let log_uri = format!("file://{}", self.console_path(id).display());
         let mut args = vec![
             "run",
@@ -171,7 +189,7 @@ impl Containerd {
         ];
         args.extend(flags);
         args.extend([image, id]);
-        self.ok(&args);
+        args.into_iter().map(String::from).collect()
     }
 
     fn console_path(&self, id: &str) -> PathBuf {
