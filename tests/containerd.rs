@@ -11,6 +11,8 @@ use ember_test_support::{artifact, http, http_bytes, KeepAlive, NetNs, TempDir};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const READY: &str = "EMBER-FN: ready on port";
+/// Tasks on the CNI bridge at once.
+const CNI_TASKS: usize = 10;
 
 /// Calls task `id`'s function through ember's API, as the shim exposes it.
 fn invoke(containerd: &Containerd, id: &str, payload: &[u8]) -> (u16, Vec<u8>) {
@@ -565,10 +567,10 @@ fn pods_answer_http_at_their_addresses_and_a_restored_clone_takes_its_own() {
 /// from /opt/cni/bin, so it runs here in a mount namespace of its own whose /etc
 /// and /opt are overlays with those added, and in a network namespace of the
 /// test's, where the plugin makes its bridge: nothing of the host's changes.
-/// The second task restores the first one's snapshot and answers at its own
-/// address.
+/// The first task of the function boots; the rest restore its snapshot, and
+/// all answer at once, each at its own address.
 #[test]
-fn ctr_run_cni_puts_tasks_on_a_cni_bridge_network_and_the_second_restores() {
+fn ctr_run_cni_puts_tasks_on_a_cni_bridge_network_restoring_all_but_the_first() {
     let containerd = Containerd::start();
     let image = containerd.import_function("echo", &artifact("unikernel-echo"));
     let host = NetNs::new("cni");
@@ -644,20 +646,24 @@ fn ctr_run_cni_puts_tasks_on_a_cni_bridge_network_and_the_second_restores() {
     assert_eq!(call(&first[0]), (200, first[0].clone().into_bytes()));
     containerd.wait_log("task cni-1: snapshot", TIMEOUT);
 
-    // The second task restores the first one's snapshot, at its own address.
-    ctr_run_cni("cni-2");
-    containerd.wait_log("task cni-2: restored from snapshot", TIMEOUT);
-    let both = leases();
-    let second = both
-        .iter()
-        .find(|a| **a != first[0])
-        .unwrap_or_else(|| panic!("a second address: {both:?}"));
-    containerd.wait_console("cni-2", &format!("EMBER-FN: restored as {second}"), TIMEOUT);
-    assert_eq!(call(second), (200, second.clone().into_bytes()));
-    assert_eq!(call(&first[0]), (200, first[0].clone().into_bytes()));
+    // The others restore the first one's snapshot, each at its own address,
+    // and all answer at once.
+    let ids: Vec<String> = (1..=CNI_TASKS).map(|i| format!("cni-{i}")).collect();
+    for id in &ids[1..] {
+        ctr_run_cni(id);
+        containerd.wait_log(&format!("task {id}: restored from snapshot"), TIMEOUT);
+    }
+    let all = leases();
+    assert_eq!(all.len(), CNI_TASKS, "an address each: {all:?}");
+    for id in &ids[1..] {
+        containerd.wait_console(id, "EMBER-FN: restored as 10.88.7.", TIMEOUT);
+    }
+    for address in &all {
+        assert_eq!(call(address), (200, address.clone().into_bytes()));
+    }
 
     let mut vms = Vec::new();
-    for id in ["cni-1", "cni-2"] {
+    for id in &ids {
         let (pid, _) = containerd.task(id).expect("listed");
         vms.push((id, pid, uids(pid)[0]));
         containerd.kill_and_remove(id);
