@@ -128,8 +128,8 @@ fn main() {
 
     let mut boot = Samples::new("ctr run -> first answer, boot", "us");
     let mut restore = Samples::new("ctr run -> first answer, snapshot restore", "us");
-    let mut create = Samples::new("shim create (restore: mount, digest, jail)", "us");
-    let mut start = Samples::new("shim start (restore: spawn the jailer)", "us");
+    let mut create = Samples::new("shim create (restore: mount, new netns)", "us");
+    let mut start = Samples::new("shim start (restore: digest, jail, spawn the jailer)", "us");
     for run in 0..runs {
         let id = format!("boot-{run}");
         let took = run_to_first_answer(&containerd, &image, &id, &["EMBER_SNAPSHOT=off"]);
@@ -181,10 +181,17 @@ fn main() {
         http_boot.values.push(micros(took));
     }
     pod_run("nseed", &[]);
+    let mut pod_create = Samples::new(
+        "pod network: shim create (restore: + TAP, redirects, MMDS data)",
+        "us",
+    );
+    let mut pod_start = Samples::new("pod network: shim start (restore)", "us");
     for run in 0..runs {
-        http_restore
-            .values
-            .push(micros(pod_run(&format!("nr-{run}"), &[])));
+        let id = format!("nr-{run}");
+        http_restore.values.push(micros(pod_run(&id, &[])));
+        let (c, s) = shim_time(&containerd, &id);
+        pod_create.values.push(c);
+        pod_start.values.push(s);
     }
 
     // Tasks started per second from the cache, IN_FLIGHT at a time.
@@ -232,6 +239,8 @@ fn main() {
         &restore,
         &http_boot,
         &http_restore,
+        &pod_create,
+        &pod_start,
         &create,
         &start,
         &shim_pss,

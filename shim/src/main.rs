@@ -11,8 +11,5 @@ mod service;
 mod vm;
 
 fn main() {
-    if std::env::var_os(netns::HOLDER_ENV).is_some() {
-        netns::hold();
-    }
     containerd_shim::run::<service::Service>("io.containerd.ember.v2", None);
 }

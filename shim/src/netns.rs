@@ -7,14 +7,11 @@
 //! joins it through that path and the holder ends; delete unmounts it.
 
 use std::ffi::CString;
+use std::fs::File;
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
-
-/// Set in the holder's environment: the shim binary then only waits.
-pub const HOLDER_ENV: &str = "EMBER_SHIM_NETNS_HOLDER";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,42 +33,40 @@ pub fn path(bundle: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct Holder {
     pub pid: u32,
-    /// The holder's stdin: it lives until this end closes, which happens
-    /// when the shim ends too, however it ends.
-    lifeline: ChildStdin,
+    /// The write end of the holder's lifeline: the holder lives until it
+    /// reads the end of it, which comes when the shim ends too, however it ends.
+    lifeline: OwnedFd,
 }
 
 impl Holder {
-    /// Makes the namespace: a holder process in it (the shim's own binary,
-    /// which [`hold`]s), and the bind mount at [`path`].
+    /// Makes the namespace: a holder process in it, and the bind mount at
+    /// [`path`]. The holder is a fork of the shim that execs nothing (an exec
+    /// of the shim's binary cost about 2 ms), so until it exits it only makes
+    /// system calls, none of which allocates or takes a lock.
     pub fn create(bundle: &Path) -> Result<Holder, Error> {
-        let exe = std::env::current_exe().map_err(Error::Holder)?;
-        let mut command = Command::new(exe);
-        command
-            .env(HOLDER_ENV, "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: between fork and exec the child makes one system call, which
-        // allocates nothing and takes no lock.
-        unsafe {
-            command.pre_exec(|| match libc::unshare(libc::CLONE_NEWNET) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            });
-        }
-        // Spawn returns once the child has exec'd, so it is in the namespace.
-        let mut child = command.spawn().map_err(Error::Holder)?;
-        let Some(lifeline) = child.stdin.take() else {
-            return Err(Error::Holder(std::io::ErrorKind::BrokenPipe.into()));
-        };
-        let holder = Holder {
-            pid: child.id(),
-            lifeline,
-        };
         let target = path(bundle);
+        let (lifeline_in, lifeline) = pipe().map_err(Error::Holder)?;
+        let (ready_in, ready_out) = pipe().map_err(Error::Holder)?;
+        // SAFETY: the child runs `hold`, which makes only async-signal-safe
+        // system calls on file descriptors made before the fork, and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: in the child, as above.
+            unsafe { hold(lifeline_in.as_raw_fd(), ready_out.as_raw_fd()) }
+        }
+        drop((lifeline_in, ready_out));
+        let pid = u32::try_from(pid).map_err(|_| Error::Holder(std::io::Error::last_os_error()))?;
+        let holder = Holder { pid, lifeline };
+        // One byte once the holder is in its namespace, none if unshare failed.
+        let mut ready = [0u8; 1];
+        if !matches!(File::from(ready_in).read(&mut ready), Ok(1)) {
+            holder.end();
+            return Err(Error::Holder(std::io::Error::other(
+                "it could not make a network namespace",
+            )));
+        }
         let source = PathBuf::from(format!("/proc/{}/ns/net", holder.pid));
-        let mounted = std::fs::File::create(&target).and_then(|_| bind_mount(&source, &target));
+        let mounted = File::create(&target).and_then(|_| bind_mount(&source, &target));
         if let Err(source) = mounted {
             holder.end();
             let _ = std::fs::remove_file(&target);
@@ -91,6 +86,48 @@ impl Holder {
             // SAFETY: kill has no memory-safety preconditions; the pid is our
             // child's, which only the reaper reaps, after it has died.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A pipe whose ends close on exec, so that no VM or helper command holds them.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The holder's whole life, in the forked child: a new network namespace, a
+/// byte on `ready` to say so, then waiting until `lifeline` ends (or a kill).
+/// Descriptors it inherited besides these two are closed first, so that it
+/// keeps no other holder's lifeline, nor the shim's sockets, open.
+///
+/// # Safety
+/// Only in the child of a fork: it makes no call but system calls.
+unsafe fn hold(lifeline: RawFd, ready: RawFd) -> ! {
+    // SAFETY: system calls on descriptors this process owns; `byte` lives
+    // on this stack for every read and write.
+    unsafe {
+        if libc::dup2(lifeline, 0) < 0 || libc::dup2(ready, 1) < 0 {
+            libc::_exit(1);
+        }
+        libc::syscall(libc::SYS_close_range, 2u32, u32::MAX, 0u32);
+        if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            libc::_exit(1);
+        }
+        let mut byte = 1u8;
+        libc::write(1, (&raw const byte).cast(), 1);
+        libc::close(1);
+        loop {
+            match libc::read(0, (&raw mut byte).cast(), 1) {
+                1 => {}
+                -1 if *libc::__errno_location() == libc::EINTR => {}
+                _ => libc::_exit(0),
+            }
         }
     }
 }
@@ -138,11 +175,4 @@ pub fn remove(bundle: &Path) {
         log::warn!("cannot unmount {}: {e}", target.display());
     }
     let _ = std::fs::remove_file(&target);
-}
-
-/// The holder's whole life: waiting until the shim closes its stdin, or kills it.
-pub fn hold() -> ! {
-    let mut byte = [0u8; 1];
-    while matches!(std::io::stdin().read(&mut byte), Ok(1..)) {}
-    std::process::exit(0)
 }
