@@ -261,15 +261,7 @@ fn the_second_task_of_a_function_is_a_restore_of_the_first_ones_snapshot() {
     let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
     assert_eq!(inode(&jail_memory), inode(&entry.join("vm.mem")));
 
-    let mut vms = Vec::new();
-    for id in ["first-1", "second-1"] {
-        let (pid, _) = containerd.task(id).expect("listed");
-        vms.push((id, pid, uids(pid)[0]));
-        containerd.kill_and_remove(id);
-    }
-    for (id, pid, uid) in vms {
-        assert_gone(&containerd, id, pid, uid);
-    }
+    remove_all(&containerd, &["first-1", "second-1"]);
     assert!(
         entry.join("vm.mem").is_file(),
         "the cache outlives its tasks"
@@ -368,6 +360,23 @@ fn annotations_set_the_vm_and_a_pod_sandbox_runs_no_vm() {
     assert!(!containerd.bundle("pod-1").join("jail").exists(), "no VM");
     containerd.kill_and_remove("pod-1");
     assert!(!containerd.bundle("pod-1").exists());
+}
+
+/// Kills and deletes tasks `ids`, then checks each left nothing behind.
+fn remove_all(containerd: &Containerd, ids: &[impl AsRef<str>]) {
+    let vms: Vec<(&str, u32, u32)> = ids
+        .iter()
+        .map(|id| {
+            let id = id.as_ref();
+            let (pid, _) = containerd.task(id).expect("listed");
+            let uid = uids(pid)[0];
+            containerd.kill_and_remove(id);
+            (id, pid, uid)
+        })
+        .collect();
+    for (id, pid, uid) in vms {
+        assert_gone(containerd, id, pid, uid);
+    }
 }
 
 fn ip(args: &[&str]) -> String {
@@ -549,15 +558,7 @@ fn pods_answer_http_at_their_addresses_and_a_restored_clone_takes_its_own() {
         "ember.sock still reaches the function"
     );
 
-    let mut vms = Vec::new();
-    for id in ["http-a", "http-b"] {
-        let (pid, _) = containerd.task(id).expect("listed");
-        vms.push((id, pid, uids(pid)[0]));
-        containerd.kill_and_remove(id);
-    }
-    for (id, pid, uid) in vms {
-        assert_gone(&containerd, id, pid, uid);
-    }
+    remove_all(&containerd, &["http-a", "http-b"]);
 }
 
 /// `ctr run --cni`: between create and start, ctr runs CNI's bridge plugin
@@ -662,15 +663,7 @@ fn ctr_run_cni_puts_tasks_on_a_cni_bridge_network_restoring_all_but_the_first() 
         assert_eq!(call(address), (200, address.clone().into_bytes()));
     }
 
-    let mut vms = Vec::new();
-    for id in &ids {
-        let (pid, _) = containerd.task(id).expect("listed");
-        vms.push((id, pid, uids(pid)[0]));
-        containerd.kill_and_remove(id);
-    }
-    for (id, pid, uid) in vms {
-        assert_gone(&containerd, id, pid, uid);
-    }
+    remove_all(&containerd, &ids);
     let links = ip(&["-n", host.name(), "-o", "link", "show", "master", "cni0"]);
     assert!(
         links.trim().is_empty(),

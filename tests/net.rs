@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -261,6 +262,23 @@ fn metadata_reads_mmds_over_v1_without_a_token() {
     assert!(body.contains("mmds: 404"), "{body}");
 }
 
+/// Loads the snapshot `state` (memory file `mem`) into `ember` and resumes it,
+/// its vsock in `dir` and its `eth0` on TAP `tap`.
+fn load_onto_tap(ember: &Ember, state: &Path, mem: &Path, dir: &TempDir, tap: &str) {
+    ember.ok(
+        "PUT",
+        "/snapshot/load",
+        &json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": mem},
+            "resume_vm": true,
+            "vsock_override": {"uds_path": dir.path("v.sock")},
+            "network_overrides": [{"iface_id": "eth0", "host_dev_name": tap}],
+        })
+        .to_string(),
+    );
+}
+
 #[test]
 fn clones_restored_onto_their_own_taps_fetch_again() {
     let (_ns, dir, ember) = fetch_function("snap", vec![("/", b"origin".to_vec())]);
@@ -288,18 +306,7 @@ fn clones_restored_onto_their_own_taps_fetch_again() {
             let dir = TempDir::new(&format!("net-{tag}"));
             let socket = dir.path("api.sock");
             let ember = ns.spawn_ember(&["--api-sock", socket.to_str().unwrap()], Some(&socket));
-            ember.ok(
-                "PUT",
-                "/snapshot/load",
-                &json!({
-                    "snapshot_path": state,
-                    "mem_backend": {"backend_type": "File", "backend_path": mem},
-                    "resume_vm": true,
-                    "vsock_override": {"uds_path": dir.path("v.sock")},
-                    "network_overrides": [{"iface_id": "eth0", "host_dev_name": tap}],
-                })
-                .to_string(),
-            );
+            load_onto_tap(&ember, &state, &mem, &dir, &tap);
             let (_, config) = ember.api("GET", "/vm/config", "");
             assert!(config.contains(&tap), "{config}");
             (ns, dir, ember)
@@ -393,18 +400,7 @@ fn clones_take_their_address_from_the_mmds_and_answer_http_there() {
             "/mmds",
             &json!({"ember": {"network": network}}).to_string(),
         );
-        ember.ok(
-            "PUT",
-            "/snapshot/load",
-            &json!({
-                "snapshot_path": state,
-                "mem_backend": {"backend_type": "File", "backend_path": mem},
-                "resume_vm": true,
-                "vsock_override": {"uds_path": dir.path("v.sock")},
-                "network_overrides": [{"iface_id": "eth0", "host_dev_name": tap}],
-            })
-            .to_string(),
-        );
+        load_onto_tap(&ember, &state, &mem, &dir, &tap);
         ember.expect_line(&format!("EMBER-FN: restored as {address}"), BOOT);
         let mut client = KeepAlive::tcp(ns.connect(&format!("{address}:8080")));
         assert_eq!(

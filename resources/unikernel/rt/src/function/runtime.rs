@@ -76,8 +76,8 @@ enum Caller {
 
 /// What the serving loop does next.
 enum Next {
-    /// Serve a request.
-    Request(Caller, Request),
+    /// Call the function with a request.
+    Invoke(Caller, Vec<u8>),
     /// Take the network from the MMDS, as a restored clone (see [`readdress`]).
     Readdress,
 }
@@ -365,28 +365,16 @@ extern "C" fn serve() -> ! {
     });
     loop {
         let next = with_runtime(|rt| {
-            let (caller, request) = match rt.next_request() {
-                Next::Readdress => return None,
-                Next::Request(caller, Request::Data(request)) => (caller, request),
-                Next::Request(caller, _) => {
-                    rt.respond(
-                        caller,
-                        Status::Error,
-                        b"ember-fn: request does not fit in memory",
-                    );
-                    return Some(None);
-                }
+            let Next::Invoke(caller, request) = rt.next_request() else {
+                return None;
             };
             rt.request = request;
             rt.caller = caller;
             let input: *const [u8] = rt.request.as_slice();
-            Some(Some((caller, input, rt.function)))
+            Some((caller, input, rt.function))
         });
-        let Some(next) = next else {
-            readdress();
-            continue;
-        };
         let Some((caller, input, function)) = next else {
+            readdress();
             continue;
         };
         IN_FUNCTION.store(true, Ordering::Relaxed);
@@ -500,20 +488,25 @@ impl Runtime {
             self.http_first = !self.http_first;
             let http = |rt: &mut Runtime| {
                 let (id, body) = rt.net.running()?.take_http_request()?;
-                Some(Next::Request(Caller::Http(id), Request::Data(body)))
+                Some((Caller::Http(id), Request::Data(body)))
             };
             let vsock = |rt: &mut Runtime| {
                 let (conn, request) = rt.server.take_request()?;
-                Some(Next::Request(Caller::Vsock(conn), request))
+                Some((Caller::Vsock(conn), request))
             };
             let next = match self.http_first {
                 true => http(self).or_else(|| vsock(self)),
                 false => vsock(self).or_else(|| http(self)),
             };
-            if let Some(next) = next {
-                return next;
+            match next {
+                Some((caller, Request::Data(request))) => return Next::Invoke(caller, request),
+                Some((caller, _)) => self.respond(
+                    caller,
+                    Status::Error,
+                    b"ember-fn: request does not fit in memory",
+                ),
+                None => self.wait(Wait::Traffic, None),
             }
-            self.wait(Wait::Traffic, None);
         }
     }
 

@@ -254,6 +254,10 @@ impl HttpServer {
     fn find(&mut self, id: HttpId) -> Option<&mut Conn> {
         self.conns.iter_mut().find(|c| c.id == id)
     }
+
+    fn position(&self, id: HttpId) -> Option<usize> {
+        self.conns.iter().position(|c| c.id == id)
+    }
 }
 
 impl<T: Transport> Stack<T> {
@@ -309,7 +313,7 @@ impl<T: Transport> Stack<T> {
         let Some(server) = self.http.as_mut() else {
             return Written::Gone;
         };
-        let Some(at) = server.conns.iter().position(|c| c.id == id) else {
+        let Some(at) = server.position(id) else {
             return Written::Gone;
         };
         let conn = &mut server.conns[at];
@@ -334,9 +338,7 @@ impl<T: Transport> Stack<T> {
                 Ok(0) => return Written::More(*written - before),
                 Ok(n) => *written += n,
                 Err(_) => {
-                    let handle = conn.handle;
-                    server.conns.swap_remove(at);
-                    self.linger(handle, true);
+                    self.end_http(id, true);
                     return Written::Gone;
                 }
             }
@@ -345,21 +347,25 @@ impl<T: Transport> Stack<T> {
             conn.phase = Phase::Head;
             conn.idle_since = tsc;
         } else {
-            let handle = conn.handle;
-            server.conns.swap_remove(at);
-            self.linger(handle, false);
+            self.end_http(id, false);
         }
         Written::Done
     }
 
     /// Resets connection `id` (its client stopped taking the response).
     pub fn abort_http(&mut self, id: HttpId) {
+        self.end_http(id, true);
+    }
+
+    /// Drops the server's connection `id`, closing its socket in the background
+    /// (see [`Stack::linger`]), or resetting it.
+    fn end_http(&mut self, id: HttpId, reset: bool) {
         let Some(server) = self.http.as_mut() else {
             return;
         };
-        if let Some(at) = server.conns.iter().position(|c| c.id == id) {
+        if let Some(at) = server.position(id) {
             let handle = server.conns.swap_remove(at).handle;
-            self.linger(handle, true);
+            self.linger(handle, reset);
         }
     }
 
@@ -406,13 +412,7 @@ impl<T: Transport> Stack<T> {
             }
         }
         for (id, reset) in ended {
-            let Some(server) = self.http.as_mut() else {
-                return;
-            };
-            if let Some(at) = server.conns.iter().position(|c| c.id == id) {
-                let handle = server.conns.swap_remove(at).handle;
-                self.linger(handle, reset);
-            }
+            self.end_http(id, reset);
         }
         self.keep_listening(tsc);
     }
@@ -435,15 +435,13 @@ impl<T: Transport> Stack<T> {
             let idle = server
                 .conns
                 .iter()
-                .enumerate()
-                .filter(|(_, c)| matches!(c.phase, Phase::Head) && c.pending.is_empty())
-                .min_by_key(|(_, c)| c.idle_since)
-                .map(|(at, _)| at);
-            let Some(at) = idle else {
+                .filter(|c| matches!(c.phase, Phase::Head) && c.pending.is_empty())
+                .min_by_key(|c| c.idle_since)
+                .map(|c| c.id);
+            let Some(id) = idle else {
                 return;
             };
-            let handle = server.conns.swap_remove(at).handle;
-            self.linger(handle, false);
+            self.end_http(id, false);
         }
         self.add_listener(tsc);
     }

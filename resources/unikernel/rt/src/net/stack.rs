@@ -12,7 +12,7 @@ use smoltcp::iface::{
 };
 use smoltcp::socket::{Socket, dns, tcp};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
 
 use super::MMDS_ADDR;
 use super::serve::HttpServer;
@@ -156,7 +156,13 @@ impl<T: Transport> Stack<T> {
     /// another address, and smoltcp would keep sending to the old one until
     /// its cache entries expired (a minute).
     pub fn forget_neighbors(&mut self, tsc: u64) {
-        let mut iface_config = Config::new(self.iface.hardware_addr());
+        self.new_interface(self.iface.hardware_addr(), tsc);
+    }
+
+    /// Replaces the interface with a fresh one (no neighbours) at hardware
+    /// address `mac`, addressed as `self.config` says.
+    fn new_interface(&mut self, mac: HardwareAddress, tsc: u64) {
+        let mut iface_config = Config::new(mac);
         iface_config.random_seed = seed(tsc);
         self.iface = Interface::new(iface_config, &mut self.device, instant(tsc, self.khz));
         if let Some(config) = self.config {
@@ -178,10 +184,7 @@ impl<T: Transport> Stack<T> {
                 .add(dns::Socket::new(&[server.into()], Vec::new()))
         });
         self.config = Some(config);
-        let mut iface_config = Config::new(EthernetAddress(mac).into());
-        iface_config.random_seed = seed(tsc);
-        self.iface = Interface::new(iface_config, &mut self.device, instant(tsc, self.khz));
-        address(&mut self.iface, config);
+        self.new_interface(EthernetAddress(mac).into(), tsc);
     }
 
     /// Resets every stream and drops the DNS query: the function that held them

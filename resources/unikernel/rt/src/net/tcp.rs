@@ -11,34 +11,28 @@ use smoltcp::wire::IpEndpoint;
 use super::{MMDS_ADDR, NetError, Stack};
 use crate::virtio::Transport;
 
-/// Each stream's receive buffer, the window it offers.
-const RX_BUFFER: usize = 256 * 1024;
-/// Each stream's send buffer, what may be in flight.
-const TX_BUFFER: usize = 256 * 1024;
+/// Each stream's receive buffer (the window it offers) and send buffer (what
+/// may be in flight).
+const STREAM_BUFFER: usize = 256 * 1024;
 /// Dropped streams closing on their own at most; beyond that the oldest is reset.
 const MAX_LINGERING: usize = 8;
 
 impl<T: Transport> Stack<T> {
     /// Starts connecting to `peer`; returns the stream's id.
     pub fn connect(&mut self, peer: SocketAddrV4) -> Result<u64, NetError> {
-        self.connect_sized(peer, RX_BUFFER, TX_BUFFER)
+        self.connect_sized(peer, STREAM_BUFFER)
     }
 
-    /// As [`Stack::connect`], with receive and send buffers of the given sizes:
-    /// small ones for short exchanges, since each page of a buffer is touched
-    /// (and, in a VM restored from a snapshot, faulted in) when it is made.
-    pub fn connect_sized(
-        &mut self,
-        peer: SocketAddrV4,
-        rx_buffer: usize,
-        tx_buffer: usize,
-    ) -> Result<u64, NetError> {
+    /// As [`Stack::connect`], with receive and send buffers of `buffer` bytes
+    /// each: small ones for short exchanges, since each page of a buffer is
+    /// touched (and, in a VM restored from a snapshot, faulted in) when it is made.
+    pub fn connect_sized(&mut self, peer: SocketAddrV4, buffer: usize) -> Result<u64, NetError> {
         let config = self.config.ok_or(NetError::NoAddress)?;
         let ip = *peer.ip();
         if !(config.on_link(ip) || ip == MMDS_ADDR || config.gateway.is_some()) {
             return Err(NetError::NoRoute(ip));
         }
-        let buffers = (vec![0; rx_buffer], vec![0; tx_buffer]);
+        let buffers = (vec![0; buffer], vec![0; buffer]);
         let mut socket =
             tcp::Socket::new(SocketBuffer::new(buffers.0), SocketBuffer::new(buffers.1));
         // Writes go out at once: functions write whole requests, then wait.
@@ -169,7 +163,7 @@ mod blocking {
     impl TcpStream {
         /// Connects to `ip`:`port`, waiting at most `timeout` for it to accept.
         pub fn connect(ip: Ipv4Addr, port: u16, timeout: Duration) -> Result<TcpStream, NetError> {
-            Self::connect_sized(ip, port, timeout, super::RX_BUFFER)
+            Self::connect_sized(ip, port, timeout, super::STREAM_BUFFER)
         }
 
         /// As [`TcpStream::connect`], with receive and send buffers of `buffer`
@@ -181,7 +175,7 @@ mod blocking {
             buffer: usize,
         ) -> Result<TcpStream, NetError> {
             let peer = SocketAddrV4::new(ip, port);
-            let id = with_stack(|net| net.connect_sized(peer, buffer, buffer))?;
+            let id = with_stack(|net| net.connect_sized(peer, buffer))?;
             let stream = TcpStream {
                 id,
                 peer,
