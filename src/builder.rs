@@ -240,6 +240,7 @@ pub fn build(
         .collect::<Result<Vec<_>, vcpu::Error>>()?;
 
     let handles = start_vcpus(vcpus, threads, buses, false)?;
+    vm.retire_replaced_buses();
     stages.mark("vcpus");
     stages.log("InstanceStart");
     Ok(Vmm::new(vm, mem, handles, devices, false, None))
@@ -326,6 +327,7 @@ pub fn restore(
     });
     match restored {
         Ok((handles, devices)) => {
+            vm.retire_replaced_buses();
             stages.mark("vcpus");
             stages.log("snapshot restore");
             let paused = options.paused;
