@@ -1,11 +1,13 @@
 //! Boot benchmark: spawn -> API ready, InstanceStart -> guest marker,
 //! spawn -> marker with `--config-file`, spawn -> exit after a guest reset,
+//! SIGTERM -> exit of a VM that has just started,
 //! and ember's own memory besides guest memory.
 //!
 //! `cargo bench --bench boot [-- --short] [-- --json PATH]` prints a table of
 //! min/median/max over the runs and writes the same figures as JSON;
 //! `-- --demo` boots one guest verbosely, printing its console and each stage.
 
+use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use ember_test_support::bench::{micros, BenchArgs, Samples};
@@ -101,6 +103,7 @@ fn main() {
     let mut start_marker = Samples::new("InstanceStart -> guest marker", "us");
     let mut config_marker = Samples::new("spawn -> marker (--config-file)", "us");
     let mut spawn_exit = Samples::new("spawn -> exit after guest reset", "us");
+    let mut sigterm_exit = Samples::new("SIGTERM at the marker -> exit", "us");
     let mut rss = Samples::new("ember RSS besides guest memory", "KiB");
 
     for _ in 0..runs {
@@ -134,11 +137,19 @@ fn main() {
 
     for _ in 0..runs {
         let dir = TempDir::new("bench");
-        let ember = Ember::with_config(&dir, &config(&kernel, "console=ttyS0 ember.echo"));
+        let mut ember = Ember::with_config(&dir, &config(&kernel, "console=ttyS0 ember.echo"));
         let (seen, _) = ember
             .wait_line(TIMEOUT, |l| l.starts_with(MARKER))
             .expect("guest marker");
         config_marker.values.push(micros(seen - ember.spawned_at));
+        // A platform's stop of a VM it has just started.
+        let pid = i32::try_from(ember.pid()).expect("pid");
+        let signalled = Instant::now();
+        // SAFETY: signals our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = ember.child.wait().expect("wait for ember");
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "SIGTERM ends ember");
+        sigterm_exit.values.push(micros(signalled.elapsed()));
     }
 
     for _ in 0..runs {
@@ -155,6 +166,7 @@ fn main() {
         &start_marker,
         &config_marker,
         &spawn_exit,
+        &sigterm_exit,
         &rss,
     ];
     println!("\nember boot benchmark: {runs} runs each, test unikernel (test-elf), {GUEST_MEM_MIB} MiB, 1 vCPU\n");

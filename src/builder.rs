@@ -240,7 +240,6 @@ pub fn build(
         .collect::<Result<Vec<_>, vcpu::Error>>()?;
 
     let handles = start_vcpus(vcpus, threads, buses, false)?;
-    vm.retire_replaced_buses();
     stages.mark("vcpus");
     stages.log("InstanceStart");
     Ok(Vmm::new(vm, mem, handles, devices, false, None))
@@ -327,7 +326,6 @@ pub fn restore(
     });
     match restored {
         Ok((handles, devices)) => {
-            vm.retire_replaced_buses();
             stages.mark("vcpus");
             stages.log("snapshot restore");
             let paused = options.paused;

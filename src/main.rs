@@ -77,6 +77,9 @@ fn run() -> i32 {
             // VM stops KVM's per-VM threads one by one, where the exit kills
             // them at once) and would pull guest memory from under vCPUs
             // still running.
+            // Otherwise a VM that lived only milliseconds would wait out a slow
+            // SRCU grace period as the kernel destroys it.
+            ember::vstate::vm::retire_replaced_buses();
             std::mem::forget((event_loop, controller));
             reason.exit_code()
         }

@@ -46,6 +46,7 @@ impl Vmm {
         paused: bool,
         memory_backend: Option<MemoryBackend>,
     ) -> Self {
+        vm.mark_started();
         Vmm {
             vcpus,
             devices,

@@ -2,6 +2,7 @@
 //! in both boot protocols: console, vCPUs, memory map, block devices, reset.
 
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use ember_test_support::{
@@ -114,6 +115,27 @@ fn a_closed_console_input_leaves_ember_idle() {
         "ember exited: {}",
         ember.stderr()
     );
+}
+
+/// SIGTERM, a platform's usual stop, ends a VM that has just started as the
+/// signal would without a handler: the handler ember has for it (which hastens
+/// the VM's teardown, on the event loop's thread) must neither keep ember alive
+/// nor trip a seccomp filter (that would be SIGSYS).
+#[test]
+fn sigterm_ends_a_running_vm_as_the_signal_itself_would() {
+    require_kvm();
+    let dir = TempDir::new("sigterm");
+    let config = json!({
+        "boot-source": {"kernel_image_path": artifact("test-elf"), "boot_args": "console=ttyS0 ember.echo"},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 64}
+    });
+    let mut ember = Ember::with_config(&dir, &config);
+    ember.expect_line("echo: ready", BOOT);
+    let pid = i32::try_from(ember.pid()).unwrap();
+    // SAFETY: signals our own child, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = ember.wait_exit(BOOT);
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{}", ember.stderr());
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 use crate::vstate::memory::GuestMemoryMmap;
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
@@ -208,35 +210,44 @@ impl Vm {
         &self.routes
     }
 
-    /// Has KVM free, within a tick and on a thread of its own, the copies of
-    /// its I/O buses that wiring the devices left behind, so that the VM can
-    /// be destroyed without waiting for them.
-    ///
-    /// Each device on a KVM I/O bus (the PIC and IOAPIC, every ioeventfd)
-    /// replaces the bus, and KVM frees the copy it replaced after a normal SRCU
-    /// grace period, which takes 12-16 ms here. Destroying the VM waits for
-    /// those (`srcu_barrier` in `kvm_destroy_vm`), so a VM that ended sooner (a
-    /// guest that resets at once, a function killed after one call) took that
-    /// long to exit. An expedited grace period ends them, and
-    /// `KVM_SET_PMU_EVENT_FILTER` waits for one after it swaps the filter; an
-    /// empty deny list filters nothing, so the guest sees no change. The call
-    /// waits for the next tick, so it runs beside the guest; a KVM that
-    /// refuses it only leaves the exit as slow as before.
-    pub fn retire_replaced_buses(&self) {
-        let fd = self.fd.clone();
-        let retire = move || {
-            let no_filter = kvm_pmu_event_filter {
-                action: KVM_PMU_EVENT_DENY,
-                ..Default::default()
-            };
-            // SAFETY: KVM reads one `kvm_pmu_event_filter` (with `nevents` 0,
-            // no events follow it) from a live reference.
-            let _ = unsafe { ioctl_with_ref(&*fd, KVM_SET_PMU_EVENT_FILTER(), &no_filter) };
-        };
-        let _ = std::thread::Builder::new()
-            .name("ember_buses".into())
-            .spawn(retire);
+    /// Makes this VM the one [`retire_replaced_buses`] acts on: called once
+    /// its vCPUs run.
+    pub fn mark_started(&self) {
+        STARTED_VM.store(self.fd.as_raw_fd(), Ordering::Release);
     }
+}
+
+/// The started VM's fd, or -1: what [`retire_replaced_buses`] acts on as the
+/// process ends, from a signal handler too.
+static STARTED_VM: AtomicI32 = AtomicI32::new(-1);
+
+/// Has KVM free now the copies of its I/O buses that wiring the started VM's
+/// devices replaced, so that destroying it as the process ends need not wait
+/// for them. Async-signal-safe: one ioctl.
+///
+/// Each device on a KVM I/O bus (the PIC and IOAPIC, every ioeventfd)
+/// replaces the bus, and KVM frees the copy it replaced after a normal SRCU
+/// grace period, which takes 12-16 ms here. Destroying the VM waits for those
+/// (`srcu_barrier` in `kvm_destroy_vm`), so a VM that ends sooner (a guest
+/// that resets at once, a function stopped after one call) would take that
+/// long to exit. An expedited grace period ends them within a tick, and
+/// `KVM_SET_PMU_EVENT_FILTER` waits for one after it swaps the filter; an
+/// empty deny list filters nothing, so the guest sees no change. Long after
+/// the start it costs one short grace period. A KVM that refuses the call
+/// only leaves the exit as slow as before.
+pub fn retire_replaced_buses() {
+    let fd = STARTED_VM.load(Ordering::Acquire);
+    if fd < 0 {
+        return;
+    }
+    let no_filter = kvm_pmu_event_filter {
+        action: KVM_PMU_EVENT_DENY,
+        ..Default::default()
+    };
+    // SAFETY: KVM reads one `kvm_pmu_event_filter` (with `nevents` 0, no
+    // events follow it) from a live reference; `fd` is the started VM's, which
+    // stays open until the process ends.
+    let _ = unsafe { ioctl_with_ref(&fd, KVM_SET_PMU_EVENT_FILTER(), &no_filter) };
 }
 
 vmm_sys_util::ioctl_iow_nr!(
