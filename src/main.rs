@@ -72,14 +72,15 @@ fn run() -> i32 {
             }
             remove_socket(&socket_path);
             remove_socket(&controller.vsock_socket().map(str::to_string));
+            // So that the kernel, destroying the VM as the process ends, need
+            // not wait out a slow SRCU grace period for a VM that lived only
+            // milliseconds.
+            ember::vstate::vm::retire_replaced_buses();
             // The VM goes with the process: tearing it down first would only
             // make the exit wait for KVM twice over (an explicit close of the
             // VM stops KVM's per-VM threads one by one, where the exit kills
             // them at once) and would pull guest memory from under vCPUs
             // still running.
-            // Otherwise a VM that lived only milliseconds would wait out a slow
-            // SRCU grace period as the kernel destroys it.
-            ember::vstate::vm::retire_replaced_buses();
             std::mem::forget((event_loop, controller));
             reason.exit_code()
         }

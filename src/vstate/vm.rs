@@ -217,6 +217,13 @@ impl Vm {
     }
 }
 
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let fd = self.fd.as_raw_fd();
+        let _ = STARTED_VM.compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
 /// The started VM's fd, or -1: what [`retire_replaced_buses`] acts on as the
 /// process ends, from a signal handler too.
 static STARTED_VM: AtomicI32 = AtomicI32::new(-1);
