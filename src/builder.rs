@@ -5,6 +5,7 @@
 //! files are opened once, and the vCPUs start as soon as they are configured.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -53,6 +54,9 @@ pub enum Error {
     /// The thread that readies the VM ahead panicked.
     #[error("the VM preparation thread panicked")]
     PrepPanicked,
+    /// A newer machine configuration replaced the preparation before it made its VM.
+    #[error("the VM preparation was replaced by a newer one")]
+    Replaced,
     /// A snapshot whose vCPU states do not fit its machine configuration.
     #[error("the snapshot's state is invalid: {0}")]
     BadState(&'static str),
@@ -86,24 +90,49 @@ pub fn guest_pages(machine: &MachineConfig) -> Pages {
 /// devices, so they run on their own thread as soon as the machine
 /// configuration is known, while the API is still being configured or the
 /// kernel is being loaded. Guest memory itself is mapped right away.
+///
+/// A VM costs the kernel memory in proportion to its size (under shadow
+/// paging, 2 GiB of page maps for 1 TiB of guest memory), so a client that
+/// keeps changing the machine configuration must not have VMs made side by
+/// side: each preparation first destroys the one it replaces, and makes no
+/// VM of its own if it has been replaced in turn meanwhile.
 pub struct VmPrep {
     mem_size_mib: u64,
     pages: Pages,
     track_dirty_pages: bool,
     mem: GuestMemoryMmap,
     /// Taken by `finish`; otherwise joined, and the VM destroyed, off the
-    /// caller's path when the preparation is dropped.
+    /// caller's path when the preparation is dropped or replaced.
     kvm: Option<JoinHandle<Result<(vm::Vm, CpuId), Error>>>,
+    /// Set once nobody will use this preparation.
+    abandoned: Arc<AtomicBool>,
     /// Started here, so a snapshot load can take them without waiting for the VM.
     vcpu_threads: Vec<VcpuThread>,
 }
 
+/// What is left of a preparation nobody will use: its VM, maybe still
+/// being made, and its guest memory.
+pub struct Leftover {
+    kvm: JoinHandle<Result<(vm::Vm, CpuId), Error>>,
+    mem: GuestMemoryMmap,
+}
+
+impl Leftover {
+    /// Destroys the VM, then unmaps its memory: in the other order, the unmap
+    /// would have KVM walk the whole memory slot (0.1 s for 1 TiB).
+    fn destroy(self) {
+        drop(self.kvm.join());
+        drop(self.mem);
+    }
+}
+
 impl VmPrep {
     /// Starts readying a VM for `machine`, taking `ready` as its vCPU threads
-    /// if there are as many as it needs.
+    /// if there are as many as it needs, once `replaced` is destroyed.
     pub fn start(
         machine: &MachineConfig,
         ready: Vec<VcpuThread>,
+        replaced: Option<Leftover>,
         exit: &Arc<ExitSignal>,
         seccomp: &Filters,
     ) -> Result<Self, Error> {
@@ -111,9 +140,17 @@ impl VmPrep {
         let mem = memory::create(machine.mem_size_mib, pages)?;
         let slots = mem.clone();
         let track_dirty_pages = machine.track_dirty_pages;
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let given_up = abandoned.clone();
         let kvm = std::thread::Builder::new()
             .name("ember_vmprep".into())
             .spawn(move || {
+                if let Some(replaced) = replaced {
+                    replaced.destroy();
+                }
+                if given_up.load(Ordering::Acquire) {
+                    return Err(Error::Replaced);
+                }
                 let vm = vm::Vm::new(&slots, track_dirty_pages)?;
                 let cpuid = vm
                     .kvm()
@@ -129,6 +166,7 @@ impl VmPrep {
             track_dirty_pages,
             mem,
             kvm: Some(kvm),
+            abandoned,
             vcpu_threads,
         })
     }
@@ -147,9 +185,24 @@ impl VmPrep {
         Ok((vm, cpuid, std::mem::take(&mut self.vcpu_threads)))
     }
 
+    /// For a preparation that another replaces: its vCPU threads, and what
+    /// the next preparation destroys before it makes a VM.
+    pub fn into_parts(mut self) -> (Vec<VcpuThread>, Option<Leftover>) {
+        (std::mem::take(&mut self.vcpu_threads), self.leftover())
+    }
+
     /// For a snapshot load, which needs a VM of its own: the vCPU threads.
     pub fn into_vcpu_threads(mut self) -> Vec<VcpuThread> {
         std::mem::take(&mut self.vcpu_threads)
+    }
+
+    fn leftover(&mut self) -> Option<Leftover> {
+        self.abandoned.store(true, Ordering::Release);
+        let kvm = self.kvm.take()?;
+        Some(Leftover {
+            kvm,
+            mem: std::mem::take(&mut self.mem),
+        })
     }
 }
 
@@ -157,10 +210,10 @@ impl Drop for VmPrep {
     /// Destroying a VM takes milliseconds (and it may not even be ready):
     /// a preparation nobody used is let go on a thread of its own.
     fn drop(&mut self) {
-        if let Some(kvm) = self.kvm.take() {
+        if let Some(leftover) = self.leftover() {
             let _ = std::thread::Builder::new()
                 .name("ember_vmdrop".into())
-                .spawn(move || drop(kvm.join()));
+                .spawn(move || leftover.destroy());
         }
     }
 }

@@ -71,8 +71,11 @@ impl Launcher for KvmLauncher {
             return;
         }
         // A failure here is reported by InstanceStart, which tries again.
-        let ready = self.ready_threads();
-        self.prep = VmPrep::start(machine, ready, &self.exit, &self.seccomp)
+        let (ready, replaced) = match self.prep.take() {
+            Some(prep) => prep.into_parts(),
+            None => (std::mem::take(&mut self.threads), None),
+        };
+        self.prep = VmPrep::start(machine, ready, replaced, &self.exit, &self.seccomp)
             .map_err(|e| log::warn!("cannot prepare the VM ahead of InstanceStart: {e}"))
             .ok();
     }
@@ -92,7 +95,7 @@ impl Launcher for KvmLauncher {
             Some(prep) => prep,
             None => {
                 let ready = self.ready_threads();
-                VmPrep::start(&resources.machine, ready, &self.exit, &self.seccomp)?
+                VmPrep::start(&resources.machine, ready, None, &self.exit, &self.seccomp)?
             }
         };
         builder::build(prep, resources, &options, self.exit.clone())
