@@ -94,8 +94,9 @@ pub fn guest_pages(machine: &MachineConfig) -> Pages {
 /// A VM costs the kernel memory in proportion to its size (under shadow
 /// paging, 2 GiB of page maps for 1 TiB of guest memory), so a client that
 /// keeps changing the machine configuration must not have VMs made side by
-/// side: each preparation first destroys the one it replaces, and makes no
-/// VM of its own if it has been replaced in turn meanwhile.
+/// side: each preparation waits until the one it replaces has made its VM
+/// and hands that to be destroyed, and makes no VM of its own if it has been
+/// replaced in turn meanwhile.
 pub struct VmPrep {
     mem_size_mib: u64,
     pages: Pages,
@@ -121,14 +122,29 @@ impl Leftover {
     /// Destroys the VM, then unmaps its memory: in the other order, the unmap
     /// would have KVM walk the whole memory slot (0.1 s for 1 TiB).
     fn destroy(self) {
-        drop(self.kvm.join());
-        drop(self.mem);
+        Self::destroy_made(self.kvm.join(), self.mem);
+    }
+
+    /// Waits until the VM is made (or given up), then destroys it on a thread
+    /// of its own: the next preparation makes its VM only after that, but
+    /// need not wait for the teardown (up to an SRCU grace period).
+    fn retire(self) {
+        let made = self.kvm.join();
+        let mem = self.mem;
+        let _ = std::thread::Builder::new()
+            .name("ember_vmdrop".into())
+            .spawn(move || Self::destroy_made(made, mem));
+    }
+
+    fn destroy_made<T>(made: T, mem: GuestMemoryMmap) {
+        drop(made);
+        drop(mem);
     }
 }
 
 impl VmPrep {
     /// Starts readying a VM for `machine`, taking `ready` as its vCPU threads
-    /// if there are as many as it needs, once `replaced` is destroyed.
+    /// if there are as many as it needs, once `replaced` has made its VM.
     pub fn start(
         machine: &MachineConfig,
         ready: Vec<VcpuThread>,
@@ -146,7 +162,7 @@ impl VmPrep {
             .name("ember_vmprep".into())
             .spawn(move || {
                 if let Some(replaced) = replaced {
-                    replaced.destroy();
+                    replaced.retire();
                 }
                 if given_up.load(Ordering::Acquire) {
                     return Err(Error::Replaced);
@@ -186,7 +202,7 @@ impl VmPrep {
     }
 
     /// For a preparation that another replaces: its vCPU threads, and what
-    /// the next preparation destroys before it makes a VM.
+    /// the next preparation retires before it makes a VM.
     pub fn into_parts(mut self) -> (Vec<VcpuThread>, Option<Leftover>) {
         (std::mem::take(&mut self.vcpu_threads), self.leftover())
     }

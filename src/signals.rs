@@ -35,26 +35,43 @@ pub fn install() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         for (signal, _) in FATAL {
-            // SAFETY: a zeroed sigaction with a valid handler, SA_SIGINFO,
-            // SA_ONSTACK (Rust's alternate stacks, for a stack overflow) and
-            // SA_RESETHAND; the handler only makes async-signal-safe calls.
+            // SAFETY: the handler takes SA_SIGINFO's arguments and only makes
+            // async-signal-safe calls; SA_ONSTACK puts it on Rust's alternate
+            // stacks, for a stack overflow.
             unsafe {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = fatal_handler as *const () as usize;
-                action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND;
-                libc::sigemptyset(&mut action.sa_mask);
-                libc::sigaction(signal, &action, std::ptr::null_mut());
+                set_handler(
+                    signal,
+                    fatal_handler as *const () as usize,
+                    libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND,
+                );
             }
         }
-        // SAFETY: as above, with a handler that makes one ioctl and raises.
+        // SAFETY: a one-argument handler that makes one ioctl and raises.
         unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = terminate_handler as *const () as usize;
-            action.sa_flags = libc::SA_RESETHAND;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+            set_handler(
+                libc::SIGTERM,
+                terminate_handler as *const () as usize,
+                libc::SA_RESETHAND,
+            );
         }
     });
+}
+
+/// Installs `handler` for `signal`, with `flags` and no signal masked while it runs.
+///
+/// # Safety
+/// `handler` is an `extern "C"` function taking the arguments `flags` says
+/// (three with `SA_SIGINFO`, else one), and it makes only async-signal-safe calls.
+pub(crate) unsafe fn set_handler(signal: libc::c_int, handler: usize, flags: libc::c_int) {
+    // SAFETY: a zeroed sigaction with an empty mask is a valid one; the caller
+    // vouches for the handler.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler;
+        action.sa_flags = flags;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, std::ptr::null_mut());
+    }
 }
 
 /// Keeps the asynchronous fatal signals and SIGTERM off the calling thread

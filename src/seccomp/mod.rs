@@ -417,14 +417,14 @@ pub fn write_last_line(parts: &[&[u8]]) {
 fn install_sigsys_handler() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
-        // SAFETY: a zeroed sigaction with a valid handler and SA_SIGINFO; the
-        // handler only makes async-signal-safe calls.
+        // SAFETY: the handler takes SA_SIGINFO's arguments and only makes
+        // async-signal-safe calls.
         unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = sigsys_handler as *const () as usize;
-            action.sa_flags = libc::SA_SIGINFO;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut());
+            crate::signals::set_handler(
+                libc::SIGSYS,
+                sigsys_handler as *const () as usize,
+                libc::SA_SIGINFO,
+            );
         }
     });
 }
